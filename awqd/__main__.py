@@ -1,0 +1,3 @@
+from awqd.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""Domain errors. Each carries the gRPC status it maps to; the server's interceptor does the mapping."""
+
+import grpc
+
+
+class AwqdError(Exception):
+    """Base of every error awqd reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(AwqdError):
+    """A request field is malformed or out of range."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(AwqdError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(AwqdError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(AwqdError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(AwqdError):
+    """The request is valid but the node's state or hardware does not allow it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(AwqdError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(AwqdError):
+    """Retrying later may succeed: a model still loading, a daemon shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(AwqdError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class CheckpointError(AwqdError):
+    """A checkpoint on disk is missing, corrupt or unsupported; the message names the file or field."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

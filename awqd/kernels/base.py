@@ -1,0 +1,68 @@
+"""What every AWQ kernel candidate implements, and how a model step finds its kernel.
+
+A candidate packs the canonical QuantizedWeight into its own layout once, at
+load, and then runs the linear layer from that layout. Candidates that share
+a layout name share the packed tensors.
+"""
+
+import abc
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from awqd.quant.tensors import QuantizedWeight
+
+
+class Candidate(abc.ABC):
+    name: str  # unique, e.g. "autoawq_gemv_cuda"
+    family: str  # "reference" | "gemm" | "gemv" | "gemv_fast" | "dequant_matmul"
+    layout: str  # packed layout name; equal names mean interchangeable packed tensors
+
+    @abc.abstractmethod
+    def prepare(self, weight: QuantizedWeight, device: torch.device) -> Any:
+        """Pack `weight` into this candidate's layout on `device`."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, packed: Any) -> torch.Tensor:
+        """y = x @ W.T (+ bias) for x [..., in_features]; returns [..., out_features] in x's dtype."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """The kernel per batch-size bucket: a step with n tokens uses the first bucket >= n.
+
+    Steps larger than the last bucket use the last bucket's candidate.
+    """
+
+    buckets: Sequence[int]
+    candidates: Sequence[Candidate]
+    _layouts: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.buckets or len(self.buckets) != len(self.candidates):
+            raise ValueError("a dispatch needs one candidate per bucket")
+        if list(self.buckets) != sorted(set(self.buckets)):
+            raise ValueError("buckets must be strictly increasing")
+        object.__setattr__(self, "_layouts", tuple(dict.fromkeys(c.layout for c in self.candidates)))
+
+    @classmethod
+    def single(cls, candidate: Candidate) -> "Dispatch":
+        return cls(buckets=(1,), candidates=(candidate,))
+
+    def candidate_for(self, num_tokens: int) -> Candidate:
+        position = bisect.bisect_left(self.buckets, num_tokens)
+        return self.candidates[min(position, len(self.candidates) - 1)]
+
+    def bucket_for(self, num_tokens: int) -> int:
+        position = bisect.bisect_left(self.buckets, num_tokens)
+        return self.buckets[min(position, len(self.buckets) - 1)]
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        return self._layouts
+
+    def unique_candidates(self) -> list[Candidate]:
+        return list({c.name: c for c in self.candidates}.values())

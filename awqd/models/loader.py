@@ -1,0 +1,248 @@
+"""Load an AutoAWQ checkpoint into a transformers model whose quantized linears are AwqLinear modules.
+
+The skeleton is built on the meta device, so no memory is spent before the real tensors arrive. Tensors then
+stream shard by shard: plain tensors (embeddings, norms, lm_head) go straight to the device, and each quantized
+layer is unpacked to the canonical QuantizedWeight and packed into the layouts of the kernels it may run as soon
+as its last tensor is read. Peak memory is the model plus one layer, whatever the checkpoint's packing.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from awqd.errors import CheckpointError
+from awqd.kernels.base import Candidate
+from awqd.models.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint
+from awqd.quant.linear import AwqLinear, KernelRouter
+from awqd.quant.packing import expected_shapes, unpack
+from awqd.quant.tensors import QuantConfig
+
+QUANTIZED_PARTS = ("qweight", "qzeros", "scales")
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel  # eval mode, AwqLinear in place of every quantized nn.Linear
+    tokenizer: PreTrainedTokenizerBase
+    config: PretrainedConfig
+    architecture: str
+    quant_config: QuantConfig
+    weight_memory_bytes: int  # plain tensors plus every quantized layer's primary (first) layout
+    extra_layout_memory_bytes: int  # the quantized layers' other layouts, held for kernel switching
+    context_length: int
+    device: torch.device
+    layouts: tuple[str, ...]  # packed layouts every quantized layer holds; the first is the primary
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    name: str  # module path, e.g. "model.layers.0.self_attn.q_proj"
+    in_features: int
+    out_features: int
+    group_size: int
+    parts: tuple[str, ...]  # tensor names suffixes to read: qweight, qzeros, scales and bias if the layer has one
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float16 on GPUs; float32 on CPU, where float16 matmul is slow."""
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def load_model(
+    path: str | Path,
+    device: torch.device,
+    router: KernelRouter,
+    extra_candidates: Sequence[Candidate] = (),
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    checkpoint = open_checkpoint(path)
+    dtype = dtype or default_dtype(device)
+    config = load_config(checkpoint)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    if type(model).__name__ != checkpoint.architecture:
+        raise CheckpointError(
+            f"{CONFIG_FILE}: architectures: {checkpoint.architecture} disagrees with model_type "
+            f"{config.model_type!r}, which builds {type(model).__name__}"
+        )
+
+    quantized, plain = plan_tensors(model, checkpoint)
+    stream_tensors(model, checkpoint, quantized, plain, device, dtype, router, extra_candidates)
+    rebuild_rotary_embeddings(model, config, device)
+    model.tie_weights()
+    check_fully_loaded(model)
+    model.eval()
+    model.requires_grad_(False)
+
+    plain_bytes, primary_bytes, extra_bytes, layouts = memory_use(model)
+    return LoadedModel(
+        model=model,
+        tokenizer=load_tokenizer(checkpoint.path),
+        config=config,
+        architecture=checkpoint.architecture,
+        quant_config=checkpoint.quant_config,
+        weight_memory_bytes=plain_bytes + primary_bytes,
+        extra_layout_memory_bytes=extra_bytes,
+        context_length=config.max_position_embeddings,
+        device=device,
+        layouts=layouts,
+    )
+
+
+def load_config(checkpoint: Checkpoint) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(checkpoint.path, local_files_only=True)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise CheckpointError(f"{CONFIG_FILE}: transformers cannot read it: {error}") from error
+
+
+def plan_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> tuple[dict[str, QuantizedLayer], dict[str, str]]:
+    """Which checkpoint tensor fills which part of the skeleton, checking every one exists with the right shape.
+
+    Returns the quantized layers by their tensor-name prefix ("...q_proj.") and the plain tensors by name.
+    """
+    quant = checkpoint.quant_config
+    quantized: dict[str, QuantizedLayer] = {}
+    plain: dict[str, str] = {}
+    seen_parameters: set[int] = set()  # tied parameters (lm_head = embed_tokens) are loaded once
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, torch.nn.Linear) and f"{prefix}qweight" in checkpoint.tensors:
+            group_size = module.in_features if quant.group_size == -1 else quant.group_size
+            if module.in_features % group_size != 0:
+                raise CheckpointError(
+                    f"{CONFIG_FILE}: quantization_config.group_size: {group_size} does not divide in_features "
+                    f"{module.in_features} of {module_name}"
+                )
+            layer = QuantizedLayer(
+                name=module_name,
+                in_features=module.in_features,
+                out_features=module.out_features,
+                group_size=group_size,
+                parts=QUANTIZED_PARTS + (("bias",) if module.bias is not None else ()),
+            )
+            shapes = expected_shapes(quant.version, group_size, module.in_features, module.out_features)
+            shapes["bias"] = (module.out_features,)
+            for part in layer.parts:
+                check_tensor(checkpoint, f"{prefix}{part}", shapes[part])
+            quantized[prefix] = layer
+            continue
+        tensors = [(name, p) for name, p in module.named_parameters(recurse=False) if id(p) not in seen_parameters]
+        persistent = [name for name in module._buffers if name not in module._non_persistent_buffers_set]
+        tensors += [(name, b) for name, b in module.named_buffers(recurse=False) if name in persistent]
+        for name, tensor in tensors:
+            seen_parameters.add(id(tensor))
+            check_tensor(checkpoint, f"{prefix}{name}", tuple(tensor.shape))
+            plain[f"{prefix}{name}"] = module_name
+    return quantized, plain
+
+
+def check_tensor(checkpoint: Checkpoint, name: str, shape: tuple[int, ...]) -> None:
+    info = checkpoint.tensors.get(name)
+    if info is None:
+        files = ", ".join(shard.name for shard in checkpoint.shards)
+        raise CheckpointError(f"{files}: tensor {name} is missing")
+    if info.shape != shape:
+        raise CheckpointError(
+            f"{info.shard.name}: tensor {name} has shape {list(info.shape)}, the model needs {list(shape)}"
+        )
+
+
+def stream_tensors(
+    model: PreTrainedModel,
+    checkpoint: Checkpoint,
+    quantized: dict[str, QuantizedLayer],
+    plain: dict[str, str],
+    device: torch.device,
+    dtype: torch.dtype,
+    router: KernelRouter,
+    extra_candidates: Sequence[Candidate],
+) -> None:
+    # A layer's tensors may straddle two shards, so its parts wait here until the last one is read.
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for shard in checkpoint.shards:
+        with safe_open(shard, framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name in plain:
+                    tensor = handle.get_tensor(name)
+                    if tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    set_tensor(model, plain[name], name.rsplit(".", 1)[1], tensor.to(device))
+                    continue
+                prefix, _, part = name.rpartition(".")
+                layer = quantized.get(f"{prefix}.")
+                if layer is None or part not in layer.parts:
+                    continue  # not part of this model (e.g. an unused buffer some exporters save)
+                parts = pending.setdefault(layer.name, {})
+                parts[part] = handle.get_tensor(name).to(device)
+                if len(parts) == len(layer.parts):
+                    install_layer(model, layer, pending.pop(layer.name), checkpoint, device, router, extra_candidates)
+
+
+def install_layer(
+    model: PreTrainedModel,
+    layer: QuantizedLayer,
+    tensors: dict[str, torch.Tensor],
+    checkpoint: Checkpoint,
+    device: torch.device,
+    router: KernelRouter,
+    extra_candidates: Sequence[Candidate],
+) -> None:
+    weight = unpack(
+        tensors,
+        checkpoint.quant_config.version,
+        layer.group_size,
+        layer.in_features,
+        layer.out_features,
+        prefix=f"{layer.name}.",
+    )
+    parent_name, _, child_name = layer.name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, AwqLinear(weight, router, device, extra_candidates))
+
+
+def set_tensor(model: PreTrainedModel, module_name: str, name: str, tensor: torch.Tensor) -> None:
+    module = model.get_submodule(module_name)
+    if name in module._parameters:
+        module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[name] = tensor
+
+
+def rebuild_rotary_embeddings(model: PreTrainedModel, config: PretrainedConfig, device: torch.device) -> None:
+    """transformers computes inv_freq at construction and never stores it, so the meta skeleton has none."""
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "rope_init_fn"):
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, type(module)(config=config, device=device))
+
+
+def check_fully_loaded(model: PreTrainedModel) -> None:
+    unloaded = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if unloaded:
+        raise CheckpointError(f"tensors the checkpoint did not fill: {', '.join(unloaded)}")
+
+
+def memory_use(model: PreTrainedModel) -> tuple[int, int, int, tuple[str, ...]]:
+    """(plain tensor bytes, primary layout bytes, other layout bytes, layouts held by every quantized layer)."""
+    plain = {id(t): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+    primary_bytes = extra_bytes = 0
+    layouts: tuple[str, ...] | None = None
+    for module in model.modules():
+        if isinstance(module, AwqLinear):
+            sizes = list(module.layout_bytes().values())
+            primary_bytes += sizes[0]
+            extra_bytes += sum(sizes[1:])
+            layouts = tuple(module.layouts) if layouts is None else layouts
+    return sum(plain.values()), primary_bytes, extra_bytes, layouts or ()
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise CheckpointError(f"tokenizer: cannot be loaded from {path}: {error}") from error

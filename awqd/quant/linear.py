@@ -1,0 +1,99 @@
+"""The quantized linear layer that replaces nn.Linear, and the router that picks its kernel at every step.
+
+All AwqLinear modules of one model share one KernelRouter, so swapping the model's Dispatch (or pinning a
+kernel for one request) is a single assignment. Each layer packs its weight once per distinct layout among the
+kernels it may run, at load; the forward pass only looks up the kernel and its packed tensors.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from awqd.errors import FailedPrecondition
+from awqd.kernels.base import Candidate, Dispatch
+from awqd.quant.tensors import QuantizedWeight
+
+
+class KernelRouter:
+    """The model's current Dispatch plus an optional pinned candidate that overrides it (a request override)."""
+
+    def __init__(self, dispatch: Dispatch):
+        self.dispatch = dispatch
+        self.pinned: Candidate | None = None
+
+    def pin(self, candidate: Candidate) -> None:
+        self.pinned = candidate
+
+    def unpin(self) -> None:
+        self.pinned = None
+
+    def candidate_for(self, num_tokens: int) -> Candidate:
+        if self.pinned is not None:
+            return self.pinned
+        return self.dispatch.candidate_for(num_tokens)
+
+
+def tensor_bytes(packed: Any) -> int:
+    """Bytes of every distinct tensor inside a packed layout (a tensor, a mapping, a sequence or a dataclass)."""
+    seen: dict[int, int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            seen[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for item in dataclasses.fields(value):
+                visit(getattr(value, item.name))
+
+    visit(packed)
+    return sum(seen.values())
+
+
+class AwqLinear(torch.nn.Module):
+    """y = x @ W.T (+ bias) with W held only in the packed layouts of the kernels this layer may run."""
+
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        router: KernelRouter,
+        device: torch.device,
+        extra_candidates: Sequence[Candidate] = (),
+    ):
+        super().__init__()
+        self.in_features = weight.in_features
+        self.out_features = weight.out_features
+        self.group_size = weight.group_size
+        self.has_bias = weight.bias is not None
+        self.router = router
+        self.layouts: dict[str, Any] = {}
+        # The first layout is the dispatch's first kernel's: the one the model needs whatever else it holds.
+        for candidate in [*router.dispatch.unique_candidates(), *extra_candidates]:
+            if candidate.layout not in self.layouts:
+                self.layouts[candidate.layout] = candidate.prepare(weight, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        num_tokens = x.numel() // self.in_features
+        candidate = self.router.candidate_for(num_tokens)
+        packed = self.layouts.get(candidate.layout)
+        if packed is None:
+            raise FailedPrecondition(
+                f"kernel {candidate.name} needs layout {candidate.layout!r}, but the model was loaded with layouts "
+                f"{sorted(self.layouts)}; reload it with that kernel among its candidates"
+            )
+        return candidate.forward(x, packed)
+
+    def layout_bytes(self) -> dict[str, int]:
+        return {layout: tensor_bytes(packed) for layout, packed in self.layouts.items()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}, "
+            f"group_size={self.group_size}, layouts={list(self.layouts)}"
+        )

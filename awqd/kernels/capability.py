@@ -1,0 +1,327 @@
+"""Which AWQ kernel candidates a device can run, and why: one table, checked facts only.
+
+A candidate is supported on a device when its capability rule allows the device AND every
+requirement it names imports. The rules encode what the shipped binaries contain:
+
+- autoawq-kernels 0.0.9 (awq_ext, awq_v2_ext) is built with `-gencode arch=compute_XY,code=sm_XY`,
+  i.e. SASS only, no PTX. Its setup.py refuses GPUs below 7.5; awq_ext has code for sm_75, 80, 86, 87,
+  89, 90 and awq_v2_ext (GEMV_FAST) for sm_80 and up of that list. SASS for sm_XY runs on X.Z with
+  Z >= Y, and nothing JIT-compiles for Blackwell (10.x, 12.x).
+- AutoAWQ's Triton GEMM is compiled at run time by Triton, whose README lists NVIDIA GPUs of compute
+  capability 8.0+ as supported hardware (7.0+ until Triton 3.x). Whether the installed Triton can target a
+  very new GPU (Blackwell needs Triton >= 3.3) is left to the correctness check, which reports the error.
+- torch's own kernels (the reference and dequantize + cuBLAS) run where the torch build's arch list
+  (`torch.cuda.get_arch_list()`) has SASS for the device's major version or PTX at or below it.
+"""
+
+import functools
+import importlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from awqd.node.versions import import_error
+
+Capability = tuple[int, int]
+
+# Requirement names a row may list; `probe_requirements` checks each for real.
+TORCH = "torch"
+TORCH_CUDA = "torch_cuda"
+AWQ_EXT = "awq_ext"
+AWQ_V2_EXT = "awq_v2_ext"
+TRITON = "triton"
+
+REQUIREMENT_SOURCES = {
+    TORCH: "torch",
+    TORCH_CUDA: "a CUDA build of torch and a visible GPU",
+    AWQ_EXT: "autoawq-kernels",
+    AWQ_V2_EXT: "autoawq-kernels",
+    TRITON: "triton",
+}
+
+AUTOAWQ_KERNELS_SASS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
+AUTOAWQ_V2_KERNELS_SASS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
+TRITON_MIN_CAPABILITY = (8, 0)
+DEQUANT_MATMUL_MIN_TOKENS = 1024  # AutoAWQ's GEMM switches to dequantize + matmul here
+GEMV_FAST_MAX_DECODE_BATCH = 8  # AutoAWQ's GEMV_FAST decodes with its GEMV below this
+
+
+@dataclass(frozen=True)
+class CapabilityRule:
+    """Where one candidate may run. `cuda_sass` is set for prebuilt binaries without PTX."""
+
+    name: str
+    family: str
+    layout: str
+    requires: tuple[str, ...]
+    runs_on_cpu: bool
+    cuda_min: Capability | None  # None: never on CUDA
+    cuda_sass: tuple[str, ...] | None
+    supported_because: str
+    below_min_because: str = ""
+    binary: str = ""  # the prebuilt binary `cuda_sass` describes
+
+
+# Order is preference order within a family (registry.resolve_family uses it).
+CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
+    CapabilityRule(
+        name="reference_torch",
+        family="reference",
+        layout="canonical",
+        requires=(TORCH,),
+        runs_on_cpu=True,
+        cuda_min=(0, 0),
+        cuda_sass=None,
+        supported_because="pure torch: dequantize then F.linear, runs wherever torch does",
+    ),
+    CapabilityRule(
+        name="autoawq_gemm_cuda",
+        family="gemm",
+        layout="gemm",
+        requires=(TORCH_CUDA, AWQ_EXT),
+        runs_on_cpu=False,
+        cuda_min=(7, 5),
+        cuda_sass=AUTOAWQ_KERNELS_SASS,
+        binary="the autoawq-kernels 0.0.9 wheel (awq_ext)",
+        supported_because="awq_ext gemm_forward_cuda has SASS for this GPU",
+        below_min_because="autoawq-kernels refuses to build below sm_75",
+    ),
+    CapabilityRule(
+        name="autoawq_gemm_triton",
+        family="gemm",
+        layout="gemm",
+        requires=(TORCH_CUDA, TRITON),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="AutoAWQ's Triton GEMM, compiled by Triton for this GPU at run time",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only",
+    ),
+    CapabilityRule(
+        name="autoawq_gemv_cuda",
+        family="gemv",
+        layout="gemv",
+        requires=(TORCH_CUDA, AWQ_EXT),
+        runs_on_cpu=False,
+        cuda_min=(7, 5),
+        cuda_sass=AUTOAWQ_KERNELS_SASS,
+        binary="the autoawq-kernels 0.0.9 wheel (awq_ext)",
+        supported_because="awq_ext gemv_forward_cuda/gemmv2_forward_cuda have SASS for this GPU",
+        below_min_because="autoawq-kernels refuses to build below sm_75",
+    ),
+    CapabilityRule(
+        name="autoawq_gemv_fast_cuda",
+        family="gemv_fast",
+        layout="gemv_fast",
+        requires=(TORCH_CUDA, AWQ_V2_EXT),
+        runs_on_cpu=False,
+        cuda_min=(8, 0),
+        cuda_sass=AUTOAWQ_V2_KERNELS_SASS,
+        binary="the autoawq-kernels 0.0.9 wheel (awq_v2_ext)",
+        supported_because="awq_v2_ext (GEMV_FAST) has SASS for this GPU",
+        below_min_because="awq_v2_ext (GEMV_FAST) is compiled only for sm_80 and up",
+    ),
+    CapabilityRule(
+        name="dequant_cublas",
+        family="dequant_matmul",
+        layout="gemm",
+        requires=(TORCH_CUDA,),
+        runs_on_cpu=False,
+        cuda_min=(0, 0),
+        cuda_sass=None,
+        supported_because="torch ops dequantize the GEMM layout to fp16, then cuBLAS; any GPU torch supports",
+    ),
+    CapabilityRule(
+        name="dequant_matmul_cpu",
+        family="dequant_matmul",
+        layout="gemm",
+        requires=(TORCH,),
+        runs_on_cpu=True,
+        cuda_min=None,
+        cuda_sass=None,
+        supported_because="torch ops dequantize the GEMM layout, then the CPU BLAS; weights stay 4-bit packed",
+    ),
+)
+
+RULES = {rule.name: rule for rule in CAPABILITY_TABLE}
+FAMILIES = tuple(dict.fromkeys(rule.family for rule in CAPABILITY_TABLE))
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    name: str
+    family: str
+    supported: bool
+    reason: str
+    requires: tuple[str, ...]
+    layout: str
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    name: str
+    family: str
+    reason: str
+
+
+def format_capability(capability: Capability) -> str:
+    return f"{capability[0]}.{capability[1]}"
+
+
+def sass_covers(capability: Capability, arch: str) -> bool:
+    """SASS for sm_XY runs on X.Z with Z >= Y (same major only); PTX compute_XY JIT-compiles for >= X.Y."""
+    kind, _, digits = arch.partition("_")
+    if not digits.isdigit():  # e.g. "sm_90a": arch-specific, runs on exactly that GPU
+        digits = digits.rstrip("af")
+        return kind == "sm" and digits.isdigit() and (int(digits) // 10, int(digits) % 10) == capability
+    major, minor = int(digits) // 10, int(digits) % 10
+    if kind == "sm":
+        return major == capability[0] and minor <= capability[1]
+    return kind == "compute" and (major, minor) <= capability
+
+
+def rule_verdict(rule: CapabilityRule, capability: Capability | None) -> tuple[bool, str]:
+    """Whether the rule allows the device (None = the host CPU), and why in words."""
+    if capability is None:
+        if rule.runs_on_cpu:
+            return True, rule.supported_because
+        return False, "runs only on NVIDIA GPUs (CUDA)"
+    cc = format_capability(capability)
+    if rule.cuda_min is None:
+        return False, "runs only on the host CPU"
+    if capability < rule.cuda_min:
+        return False, f"compute capability {cc} < {format_capability(rule.cuda_min)}: {rule.below_min_because}"
+    if rule.cuda_sass is not None and not any(sass_covers(capability, arch) for arch in rule.cuda_sass):
+        built = ", ".join(arch.removeprefix("sm_") for arch in rule.cuda_sass)
+        return False, f"compute capability {cc}: {rule.binary} has SASS only for sm_{built} and no PTX to JIT from"
+    return True, f"compute capability {cc}: {rule.supported_because}"
+
+
+def torch_arch_verdict(capability: Capability, torch_arch_list: Sequence[str]) -> str | None:
+    """None when the torch build has kernels for the device, else why not."""
+    if any(sass_covers(capability, arch) for arch in torch_arch_list):
+        return None
+    return (
+        f"this torch build has no kernels for compute capability {format_capability(capability)} "
+        f"(torch.cuda.get_arch_list(): {', '.join(torch_arch_list)})"
+    )
+
+
+def requirement_failure(requirement: str, available: Mapping[str, str | None]) -> str | None:
+    if requirement not in available:
+        return f"needs {requirement} ({REQUIREMENT_SOURCES[requirement]}): not probed"
+    error = available[requirement]
+    if error is None:
+        return None
+    verb = "unavailable" if requirement == TORCH_CUDA else "not importable"
+    return f"needs {requirement} ({REQUIREMENT_SOURCES[requirement]}): {verb}: {error}"
+
+
+def eligibility(
+    compute_capability: Capability | None,
+    available: Mapping[str, str | None],
+    torch_arch_list: Sequence[str] | None = None,
+) -> list[Eligibility]:
+    """Every candidate in table order, supported or not, with its reason.
+
+    `available` maps each requirement to None if importable, else the import error in words.
+    `torch_arch_list` (from torch.cuda.get_arch_list()) adds the torch-build check on CUDA; None skips it.
+    """
+    verdicts = []
+    for rule in CAPABILITY_TABLE:
+        allowed, rule_reason = rule_verdict(rule, compute_capability)
+        failures = [] if allowed else [rule_reason]
+        if allowed and compute_capability is not None and torch_arch_list:
+            arch_failure = torch_arch_verdict(compute_capability, torch_arch_list)
+            failures += [arch_failure] if arch_failure else []
+        failures += [f for f in (requirement_failure(r, available) for r in rule.requires) if f]
+        reason = "; ".join(failures) if failures else f"{rule_reason}; imports: {', '.join(rule.requires)}"
+        verdicts.append(Eligibility(rule.name, rule.family, not failures, reason, rule.requires, rule.layout))
+    return verdicts
+
+
+def probe_torch_cuda() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a build without CUDA"
+    try:
+        if not torch.cuda.is_available():
+            return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+    except Exception as error:  # a broken driver raises here rather than returning False
+        return f"torch.cuda.is_available() failed: {error}"
+    return None
+
+
+def optional_module(name: str) -> tuple[ModuleType | None, str | None]:
+    """(module, None) if it imports, else (None, the error in words)."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as error:  # undefined symbols from a torch mismatch raise ImportError or OSError
+        return None, f"{type(error).__name__}: {error}"
+
+
+@functools.cache
+def probe_requirements() -> dict[str, str | None]:
+    """Each requirement -> None if usable here, else why not. Real imports, done once per process."""
+    return {
+        TORCH: None,
+        TORCH_CUDA: probe_torch_cuda(),
+        AWQ_EXT: import_error("awq_ext"),
+        AWQ_V2_EXT: import_error("awq_v2_ext"),
+        TRITON: import_error("triton"),
+    }
+
+
+@functools.cache
+def torch_arch_list() -> tuple[str, ...]:
+    """The archs this torch build has kernels for; empty for a CPU build."""
+    return tuple(torch.cuda.get_arch_list()) if torch.version.cuda is not None else ()
+
+
+def select_kernel_version(
+    compute_capability: Capability | None, batch_size: int, available: Collection[str]
+) -> KernelChoice:
+    """The capability-only choice for `batch_size` tokens, following AutoAWQ's own dispatch.
+
+    `available` is the set of usable requirement names. Used where nothing was measured.
+    """
+    status = {requirement: None if requirement in available else "absent" for requirement in REQUIREMENT_SOURCES}
+    supported = {e.name for e in eligibility(compute_capability, status) if e.supported}
+
+    def choice(name: str, reason: str) -> KernelChoice:
+        return KernelChoice(name, RULES[name].family, reason)
+
+    if compute_capability is None:
+        return choice("reference_torch", "host CPU: AutoAWQ's kernels are CUDA-only; the torch reference runs here")
+    cc = format_capability(compute_capability)
+    if batch_size >= DEQUANT_MATMUL_MIN_TOKENS and "dequant_cublas" in supported:
+        return choice(
+            "dequant_cublas",
+            f"{batch_size} tokens >= {DEQUANT_MATMUL_MIN_TOKENS}: AutoAWQ's GEMM dequantizes and calls an fp16 "
+            "matmul here, where the matmul is compute-bound and a fused int4 kernel no longer wins",
+        )
+    if batch_size < GEMV_FAST_MAX_DECODE_BATCH and "autoawq_gemv_fast_cuda" in supported:
+        return choice(
+            "autoawq_gemv_fast_cuda",
+            f"{batch_size} tokens < {GEMV_FAST_MAX_DECODE_BATCH} on {cc}: AutoAWQ's GEMV_FAST decodes with its "
+            "GEMV kernel below 8 rows",
+        )
+    if batch_size == 1 and "autoawq_gemv_cuda" in supported:
+        return choice(
+            "autoawq_gemv_cuda",
+            f"1 token on {cc} without awq_v2_ext: AutoAWQ's GEMV decodes a single token faster than its GEMM",
+        )
+    if "autoawq_gemm_cuda" in supported:
+        return choice("autoawq_gemm_cuda", f"{batch_size} tokens on {cc}: AutoAWQ's default GEMM kernel (awq_ext)")
+    if "autoawq_gemm_triton" in supported:
+        return choice(
+            "autoawq_gemm_triton",
+            f"{batch_size} tokens on {cc}: awq_ext is not usable, so AutoAWQ falls back to its Triton GEMM",
+        )
+    if "dequant_cublas" in supported:
+        return choice(
+            "dequant_cublas",
+            f"no AWQ kernel supports compute capability {cc} here; dequantize + cuBLAS runs on any GPU torch supports",
+        )
+    return choice("reference_torch", f"no CUDA kernel is usable on compute capability {cc}; the torch reference is")

@@ -1,0 +1,300 @@
+"""Correctness and timing of kernel candidates: the one measuring code, for boot-time selection and Benchmark.
+
+Correctness: fresh random weights and inputs every check (the seed is reported), compared with the float32
+reference by ||out - ref|| / ||ref||. Tolerance: 2e-2 for fp16. An fp16 kernel's error comes from rounding the
+dequantized weight and the output to fp16 (~5e-4 each) plus fp16 accumulation, which AutoAWQ's GEMV and the
+Triton GEMM (fp16 accumulator, fp16 split-K atomics) do: up to ~1e-2 over K = 11008. A wrong layout, nibble
+order or group mapping gives errors of 0.5 and more, so 2e-2 passes every honest fp16 kernel with 2x margin
+and still fails every packing bug. float32 (the CPU) differs from the reference only by summation order: 1e-4.
+
+Timing: warm-up, then per iteration one pass over all layer shapes (e.g. the seven linear layers of a
+decoder layer), so a bucket's time is the sum over the shapes. On CUDA each pass is timed with CUDA events,
+replaying a CUDA graph when capture works (eager otherwise, and the timing says which); on the CPU with
+perf_counter. Weights are rotated over enough copies to exceed twice the last-level cache, so every pass
+reads them from memory as a real forward pass does.
+"""
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from awqd.kernels.base import Candidate
+from awqd.quant.reference import dequantize, reference_linear
+from awqd.quant.tensors import QuantizedWeight
+
+FP16_TOLERANCE = 2e-2
+FP32_TOLERANCE = 1e-4
+# Leading input shapes checked: 1 token, 7 rows (the largest GEMV_FAST decode batch), and a 3-D prefill.
+CORRECTNESS_INPUTS: tuple[tuple[int, ...], ...] = ((1,), (7,), (2, 32))
+MAX_ROTATION_COPIES = 8
+CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
+FP16_BASELINE = "fp16_cublas"
+
+
+@dataclass(frozen=True)
+class CorrectnessCheck:
+    passed: bool
+    max_relative_error: float
+    tolerance: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    kernel: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    cuda_graph: bool
+
+
+@dataclass(frozen=True)
+class PreparedLayers:
+    """A candidate's packed weights: packed[copy][layer], with the (out, in) of each layer."""
+
+    candidate: Candidate
+    shapes: tuple[tuple[int, int], ...]
+    packed: list[list[Any]]
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def tolerance_for(dtype: torch.dtype) -> float:
+    return FP16_TOLERANCE if dtype == torch.float16 else FP32_TOLERANCE
+
+
+def default_repetitions(device: torch.device) -> tuple[int, int]:
+    """(warm-up, timed) iterations: CUDA passes take microseconds to milliseconds, CPU passes far longer."""
+    return (10, 50) if device.type == "cuda" else (2, 7)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_weight(
+    out_features: int, in_features: int, group_size: int, device: torch.device, generator: torch.Generator, bias: bool
+) -> QuantizedWeight:
+    """Uniform 4-bit values and zeros, positive scales of typical AWQ magnitude (1e-3..1e-2), never all zero."""
+    groups = in_features // group_size
+    q = torch.randint(0, 16, (out_features, in_features), dtype=torch.uint8, device=device, generator=generator)
+    zeros = torch.randint(0, 16, (out_features, groups), dtype=torch.uint8, device=device, generator=generator)
+    scales = torch.rand((out_features, groups), device=device, generator=generator) * 9e-3 + 1e-3
+    bias_values = torch.randn(out_features, device=device, generator=generator) * 0.1 if bias else None
+    return QuantizedWeight(
+        q=q,
+        zeros=zeros,
+        scales=scales.to(torch.float16),
+        group_size=group_size,
+        bias=bias_values.to(torch.float16) if bias_values is not None else None,
+    )
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return (out.float() - ref).norm().item() / max(ref.norm().item(), torch.finfo(torch.float32).tiny)
+
+
+def check_correctness(
+    candidate: Candidate,
+    device: torch.device,
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    inputs: Sequence[tuple[int, ...]] = CORRECTNESS_INPUTS,
+) -> CorrectnessCheck:
+    """Compare candidate.forward with the float32 reference on every distinct shape. Never raises."""
+    dtype = compute_dtype(device)
+    tolerance = tolerance_for(dtype)
+    seed = int.from_bytes(os.urandom(4), "little")
+    worst = 0.0
+    where = "prepare"
+    try:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
+            where = f"[{out_features}x{in_features}] group {group_size}"
+            weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
+            packed = candidate.prepare(weight, device)
+            for leading in inputs:
+                where = f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]}"
+                x = torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
+                out = candidate.forward(x, packed)
+                synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
+                if out.shape != (*leading, out_features) or out.dtype != dtype:
+                    return CorrectnessCheck(
+                        False, worst, tolerance, f"{where}: got {out.dtype} {list(out.shape)}, expected {dtype}"
+                    )
+                if not torch.isfinite(out).all():
+                    return CorrectnessCheck(False, worst, tolerance, f"{where}: NaN or inf in the output (seed {seed})")
+                error = relative_error(out, reference_linear(x.float(), weight))
+                worst = max(worst, error)
+                if error > tolerance:
+                    return CorrectnessCheck(
+                        False, worst, tolerance, f"{where}: relative error {error:.3g} > {tolerance} (seed {seed})"
+                    )
+    except Exception as error:  # CUDA errors, missing kernels and shape refusals all become the rejection reason
+        return CorrectnessCheck(False, worst, tolerance, f"{where}: {type(error).__name__}: {error} (seed {seed})")
+    return CorrectnessCheck(True, worst, tolerance)
+
+
+def cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    return CPU_CACHE_BYTES
+
+
+def rotation_copies(shapes: Sequence[tuple[int, int]], device: torch.device) -> int:
+    """Copies of the layer set needed so that one full rotation is twice the cache (int4 bytes)."""
+    set_bytes = max(1, sum(out_features * in_features // 2 for out_features, in_features in shapes))
+    return max(1, min(MAX_ROTATION_COPIES, math.ceil(2 * cache_bytes(device) / set_bytes)))
+
+
+def random_layer_weights(
+    shapes: Sequence[tuple[int, int]], group_size: int, device: torch.device, copies: int
+) -> list[list[QuantizedWeight]]:
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
+    return [[random_weight(o, i, group_size, device, generator, bias=False) for o, i in shapes] for _ in range(copies)]
+
+
+def prepare_layers(candidate: Candidate, weights: list[list[QuantizedWeight]], device: torch.device) -> PreparedLayers:
+    shapes = tuple((w.out_features, w.in_features) for w in weights[0])
+    packed = [[candidate.prepare(weight, device) for weight in copy] for copy in weights]
+    return PreparedLayers(candidate, shapes, packed)
+
+
+def summarize(kernel: str, times_ms: list[float], cuda_graph: bool) -> KernelTiming:
+    if len(times_ms) == 1:
+        return KernelTiming(kernel, times_ms[0], times_ms[0], times_ms[0], cuda_graph)
+    deciles = statistics.quantiles(times_ms, n=10, method="inclusive")
+    return KernelTiming(kernel, statistics.median(times_ms), deciles[0], deciles[-1], cuda_graph)
+
+
+def capture_graphs(passes: list[Callable[[], None]], device: torch.device) -> list[torch.cuda.CUDAGraph] | None:
+    """One CUDA graph per rotation copy, or None where a kernel cannot be captured (AutoAWQ's gemmv2)."""
+    try:
+        graphs = []
+        for run_pass in passes:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                run_pass()
+            graphs.append(graph)
+        for graph in graphs:
+            graph.replay()
+        torch.cuda.synchronize(device)
+        return graphs
+    except Exception:
+        # A capture error can stay pending on the stream; the eager run that follows will report it.
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize(device)
+        return None
+
+
+def time_passes(
+    name: str,
+    passes: list[Callable[[], None]],
+    device: torch.device,
+    warmup: int,
+    iterations: int,
+    use_cuda_graph: bool = True,
+) -> KernelTiming:
+    """Time `iterations` passes, rotating over `passes` (one per weight copy)."""
+    for index in range(warmup * len(passes)):
+        passes[index % len(passes)]()
+    synchronize(device)
+    if device.type != "cuda":
+        times_ms = []
+        for index in range(iterations):
+            started = time.perf_counter()
+            passes[index % len(passes)]()
+            times_ms.append((time.perf_counter() - started) * 1e3)
+        return summarize(name, times_ms, cuda_graph=False)
+
+    graphs = capture_graphs(passes, device) if use_cuda_graph else None
+    runs = [graph.replay for graph in graphs] if graphs else passes
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    for index in range(iterations):
+        starts[index].record()
+        runs[index % len(runs)]()
+        ends[index].record()
+    torch.cuda.synchronize(device)
+    return summarize(
+        name, [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)], cuda_graph=bool(graphs)
+    )
+
+
+def time_candidate(
+    layers: PreparedLayers,
+    device: torch.device,
+    num_tokens: int,
+    warmup: int,
+    iterations: int,
+    use_cuda_graph: bool = True,
+) -> KernelTiming:
+    """Median/p10/p90 of one pass over all layers at `num_tokens` tokens."""
+    dtype = compute_dtype(device)
+    forward = layers.candidate.forward
+    inputs = [[torch.randn(num_tokens, i, device=device).to(dtype) for _, i in layers.shapes] for _ in layers.packed]
+
+    def make_pass(copy: int) -> Callable[[], None]:
+        pairs = list(zip(layers.packed[copy], inputs[copy], strict=True))
+
+        def run_pass() -> None:
+            for packed, x in pairs:
+                forward(x, packed)
+
+        return run_pass
+
+    passes = [make_pass(copy) for copy in range(len(layers.packed))]
+    return time_passes(layers.candidate.name, passes, device, warmup, iterations, use_cuda_graph)
+
+
+class DenseBaseline(Candidate):
+    """Unquantized F.linear on dense weights of the same shapes: fp16 cuBLAS on CUDA. Not a kernel candidate."""
+
+    name = FP16_BASELINE
+    family = "baseline"
+    layout = "dense"
+
+    def prepare(self, weight: QuantizedWeight, device: torch.device) -> torch.Tensor:
+        return dequantize(weight, compute_dtype(device)).to(device)
+
+    def forward(self, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, packed)
+
+
+def time_dense_baseline(
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    device: torch.device,
+    num_tokens: int,
+    warmup: int,
+    iterations: int,
+) -> KernelTiming:
+    """The fp16 cuBLAS baseline for the same layer shapes, timed exactly as the candidates are."""
+    copies = rotation_copies([(o * 4, i) for o, i in shapes], device)  # fp16 is 4x the int4 bytes
+    weights = random_layer_weights(shapes, group_size, device, copies)
+    return time_candidate(prepare_layers(DenseBaseline(), weights, device), device, num_tokens, warmup, iterations)
+
+
+def measure_copy_bandwidth_gbps(device: torch.device, num_bytes: int | None = None, iterations: int = 20) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), for rooflines."""
+    # 256 MiB: 4x an H100/H200 L2, and on H200 it reads the ~4.2 TB/s that larger copies (oddly ~2.7) miss.
+    num_bytes = num_bytes or (1 << 28 if device.type == "cuda" else 1 << 27)
+    source = torch.ones(num_bytes // 16, 4, dtype=torch.float32, device=device)  # 16-byte rows: widest loads
+    target = torch.empty_like(source)
+
+    def copy() -> None:
+        target.copy_(source)
+
+    timing = time_passes("copy", [copy], device, warmup=2, iterations=iterations)
+    return 2 * source.nbytes / (timing.median_ms * 1e-3) / 1e9

@@ -1,0 +1,49 @@
+"""Every kernel candidate by name. Adding one takes its file in candidates/ plus a row in capability.py."""
+
+from collections.abc import Collection
+
+from awqd.errors import InvalidArgument
+from awqd.kernels.base import Candidate
+from awqd.kernels.candidates.autoawq_gemm_cuda import AutoawqGemmCuda
+from awqd.kernels.candidates.autoawq_gemm_triton import AutoawqGemmTriton
+from awqd.kernels.candidates.autoawq_gemv_cuda import AutoawqGemvCuda
+from awqd.kernels.candidates.autoawq_gemv_fast_cuda import AutoawqGemvFastCuda
+from awqd.kernels.candidates.dequant_cublas import DequantCublas
+from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
+from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.capability import CAPABILITY_TABLE, FAMILIES
+
+CANDIDATES: dict[str, type[Candidate]] = {
+    cls.name: cls
+    for cls in (
+        ReferenceTorch,
+        AutoawqGemmCuda,
+        AutoawqGemmTriton,
+        AutoawqGemvCuda,
+        AutoawqGemvFastCuda,
+        DequantCublas,
+        DequantMatmulCpu,
+    )
+}
+
+
+def candidate_names() -> list[str]:
+    """In capability-table order, which is preference order within a family."""
+    return [rule.name for rule in CAPABILITY_TABLE]
+
+
+def build(name: str) -> Candidate:
+    if name not in CANDIDATES:
+        raise InvalidArgument("kernel", f"unknown kernel candidate {name!r}; known: {', '.join(candidate_names())}")
+    return CANDIDATES[name]()
+
+
+def is_family(name: str) -> bool:
+    return name in FAMILIES
+
+
+def resolve_family(family: str, usable: Collection[str]) -> str | None:
+    """The preferred candidate of `family` among the `usable` names, or None if the family has none usable."""
+    if not is_family(family):
+        raise InvalidArgument("kernel", f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
+    return next((r.name for r in CAPABILITY_TABLE if r.family == family and r.name in usable), None)

@@ -1,0 +1,150 @@
+"""AwqdClient: a typed wrapper over the generated AwqdService stub that raises AwqdError for every failure."""
+
+import threading
+from collections.abc import Callable, Generator, Iterable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from awqd_client.errors import AwqdError, from_rpc_error, no_answer_message
+from awqd_client.v1 import awqd_pb2, awqd_pb2_grpc
+
+# Describe and benchmark reports stay far below this; the default 4 MiB would cap a node with many GPUs and models.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+)
+
+Response = TypeVar("Response")
+
+
+class AwqdClient:
+    """One channel to one awqd daemon.
+
+    `timeout` is the deadline of the quick calls (describe, list_models, unload_model, health) and bounds how
+    long the long calls wait to connect; load_model, generate and benchmark then run without a deadline
+    unless their own `timeout` is given, since loading a model or generating may take minutes.
+    """
+
+    def __init__(self, target: str, *, timeout: float | None = 10.0, metadata: Sequence[tuple[str, str]] = ()):
+        self.target = target
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = awqd_pb2_grpc.AwqdServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> "AwqdClient":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def describe(self) -> awqd_pb2.DescribeResponse:
+        return self._unary(self._stub.Describe, awqd_pb2.DescribeRequest(), self.timeout)
+
+    def list_models(self) -> list[awqd_pb2.Model]:
+        return list(self._unary(self._stub.ListModels, awqd_pb2.ListModelsRequest(), self.timeout).models)
+
+    def load_model(
+        self, name: str, path: str, device: str = "", kernel: str = "", *, timeout: float | None = None
+    ) -> awqd_pb2.Model:
+        """Load a checkpoint directory (inside the daemon's model root) and return the READY model."""
+        request = awqd_pb2.LoadModelRequest(name=name, path=path, device=device, kernel=kernel)
+        self._await_connection()
+        return self._unary(self._stub.LoadModel, request, timeout).model
+
+    def unload_model(self, name: str) -> None:
+        self._unary(self._stub.UnloadModel, awqd_pb2.UnloadModelRequest(name=name), self.timeout)
+
+    def generate(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        kernel: str = "",
+        timeout: float | None = None,
+    ) -> Generator[awqd_pb2.GenerateResponse, None, None]:
+        """Stream the generation: text deltas, the last message carrying the completion summary.
+
+        Closing the iterator early cancels the call, which stops the generation on the daemon.
+        The daemon validates the request; set exactly one of `prompt` and `prompt_token_ids`.
+        """
+        request = awqd_pb2.GenerateRequest(
+            model=model,
+            prompt=prompt or "",
+            prompt_token_ids=prompt_token_ids or (),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            kernel=kernel,
+        )
+        return self._stream(self._stub.Generate, request, timeout)
+
+    def benchmark(
+        self, request: awqd_pb2.BenchmarkRequest, *, timeout: float | None = None
+    ) -> Generator[awqd_pb2.BenchmarkResponse, None, None]:
+        """Stream benchmark progress, then the report; closing the iterator early cancels the run."""
+        return self._stream(self._stub.Benchmark, request, timeout)
+
+    def health(self, service: str = "") -> str:
+        """The grpc.health.v1 status name, e.g. "SERVING"; "" asks about the whole daemon."""
+        response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def _unary(self, method: Callable[..., Response], request: object, timeout: float | None) -> Response:
+        try:
+            return method(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target, timeout) from error
+
+    def _stream(
+        self, method: Callable[..., Iterable[Response]], request: object, timeout: float | None
+    ) -> Generator[Response, None, None]:
+        self._await_connection()
+        call = method(request, timeout=timeout, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target, timeout) from error
+        finally:
+            call.cancel()  # a no-op once the stream has ended; stops the daemon's work when the caller stopped early
+
+    def _await_connection(self) -> None:
+        """Bound the wait for a connection by `timeout`, since the long calls may carry no deadline.
+
+        A refused or unresolvable target settles at TRANSIENT_FAILURE at once; the call that follows then
+        fails fast with grpc's own reason. Only a silent peer (no HTTP/2 handshake) runs into the timeout.
+        """
+        if self.timeout is None:
+            return
+        settled = threading.Event()
+
+        def on_change(state: grpc.ChannelConnectivity) -> None:
+            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                settled.set()
+
+        self._channel.subscribe(on_change, try_to_connect=True)
+        try:
+            if not settled.wait(self.timeout):
+                raise AwqdError(grpc.StatusCode.DEADLINE_EXCEEDED, no_answer_message(self.target, self.timeout))
+        finally:
+            self._channel.unsubscribe(on_change)

@@ -34,6 +34,9 @@ class KernelRouter:
             return self.pinned
         return self.dispatch.candidate_for(num_tokens)
 
+    def bucket_for(self, num_tokens: int) -> int:
+        return self.dispatch.bucket_for(num_tokens)
+
 
 def tensor_bytes(packed: Any) -> int:
     """Bytes of every distinct tensor inside a packed layout (a tensor, a mapping, a sequence or a dataclass)."""

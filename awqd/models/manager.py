@@ -1,0 +1,157 @@
+"""The hosted models: load, unload, look up, and their life-cycle states."""
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+import torch
+
+from awqd.config import MODEL_NAME
+from awqd.engine.worker import ModelWorker
+from awqd.errors import AlreadyExists, AwqdError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from awqd.kernels.base import Candidate, Dispatch
+from awqd.models.loader import LoadedModel, load_model
+from awqd.quant.linear import KernelRouter
+
+log = structlog.get_logger("awqd.models")
+
+
+class KernelPlanner(Protocol):
+    """What the model manager needs from kernel selection (implemented by the daemon)."""
+
+    def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
+        """The dispatch for a model on that device, and every candidate whose layout the model should hold."""
+
+    def resolve(self, torch_device: str, kernel: str) -> Candidate:
+        """The candidate a kernel override names; FailedPrecondition if unsupported there."""
+
+
+@dataclass
+class HostedModel:
+    name: str
+    path: Path
+    device: str
+    kernel: str
+    state: str = "loading"  # "loading" | "ready" | "failed"
+    error: str = ""
+    loaded: LoadedModel | None = None
+    router: KernelRouter | None = None
+    worker: ModelWorker | None = None
+    load_seconds: float = 0.0
+
+
+class ModelManager:
+    def __init__(self, model_root: Path, default_device: str, planner: KernelPlanner, single_layout: bool):
+        self.model_root = model_root
+        self.default_device = default_device
+        self.planner = planner
+        self.single_layout = single_layout
+        self._models: dict[str, HostedModel] = {}
+        self._lock = threading.Lock()
+
+    def resolve_path(self, path: str) -> Path:
+        """Paths are relative to the model root or absolute inside it; '..' is refused outright."""
+        if not path:
+            raise InvalidArgument("path", "must name a checkpoint directory")
+        if ".." in Path(path).parts:
+            raise PermissionDenied(f"path: {path!r} contains '..'; paths must stay inside the model root")
+        resolved = (self.model_root / path).resolve()
+        if resolved != self.model_root and self.model_root not in resolved.parents:
+            raise PermissionDenied(f"path: {path!r} is outside the model root {self.model_root}")
+        return resolved
+
+    def load(self, name: str, path: Path, device: str = "", kernel: str = "auto") -> HostedModel:
+        """Loads synchronously. A failure leaves the model listed as failed, with the reason, and re-raises."""
+        if not MODEL_NAME.match(name):
+            raise InvalidArgument("name", f"{name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        device = device or self.default_device
+        _check_device(device)
+        kernel = kernel or "auto"
+        hosted = HostedModel(name=name, path=path, device=device, kernel=kernel)
+        with self._lock:
+            existing = self._models.get(name)
+            if existing is not None and existing.state != "failed":
+                raise AlreadyExists(f"model {name!r} is already {existing.state}; unload it first")
+            self._models[name] = hosted
+        started = time.perf_counter()
+        log.info("model_loading", model=name, path=str(path), device=device, kernel=kernel)
+        try:
+            dispatch, held = self.planner.plan(device, kernel)
+            router = KernelRouter(dispatch)
+            extra = [] if self.single_layout else held
+            loaded = load_model(path, torch.device(device), router, extra_candidates=extra)
+        except Exception as error:
+            hosted.state, hosted.error = "failed", str(error)
+            hosted.load_seconds = time.perf_counter() - started
+            log.error("model_failed", model=name, error=str(error))
+            if isinstance(error, AwqdError):
+                raise
+            raise AwqdError(f"loading model {name!r} failed: {type(error).__name__}: {error}") from error
+        hosted.loaded, hosted.router = loaded, router
+        hosted.worker = ModelWorker(name, loaded.model, loaded.tokenizer, router)
+        hosted.load_seconds = time.perf_counter() - started
+        hosted.state = "ready"
+        log.info("model_ready", model=name, seconds=round(hosted.load_seconds, 3), bytes=loaded.weight_memory_bytes)
+        return hosted
+
+    def mark_failed(self, name: str, path: Path, device: str, error: Exception) -> None:
+        """Lists a model that could not even start loading (e.g. a refused path), so Describe shows why."""
+        with self._lock:
+            self._models[name] = HostedModel(
+                name=name,
+                path=path,
+                device=device or self.default_device,
+                kernel="auto",
+                state="failed",
+                error=str(error),
+            )
+        log.error("model_failed", model=name, error=str(error))
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            hosted = self._models.get(name)
+            if hosted is None:
+                raise NotFound(f"model {name!r} is not hosted")
+            if hosted.state == "loading":
+                raise Unavailable(f"model {name!r} is still loading; unload it once it is ready or failed")
+            del self._models[name]
+        if hosted.worker is not None:
+            hosted.worker.close(on_closed=_release_memory)
+        log.info("model_unloaded", model=name)
+
+    def ready(self, name: str) -> HostedModel:
+        hosted = self._models.get(name)
+        if hosted is None:
+            raise NotFound(f"model {name!r} is not hosted; hosted: {', '.join(sorted(self._models)) or 'none'}")
+        if hosted.state == "loading":
+            raise Unavailable(f"model {name!r} is still loading")
+        if hosted.state == "failed":
+            raise Unavailable(f"model {name!r} failed to load: {hosted.error}")
+        return hosted
+
+    def list(self) -> list[HostedModel]:
+        return sorted(self._models.values(), key=lambda m: m.name)
+
+    def close(self) -> None:
+        for hosted in self.list():
+            if hosted.worker is not None:
+                hosted.worker.close()
+
+
+def _check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise InvalidArgument("device", f"{device!r} is not a torch device: {error}") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise InvalidArgument("device", f"{device!r} is not available on this node")
+    if parsed.type not in ("cpu", "cuda"):
+        raise InvalidArgument("device", f"{device!r}: awqd runs on cpu or cuda devices")
+
+
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

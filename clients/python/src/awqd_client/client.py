@@ -1,6 +1,5 @@
 """AwqdClient: a typed wrapper over the generated AwqdService stub that raises AwqdError for every failure."""
 
-import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -8,7 +7,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from awqd_client.errors import AwqdError, from_rpc_error, no_answer_message
+from awqd_client.errors import from_rpc_error
 from awqd_client.v1 import awqd_pb2, awqd_pb2_grpc
 
 # Describe and benchmark reports stay far below this; the default 4 MiB would cap a node with many GPUs and models.
@@ -129,22 +128,10 @@ class AwqdClient:
             call.cancel()  # a no-op once the stream has ended; stops the daemon's work when the caller stopped early
 
     def _await_connection(self) -> None:
-        """Bound the wait for a connection by `timeout`, since the long calls may carry no deadline.
+        """Bound the wait for the daemon by `timeout`, since the long calls may carry no deadline.
 
-        A refused or unresolvable target settles at TRANSIENT_FAILURE at once; the call that follows then
-        fails fast with grpc's own reason. Only a silent peer (no HTTP/2 handshake) runs into the timeout.
+        A health check is the cheapest real round trip: a silent peer runs into the timeout, a refused port
+        fails at once, and a reachable daemon answers whatever its readiness.
         """
-        if self.timeout is None:
-            return
-        settled = threading.Event()
-
-        def on_change(state: grpc.ChannelConnectivity) -> None:
-            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
-                settled.set()
-
-        self._channel.subscribe(on_change, try_to_connect=True)
-        try:
-            if not settled.wait(self.timeout):
-                raise AwqdError(grpc.StatusCode.DEADLINE_EXCEEDED, no_answer_message(self.target, self.timeout))
-        finally:
-            self._channel.unsubscribe(on_change)
+        if self.timeout is not None:
+            self._unary(self._health.Check, health_pb2.HealthCheckRequest(), self.timeout)

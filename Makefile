@@ -1,0 +1,46 @@
+# awqd: `make run` serves the demo model on whatever hardware is here; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:50051
+CACHE_DIR ?= .cache/awqd
+IMAGE ?= awqd:dev
+
+.PHONY: install run test lint proto proto-check bench gpu-check docker-build clean
+
+install: $(STAMP)
+
+# torch==2.13.0 resolves to the CPU build on machines without CUDA (a local file here, as in CI) and to
+# PyPI's CUDA build elsewhere; it is installed first so nothing else pulls a different torch.
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e clients/python -e ".[dev]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/awqd serve --listen $(LISTEN) --cache-dir $(CACHE_DIR) --log-format console
+
+test: install proto-check
+	$(BIN)/ruff check .
+	$(BIN)/pytest -ra
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
+
+proto: install
+	$(BIN)/python tools/protogen.py
+
+proto-check: install
+	$(BIN)/python tools/protogen.py --check
+
+# The image needs a Docker engine with the NVIDIA runtime; none runs on the development machines.
+docker-build:
+	docker build -t $(IMAGE) .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

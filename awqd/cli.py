@@ -1,0 +1,143 @@
+"""The `awqd` command: serve, quantize, synth."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from awqd.config import ModelSpec, ServeConfig
+from awqd.errors import AwqdError
+from awqd.log import configure_logging
+
+app = typer.Typer(help="awqd: serve 4-bit AWQ models over gRPC on the kernels measured fastest for each GPU.")
+
+
+@app.command()
+def serve(
+    listen: Annotated[str, typer.Option(envvar="AWQD_LISTEN", help="HOST:PORT to serve gRPC on")] = "0.0.0.0:50051",
+    cache_dir: Annotated[
+        Path, typer.Option(envvar="AWQD_CACHE_DIR", help="kernel decisions and the demo model live here")
+    ] = Path("/var/cache/awqd"),
+    model: Annotated[
+        list[str] | None,
+        typer.Option(envvar="AWQD_MODELS", help="NAME=PATH[@DEVICE] to host; repeatable (env: space-separated)"),
+    ] = None,
+    model_root: Annotated[
+        Path | None,
+        typer.Option(envvar="AWQD_MODEL_ROOT", help="model paths must lie under it [default: CACHE_DIR/models]"),
+    ] = None,
+    demo_model: Annotated[
+        bool, typer.Option(envvar="AWQD_DEMO_MODEL", help="host the built-in demo model when no --model is given")
+    ] = True,
+    kernel: Annotated[
+        str, typer.Option(envvar="AWQD_KERNEL", help="auto, or a kernel family or candidate forced daemon-wide")
+    ] = "auto",
+    selection_budget: Annotated[
+        float, typer.Option(envvar="AWQD_SELECTION_BUDGET", help="seconds of on-boot kernel benchmarking per device")
+    ] = 60.0,
+    single_layout: Annotated[
+        bool, typer.Option(envvar="AWQD_SINGLE_LAYOUT", help="hold one weight layout per model, not one per kernel")
+    ] = False,
+    grace_period: Annotated[
+        float, typer.Option(envvar="AWQD_GRACE_PERIOD", help="seconds in-flight calls get to finish on SIGTERM")
+    ] = 30.0,
+    max_new_tokens: Annotated[
+        int, typer.Option(envvar="AWQD_MAX_NEW_TOKENS", help="largest max_new_tokens a request may ask for")
+    ] = 2048,
+    max_workers: Annotated[int, typer.Option(envvar="AWQD_MAX_WORKERS", help="gRPC worker threads")] = 32,
+    log_level: Annotated[str, typer.Option(envvar="AWQD_LOG_LEVEL")] = "info",
+    log_format: Annotated[str, typer.Option(envvar="AWQD_LOG_FORMAT", help="json or console")] = "json",
+) -> None:
+    """Serve the gRPC API until SIGTERM or SIGINT."""
+    from awqd.server.app import serve as run_server
+
+    configure_logging(log_level, log_format)
+    try:
+        config = ServeConfig(
+            listen=listen,
+            cache_dir=cache_dir,
+            model_root=model_root,
+            models=tuple(ModelSpec.parse(spec) for item in model or () for spec in item.split()),
+            demo_model=demo_model,
+            kernel=kernel,
+            selection_budget_s=selection_budget,
+            single_layout=single_layout,
+            grace_period_s=grace_period,
+            max_new_tokens_cap=max_new_tokens,
+            max_workers=max_workers,
+            log_level=log_level,
+            log_format=log_format,
+        )
+    except AwqdError as error:
+        raise typer.BadParameter(str(error)) from None
+    raise typer.Exit(run_server(config))
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Option(help="directory of the fp16 transformers model to quantize")],
+    calib: Annotated[Path, typer.Option(help="calibration text: one sample per line, or JSONL with a 'text' field")],
+    out: Annotated[Path, typer.Option(help="directory for the AWQ checkpoint (must not exist or be empty)")],
+    w_bit: Annotated[int, typer.Option(help="bits per weight; AWQ kernels support 4")] = 4,
+    group_size: Annotated[int, typer.Option(help="input channels per scale and zero")] = 128,
+    zero_point: Annotated[bool, typer.Option(help="store an asymmetric zero point")] = True,
+    version: Annotated[str, typer.Option(help="packing to write: GEMM or GEMV")] = "GEMM",
+) -> None:
+    """Quantize a model with AutoAWQ on domain-appropriate calibration data, and report activation salience."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from awqd.quantize.autoawq import quantize as run_quantize
+    from awqd.quantize.calibration import read_calibration
+
+    configure_logging("warning", "console")
+    try:
+        report = run_quantize(
+            model,
+            read_calibration(calib),
+            out,
+            w_bit=w_bit,
+            group_size=group_size,
+            zero_point=zero_point,
+            version=version,
+        )
+    except AwqdError as error:
+        typer.echo(f"awqd quantize: error: {error}", err=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"{len(report.layers)} layers quantized in {report.seconds:.1f} s on {report.device}")
+    for column in ("layer", "top 1% channels' share of |x|", "max / median channel", "most salient channels"):
+        table.add_column(column)
+    for layer, salience in report.salience.items():
+        ratio = f"{salience.max_median_ratio:.1f}x" if salience.max_median_ratio is not None else "-"
+        table.add_row(
+            layer, f"{salience.top_channels_share:.1%}", ratio, ", ".join(map(str, salience.top_channels[:4]))
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"checkpoint: {out} ({report.version}, w_bit {report.w_bit}, group {report.group_size})")
+
+
+@app.command()
+def synth(
+    arch: Annotated[str, typer.Option(help="tiny, llama-2-7b, llama-3-8b or mistral-7b")],
+    out: Annotated[Path, typer.Option(help="directory for the synthetic checkpoint")],
+    version: Annotated[str, typer.Option(help="packing to write: GEMM or GEMV")] = "GEMM",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write an AWQ checkpoint with a real architecture's shapes and random int4 weights, for benchmarks."""
+    import time
+
+    from awqd.models.synth import synthesize
+
+    configure_logging("warning", "console")
+    started = time.perf_counter()
+    try:
+        path = synthesize(arch, out, version=version, seed=seed)
+    except AwqdError as error:
+        typer.echo(f"awqd synth: error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {arch} ({version}) to {path} in {time.perf_counter() - started:.1f} s")
+
+
+def main() -> None:
+    app()

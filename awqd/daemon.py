@@ -1,0 +1,188 @@
+"""The daemon's state: what it discovered, what it decided, what it hosts. The gRPC layer only translates it.
+
+Boot order: the demo model (if needed) -> the hosted models' layer shapes -> kernel selection on every device
+-> model loading. The health check turns SERVING only after all of it, so a ready pod can serve.
+"""
+
+import dataclasses
+import socket
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from awqd import __version__
+from awqd.config import ModelSpec, ServeConfig
+from awqd.engine.request import GenerateParams
+from awqd.engine.worker import Job
+from awqd.errors import FailedPrecondition, Unavailable
+from awqd.kernels import registry
+from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
+from awqd.kernels.shapes import default_shapes, shapes_from_config
+from awqd.models.checkpoint import open_checkpoint
+from awqd.models.demo import DEMO_NAME, ensure_demo_model
+from awqd.models.manager import HostedModel, ModelManager
+from awqd.node.devices import DeviceInfo, Discovery, discover, memory_free_bytes
+from awqd.node.versions import Component, component_versions
+
+log = structlog.get_logger("awqd")
+
+AUTO = ("", "auto")
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    info: DeviceInfo
+    memory_free_bytes: int
+    kernels: list[CandidateReport]
+    decisions: DeviceDecisions | None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    hostname: str
+    awqd_version: str
+    started_at: datetime
+    uptime_s: float
+    components: list[Component]
+    discovery: Discovery
+    devices: list[DeviceState]
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.started_at = datetime.now(UTC)
+        self.hostname = socket.gethostname()
+        self.discovery = discover()
+        self.components = component_versions(self.discovery)
+        self.decisions: dict[str, DeviceDecisions] = {}  # by torch device
+        self.ready = threading.Event()
+        gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
+        self.default_device = gpus[0].torch_device if gpus else "cpu"
+        self.models = ModelManager(config.resolved_model_root, self.default_device, self, config.single_layout)
+        log.info(
+            "devices_discovered",
+            devices=[f"{d.index}:{d.kind}:{d.name}" for d in self.discovery.devices],
+            nvml_error=self.discovery.nvml_error or None,
+            warnings=list(self.discovery.warnings),
+        )
+
+    def boot(self) -> None:
+        """Everything that must finish before the health check reports SERVING. Never raises."""
+        specs = self._model_specs()
+        shapes, group_sizes = self._hosted_shapes(specs)
+        for device in self.discovery.devices:
+            if not device.torch_device:
+                continue  # torch cannot address it; Describe keeps the discovery warning
+            self.decisions[device.torch_device] = select_kernels(
+                device,
+                shapes.get(device.torch_device) or default_shapes(),
+                group_sizes.get(device.torch_device, 128),
+                self.config.cache_dir,
+                budget_s=self.config.selection_budget_s,
+                forced=None if self.config.kernel in AUTO else self.config.kernel,
+            )
+        for spec in specs:
+            try:
+                self.models.load(spec.name, Path(spec.path), spec.device, self.config.kernel)
+            except Exception as error:  # a bad model must not keep the others from serving
+                log.error("model_not_loaded", model=spec.name, error=str(error))
+        self.ready.set()
+        log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
+
+    def _model_specs(self) -> list[ModelSpec]:
+        specs = []
+        for spec in self.config.models:
+            try:
+                specs.append(ModelSpec(spec.name, str(self.models.resolve_path(spec.path)), spec.device))
+            except Exception as error:
+                self.models.mark_failed(spec.name, Path(spec.path), spec.device, error)
+        if not self.config.models and self.config.demo_model:
+            try:
+                specs.append(ModelSpec(DEMO_NAME, str(ensure_demo_model(self.config.cache_dir))))
+            except Exception as error:  # e.g. an unwritable cache directory: serve without the demo
+                log.error("demo_model_unavailable", cache_dir=str(self.config.cache_dir), error=str(error))
+        return specs
+
+    def _hosted_shapes(self, specs: list[ModelSpec]) -> tuple[dict[str, list], dict[str, int]]:
+        """Per torch device, the distinct layer shapes of the models it will host, and their group size."""
+        shapes: dict[str, dict[tuple[int, int], None]] = defaultdict(dict)
+        group_sizes: dict[str, int] = {}
+        for spec in specs:
+            try:
+                checkpoint = open_checkpoint(spec.path)
+            except Exception as error:
+                log.warning("model_shapes_unreadable", model=spec.name, error=str(error))
+                continue
+            device = spec.device or self.default_device
+            shapes[device].update(dict.fromkeys(shapes_from_config(checkpoint.config).values()))
+            group_sizes.setdefault(device, checkpoint.quant_config.group_size)
+        return {device: list(found) for device, found in shapes.items()}, group_sizes
+
+    # KernelPlanner, for the model manager.
+    def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
+        decisions = self._decisions(torch_device)
+        dispatch = decisions.dispatch() if kernel in AUTO else Dispatch.single(resolve_forced(decisions, kernel))
+        return dispatch, [registry.build(name) for name in decisions.usable_names()]
+
+    def resolve(self, torch_device: str, kernel: str) -> Candidate:
+        return resolve_forced(self._decisions(torch_device), kernel)
+
+    def _decisions(self, torch_device: str) -> DeviceDecisions:
+        decisions = self.decisions.get(torch_device)
+        if decisions is None:
+            if not self.ready.is_set():
+                raise Unavailable(f"kernel selection for {torch_device} is still running")
+            raise FailedPrecondition(f"no kernel decisions for device {torch_device}")
+        return decisions
+
+    def load_model(self, name: str, path: str, device: str, kernel: str) -> HostedModel:
+        if not self.ready.is_set():
+            raise Unavailable("awqd is still booting: kernel selection has not finished")
+        return self.models.load(name, self.models.resolve_path(path), device, kernel)
+
+    def generate(self, params: GenerateParams) -> Job:
+        params.validate(self.config.max_new_tokens_cap)
+        hosted = self.models.ready(params.model)
+        loaded = hosted.loaded
+        pinned = None
+        if params.kernel not in AUTO:
+            pinned = self.resolve(hosted.device, params.kernel)
+            if pinned.layout not in loaded.layouts:
+                raise FailedPrecondition(
+                    f"kernel {pinned.name} needs the {pinned.layout!r} layout, but model {hosted.name!r} holds "
+                    f"{list(loaded.layouts)} (it was loaded with --single-layout or a forced kernel)"
+                )
+        prompt_ids = params.prompt_ids(loaded.tokenizer, loaded.config.vocab_size, loaded.context_length)
+        job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
+        hosted.worker.submit(job)
+        return job
+
+    def node_state(self) -> NodeState:
+        now = datetime.now(UTC)
+        devices = []
+        for device in self.discovery.devices:
+            decisions = self.decisions.get(device.torch_device)
+            kernels = (
+                decisions.candidates
+                if decisions
+                else [CandidateReport(**dataclasses.asdict(e)) for e in device_eligibility(device)]
+            )
+            devices.append(DeviceState(device, memory_free_bytes(device), kernels, decisions))
+        return NodeState(
+            hostname=self.hostname,
+            awqd_version=__version__,
+            started_at=self.started_at,
+            uptime_s=(now - self.started_at).total_seconds(),
+            components=self.components,
+            discovery=self.discovery,
+            devices=devices,
+        )
+
+    def close(self) -> None:
+        self.models.close()

@@ -1,0 +1,79 @@
+"""The one place where exceptions become gRPC statuses, and where every RPC gets its log line."""
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import structlog
+
+from awqd.errors import AwqdError
+
+log = structlog.get_logger("awqd.rpc")
+
+
+class StatusInterceptor(grpc.ServerInterceptor):
+    """Maps AwqdError to its status code, anything else to INTERNAL, and logs one line per RPC."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+        return handler
+
+
+def _wrap_unary(method: str, behavior: Callable) -> Callable:
+    def wrapped(request, context: grpc.ServicerContext):
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return behavior(request, context)
+        except Exception as error:
+            code, message = _status_for(method, error)
+            context.abort(code, message)
+        finally:
+            _log_rpc(method, code, started, context)
+
+    return wrapped
+
+
+def _wrap_stream(method: str, behavior: Callable) -> Callable:
+    def wrapped(request, context: grpc.ServicerContext) -> Iterator:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield from behavior(request, context)
+        except GeneratorExit:
+            # grpc closes the generator when the client has cancelled or the deadline has passed.
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            code, message = _status_for(method, error)
+            context.abort(code, message)
+        finally:
+            if code is grpc.StatusCode.OK and not context.is_active():
+                code = grpc.StatusCode.CANCELLED
+            _log_rpc(method, code, started, context)
+
+    return wrapped
+
+
+def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, AwqdError):
+        return error.code, str(error)
+    log.error("rpc_failed", method=method, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+
+
+def _log_rpc(method: str, code: grpc.StatusCode, started: float, context: grpc.ServicerContext) -> None:
+    log.info(
+        "rpc",
+        method=method,
+        code=code.name,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        peer=context.peer(),
+    )

@@ -1,0 +1,208 @@
+"""Translation from the daemon's domain objects to awq.v1 messages."""
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from awqd.daemon import DeviceState, NodeState
+from awqd.engine.generate import Finished, TokenDelta
+from awqd.engine.request import GenerateParams
+from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
+from awqd.models.manager import HostedModel
+from awqd_client.v1 import awqd_pb2 as pb
+
+KERNEL_FAMILIES = {
+    "reference": pb.KERNEL_FAMILY_REFERENCE,
+    "gemm": pb.KERNEL_FAMILY_GEMM,
+    "gemv": pb.KERNEL_FAMILY_GEMV,
+    "gemv_fast": pb.KERNEL_FAMILY_GEMV_FAST,
+    "dequant_matmul": pb.KERNEL_FAMILY_DEQUANT_MATMUL,
+}
+DEVICE_KINDS = {"cpu": pb.DEVICE_KIND_CPU, "cuda": pb.DEVICE_KIND_CUDA}
+DECISION_SOURCES = {
+    "measured": pb.DECISION_SOURCE_MEASURED,
+    "cache_validated": pb.DECISION_SOURCE_CACHE_VALIDATED,
+    "capability_rule": pb.DECISION_SOURCE_CAPABILITY_RULE,
+    "forced": pb.DECISION_SOURCE_FORCED,
+}
+
+
+def timestamp(moment) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def duration(seconds: float) -> Duration:
+    message = Duration()
+    message.FromNanoseconds(int(seconds * 1e9))
+    return message
+
+
+def node(state: NodeState) -> pb.Node:
+    discovery = state.discovery
+    return pb.Node(
+        hostname=state.hostname,
+        awqd_version=state.awqd_version,
+        started_at=timestamp(state.started_at),
+        uptime=duration(state.uptime_s),
+        components=[
+            pb.Component(name=c.name, version=c.version, available=c.available, reason=c.reason)
+            for c in state.components
+        ],
+        gpu_discovery=pb.GpuDiscovery(
+            nvml_available=discovery.nvml_available,
+            nvml_error=discovery.nvml_error,
+            nvml_device_count=discovery.nvml_device_count,
+            torch_cuda_available=discovery.torch_cuda_available,
+            torch_device_count=discovery.torch_device_count,
+            warnings=list(discovery.warnings),
+        ),
+    )
+
+
+def kernel_candidate(report: CandidateReport) -> pb.KernelCandidate:
+    message = pb.KernelCandidate(
+        name=report.name,
+        family=KERNEL_FAMILIES[report.family],
+        supported=report.supported,
+        reason=report.reason,
+        requires=list(report.requires),
+        layout=report.layout,
+    )
+    if report.correctness is not None:
+        check = report.correctness
+        message.correctness.CopyFrom(
+            pb.CorrectnessCheck(
+                passed=check.passed,
+                max_relative_error=check.max_relative_error,
+                tolerance=check.tolerance,
+                error=check.error,
+            )
+        )
+    return message
+
+
+def kernel_decision(decision: KernelDecision) -> pb.KernelDecision:
+    return pb.KernelDecision(
+        batch_tokens=decision.batch_tokens,
+        kernel=decision.kernel,
+        source=DECISION_SOURCES[decision.source],
+        reason=decision.reason,
+        timings=[
+            pb.KernelTiming(
+                kernel=t.kernel, median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms, cuda_graph=t.cuda_graph
+            )
+            for t in decision.timings
+        ],
+    )
+
+
+def kernel_selection(decisions: DeviceDecisions) -> pb.KernelSelection:
+    message = pb.KernelSelection(
+        source=DECISION_SOURCES[decisions.source],
+        duration=duration(decisions.duration_s),
+        fingerprint=decisions.fingerprint,
+        notes=list(decisions.notes),
+    )
+    if decisions.measured_at is not None:
+        message.measured_at.CopyFrom(timestamp(decisions.measured_at))
+    return message
+
+
+def device(state: DeviceState) -> pb.Device:
+    info = state.info
+    message = pb.Device(
+        index=info.index,
+        kind=DEVICE_KINDS[info.kind],
+        uuid=info.uuid,
+        name=info.name,
+        compute_capability=info.capability_str,
+        memory_total_bytes=info.memory_total_bytes,
+        memory_free_bytes=state.memory_free_bytes,
+        torch_device=info.torch_device,
+        kernels=[kernel_candidate(k) for k in state.kernels],
+    )
+    if state.decisions is not None:
+        message.decisions.extend(kernel_decision(d) for d in state.decisions.decisions)
+        message.selection.CopyFrom(kernel_selection(state.decisions))
+    return message
+
+
+def describe(state: NodeState, models: list[HostedModel]) -> pb.DescribeResponse:
+    return pb.DescribeResponse(
+        node=node(state), devices=[device(d) for d in state.devices], models=[model(m) for m in models]
+    )
+
+
+MODEL_STATES = {"loading": pb.MODEL_STATE_LOADING, "ready": pb.MODEL_STATE_READY, "failed": pb.MODEL_STATE_FAILED}
+PACKINGS = {"GEMM": pb.QUANT_PACKING_GEMM, "GEMV": pb.QUANT_PACKING_GEMV}
+FINISH_REASONS = {
+    "length": pb.FINISH_REASON_LENGTH,
+    "stop": pb.FINISH_REASON_STOP,
+    "eos": pb.FINISH_REASON_EOS,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
+def model(hosted: HostedModel) -> pb.Model:
+    message = pb.Model(
+        name=hosted.name,
+        path=str(hosted.path),
+        device=hosted.device,
+        state=MODEL_STATES[hosted.state],
+        error=hosted.error,
+        kernel=hosted.kernel,
+        load_duration=duration(hosted.load_seconds),
+    )
+    if hosted.loaded is not None:
+        loaded = hosted.loaded
+        quant = loaded.quant_config
+        message.architecture = loaded.architecture
+        message.quant_config.CopyFrom(
+            pb.QuantConfig(
+                w_bit=quant.w_bit,
+                group_size=quant.group_size,
+                zero_point=quant.zero_point,
+                packing=PACKINGS[quant.version],
+            )
+        )
+        message.weight_memory_bytes = loaded.weight_memory_bytes
+        message.extra_layout_memory_bytes = loaded.extra_layout_memory_bytes
+        message.context_length = loaded.context_length
+    return message
+
+
+def generate_params(request: pb.GenerateRequest) -> GenerateParams:
+    return GenerateParams(
+        model=request.model,
+        prompt=request.prompt,
+        prompt_token_ids=tuple(request.prompt_token_ids),
+        max_new_tokens=request.max_new_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        top_k=request.top_k,
+        seed=request.seed if request.HasField("seed") else None,
+        stop=tuple(request.stop),
+        kernel=request.kernel,
+    )
+
+
+def generate_response(event: TokenDelta | Finished) -> pb.GenerateResponse:
+    if isinstance(event, TokenDelta):
+        return pb.GenerateResponse(text=event.text, token_ids=event.token_ids)
+    return pb.GenerateResponse(
+        completion=pb.Completion(
+            finish_reason=FINISH_REASONS[event.finish_reason],
+            usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+            timings=pb.GenerationTimings(
+                time_to_first_token_ms=event.time_to_first_token_ms,
+                ms_per_output_token=event.ms_per_output_token,
+                total_ms=event.total_ms,
+                queue_ms=event.queue_ms,
+            ),
+            kernels=[
+                pb.KernelUse(phase=k.phase, batch_tokens=k.batch_tokens, kernel=k.kernel, steps=k.steps)
+                for k in event.kernels
+            ],
+        )
+    )

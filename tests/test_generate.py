@@ -265,3 +265,35 @@ def test_awqctl_generate_error_is_one_line(daemon):
     )  # fmt: skip
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "NOT_FOUND" in result.stderr
+
+
+def test_sigterm_with_a_stream_in_flight_drains_and_exits_zero(demo_model_dir, awqd_cache_dir, tmp_path):
+    process = DaemonProcess(awqd_cache_dir, "--model-root", str(tmp_path), "--grace-period", "3")
+    try:
+        process.wait_serving()
+        outcome: list[object] = []
+
+        def stream() -> None:
+            with AwqdClient(process.target, timeout=30) as own:
+                try:
+                    messages = list(own.generate(DEMO, "once upon a time", max_new_tokens=500))
+                    outcome.append(messages[-1].completion)
+                except AwqdError as error:
+                    outcome.append(error)
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        wait_for_event(process, "rpc", lambda e: e.get("method") == "/grpc.health.v1.Health/Check")
+        time.sleep(0.5)  # let the generation start
+        started = time.monotonic()
+        assert process.terminate(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        thread.join(timeout=20)
+        (result,) = outcome  # the stream ended with a completion or an explicit status, never silently
+        if isinstance(result, AwqdError):
+            assert result.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        else:
+            assert result.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+        assert process.events("signal_received") and process.events("stopped")
+    finally:
+        process.stop()

@@ -64,7 +64,10 @@ def serve(config: ServeConfig) -> int:
 
     boot_thread = threading.Thread(target=boot, name="boot", daemon=True)
     boot_thread.start()
-    stop.wait()
+    # A signal may be delivered to any thread, and Python runs its handler only when the main thread runs
+    # bytecode: an untimed wait could sleep through SIGTERM, so wake up regularly.
+    while not stop.wait(timeout=0.2):
+        pass
 
     log.info("draining", grace_period_s=config.grace_period_s)
     health_servicer.enter_graceful_shutdown()

@@ -64,7 +64,7 @@ class Daemon:
         self.ready = threading.Event()
         gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
         self.default_device = gpus[0].torch_device if gpus else "cpu"
-        self.models = ModelManager(config.resolved_model_root, self.default_device, self, config.single_layout)
+        self.models = ModelManager(config.resolved_model_root, self.default_device, self)
         log.info(
             "devices_discovered",
             devices=[f"{d.index}:{d.kind}:{d.name}" for d in self.discovery.devices],
@@ -110,8 +110,11 @@ class Daemon:
         return specs
 
     def _hosted_shapes(self, specs: list[ModelSpec]) -> tuple[dict[str, list], dict[str, int]]:
-        """Per torch device, the distinct layer shapes of the models it will host, and their group size."""
-        shapes: dict[str, dict[tuple[int, int], None]] = defaultdict(dict)
+        """Per torch device, the decoder-layer shapes of each distinct model it will host, and their group size.
+
+        A model contributes all seven of its layer shapes, repeats included, so timings are per decoder layer.
+        """
+        layers: dict[str, dict[tuple, None]] = defaultdict(dict)
         group_sizes: dict[str, int] = {}
         for spec in specs:
             try:
@@ -120,15 +123,22 @@ class Daemon:
                 log.warning("model_shapes_unreadable", model=spec.name, error=str(error))
                 continue
             device = spec.device or self.default_device
-            shapes[device].update(dict.fromkeys(shapes_from_config(checkpoint.config).values()))
+            layers[device][tuple(shapes_from_config(checkpoint.config).values())] = None
             group_sizes.setdefault(device, checkpoint.quant_config.group_size)
-        return {device: list(found) for device, found in shapes.items()}, group_sizes
+        shapes = {device: [shape for layer in found for shape in layer] for device, found in layers.items()}
+        return shapes, group_sizes
 
     # KernelPlanner, for the model manager.
     def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
         decisions = self._decisions(torch_device)
-        dispatch = decisions.dispatch() if kernel in AUTO else Dispatch.single(resolve_forced(decisions, kernel))
-        return dispatch, [registry.build(name) for name in decisions.usable_names()]
+        if kernel not in AUTO:
+            dispatch = Dispatch.single(resolve_forced(decisions, kernel))
+        elif self.config.single_layout:
+            dispatch = single_layout_dispatch(decisions)
+        else:
+            dispatch = decisions.dispatch()
+        held = [] if self.config.single_layout else [registry.build(name) for name in decisions.usable_names()]
+        return dispatch, held
 
     def resolve(self, torch_device: str, kernel: str) -> Candidate:
         return resolve_forced(self._decisions(torch_device), kernel)
@@ -186,3 +196,20 @@ class Daemon:
 
     def close(self) -> None:
         self.models.close()
+
+
+def single_layout_dispatch(decisions: DeviceDecisions) -> Dispatch:
+    """The decode bucket's layout for every bucket: per bucket, the fastest timed candidate with that layout."""
+    dispatch = decisions.dispatch()
+    layout = dispatch.candidates[0].layout
+    candidates = []
+    for decision, chosen in zip(decisions.decisions, dispatch.candidates, strict=True):
+        same_layout = [t.kernel for t in decision.timings if registry.build(t.kernel).layout == layout]
+        candidates.append(
+            chosen
+            if chosen.layout == layout
+            else registry.build(same_layout[0])
+            if same_layout
+            else dispatch.candidates[0]
+        )
+    return Dispatch(buckets=dispatch.buckets, candidates=candidates)

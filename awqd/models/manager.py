@@ -23,7 +23,7 @@ class KernelPlanner(Protocol):
     """What the model manager needs from kernel selection (implemented by the daemon)."""
 
     def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
-        """The dispatch for a model on that device, and every candidate whose layout the model should hold."""
+        """The dispatch for a model on that device, and the other candidates whose layouts the model should hold."""
 
     def resolve(self, torch_device: str, kernel: str) -> Candidate:
         """The candidate a kernel override names; FailedPrecondition if unsupported there."""
@@ -44,11 +44,10 @@ class HostedModel:
 
 
 class ModelManager:
-    def __init__(self, model_root: Path, default_device: str, planner: KernelPlanner, single_layout: bool):
+    def __init__(self, model_root: Path, default_device: str, planner: KernelPlanner):
         self.model_root = model_root
         self.default_device = default_device
         self.planner = planner
-        self.single_layout = single_layout
         self._models: dict[str, HostedModel] = {}
         self._lock = threading.Lock()
 
@@ -81,8 +80,7 @@ class ModelManager:
         try:
             dispatch, held = self.planner.plan(device, kernel)
             router = KernelRouter(dispatch)
-            extra = [] if self.single_layout else held
-            loaded = load_model(path, torch.device(device), router, extra_candidates=extra)
+            loaded = load_model(path, torch.device(device), router, extra_candidates=held)
         except Exception as error:
             hosted.state, hosted.error = "failed", str(error)
             hosted.load_seconds = time.perf_counter() - started

@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check bench gpu-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check docker-build clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ proto: install
 
 proto-check: install
 	$(BIN)/python tools/protogen.py --check
+
+# On a GPU machine: discovery, kernel selection and 7B-shaped generation; results land in bench/out/.
+gpu-check:
+	bash bench/gpu_check.sh
 
 # The image needs a Docker engine with the NVIDIA runtime; none runs on the development machines.
 docker-build:

@@ -1,4 +1,5 @@
 # awqd: `make run` serves the demo model on whatever hardware is here; `make test` runs the suite.
+# `make lint` adds format, Dockerfile (hadolint) and proto (buf, fetched from npm) checks.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,6 +31,7 @@ test: install proto-check
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
 
 proto: install

@@ -24,7 +24,7 @@ from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, shapes_from_config
 from awqd.models.checkpoint import open_checkpoint
-from awqd.models.demo import DEMO_NAME, ensure_demo_model
+from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
 from awqd.models.manager import HostedModel, ModelManager
 from awqd.node.devices import DeviceInfo, Discovery, discover, memory_free_bytes
 from awqd.node.versions import Component, component_versions
@@ -75,6 +75,9 @@ class Daemon:
     def boot(self) -> None:
         """Everything that must finish before the health check reports SERVING. Never raises."""
         specs = self._model_specs()
+        for spec in specs:
+            self.models.announce(spec.name, Path(spec.path), spec.device, self.config.kernel)
+        specs = [spec for spec in specs if self._checkpoint_ready(spec)]
         shapes, group_sizes = self._hosted_shapes(specs)
         for device in self.discovery.devices:
             if not device.torch_device:
@@ -96,6 +99,7 @@ class Daemon:
         log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
 
     def _model_specs(self) -> list[ModelSpec]:
+        """The configured models with their paths checked, or the demo model when none is configured."""
         specs = []
         for spec in self.config.models:
             try:
@@ -103,11 +107,19 @@ class Daemon:
             except Exception as error:
                 self.models.mark_failed(spec.name, Path(spec.path), spec.device, error)
         if not self.config.models and self.config.demo_model:
-            try:
-                specs.append(ModelSpec(DEMO_NAME, str(ensure_demo_model(self.config.cache_dir))))
-            except Exception as error:  # e.g. an unwritable cache directory: serve without the demo
-                log.error("demo_model_unavailable", cache_dir=str(self.config.cache_dir), error=str(error))
+            specs.append(ModelSpec(DEMO_NAME, str(demo_model_path(self.config.cache_dir))))
         return specs
+
+    def _checkpoint_ready(self, spec: ModelSpec) -> bool:
+        """Builds the demo model on first start; an unwritable cache directory leaves it failed, not the daemon."""
+        if spec.name != DEMO_NAME or self.config.models:
+            return True
+        try:
+            ensure_demo_model(self.config.cache_dir)
+        except Exception as error:
+            self.models.mark_failed(spec.name, Path(spec.path), spec.device, error)
+            return False
+        return True
 
     def _hosted_shapes(self, specs: list[ModelSpec]) -> tuple[dict[str, list], dict[str, int]]:
         """Per torch device, the decoder-layer shapes of each distinct model it will host, and their group size.

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from awqd_client import AwqdClient
+from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 
 from daemon_process import DaemonProcess
@@ -154,3 +154,33 @@ def test_malformed_model_flag_is_rejected(tmp_path):
     )
     assert result.returncode == 2
     assert "NAME=PATH" in result.stderr
+
+
+def test_requests_during_boot_get_unavailable(demo_model_dir, awqd_cache_dir, tmp_path):
+    process = DaemonProcess(awqd_cache_dir, "--model-root", str(tmp_path))
+    try:
+        with AwqdClient(process.target, timeout=30) as client:
+            # Kernel selection runs before any model loads, so the demo model is still loading here.
+            assert client.health() == "NOT_SERVING"
+            with pytest.raises(AwqdError) as raised:
+                list(client.generate("awqd-demo", "hello", max_new_tokens=2))
+            assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "loading" in raised.value.message
+            process.wait_serving()
+            assert [m.state for m in client.list_models()] == [pb.MODEL_STATE_READY]
+    finally:
+        process.stop()
+
+
+def test_unwritable_cache_dir_leaves_the_daemon_serving(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be")
+    process = DaemonProcess(blocker / "cache", "--selection-budget", "5", "--model-root", str(tmp_path))
+    try:
+        process.wait_serving()
+        with AwqdClient(process.target) as client:
+            response = client.describe()
+        (demo,) = response.models
+        assert demo.state == pb.MODEL_STATE_FAILED and "not-a-directory" in demo.error
+        assert response.devices[0].decisions  # decisions were made, just not cached
+    finally:
+        process.stop()

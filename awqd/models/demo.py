@@ -44,9 +44,13 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
 log = structlog.get_logger()
 
 
+def demo_model_path(cache_dir: Path) -> Path:
+    return Path(cache_dir) / "models" / DEMO_NAME
+
+
 def ensure_demo_model(cache_dir: Path) -> Path:
-    """`cache_dir/models/awqd-demo`, built on first use. Concurrent callers wait on a lock and share one build."""
-    target = Path(cache_dir) / "models" / DEMO_NAME
+    """`demo_model_path(cache_dir)`, built on first use. Concurrent callers wait on a lock and share one build."""
+    target = demo_model_path(cache_dir)
     if is_complete(target):
         log.info("demo_model.reuse", path=str(target))
         return target

@@ -11,7 +11,15 @@ import torch
 
 from awqd.config import MODEL_NAME
 from awqd.engine.worker import ModelWorker
-from awqd.errors import AlreadyExists, AwqdError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from awqd.errors import (
+    AlreadyExists,
+    AwqdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.models.loader import LoadedModel, load_model
 from awqd.quant.linear import KernelRouter
@@ -41,6 +49,7 @@ class HostedModel:
     router: KernelRouter | None = None
     worker: ModelWorker | None = None
     load_seconds: float = 0.0
+    announced: bool = False  # listed by boot before its load starts
 
 
 class ModelManager:
@@ -72,7 +81,7 @@ class ModelManager:
         hosted = HostedModel(name=name, path=path, device=device, kernel=kernel)
         with self._lock:
             existing = self._models.get(name)
-            if existing is not None and existing.state != "failed":
+            if existing is not None and existing.state != "failed" and not existing.announced:
                 raise AlreadyExists(f"model {name!r} is already {existing.state}; unload it first")
             self._models[name] = hosted
         started = time.perf_counter()
@@ -94,6 +103,13 @@ class ModelManager:
         hosted.state = "ready"
         log.info("model_ready", model=name, seconds=round(hosted.load_seconds, 3), bytes=loaded.weight_memory_bytes)
         return hosted
+
+    def announce(self, name: str, path: Path, device: str, kernel: str) -> None:
+        """Lists a configured model as loading while boot runs, so early requests get UNAVAILABLE, not NOT_FOUND."""
+        with self._lock:
+            self._models[name] = HostedModel(
+                name=name, path=path, device=device or self.default_device, kernel=kernel or "auto", announced=True
+            )
 
     def mark_failed(self, name: str, path: Path, device: str, error: Exception) -> None:
         """Lists a model that could not even start loading (e.g. a refused path), so Describe shows why."""
@@ -127,7 +143,7 @@ class ModelManager:
         if hosted.state == "loading":
             raise Unavailable(f"model {name!r} is still loading")
         if hosted.state == "failed":
-            raise Unavailable(f"model {name!r} failed to load: {hosted.error}")
+            raise FailedPrecondition(f"model {name!r} failed to load: {hosted.error}")
         return hosted
 
     def list(self) -> list[HostedModel]:

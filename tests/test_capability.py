@@ -42,7 +42,7 @@ def expected_supported(capability: tuple[int, int] | None, awq_ext: bool, triton
     if awq_ext and has_awq_ext_sass and capability >= (8, 0):
         supported.add("autoawq_gemv_fast_cuda")
     if triton and capability >= (8, 0):
-        supported.add("autoawq_gemm_triton")
+        supported |= {"autoawq_gemm_triton", "awqd_triton_gemm", "awqd_triton_gemv"}
     return supported
 
 
@@ -72,6 +72,9 @@ def test_eligibility_table(capability, awq_ext, triton):
         ((7, 0), "autoawq_gemv_cuda", "compute capability 7.0 < 7.5: autoawq-kernels refuses to build below sm_75"),
         ((7, 5), "autoawq_gemv_fast_cuda", "compute capability 7.5 < 8.0: awq_v2_ext (GEMV_FAST) is compiled only"),
         ((7, 5), "autoawq_gemm_triton", "compute capability 7.5 < 8.0: Triton supports NVIDIA GPUs of compute"),
+        ((7, 5), "awqd_triton_gemm", "compute capability 7.5 < 8.0: Triton supports NVIDIA GPUs of compute"),
+        ((7, 0), "awqd_triton_gemv", "compute capability 7.0 < 8.0: Triton supports NVIDIA GPUs of compute"),
+        (None, "awqd_triton_gemv", "runs only on NVIDIA GPUs (CUDA)"),
         ((10, 0), "autoawq_gemm_cuda", "has SASS only for sm_75, 80, 86, 87, 89, 90 and no PTX"),
         ((12, 0), "autoawq_gemv_fast_cuda", "awq_v2_ext) has SASS only for sm_80, 86, 87, 89, 90 and no PTX"),
         (None, "dequant_cublas", "runs only on NVIDIA GPUs (CUDA)"),
@@ -177,6 +180,8 @@ def test_registry_resolves_families_in_preference_order():
     assert registry.resolve_family("gemm", {"autoawq_gemm_triton", "reference_torch"}) == "autoawq_gemm_triton"
     assert registry.resolve_family("dequant_matmul", {"reference_torch", "dequant_matmul_cpu"}) == "dequant_matmul_cpu"
     assert registry.resolve_family("gemv", {"reference_torch"}) is None
+    assert registry.resolve_family("gemv", {"awqd_triton_gemv", "autoawq_gemv_cuda"}) == "autoawq_gemv_cuda"
+    assert registry.resolve_family("gemv", {"awqd_triton_gemv", "dequant_cublas"}) == "awqd_triton_gemv"
     with pytest.raises(InvalidArgument, match="unknown kernel family 'marlin'"):
         registry.resolve_family("marlin", set())
     with pytest.raises(InvalidArgument, match="unknown kernel candidate 'exllama'"):

@@ -10,6 +10,8 @@ requirement it names imports. The rules encode what the shipped binaries contain
 - AutoAWQ's Triton GEMM is compiled at run time by Triton, whose README lists NVIDIA GPUs of compute
   capability 8.0+ as supported hardware (7.0+ until Triton 3.x). Whether the installed Triton can target a
   very new GPU (Blackwell needs Triton >= 3.3) is left to the correctness check, which reports the error.
+- awqd's own Triton kernels (GEMV and tensor-core GEMM on the awqd_w4 layout) follow the same Triton rule; the
+  GEMM's bf16 tl.dot also needs bf16 tensor-core MMA, which starts at 8.0 (Ampere).
 - torch's own kernels (the reference and dequantize + cuBLAS) run where the torch build's arch list
   (`torch.cuda.get_arch_list()`) has SASS for the device's major version or PTX at or below it.
 """
@@ -100,6 +102,17 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only",
     ),
     CapabilityRule(
+        name="awqd_triton_gemm",
+        family="gemm",
+        layout="awqd_w4",
+        requires=(TORCH_CUDA, TRITON),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="awqd's Triton tensor-core GEMM (fp16/bf16 tl.dot), compiled by Triton for this GPU",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only, where bf16 MMA also starts",
+    ),
+    CapabilityRule(
         name="autoawq_gemv_cuda",
         family="gemv",
         layout="gemv",
@@ -110,6 +123,17 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         binary="the autoawq-kernels 0.0.9 wheel (awq_ext)",
         supported_because="awq_ext gemv_forward_cuda/gemmv2_forward_cuda have SASS for this GPU",
         below_min_because="autoawq-kernels refuses to build below sm_75",
+    ),
+    CapabilityRule(
+        name="awqd_triton_gemv",
+        family="gemv",
+        layout="awqd_w4",
+        requires=(TORCH_CUDA, TRITON),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="awqd's Triton GEMV (int4 unpacked in registers), compiled by Triton for this GPU",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only",
     ),
     CapabilityRule(
         name="autoawq_gemv_fast_cuda",

@@ -8,6 +8,8 @@ from awqd.kernels.candidates.autoawq_gemm_cuda import AutoawqGemmCuda
 from awqd.kernels.candidates.autoawq_gemm_triton import AutoawqGemmTriton
 from awqd.kernels.candidates.autoawq_gemv_cuda import AutoawqGemvCuda
 from awqd.kernels.candidates.autoawq_gemv_fast_cuda import AutoawqGemvFastCuda
+from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm
+from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
 from awqd.kernels.candidates.dequant_cublas import DequantCublas
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
@@ -21,6 +23,8 @@ CANDIDATES: dict[str, type[Candidate]] = {
         AutoawqGemmTriton,
         AutoawqGemvCuda,
         AutoawqGemvFastCuda,
+        AwqdTritonGemm,
+        AwqdTritonGemv,
         DequantCublas,
         DequantMatmulCpu,
     )

@@ -1,0 +1,95 @@
+"""The awqd_w4 layout that awqd's Triton kernels read, packed from the canonical QuantizedWeight.
+
+qweight      int32 [out, in/8]: row-major along K, nibble j of int32 c holds input column 8c + j, so a
+             program reads each output row's K range as contiguous 16-byte vectors.
+scale_zero   fp16 [out, in/g, 2]: (scale, zero) side by side, one 4-byte load per (row, group). The zero is an
+             integer 0..15, exact in fp16; the kernels form -scale*zero in fp32, so no rounding is added.
+
+Both kernels fold the quantization per group: sum_k x_k (q_k - z) s = s * sum_k x_k q_k - s * z * sum_k x_k,
+so the inner loop multiplies raw 4-bit values and scales are applied once per (row, group).
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from awqd.errors import FailedPrecondition, InvalidArgument
+from awqd.quant.packing import SEQUENTIAL_ORDER, pack_int4
+from awqd.quant.tensors import QuantizedWeight
+
+LAYOUT = "awqd_w4"
+GROUP_SIZES = (32, 64, 128)  # the K tiles divide or are multiples of these; others are refused at load
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
+# Relative error (||y - ref|| / ||ref||) the kernels are tested to. Accumulation is fp32 throughout, so the error is
+# the final rounding to the output dtype: ~2e-4 in fp16 and ~3.5e-3 in bf16 (measured under the interpreter).
+# About 10x and 3x that: a packing, nibble-order or group-mapping bug gives 0.1 and more.
+TOLERANCES = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@dataclass(frozen=True)
+class AwqdW4:
+    qweight: torch.Tensor
+    scale_zero: torch.Tensor
+    bias: torch.Tensor | None  # fp32: added once, in the kernel's fp32 epilogue
+    in_features: int
+    out_features: int
+    group_size: int
+
+
+def interpreting() -> bool:
+    """True under the Triton interpreter (TRITON_INTERPRET=1), where kernels run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_device(device: torch.device) -> None:
+    if device.type != "cuda" and not interpreting():
+        raise FailedPrecondition(
+            f"device {device}: awqd's Triton kernels run on CUDA devices only "
+            "(on CPU tensors only under the Triton interpreter, TRITON_INTERPRET=1)"
+        )
+
+
+def check_supported(weight: QuantizedWeight) -> None:
+    """Refuse at load what the kernels cannot compute exactly, naming the field and why."""
+    out_features, in_features, group_size = weight.out_features, weight.in_features, weight.group_size
+    where = f"awqd_w4 layout of a [{out_features}, {in_features}] layer"
+    if group_size not in GROUP_SIZES:
+        raise FailedPrecondition(
+            f"group_size: {where}: group size {group_size} is not supported; supported: "
+            f"{', '.join(map(str, GROUP_SIZES))} (the kernels' K tiles must divide or be multiples of the group)"
+        )
+    if in_features % group_size:
+        raise FailedPrecondition(
+            f"in_features: {where}: in_features {in_features} is not a multiple of group size {group_size}"
+        )
+    groups = in_features // group_size
+    if weight.zeros.shape != (out_features, groups) or weight.scales.shape != (out_features, groups):
+        raise FailedPrecondition(
+            f"zeros/scales: {where}: expected [{out_features}, {groups}], "
+            f"got {list(weight.zeros.shape)} and {list(weight.scales.shape)}"
+        )
+    if out_features * in_features >= 2**31:
+        raise FailedPrecondition(f"shape: {where}: more than 2^31 weights overflows the kernels' int32 offsets")
+
+
+def pack_awqd_w4(weight: QuantizedWeight, device: torch.device) -> AwqdW4:
+    check_device(device)
+    check_supported(weight)
+    scale_zero = torch.stack((weight.scales.to(torch.float16), weight.zeros.to(torch.float16)), dim=-1)
+    bias = weight.bias.to(device=device, dtype=torch.float32) if weight.bias is not None else None
+    return AwqdW4(
+        qweight=pack_int4(weight.q, SEQUENTIAL_ORDER).to(device).contiguous(),
+        scale_zero=scale_zero.to(device).contiguous(),
+        bias=bias,
+        in_features=weight.in_features,
+        out_features=weight.out_features,
+        group_size=weight.group_size,
+    )
+
+
+def check_activations(x: torch.Tensor, packed: AwqdW4) -> None:
+    if x.dtype not in ACTIVATION_DTYPES:
+        raise InvalidArgument("x", f"awqd's Triton kernels take fp16 or bf16 activations, got {x.dtype}")
+    if x.shape[-1] != packed.in_features:
+        raise InvalidArgument("x", f"last dimension {x.shape[-1]} != in_features {packed.in_features}")

@@ -1,0 +1,71 @@
+"""Split-K without atomics: each K slice writes fp32 partial sums, one small pass adds them, the bias, and casts.
+
+A second pass instead of atomics: the output needs no zero-filling launch, partial sums stay fp32 and the
+result does not depend on the order the slices finish in.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+REDUCE_BLOCK = 1024
+INTERPRETER_SM_COUNT = 4  # small, so that the tests' tiny shapes still exercise split-K on the CPU
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_k_for(tiles: int, k_blocks: int, device: torch.device, max_split: int = 8) -> int:
+    """Split K only when the output tiles leave SMs idle: the power of two that brings the grid to ~2 waves."""
+    target = 2 * sm_count(device)
+    split = 1
+    while tiles * split * 2 <= target and split * 2 <= min(max_split, k_blocks):
+        split *= 2
+    return split
+
+
+def output_buffers(
+    rows: int, cols: int, split_k: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the kernel writes, the output): one tensor without split-K, else fp32 partials [split_k, rows, cols]."""
+    out = torch.empty((rows, cols), dtype=dtype, device=device)
+    if split_k == 1:
+        return out, out
+    return torch.empty((split_k, rows, cols), dtype=torch.float32, device=device), out
+
+
+@triton.jit
+def split_k_reduce_kernel(
+    partial_ptr, bias_ptr, out_ptr, numel, cols, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr
+):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(partial_ptr + split * numel + offsets, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offsets % cols, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def finish_split_k(partial: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    if partial is out:
+        return out
+    numel = out.numel()
+    split_k_reduce_kernel[(triton.cdiv(numel, REDUCE_BLOCK),)](
+        partial,
+        bias if bias is not None else partial,  # never read without HAS_BIAS
+        out,
+        numel,
+        out.shape[1],
+        SPLIT_K=partial.shape[0],
+        HAS_BIAS=bias is not None,
+        BLOCK=REDUCE_BLOCK,
+    )
+    return out

@@ -1,0 +1,189 @@
+"""awqd's Triton kernels against the float32 reference, on the CPU under the Triton interpreter.
+
+TRITON_INTERPRET=1 must be set before triton is imported, and other tests in this session import triton
+normally, so the matrix runs in subprocesses (this file run as a script, one per kernel, both at once) that
+print one JSON line per case. Shapes are tiny: the interpreter runs each program in numpy.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from awqd.errors import FailedPrecondition
+from awqd.kernels import registry
+from awqd.kernels.measure import random_weight
+
+SHAPES = ((64, 128), (96, 256), (128, 512))  # (out, in)
+GROUP_SIZES = (32, 64, 128)
+DTYPES = ("float16", "bfloat16")
+# Batches per (kernel, shape): every weight case runs batch 1 and the middle shape runs more. The interpreter runs
+# each program in numpy, and the GEMV has one program per activation row, so its larger batches are few.
+BATCHES = {
+    "awqd_triton_gemv": {(64, 128): (1,), (96, 256): (1, 3), (128, 512): (1,)},
+    "awqd_triton_gemm": {(64, 128): (1, 16), (96, 256): (1, 3, 16, 40), (128, 512): (1, 16)},
+}
+GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
+SUBPROCESS_TIMEOUT_S = 240
+
+
+def case_weight(out_features: int, in_features: int, group_size: int, zero_point: bool, bias: bool, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    weight = random_weight(out_features, in_features, group_size, torch.device("cpu"), generator, bias=bias)
+    if not zero_point:
+        weight.zeros.fill_(8)  # symmetric checkpoints store zero 8
+    return weight
+
+
+def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]]:
+    """Non-default tilings: split-K with uneven slices, M and N tiles, masked tails: (shape, g, batch, config)."""
+    if kernel == "awqd_triton_gemv":
+        from awqd.kernels.triton.gemv import GemvConfig
+
+        return [((96, 256), 32, 3, GemvConfig(8, 2, 2)), ((96, 256), 32, 1, GemvConfig(16, 4, 3))]
+    from awqd.kernels.triton.gemm import GemmConfig
+
+    return [
+        ((96, 256), 32, 40, GemmConfig(16, 32, 32, 1, 4, 1)),
+        ((96, 256), 64, 40, GemmConfig(16, 64, 32, 3, 4, 1)),
+        ((128, 512), 128, 5, GemmConfig(16, 64, 128, 4, 4, 1)),
+    ]
+
+
+def run_matrix(kernel: str) -> None:
+    """Runs in the subprocess: prints one JSON line per case."""
+    from awqd.errors import AwqdError
+    from awqd.kernels.measure import relative_error
+    from awqd.kernels.triton.layout import TOLERANCES, pack_awqd_w4
+    from awqd.quant.reference import reference_linear
+
+    candidate = registry.build(kernel)
+    launch = __import__(f"awqd.kernels.triton.{candidate.family}", fromlist=[candidate.family]).__dict__[
+        candidate.family
+    ]
+    cpu = torch.device("cpu")
+    seed = 0
+
+    def check(case: str, weight, packed, x: torch.Tensor, config=None) -> None:
+        ref = reference_linear(x.float(), weight)
+        try:
+            if config is None:
+                out = candidate.forward(x, packed)
+            else:
+                out = launch(x.reshape(-1, x.shape[-1]).contiguous(), packed, config).reshape(ref.shape)
+            error = relative_error(out, ref)
+            ok = out.dtype == x.dtype and out.shape == ref.shape and error <= TOLERANCES[x.dtype]
+            detail = f"{out.dtype} {list(out.shape)} relative error {error:.3g} (tolerance {TOLERANCES[x.dtype]})"
+        except Exception as error:
+            ok, detail = False, f"{type(error).__name__}: {error}"
+        print(json.dumps({"case": case, "ok": ok, "detail": detail}), flush=True)
+
+    for (out_features, in_features), batches in BATCHES[kernel].items():
+        for group_size in GROUP_SIZES:
+            for zero_point in (True, False):
+                seed += 1
+                weight = case_weight(out_features, in_features, group_size, zero_point, bias=seed % 2 == 1, seed=seed)
+                packed = candidate.prepare(weight, cpu)
+                for dtype in DTYPES:
+                    for batch in batches:
+                        x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed))
+                        case = f"[{out_features}x{in_features}] g{group_size} zp={zero_point} {dtype} batch {batch}"
+                        check(case, weight, packed, x.to(getattr(torch, dtype)))
+    if kernel == "awqd_triton_gemv":
+        (out_features, in_features), group_size, batch = GEMV_MANY_ROWS
+        seed += 1
+        weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
+        packed = candidate.prepare(weight, cpu)
+        for dtype in DTYPES:
+            x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed))
+            check(
+                f"[{out_features}x{in_features}] g{group_size} {dtype} batch {batch}",
+                weight,
+                packed,
+                x.to(getattr(torch, dtype)),
+            )
+    seed += 1
+    weight = case_weight(96, 256, 64, True, bias=True, seed=seed)
+    x = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+    check("[96x256] g64 3-D input [2, 5, 256]", weight, candidate.prepare(weight, cpu), x)
+    for (out_features, in_features), group_size, batch, config in forced_configs(kernel):
+        seed += 1
+        weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
+        for dtype in DTYPES:
+            x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed)).to(getattr(torch, dtype))
+            check(
+                f"[{out_features}x{in_features}] g{group_size} {dtype} batch {batch} {config}",
+                weight,
+                pack_awqd_w4(weight, cpu),
+                x,
+                config,
+            )
+
+    rejections = {
+        "group size 16": case_weight(64, 128, 16, True, False, 1),
+        "group size 256": case_weight(64, 512, 256, True, False, 1),
+    }
+    wrong_groups = case_weight(64, 128, 32, True, False, 1)
+    wrong_groups.group_size = 64  # zeros/scales still hold 4 groups
+    rejections["zeros/scales for another group size"] = wrong_groups
+    for case, weight in rejections.items():
+        try:
+            candidate.prepare(weight, cpu)
+            ok, detail = False, "prepare accepted it"
+        except FailedPrecondition as error:
+            ok, detail = True, str(error)
+        print(json.dumps({"case": f"rejects {case}", "ok": ok, "detail": detail}), flush=True)
+    packed = candidate.prepare(case_weight(64, 128, 32, True, False, 1), cpu)
+    for case, x in {"fp32 activations": torch.randn(2, 128), "wrong in_features": torch.randn(2, 64).half()}.items():
+        try:
+            candidate.forward(x, packed)
+            ok, detail = False, "forward accepted it"
+        except AwqdError as error:
+            ok, detail = error.code.name == "INVALID_ARGUMENT", f"{type(error).__name__}: {error}"
+        print(json.dumps({"case": f"forward rejects {case}", "ok": ok, "detail": detail}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def matrix_results() -> dict[str, list[dict]]:
+    """Both kernels' matrices, run at once (one subprocess per core)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    processes = {
+        kernel: subprocess.Popen(
+            [sys.executable, __file__, kernel], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for kernel in BATCHES
+    }
+    results = {}
+    for kernel, process in processes.items():
+        stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        assert process.returncode == 0, f"{kernel} matrix crashed:\n{stderr[-4000:]}"
+        results[kernel] = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return results
+
+
+@pytest.mark.parametrize("kernel", list(BATCHES))
+def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_results, kernel):
+    results = matrix_results[kernel]
+    batch_cases = sum(len(batches) for batches in BATCHES[kernel].values()) * len(GROUP_SIZES) * 2 * len(DTYPES)
+    many_rows = len(DTYPES) if kernel == "awqd_triton_gemv" else 0
+    expected_cases = batch_cases + many_rows + 1 + len(forced_configs(kernel)) * len(DTYPES) + 5
+    assert len(results) == expected_cases
+    failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
+    assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)
+    rejection = next(r for r in results if r["case"] == "rejects group size 16")
+    assert "group_size" in rejection["detail"] and "supported: 32, 64, 128" in rejection["detail"]
+
+
+@pytest.mark.parametrize("kernel", list(BATCHES))
+def test_prepare_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, kernel):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(FailedPrecondition, match="device cpu: awqd's Triton kernels run on CUDA devices only"):
+        registry.build(kernel).prepare(case_weight(64, 128, 32, True, False, 1), torch.device("cpu"))
+
+
+if __name__ == "__main__":
+    run_matrix(sys.argv[1])

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 run: install
 	$(BIN)/awqd serve --listen $(LISTEN) --cache-dir $(CACHE_DIR) --log-format console
 
-test: install proto-check
+test: install proto-check check-deploy
 	$(BIN)/ruff check .
 	$(BIN)/pytest -ra
 
@@ -33,6 +33,20 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
+
+# The image and the Kubernetes manifests: hadolint, yamllint, and the full manifests against the oldest and newest
+# Kubernetes this deployment supports (kubernetes-validate bundles the schemas: no network needed). The kustomize
+# components are patches, not full objects; tests/test_deploy.py renders and validates them where kubectl exists.
+DEPLOY_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+DEPLOY_K8S_VERSIONS := 1.31.0 1.37.0
+
+.PHONY: check-deploy
+check-deploy: install
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/yamllint --strict .yamllint deploy
+	for version in $(DEPLOY_K8S_VERSIONS); do \
+		$(BIN)/kubernetes-validate --strict --quiet --kubernetes-version $$version $(DEPLOY_MANIFESTS) || exit 1; \
+	done
 
 proto: install
 	$(BIN)/python tools/protogen.py
@@ -43,6 +57,12 @@ proto-check: install
 # On a GPU machine: discovery, kernel selection and 7B-shaped generation; results land in bench/out/.
 gpu-check:
 	bash bench/gpu_check.sh
+
+# On a GPU machine: the Benchmark RPC (kernel latency, single query) on a 7B-shaped model; files land in bench/out/
+# and bench/bench_report.py turns them into bench/results/. Phony: bench/ is also a directory.
+.PHONY: bench
+bench:
+	bash bench/bench.sh
 
 # The image needs a Docker engine with the NVIDIA runtime; none runs on the development machines.
 docker-build:

@@ -45,14 +45,67 @@ def serve(
         int, typer.Option(envvar="AWQD_MAX_NEW_TOKENS", help="largest max_new_tokens a request may ask for")
     ] = 2048,
     max_workers: Annotated[int, typer.Option(envvar="AWQD_MAX_WORKERS", help="gRPC worker threads")] = 32,
+    feature_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="AWQD_FEATURE_FILE",
+            help="after kernel selection, write node labels here for Node Feature Discovery "
+            "(e.g. /etc/kubernetes/node-feature-discovery/features.d/awqd)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="AWQD_LOG_LEVEL")] = "info",
     log_format: Annotated[str, typer.Option(envvar="AWQD_LOG_FORMAT", help="json or console")] = "json",
+    metrics_listen: Annotated[
+        str,
+        typer.Option(envvar="AWQD_METRICS_LISTEN", help="HOST:PORT for Prometheus /metrics (plain HTTP); '' or off"),
+    ] = "0.0.0.0:9400",
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="AWQD_TLS_CERT", help="PEM certificate chain: serve TLS (re-read on change)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="AWQD_TLS_KEY", help="PEM private key of --tls-cert")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="AWQD_TLS_CLIENT_CA", help="PEM CA bundle: require client certificates it signed (mTLS)"),
+    ] = None,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(envvar="AWQD_AUTH_TOKEN", help="bearer token for Describe, Generate and ListModels"),
+    ] = None,
+    auth_token_file: Annotated[
+        Path | None, typer.Option(envvar="AWQD_AUTH_TOKEN_FILE", help="file holding the --auth-token")
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(envvar="AWQD_ADMIN_TOKEN", help="bearer token for LoadModel, UnloadModel, Benchmark (and all)"),
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None, typer.Option(envvar="AWQD_ADMIN_TOKEN_FILE", help="file holding the --admin-token")
+    ] = None,
+    reflection: Annotated[
+        bool, typer.Option(envvar="AWQD_REFLECTION", help="serve gRPC server reflection (unauthenticated)")
+    ] = True,
+    max_message_bytes: Annotated[
+        int, typer.Option(envvar="AWQD_MAX_MESSAGE_BYTES", help="largest gRPC message sent or received")
+    ] = 64 * 1024 * 1024,
+    max_concurrent_streams: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_MAX_CONCURRENT_STREAMS",
+            help="Generate and Benchmark streams in flight at once; more get RESOURCE_EXHAUSTED",
+        ),
+    ] = 16,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(envvar="AWQD_MAX_PROMPT_TOKENS", help="longest prompt, in tokens, a request may send")
+    ] = 8192,
 ) -> None:
     """Serve the gRPC API until SIGTERM or SIGINT."""
     from awqd.server.app import serve as run_server
+    from awqd.server.auth import resolve_token
+    from awqd.server.metrics import parse_listen
 
     configure_logging(log_level, log_format)
     try:
+        parse_listen(metrics_listen)
         config = ServeConfig(
             listen=listen,
             cache_dir=cache_dir,
@@ -65,8 +118,19 @@ def serve(
             grace_period_s=grace_period,
             max_new_tokens_cap=max_new_tokens,
             max_workers=max_workers,
+            feature_file=feature_file,
             log_level=log_level,
             log_format=log_format,
+            metrics_listen=metrics_listen,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            auth_token=resolve_token("--auth-token", auth_token, auth_token_file),
+            admin_token=resolve_token("--admin-token", admin_token, admin_token_file),
+            reflection=reflection,
+            max_message_bytes=max_message_bytes,
+            max_concurrent_streams=max_concurrent_streams,
+            max_prompt_tokens=max_prompt_tokens,
         )
     except AwqdError as error:
         raise typer.BadParameter(str(error)) from None

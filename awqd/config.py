@@ -1,7 +1,7 @@
 """Daemon settings. Every field is a `awqd serve` flag with an AWQD_* environment equivalent (see awqd/cli.py)."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from awqd.errors import InvalidArgument
@@ -41,8 +41,35 @@ class ServeConfig:
     grace_period_s: float = 30.0
     max_new_tokens_cap: int = 2048
     max_workers: int = 32
+    feature_file: Path | None = None  # NFD features.d file for node labels; None: no labels
     log_level: str = "info"
     log_format: str = "json"
+    metrics_listen: str = "0.0.0.0:9400"  # "" or "off": no metrics endpoint
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed (mTLS)
+    auth_token: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
+    reflection: bool = True
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_streams: int = 16  # Generate and Benchmark streams in flight, daemon-wide
+    max_prompt_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("--tls-cert/--tls-key", "serving TLS needs both the certificate and its key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidArgument("--tls-client-ca", "client certificates need TLS: give --tls-cert and --tls-key")
+        if self.max_message_bytes < 1024:
+            raise InvalidArgument("--max-message-bytes", f"must be at least 1024, got {self.max_message_bytes}")
+        if not 1 <= self.max_concurrent_streams < self.max_workers:
+            # Each stream holds a worker thread; unary calls and health checks need one left over.
+            raise InvalidArgument(
+                "--max-concurrent-streams",
+                f"must be at least 1 and below --max-workers ({self.max_workers}), got {self.max_concurrent_streams}",
+            )
+        if self.max_prompt_tokens < 1:
+            raise InvalidArgument("--max-prompt-tokens", f"must be at least 1, got {self.max_prompt_tokens}")
 
     @property
     def resolved_model_root(self) -> Path:

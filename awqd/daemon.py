@@ -8,6 +8,7 @@ import dataclasses
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +16,13 @@ from pathlib import Path
 import structlog
 
 from awqd import __version__
+from awqd.benchmark.params import BenchmarkParams
+from awqd.benchmark.report import Progress, Report
+from awqd.benchmark.runner import run_benchmark
 from awqd.config import ModelSpec, ServeConfig
 from awqd.engine.request import GenerateParams
 from awqd.engine.worker import Job
-from awqd.errors import FailedPrecondition, Unavailable
+from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
@@ -27,6 +31,7 @@ from awqd.models.checkpoint import open_checkpoint
 from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
 from awqd.models.manager import HostedModel, ModelManager
 from awqd.node.devices import DeviceInfo, Discovery, discover, memory_free_bytes
+from awqd.node.labels import publish_feature_file
 from awqd.node.versions import Component, component_versions
 
 log = structlog.get_logger("awqd")
@@ -95,6 +100,8 @@ class Daemon:
                 self.models.load(spec.name, Path(spec.path), spec.device, self.config.kernel)
             except Exception as error:  # a bad model must not keep the others from serving
                 log.error("model_not_loaded", model=spec.name, error=str(error))
+        if self.config.feature_file is not None:
+            publish_feature_file(self.config.feature_file, self.discovery.devices, self.decisions)
         self.ready.set()
         log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
 
@@ -181,6 +188,12 @@ class Daemon:
                     f"{list(loaded.layouts)} (it was loaded with --single-layout or a forced kernel)"
                 )
         prompt_ids = params.prompt_ids(loaded.tokenizer, loaded.config.vocab_size, loaded.context_length)
+        if len(prompt_ids) > self.config.max_prompt_tokens:
+            raise InvalidArgument(
+                "prompt_token_ids" if params.prompt_token_ids else "prompt",
+                f"{len(prompt_ids)} tokens exceed this daemon's cap of {self.config.max_prompt_tokens} "
+                "(--max-prompt-tokens)",
+            )
         job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
         hosted.worker.submit(job)
         return job
@@ -208,6 +221,14 @@ class Daemon:
 
     def close(self) -> None:
         self.models.close()
+
+    def benchmark(
+        self, params: BenchmarkParams, stop: threading.Event, time_remaining: Callable[[], float | None]
+    ) -> Iterator[Progress | Report]:
+        """The Benchmark RPC: progress, then the report. Raises for a bad request before anything streams."""
+        if not self.ready.is_set():
+            raise Unavailable("awqd is still booting: kernel selection has not finished")
+        return run_benchmark(self, params, stop, time_remaining)
 
 
 def single_layout_dispatch(decisions: DeviceDecisions) -> Dispatch:

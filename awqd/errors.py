@@ -28,6 +28,12 @@ class AlreadyExists(AwqdError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class Unauthenticated(AwqdError):
+    """The call carries no credentials the daemon accepts."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class PermissionDenied(AwqdError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 class DaemonProcess:
     def __init__(self, cache_dir: Path, *args: str, env: dict[str, str] | None = None):
         command = [sys.executable, "-m", "awqd", "serve", "--listen", "127.0.0.1:0", "--cache-dir", str(cache_dir)]
+        command += ["--metrics-listen", "off"]  # tests that scrape metrics pass their own port after this
         self.process = subprocess.Popen(
             [*command, *args],
             stdout=subprocess.DEVNULL,

@@ -44,6 +44,7 @@ class Finished:
     total_ms: float
     queue_ms: float
     kernels: tuple[KernelUse, ...]
+    token_times_ms: tuple[float, ...] = ()  # each sampled token's time after the request arrived, eos included
 
 
 def generate(
@@ -109,6 +110,7 @@ def generate(
             KernelUse(phase=phase, batch_tokens=bucket, kernel=kernel, steps=steps)
             for (phase, bucket, kernel), steps in step_kernels.items()
         ),
+        token_times_ms=tuple((t - received_at) * 1000 for t in token_times),
     )
 
 

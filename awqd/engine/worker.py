@@ -5,9 +5,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import structlog
 
+from awqd import metrics
 from awqd.engine.generate import Finished, TokenDelta, generate
 from awqd.engine.request import GenerateParams
 from awqd.errors import AwqdError, Unavailable
@@ -70,8 +72,8 @@ class ModelWorker:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue
+            # A job cancelled while queued still runs: generate() ends it at once with a "cancelled" Finished,
+            # which is what unblocks the RPC thread waiting on its events.
             if job.pinned is not None:
                 self.router.pin(job.pinned)
             try:
@@ -79,6 +81,9 @@ class ModelWorker:
                     self.model, self.tokenizer, self.router, job.params, job.prompt_ids, job.cancelled, job.received_at
                 ):
                     job.events.put(event)
+                    if isinstance(event, TokenDelta):
+                        metrics.GENERATED_TOKENS.labels(self.name).inc(len(event.token_ids))
+                _observe_latencies(self.name, event)
                 log.info(
                     "generation_finished",
                     model=self.name,
@@ -95,3 +100,12 @@ class ModelWorker:
                 job.events.put(error)
             finally:
                 self.router.unpin()
+
+
+def _observe_latencies(model: str, finished: Finished) -> None:
+    times = finished.token_times_ms
+    if times:
+        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(times[0] / 1000)
+    inter_token = metrics.INTER_TOKEN_LATENCY.labels(model)
+    for earlier, later in pairwise(times):
+        inter_token.observe((later - earlier) / 1000)

@@ -1,4 +1,4 @@
-"""The server's life cycle: bind, serve health and reflection, boot, drain on SIGTERM/SIGINT."""
+"""The server's life cycle: bind (TLS or plaintext), serve health, reflection and metrics, boot, drain on SIGTERM."""
 
 import os
 import signal
@@ -13,14 +13,18 @@ from grpc_reflection.v1alpha import reflection
 
 from awqd.config import ServeConfig
 from awqd.daemon import Daemon
+from awqd.errors import AwqdError
+from awqd.server.auth import Authorizer
 from awqd.server.interceptor import StatusInterceptor
+from awqd.server.limits import StreamLimit
+from awqd.server.metrics import serve_metrics
 from awqd.server.servicer import AwqdServicer
+from awqd.server.tls import server_credentials
 from awqd_client.v1 import awqd_pb2, awqd_pb2_grpc
 
 log = structlog.get_logger("awqd")
 
 SERVICE_NAME = awqd_pb2.DESCRIPTOR.services_by_name["AwqdService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def serve(config: ServeConfig) -> int:
@@ -29,13 +33,24 @@ def serve(config: ServeConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: _request_stop(stop, received))
 
+    credentials = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        except AwqdError as error:
+            log.error("tls_failed", error=str(error))
+            return 2
+    authorizer = Authorizer(config.auth_token, config.admin_token)
+    if authorizer.enabled and credentials is None:
+        log.warning("tokens_without_tls", reason="bearer tokens travel in plaintext; serve TLS with --tls-cert")
+
     daemon = Daemon(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[StatusInterceptor()],
+        interceptors=[StatusInterceptor(authorizer, StreamLimit(config.max_concurrent_streams))],
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
         ],
     )
     awqd_pb2_grpc.add_AwqdServiceServicer_to_server(AwqdServicer(daemon), server)
@@ -43,18 +58,31 @@ def serve(config: ServeConfig) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
 
     try:
-        port = server.add_insecure_port(config.listen)
+        port = (
+            server.add_secure_port(config.listen, credentials)
+            if credentials
+            else server.add_insecure_port(config.listen)
+        )
     except RuntimeError as error:
         log.error("bind_failed", listen=config.listen, error=str(error))
         return 2
+    serve_metrics(config.metrics_listen, daemon)
     server.start()
     host = config.listen.rsplit(":", 1)[0]
-    log.info("listening", address=f"{host}:{port}", port=port)
+    log.info(
+        "listening",
+        address=f"{host}:{port}",
+        port=port,
+        tls="mutual" if config.tls_client_ca else "server" if credentials else "off",
+        auth="tokens" if authorizer.enabled else "off",
+        reflection=config.reflection,
+    )
 
     def boot() -> None:
         daemon.boot()

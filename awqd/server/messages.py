@@ -1,8 +1,12 @@
 """Translation from the daemon's domain objects to awq.v1 messages."""
 
+import dataclasses
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from awqd.benchmark import report as benchmark
+from awqd.benchmark.params import BenchmarkParams
 from awqd.daemon import DeviceState, NodeState
 from awqd.engine.generate import Finished, TokenDelta
 from awqd.engine.request import GenerateParams
@@ -206,3 +210,56 @@ def generate_response(event: TokenDelta | Finished) -> pb.GenerateResponse:
             ],
         )
     )
+
+
+BENCHMARK_MODES = {
+    pb.BENCHMARK_MODE_UNSPECIFIED: "",
+    pb.BENCHMARK_MODE_KERNEL: "kernel",
+    pb.BENCHMARK_MODE_SINGLE_QUERY: "single_query",
+    pb.BENCHMARK_MODE_BATCH_SWEEP: "batch_sweep",
+}
+
+
+def benchmark_params(request: pb.BenchmarkRequest) -> BenchmarkParams:
+    return BenchmarkParams(
+        mode=BENCHMARK_MODES.get(request.mode, f"unknown mode {request.mode}"),
+        model=request.model,
+        architecture=request.architecture,
+        device_index=request.device_index if request.HasField("device_index") else None,
+        kernels=tuple(request.kernels),
+        batch_sizes=tuple(request.batch_sizes),
+        prompt_tokens=request.prompt_tokens,
+        new_tokens=request.new_tokens,
+        iterations=request.iterations,
+        warmup_iterations=request.warmup_iterations,
+    )
+
+
+def kernel_latency(row: benchmark.KernelLatency) -> pb.KernelLatency:
+    return pb.KernelLatency(**dataclasses.asdict(row))
+
+
+def benchmark_report(report: benchmark.Report) -> pb.BenchmarkReport:
+    modes = {name: value for value, name in BENCHMARK_MODES.items()}
+    return pb.BenchmarkReport(
+        mode=modes[report.mode],
+        device=device(report.device),
+        node=node(report.node),
+        kernel_latencies=[kernel_latency(row) for row in report.kernel_latencies],
+        single_query=[pb.SingleQueryResult(**dataclasses.asdict(row)) for row in report.single_query],
+        roofline_bandwidth_gbps=report.roofline_bandwidth_gbps,
+        roofline_source=report.roofline_source,
+        verdict=pb.BenchmarkVerdict(
+            fastest=[kernel_latency(row) for row in report.verdict.fastest],
+            gemv_over_gemm_speedup=report.verdict.gemv_over_gemm_speedup,
+            summary=report.verdict.summary,
+        ),
+        shapes=list(report.shapes),
+        started_at=timestamp(report.started_at),
+    )
+
+
+def benchmark_response(event: benchmark.Progress | benchmark.Report) -> pb.BenchmarkResponse:
+    if isinstance(event, benchmark.Progress):
+        return pb.BenchmarkResponse(progress=pb.BenchmarkProgress(**dataclasses.asdict(event)))
+    return pb.BenchmarkResponse(report=benchmark_report(event))

@@ -1,7 +1,8 @@
 """awq.v1.AwqdService: translates requests into daemon calls and results into messages, nothing more."""
 
+import threading
+
 from awqd.daemon import Daemon
-from awqd.errors import Unimplemented
 from awqd.server import messages
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
@@ -21,7 +22,10 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
             yield messages.generate_response(event)
 
     def Benchmark(self, request: pb.BenchmarkRequest, context):
-        raise Unimplemented("Benchmark is not implemented yet: it lands with the benchmark issue")
+        stop = threading.Event()
+        context.add_callback(stop.set)  # the client cancelled or its deadline passed
+        for event in self.daemon.benchmark(messages.benchmark_params(request), stop, context.time_remaining):
+            yield messages.benchmark_response(event)
 
     def LoadModel(self, request: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
         hosted = self.daemon.load_model(request.name, request.path, request.device, request.kernel)

@@ -7,6 +7,8 @@ Ctrl-C exits 130. With --json, stdout carries only JSON (snake_case field names)
 import sys
 from collections.abc import Sequence
 from contextlib import closing
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import grpc
@@ -14,11 +16,13 @@ import typer
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.progress import Progress
 from rich.text import Text
 
 from awqd_client import render
 from awqd_client.client import AwqdClient
 from awqd_client.errors import AwqdError
+from awqd_client.plot import PlotUnavailable, plot_kernel_latencies, require_matplotlib
 from awqd_client.v1 import awqd_pb2
 
 # Statuses that mean the command line asked for something wrong rather than the node failing.
@@ -54,10 +58,61 @@ def options(
             help="Deadline of quick calls; load and generate wait this long to connect, then run unbounded.",
         ),
     ] = 10.0,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="AWQCTL_TOKEN", help="Bearer token for a daemon started with --auth-token/--admin-token."),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(envvar="AWQCTL_TOKEN_FILE", help="File holding the bearer token.")
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", envvar="AWQCTL_TLS", help="Use TLS, trusting the system's CA certificates.")
+    ] = False,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="AWQCTL_TLS_CA", help="PEM CA bundle to verify the daemon with (implies --tls)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="AWQCTL_TLS_CERT", help="PEM client certificate for mTLS (implies --tls).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="AWQCTL_TLS_KEY", help="PEM key of --tls-cert.")] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option(envvar="AWQCTL_TLS_SERVER_NAME", help="Name the daemon's certificate must carry, if not HOST."),
+    ] = None,
 ) -> None:
-    client = AwqdClient(target, timeout=timeout)  # the channel connects lazily, on the first call
+    if token and token_file:
+        raise AwqdError(grpc.StatusCode.INVALID_ARGUMENT, "--token: give --token or --token-file, not both")
+    if token_file is not None:
+        token = _read_option_file("--token-file", token_file).decode(errors="replace").strip()
+        if not token:
+            raise AwqdError(grpc.StatusCode.INVALID_ARGUMENT, f"--token-file: {token_file} is empty")
+    credentials = None
+    if tls or tls_ca or tls_cert or tls_key:
+        credentials = _tls_credentials(tls_ca, tls_cert, tls_key)
+    # The channel connects lazily, on the first call.
+    client = AwqdClient(
+        target, timeout=timeout, credentials=credentials, token=token or None, server_name=tls_server_name
+    )
     ctx.call_on_close(client.close)
     ctx.obj = client
+
+
+def _tls_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:
+    if (cert is None) != (key is None):
+        raise AwqdError(grpc.StatusCode.INVALID_ARGUMENT, "--tls-cert/--tls-key: a client certificate needs both")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_option_file("--tls-ca", ca) if ca else None,
+        private_key=_read_option_file("--tls-key", key) if key else None,
+        certificate_chain=_read_option_file("--tls-cert", cert) if cert else None,
+    )
+
+
+def _read_option_file(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise AwqdError(grpc.StatusCode.INVALID_ARGUMENT, f"{flag}: cannot read {path}: {error.strerror}") from None
 
 
 @app.command()
@@ -157,6 +212,103 @@ def health(
     print(status)
     if status != "SERVING":
         raise typer.Exit(1)
+
+
+class BenchMode(str, Enum):
+    kernel = "kernel"
+    single_query = "single-query"
+    batch_sweep = "batch-sweep"
+
+
+BENCH_MODES = {
+    BenchMode.kernel: awqd_pb2.BENCHMARK_MODE_KERNEL,
+    BenchMode.single_query: awqd_pb2.BENCHMARK_MODE_SINGLE_QUERY,
+    BenchMode.batch_sweep: awqd_pb2.BENCHMARK_MODE_BATCH_SWEEP,
+}
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    mode: Annotated[BenchMode, typer.Option(help="What to measure.")],
+    model: Annotated[str, typer.Option(help="Hosted model (single-query; or kernel mode on its shapes).")] = "",
+    arch: Annotated[str, typer.Option(help='Kernel mode on a named architecture\'s shapes, e.g. "llama-2-7b".')] = "",
+    device_index: Annotated[int | None, typer.Option(min=0, help="Device index from describe.")] = None,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Single-query prompt length.")] = 128,
+    new_tokens: Annotated[int, typer.Option(min=1, help="Single-query tokens generated per run.")] = 128,
+    batch: Annotated[str, typer.Option(metavar="N,N,...", help="Kernel-mode batch sizes in tokens.")] = "",
+    kernels: Annotated[str, typer.Option(metavar="NAME,...", help="Candidates or families; default: all.")] = "",
+    iterations: Annotated[int, typer.Option(min=0, help="Timed iterations or runs; 0: the daemon's default.")] = 0,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations or runs; 0: the daemon's default.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only the report, as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(metavar="FILE.png", help="Draw latency vs batch size (kernel).")] = None,
+) -> None:
+    """Run a benchmark on the daemon: progress on stderr, then the report."""
+    if plot is not None:
+        if mode is not BenchMode.kernel:
+            raise typer.BadParameter("draws kernel latencies: use it with --mode kernel", param_hint="--plot")
+        _require_plotting()
+    single_query = mode is BenchMode.single_query
+    request = awqd_pb2.BenchmarkRequest(
+        mode=BENCH_MODES[mode],
+        model=model,
+        architecture=arch,
+        device_index=device_index,
+        kernels=_names(kernels),
+        batch_sizes=[_batch_size(size) for size in _names(batch)],
+        prompt_tokens=prompt_tokens if single_query else 0,
+        new_tokens=new_tokens if single_query else 0,
+        iterations=iterations,
+        warmup_iterations=warmup,
+    )
+    report = _run_benchmark(_client(ctx), request)
+    if json_output:
+        print(to_json(report))
+    else:
+        render.print_benchmark(Console(), report)
+    if plot is not None:
+        plot_kernel_latencies(report, plot)
+        if not json_output:
+            print(f"plot written to {plot}")
+
+
+def _run_benchmark(client: AwqdClient, request: awqd_pb2.BenchmarkRequest) -> awqd_pb2.BenchmarkReport:
+    """Streams the benchmark with a progress bar on stderr; returns the report."""
+    stream = client.benchmark(request)
+    report = None
+    console = Console(stderr=True)
+    # A bar only where someone watches: piped stderr stays free of redraws, and errors stay one line.
+    with closing(stream), Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("waiting for the daemon", total=None)
+        for response in stream:
+            if response.HasField("progress"):
+                event = response.progress
+                progress.update(
+                    task, completed=event.completed, total=event.total, description=f"{event.stage}: {event.message}"
+                )
+            elif response.HasField("report"):
+                report = response.report
+    if report is None:
+        raise AwqdError(grpc.StatusCode.INTERNAL, f"awqd at {client.target} ended the benchmark without a report")
+    return report
+
+
+def _require_plotting() -> None:
+    try:
+        require_matplotlib()
+    except PlotUnavailable as error:
+        print(f"awqctl: error: {error}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**32:
+        raise typer.BadParameter(f"{text!r} is not a whole number of tokens", param_hint="--batch")
+    return int(text)
 
 
 def _client(ctx: typer.Context) -> AwqdClient:

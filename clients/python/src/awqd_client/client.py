@@ -28,11 +28,30 @@ class AwqdClient:
     unless their own `timeout` is given, since loading a model or generating may take minutes.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = 10.0, metadata: Sequence[tuple[str, str]] = ()):
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 10.0,
+        metadata: Sequence[tuple[str, str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        server_name: str | None = None,
+    ):
+        """`credentials` (e.g. grpc.ssl_channel_credentials()) makes the channel TLS; `token` is sent as
+        `authorization: Bearer <token>` on every call; `server_name` overrides the name the server's certificate
+        must carry (for addresses the certificate does not list)."""
         self.target = target
         self.timeout = timeout
-        self.metadata = tuple(metadata)
-        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.metadata = (*metadata, ("authorization", f"Bearer {token}")) if token else tuple(metadata)
+        options = _CHANNEL_OPTIONS
+        if server_name:
+            options = (*options, ("grpc.ssl_target_name_override", server_name))
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
         self._stub = awqd_pb2_grpc.AwqdServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

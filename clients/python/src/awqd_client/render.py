@@ -212,3 +212,81 @@ def _add_row(table: Table, *cells: str | Text) -> None:
 
 def _device_title(device: awqd_pb2.Device) -> str:
     return f"device {device.index} ({device.torch_device or label(awqd_pb2.DeviceKind, device.kind)}, {device.name})"
+
+
+FP16_BASELINE = "fp16_cublas"  # the daemon's name for its unquantized F.linear row
+
+
+def print_benchmark(console: Console, report: awqd_pb2.BenchmarkReport) -> None:
+    """The device and stack, the mode's table, then the verdict."""
+    console.print(benchmark_header(report))
+    if report.kernel_latencies:
+        console.print(kernel_latency_table(report))
+    if report.single_query:
+        console.print(single_query_table(report))
+    console.print(Text(report.verdict.summary), soft_wrap=True)
+
+
+def benchmark_header(report: awqd_pb2.BenchmarkReport) -> Text:
+    device = report.device
+    capability = f", compute capability {device.compute_capability}" if device.compute_capability else ""
+    versions = ", ".join(
+        f"{component.name} {component.version}" for component in report.node.components if component.available
+    )
+    header = Text.assemble(
+        (f"{label(awqd_pb2.BenchmarkMode, report.mode)} benchmark ", "bold"),
+        (f"on {device.name} ({device.torch_device}{capability})", "bold cyan"),
+        f"\nnode {report.node.hostname}, awqd {report.node.awqd_version}; {versions}",
+    )
+    if report.HasField("started_at"):
+        header.append(f"\nstarted {human_time(report.started_at)}")
+    if report.shapes:
+        header.append(f"\nshapes (out x in): {', '.join(report.shapes)}")
+    if report.roofline_bandwidth_gbps:
+        header.append(f"\nroofline: {report.roofline_bandwidth_gbps:.1f} GB/s ({report.roofline_source})")
+    return header
+
+
+def kernel_latency_table(report: awqd_pb2.BenchmarkReport) -> Table:
+    """One row per batch size and kernel; the fastest AWQ kernel of each batch size in bold."""
+    fastest = {(row.batch_tokens, row.kernel) for row in report.verdict.fastest}
+    table = Table(
+        "tokens", "kernel", "median ms", "p10 ms", "p90 ms", "GB/s", "vs fp16", "graph", title="kernel latency"
+    )
+    rows = sorted(report.kernel_latencies, key=lambda row: (row.batch_tokens, row.median_ms))
+    for index, row in enumerate(rows):
+        style = "bold" if (row.batch_tokens, row.kernel) in fastest else "dim" if row.kernel == FP16_BASELINE else ""
+        first_of_batch = index == 0 or rows[index - 1].batch_tokens != row.batch_tokens
+        _add_row(
+            table,
+            str(row.batch_tokens) if first_of_batch else "",
+            Text(row.kernel, style=style),
+            f"{row.median_ms:.4f}",
+            f"{row.p10_ms:.4f}",
+            f"{row.p90_ms:.4f}",
+            f"{row.effective_bandwidth_gbps:.1f}",
+            f"{row.speedup_vs_fp16:.2f}x" if row.speedup_vs_fp16 else "-",
+            "yes" if row.cuda_graph else "no",
+        )
+    return table
+
+
+def single_query_table(report: awqd_pb2.BenchmarkReport) -> Table:
+    table = Table(
+        "kernel", "TTFT ms", "ms/token p50", "ms/token p90", "total ms", "tokens/s", "runs", title="single query"
+    )
+    for row in report.single_query:
+        if not row.runs:
+            _add_row(table, row.kernel, Text("not measured (see the verdict)", style="yellow"), "", "", "", "", "0")
+            continue
+        _add_row(
+            table,
+            row.kernel,
+            f"{row.time_to_first_token_ms:.1f}",
+            f"{row.ms_per_token_p50:.2f}",
+            f"{row.ms_per_token_p90:.2f}",
+            f"{row.total_ms:.1f}",
+            f"{row.tokens_per_second:.1f}",
+            str(row.runs),
+        )
+    return table

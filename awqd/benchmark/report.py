@@ -1,0 +1,62 @@
+"""What a benchmark streams: progress, then one report. Mirrors proto awq.v1 BenchmarkProgress and BenchmarkReport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the daemon imports this package; its state types are only annotations here
+    from awqd.daemon import DeviceState, NodeState
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "correctness", "roofline", "kernel" or "single_query"
+    completed: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class KernelLatency:
+    kernel: str  # a candidate, or measure.FP16_BASELINE
+    batch_tokens: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    effective_bandwidth_gbps: float
+    speedup_vs_fp16: float  # 0 when the baseline could not be timed at this batch size
+    cuda_graph: bool
+
+
+@dataclass(frozen=True)
+class SingleQueryResult:
+    kernel: str  # "gemm", "gemv", "auto" or what the request named
+    time_to_first_token_ms: float
+    ms_per_token_p50: float
+    ms_per_token_p90: float
+    total_ms: float
+    tokens_per_second: float
+    runs: int  # 0: not measured; the verdict's summary says why
+
+
+@dataclass(frozen=True)
+class Verdict:
+    fastest: tuple[KernelLatency, ...]
+    gemv_over_gemm_speedup: float  # 0 when GEMM or GEMV was not measured
+    summary: str
+
+
+@dataclass(frozen=True)
+class Report:
+    mode: str
+    device: DeviceState
+    node: NodeState
+    kernel_latencies: tuple[KernelLatency, ...]
+    single_query: tuple[SingleQueryResult, ...]
+    roofline_bandwidth_gbps: float
+    roofline_source: str
+    verdict: Verdict
+    shapes: tuple[str, ...]
+    started_at: datetime

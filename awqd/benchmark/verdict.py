@@ -1,0 +1,70 @@
+"""The conclusions of a run, in numbers and in a few sentences."""
+
+from collections.abc import Sequence
+from itertools import groupby
+
+from awqd.benchmark.report import KernelLatency, SingleQueryResult, Verdict
+from awqd.kernels.measure import FP16_BASELINE
+
+
+def kernel_verdict(
+    latencies: Sequence[KernelLatency], roofline_gbps: float, device_label: str, notes: Sequence[str]
+) -> Verdict:
+    """Per batch size the fastest AWQ candidate; the summary adds how it compares with fp16 and the roofline."""
+    candidates = sorted((row for row in latencies if row.kernel != FP16_BASELINE), key=lambda row: row.batch_tokens)
+    fastest = tuple(
+        min(rows, key=lambda row: row.median_ms) for _, rows in groupby(candidates, key=lambda row: row.batch_tokens)
+    )
+    if not fastest:
+        return Verdict((), 0.0, join([f"No AWQ candidate was timed on {device_label}"], notes))
+    winners = {}
+    for row in fastest:
+        winners.setdefault(row.kernel, []).append(str(row.batch_tokens))
+    parts = [f"{kernel} at {', '.join(sizes)} tokens" for kernel, sizes in winners.items()]
+    first = fastest[0]
+    sentences = [f"Fastest on {device_label}: {'; '.join(parts)}"]
+    figures = [f"{first.median_ms:.4g} ms"]
+    if first.speedup_vs_fp16:
+        figures.append(f"{first.speedup_vs_fp16:.2f}x the speed of {FP16_BASELINE}")
+    if roofline_gbps:
+        bandwidth = first.effective_bandwidth_gbps
+        figures.append(
+            f"{bandwidth:.3g} GB/s, {bandwidth / roofline_gbps:.0%} of the {roofline_gbps:.4g} GB/s roofline"
+        )
+    sentences.append(f"At {tokens(first.batch_tokens)} {first.kernel} takes {'; '.join(figures)}")
+    slower = [str(row.batch_tokens) for row in fastest if 0 < row.speedup_vs_fp16 < 1]
+    if slower:
+        sentences.append(f"{FP16_BASELINE} is faster than every AWQ candidate at {', '.join(slower)} tokens.")
+    return Verdict(fastest, 0.0, join(sentences, notes))
+
+
+def single_query_verdict(rows: Sequence[SingleQueryResult], device_label: str, notes: Sequence[str]) -> Verdict:
+    """GEMV over GEMM by median total latency, when both ran."""
+    by_kernel = {row.kernel: row for row in rows if row.runs}
+    gemm, gemv = by_kernel.get("gemm"), by_kernel.get("gemv")
+    sentences = []
+    speedup = 0.0
+    if gemm and gemv:
+        speedup = gemm.total_ms / gemv.total_ms
+        sentences.append(
+            f"On {device_label}, GEMV is {speedup:.2f}x GEMM end to end "
+            f"({gemv.total_ms:.1f} ms vs {gemm.total_ms:.1f} ms; above 1 means GEMV is faster)."
+        )
+    else:
+        missing = " and ".join(name for name in ("gemm", "gemv") if name not in by_kernel)
+        sentences.append(f"On {device_label}, no GEMV-over-GEMM speedup: {missing} not measured.")
+    if by_kernel:
+        best = min(by_kernel.values(), key=lambda row: row.total_ms)
+        sentences.append(
+            f"Lowest total latency: {best.kernel}, {best.total_ms:.1f} ms "
+            f"(TTFT {best.time_to_first_token_ms:.1f} ms, {best.ms_per_token_p50:.2f} ms per token p50)."
+        )
+    return Verdict((), speedup, join(sentences, notes))
+
+
+def tokens(count: int) -> str:
+    return f"{count} token" if count == 1 else f"{count} tokens"
+
+
+def join(sentences: Sequence[str], notes: Sequence[str]) -> str:
+    return " ".join(text if text.endswith(".") else f"{text}." for text in [*sentences, *notes])

@@ -1,0 +1,96 @@
+"""The Prometheus endpoint, and what it reads from the daemon at scrape time.
+
+The counters and histograms updated on the hot path live in awqd/metrics.py. Queue depth, kernel decisions,
+device memory and model states are read here when Prometheus scrapes, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from awqd.errors import InvalidArgument
+from awqd.node.devices import memory_free_bytes
+
+if TYPE_CHECKING:
+    from awqd.daemon import Daemon
+
+log = structlog.get_logger("awqd")
+
+MODEL_STATES = ("loading", "ready", "failed")
+
+
+class DaemonCollector(Collector):
+    """Reads the daemon's state when Prometheus scrapes."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        queue_depth = GaugeMetricFamily(
+            "awqd_queue_depth", "Generate requests waiting for their model", labels=["model"]
+        )
+        model_state = GaugeMetricFamily(
+            "awqd_model_state", "1 for the state each hosted model is in, 0 for the others", labels=["model", "state"]
+        )
+        for hosted in self.daemon.models.list():
+            if hosted.worker is not None:
+                queue_depth.add_metric([hosted.name], hosted.worker.queue_depth)
+            for state in MODEL_STATES:
+                model_state.add_metric([hosted.name, state], float(hosted.state == state))
+        yield queue_depth
+        yield model_state
+
+        decisions = InfoMetricFamily(
+            "awqd_kernel_decision",
+            "The kernel chosen for each device and batch-size bucket, and how it was chosen",
+            labels=["device_uuid", "device", "bucket", "kernel", "source"],
+        )
+        for torch_device, device_decisions in list(self.daemon.decisions.items()):
+            for decision in device_decisions.decisions:
+                labels = [device_decisions.device_uuid, torch_device, str(decision.batch_tokens), decision.kernel]
+                decisions.add_metric([*labels, decision.source], {})
+        yield decisions
+
+        labels = ["device_uuid", "device", "name"]
+        total = GaugeMetricFamily(
+            "awqd_device_memory_total_bytes", "Device memory (host RAM for the CPU)", labels=labels
+        )
+        free = GaugeMetricFamily("awqd_device_memory_free_bytes", "Device memory free at scrape time", labels=labels)
+        for device in self.daemon.discovery.devices:
+            device_labels = [device.uuid, device.torch_device, device.name]
+            total.add_metric(device_labels, device.memory_total_bytes)
+            free.add_metric(device_labels, memory_free_bytes(device))
+        yield total
+        yield free
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """'HOST:PORT' (IPv6 hosts in brackets) -> (host, port); '' or 'off' -> None."""
+    if listen.strip().lower() in ("", "off"):
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument("--metrics-listen", f"expected HOST:PORT, '' or 'off', got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def serve_metrics(listen: str, daemon: Daemon) -> None:
+    """Serves /metrics over plain HTTP on a background thread. A port in use is logged, and gRPC serves on."""
+    address = parse_listen(listen)
+    if address is None:
+        log.info("metrics_disabled")
+        return
+    REGISTRY.register(DaemonCollector(daemon))
+    host, port = address
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as error:
+        log.error("metrics_bind_failed", listen=listen, error=str(error))
+        return
+    log.info("metrics_listening", address=f"{listen.rpartition(':')[0]}:{server.server_port}", port=server.server_port)

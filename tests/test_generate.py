@@ -133,7 +133,8 @@ def test_cancelling_mid_stream_frees_the_worker(client, daemon):
 def test_deadline_stops_the_generation(client, daemon):
     before = len(daemon.events("generation_finished"))
     with pytest.raises(AwqdError) as raised:
-        run(client, max_new_tokens=MAX_NEW_TOKENS_CAP, timeout=0.5)
+        # The tiny demo model makes ~1 token per ms on an idle machine: the deadline must cut well before the cap.
+        run(client, max_new_tokens=MAX_NEW_TOKENS_CAP, timeout=0.05)
     assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     event = wait_for_event(
         daemon,

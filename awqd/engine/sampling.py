@@ -7,7 +7,10 @@ def choose_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
     """logits: [vocab] for the last position."""
     if temperature == 0.0:
         return int(torch.argmax(logits))
-    scores = logits.float() / temperature
+    # Shifting the maximum to 0 first keeps a tiny temperature from overflowing to inf (inf - inf is nan in softmax):
+    # the scores then tend to 0 for the best tokens and -inf for the rest, the greedy limit.
+    logits = logits.float()
+    scores = (logits - logits.max()) / temperature
     if 0 < top_k < scores.numel():
         kth_largest = torch.topk(scores, top_k).values[-1]
         scores = scores.masked_fill(scores < kth_largest, float("-inf"))

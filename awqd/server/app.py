@@ -14,17 +14,16 @@ from grpc_reflection.v1alpha import reflection
 from awqd.config import ServeConfig
 from awqd.daemon import Daemon
 from awqd.errors import AwqdError
+from awqd.server import SERVICE_NAME
 from awqd.server.auth import Authorizer
 from awqd.server.interceptor import StatusInterceptor
 from awqd.server.limits import StreamLimit
 from awqd.server.metrics import serve_metrics
 from awqd.server.servicer import AwqdServicer
 from awqd.server.tls import server_credentials
-from awqd_client.v1 import awqd_pb2, awqd_pb2_grpc
+from awqd_client.v1 import awqd_pb2_grpc
 
 log = structlog.get_logger("awqd")
-
-SERVICE_NAME = awqd_pb2.DESCRIPTOR.services_by_name["AwqdService"].full_name
 
 
 def serve(config: ServeConfig) -> int:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from awqd.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from awqd_client.v1 import awqd_pb2
+from awqd.server import SERVICE_NAME
 
-_SERVICE = awqd_pb2.DESCRIPTOR.services_by_name["AwqdService"].full_name
-ADMIN_METHODS = frozenset(f"/{_SERVICE}/{name}" for name in ("LoadModel", "UnloadModel", "Benchmark"))
+ADMIN_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("LoadModel", "UnloadModel", "Benchmark"))
 _BEARER = "bearer "
 
 
@@ -32,7 +31,7 @@ class Authorizer:
 
     def check(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
         """Raises Unauthenticated or PermissionDenied; returns when the call may proceed."""
-        if not method.startswith(f"/{_SERVICE}/"):
+        if not method.startswith(f"/{SERVICE_NAME}/"):
             return
         admin = method in ADMIN_METHODS
         if not (self.auth_token or (admin and self.admin_token)):

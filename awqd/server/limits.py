@@ -6,10 +6,9 @@ from contextlib import contextmanager
 
 from awqd.errors import ResourceExhausted
 from awqd.metrics import STREAMS_IN_FLIGHT
-from awqd_client.v1 import awqd_pb2
+from awqd.server import SERVICE_NAME
 
-_SERVICE = awqd_pb2.DESCRIPTOR.services_by_name["AwqdService"].full_name
-LIMITED_METHODS = frozenset(f"/{_SERVICE}/{name}" for name in ("Generate", "Benchmark"))
+LIMITED_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("Generate", "Benchmark"))
 
 
 class StreamLimit:

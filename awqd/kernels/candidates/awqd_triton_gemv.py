@@ -5,9 +5,8 @@ from collections.abc import Callable
 
 import torch
 
-from awqd.kernels.base import Candidate
-from awqd.kernels.triton.layout import LAYOUT, AwqdW4, check_activations, pack_awqd_w4
-from awqd.quant.tensors import QuantizedWeight
+from awqd.kernels.triton.candidate import AwqdW4Candidate
+from awqd.kernels.triton.layout import AwqdW4
 
 
 @functools.cache
@@ -17,16 +16,9 @@ def gemv_kernel() -> Callable[[torch.Tensor, AwqdW4], torch.Tensor]:
     return gemv
 
 
-class AwqdTritonGemv(Candidate):
+class AwqdTritonGemv(AwqdW4Candidate):
     name = "awqd_triton_gemv"
     family = "gemv"
-    layout = LAYOUT
 
-    def prepare(self, weight: QuantizedWeight, device: torch.device) -> AwqdW4:
-        gemv_kernel()  # a missing or broken Triton fails the load, not a model step
-        return pack_awqd_w4(weight, device)
-
-    def forward(self, x: torch.Tensor, packed: AwqdW4) -> torch.Tensor:
-        check_activations(x, packed)
-        rows = x.reshape(-1, packed.in_features).contiguous()
-        return gemv_kernel()(rows, packed).reshape(*x.shape[:-1], packed.out_features)
+    def kernel(self) -> Callable[[torch.Tensor, AwqdW4], torch.Tensor]:
+        return gemv_kernel()

@@ -44,7 +44,7 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_gemv":
         from awqd.kernels.triton.gemv import GemvConfig
 
-        return [((96, 256), 32, 3, GemvConfig(8, 2, 2)), ((96, 256), 32, 1, GemvConfig(16, 4, 3))]
+        return [((96, 256), 32, 3, GemvConfig(8, 64, 3)), ((96, 256), 32, 1, GemvConfig(16, 512, 1))]
     from awqd.kernels.triton.gemm import GemmConfig
 
     return [

@@ -1,9 +1,11 @@
-"""awqd's W4A16 GEMM: tensor-core tiles (tl.dot) with int4 unpacked in registers, for 16 to 512+ tokens.
+"""awqd's W4A16 GEMM: tensor-core tiles (tl.dot), the int4 tile dequantized to fp16 in registers.
 
-Grid (M tiles * N tiles, SPLIT_K). M tiles are the fastest grid axis, so the programs sharing a weight tile run
-together and the int4 tile is read from memory once. BLOCK_K divides the group size, so a K step lies in one
-group: the raw 4-bit values (exact in fp16/bf16) go to tl.dot, and scale and zero are applied to the fp32
-partial product once per step (layout.py): acc += s * (x @ q.T - z * rowsum(x)).
+The product is computed transposed, out.T = W @ x.T: the dequantized weight tile [BLOCK_N, BLOCK_K] is the MMA's
+A operand straight from registers, and the activations, often only a few rows, are the B operand, where 16
+columns is the minimum. So one kernel serves 1 to 512+ tokens, with split-K for the small ones.
+Grid (M tiles * N tiles, SPLIT_K); M tiles are the fastest grid axis, so programs sharing a weight tile run
+together and the int4 tile is read from memory once. Per K step each weight word gives eight fp16 values
+(unpack.py), dequantized as (1024 + q - (1024 + z)) * s, and joined back into column order (unpack.py).
 """
 
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
+from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
 
 @dataclass(frozen=True)
@@ -26,24 +29,23 @@ class GemmConfig:
     num_stages: int
 
 
-# (largest M, BLOCK_M, BLOCK_N, largest BLOCK_K, num_warps, num_stages); BLOCK_K also stays <= the group size.
+# Untuned defaults by M bucket: (largest M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 GEMM_TILES = (
     (16, 16, 64, 128, 4, 4),
     (32, 32, 64, 128, 4, 4),
     (64, 64, 64, 64, 4, 4),
-    (128, 64, 128, 64, 4, 4),
+    (128, 128, 64, 64, 4, 4),
     (None, 128, 128, 64, 8, 3),
 )
 
 
 def gemm_config(rows: int, packed: AwqdW4, device: torch.device) -> GemmConfig:
-    """Tiles by M bucket from GEMM_TILES (not autotuned); split-K only when the output tiles leave SMs idle."""
-    _, block_m, block_n, max_block_k, num_warps, num_stages = next(
+    """The untuned default: tiles by M bucket from GEMM_TILES; split-K only when the tiles leave SMs idle."""
+    _, block_m, block_n, block_k, num_warps, num_stages = next(
         tile for tile in GEMM_TILES if tile[0] is None or rows <= tile[0]
     )
-    block_k = min(max_block_k, packed.group_size)
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(packed.out_features, block_n)
-    split_k = split_k_for(tiles, packed.in_features // block_k, device)
+    split_k = split_k_for(tiles, triton.cdiv(packed.in_features, block_k), device)
     return GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages)
 
 
@@ -51,6 +53,11 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     """The Triton 3.x interpreter's tl.dot multiplies the bit patterns of bf16 (it stores them as uint16): there,
     and only there, bf16 dots take fp32 operands. On a GPU bf16 goes to the tensor cores as it is."""
     return interpreting() and dtype == torch.bfloat16
+
+
+@triton.jit
+def _dequantize(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr):
+    return ((q_plus_1024 - zero_plus_1024) * scale).to(dtype)
 
 
 @triton.jit
@@ -69,6 +76,7 @@ def awqd_w4_gemm_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    USE_ASM: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -76,37 +84,55 @@ def awqd_w4_gemm_kernel(
     m_tiles = tl.cdiv(M, BLOCK_M)
     pid_m = pid % m_tiles
     pid_n = pid // m_tiles
+    WORDS: tl.constexpr = BLOCK_K // 8
+    k_words = K // 8
     groups = K // GROUP_SIZE
+    slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * slice_k
+    k_end = tl.minimum(K, k_start + slice_k)
+    dtype = x_ptr.dtype.element_ty
+    operand_dtype = tl.float32 if DOT_IN_FP32 else dtype
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = m < M
     n_mask = n < N
     k = tl.arange(0, BLOCK_K)
-    word = tl.arange(0, BLOCK_K // 8)
-    nibble = tl.arange(0, 8)
+    word = tl.arange(0, WORDS)
     x_rows = x_ptr + m.to(tl.int64)[:, None] * K
-    w_rows = qweight_ptr + n[:, None] * (K // 8)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(pid_k * BLOCK_K, K, SPLIT_K * BLOCK_K):
-        x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)  # [M, K]
-        w = tl.load(w_rows + (k0 // 8 + word)[None, :], mask=n_mask[:, None], other=0)  # [N, K / 8]
-        q = tl.reshape((w[:, :, None] >> (nibble * 4)) & 0xF, (BLOCK_N, BLOCK_K))
+    w_rows = qweight_ptr + n[:, None] * k_words
+    sz_rows = scale_zero_ptr + n[:, None] * groups
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
+    for k0 in range(k_start, k_end, BLOCK_K):
+        kw = k0 // 8 + word
+        tile_mask = n_mask[:, None] & (kw < k_words)[None, :]
+        w = tl.load(w_rows + kw[None, :], mask=tile_mask, other=0)  # [BLOCK_N, WORDS]
+        sz = tl.load(sz_rows + (kw * 8 // GROUP_SIZE)[None, :], mask=tile_mask, other=0)
+        scale, zero_plus_1024 = split_scale_zero(sz)
+        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
+        weights = join_words(
+            _dequantize(q0, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q1, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q2, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q3, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q4, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q5, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q6, zero_plus_1024, scale, operand_dtype),
+            _dequantize(q7, zero_plus_1024, scale, operand_dtype),
+            BLOCK_N,
+            BLOCK_K,
+        )
+        x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
         if DOT_IN_FP32:
-            xq = tl.dot(x.to(tl.float32), tl.trans(q.to(tl.float32)), input_precision="ieee")
+            acc = tl.dot(weights, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:
-            xq = tl.dot(x, tl.trans(q.to(x.dtype)))
-        x_sum = tl.sum(x.to(tl.float32), axis=1)
-        sz = scale_zero_ptr + (n * groups + k0 // GROUP_SIZE) * 2
-        scale = tl.load(sz, mask=n_mask, other=0.0).to(tl.float32)
-        zero = tl.load(sz + 1, mask=n_mask, other=0.0).to(tl.float32)
-        acc += scale[None, :] * (xq - x_sum[:, None] * zero[None, :])
+            acc = tl.dot(weights, tl.trans(x), acc)
 
-    offsets = m.to(tl.int64)[:, None] * N + n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
+    offsets = m.to(tl.int64)[None, :] * N + n[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[None, :]
+            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[:, None]
         tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptr + pid_k.to(tl.int64) * M * N + offsets, acc, mask=mask)
@@ -133,6 +159,7 @@ def gemm(x: torch.Tensor, packed: AwqdW4, config: GemmConfig | None = None) -> t
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
         HAS_BIAS=packed.bias is not None,
+        USE_ASM=not interpreting(),
         DOT_IN_FP32=dot_in_fp32(x.dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,

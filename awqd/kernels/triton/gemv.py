@@ -1,10 +1,12 @@
-"""awqd's W4A16 GEMV: CUDA-core dot products for 1 to a few tokens, int4 unpacked in registers.
+"""awqd's W4A16 GEMV: CUDA-core dot products for one or a few tokens, int4 unpacked in registers.
 
-Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N output rows of one activation row and walks its K slice
-GROUPS_PER_BLOCK quantization groups at a time, loading each weight row's slice as contiguous int32 vectors.
-Activation rows are the fastest grid axis, so the programs sharing a weight tile run together and all but the
-first read it from L2. Per group it accumulates sum x*q and sum x in fp32 and applies scale and zero once
-(layout.py): the inner loop is shift, mask, a magic-number int->float and one FMA per weight.
+Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N weight rows and one contiguous K slice, and reads the
+slice BLOCK_K columns at a time as [BLOCK_N, BLOCK_K / 8] int32 tiles: one word holds 8 weights of one row.
+At batch 1 the kernel is latency-bound, not bandwidth-bound (measured on an H200: bench/results), so every load
+of the next step (weights, scales and zeros, activations) is issued before the current step is computed.
+Nothing is reduced across threads inside the loop: per word it forms sum_j (1024 + q_j) x_j in fp32 and folds
+scale and zero in once (layout.py, unpack.py); the [BLOCK_N, words] accumulator is summed once at the end.
+Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
 """
 
 from dataclasses import dataclass
@@ -13,29 +15,29 @@ import torch
 import triton
 import triton.language as tl
 
-from awqd.kernels.triton.layout import AwqdW4
+from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
-
-GEMV_BLOCK_K = 512  # weights per row per loop step: 256 bytes, so a program keeps enough bytes in flight
-GEMV_BLOCK_N = 8
+from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
 
 @dataclass(frozen=True)
 class GemvConfig:
     block_n: int
-    groups_per_block: int
+    block_k: int
     split_k: int
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 1  # the kernel prefetches by hand; Triton's pipeliner adds nothing here
+
+
+DEFAULT_BLOCK_N = 8
+DEFAULT_BLOCK_K = 512
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
-    """Small heuristic, not autotuned: a fixed tile, split-K only when the row blocks leave SMs idle."""
-    groups_per_block = GEMV_BLOCK_K // packed.group_size
-    groups = packed.in_features // packed.group_size
-    tiles = rows * triton.cdiv(packed.out_features, GEMV_BLOCK_N)
-    split_k = split_k_for(tiles, triton.cdiv(groups, groups_per_block), device)
-    return GemvConfig(GEMV_BLOCK_N, groups_per_block, split_k)
+    """The untuned default: a fixed tile, split-K only when the row blocks leave SMs idle."""
+    tiles = rows * triton.cdiv(packed.out_features, DEFAULT_BLOCK_N)
+    split_k = split_k_for(tiles, triton.cdiv(packed.in_features, DEFAULT_BLOCK_K), device)
+    return GemvConfig(DEFAULT_BLOCK_N, DEFAULT_BLOCK_K, split_k)
 
 
 @triton.jit
@@ -48,49 +50,59 @@ def awqd_w4_gemv_kernel(
     N,
     K,
     GROUP_SIZE: tl.constexpr,
-    GROUPS_PER_BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    USE_ASM: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    WORDS: tl.constexpr = GROUP_SIZE // 8  # int32 per group per weight row
+    WORDS: tl.constexpr = BLOCK_K // 8
     groups = K // GROUP_SIZE
+    slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * slice_k
+    k_end = tl.minimum(K, k_start + slice_k)
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     word = tl.arange(0, WORDS)
-    nibble = tl.arange(0, 8)
+    k = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row.to(tl.int64) * K
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for first_group in range(pid_k * GROUPS_PER_BLOCK, groups, SPLIT_K * GROUPS_PER_BLOCK):
-        group = first_group + tl.arange(0, GROUPS_PER_BLOCK)
-        g_mask = group < groups
-        k = group[:, None, None] * GROUP_SIZE + word[None, :, None] * 8 + nibble[None, None, :]
-        x = tl.load(x_row + k, mask=g_mask[:, None, None], other=0.0).to(tl.float32)  # [G, WORDS, 8]
-        w_offsets = n[:, None, None] * (K // 8) + group[None, :, None] * WORDS + word[None, None, :]
-        w_mask = n_mask[:, None, None] & g_mask[None, :, None]
-        w = tl.load(qweight_ptr + w_offsets, mask=w_mask, other=0)  # [N, G, WORDS]
-        q = (w[:, :, :, None] >> (nibble * 4)) & 0xF
-        # 0x4B000000 | q is the float 2^23 + q: exact, and cheaper than an int->float conversion.
-        q = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # [N, G, WORDS, 8]
-        xq = tl.sum(tl.sum(q * x[None, :, :, :], axis=3), axis=2)  # [N, G]
-        x_sum = tl.sum(tl.sum(x, axis=2), axis=1)  # [G]
-        sz = scale_zero_ptr + (n[:, None] * groups + group[None, :]) * 2
-        sz_mask = n_mask[:, None] & g_mask[None, :]
-        scale = tl.load(sz, mask=sz_mask, other=0.0).to(tl.float32)
-        zero = tl.load(sz + 1, mask=sz_mask, other=0.0).to(tl.float32)
-        acc += tl.sum(scale * (xq - zero * x_sum[None, :]), axis=1)
+    w_rows = qweight_ptr + n[:, None] * (K // 8)
+    sz_rows = scale_zero_ptr + n[:, None] * groups
+
+    first_word = k_start // 8 + word
+    first_mask = n_mask[:, None] & (first_word < k_end // 8)[None, :]
+    w_next = tl.load(w_rows + first_word[None, :], mask=first_mask, other=0)
+    sz_next = tl.load(sz_rows + (first_word * 8 // GROUP_SIZE)[None, :], mask=first_mask, other=0)
+    x_next = tl.load(x_row + k_start + k, mask=k_start + k < k_end, other=0.0)
+    acc = tl.zeros([BLOCK_N, WORDS], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        w, sz, x = w_next, sz_next, x_next
+        next_word = (k0 + BLOCK_K) // 8 + word
+        next_mask = n_mask[:, None] & (next_word < k_end // 8)[None, :]
+        w_next = tl.load(w_rows + next_word[None, :], mask=next_mask, other=0)  # [BLOCK_N, WORDS]
+        sz_next = tl.load(sz_rows + (next_word * 8 // GROUP_SIZE)[None, :], mask=next_mask, other=0)
+        x_next = tl.load(x_row + k0 + BLOCK_K + k, mask=k0 + BLOCK_K + k < k_end, other=0.0)
+
+        scale, zero_plus_1024 = split_scale_zero(sz)
+        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
+        q = join_words(q0, q1, q2, q3, q4, q5, q6, q7, BLOCK_N, BLOCK_K)  # 1024 + q, in column order
+        x_words = tl.reshape(x.to(tl.float32), (WORDS, 8))
+        xq = tl.sum(tl.reshape(q, (BLOCK_N, WORDS, 8)).to(tl.float32) * x_words[None, :, :], axis=2)
+        x_sum = tl.sum(x_words, axis=1)
+        acc += scale.to(tl.float32) * (xq - zero_plus_1024.to(tl.float32) * x_sum[None, :])
+    result = tl.sum(acc, axis=1)
 
     if SPLIT_K == 1:
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)
-        tl.store(out_ptr + row.to(tl.int64) * N + n, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+            result += tl.load(bias_ptr + n, mask=n_mask, other=0.0)
+        tl.store(out_ptr + row.to(tl.int64) * N + n, result.to(out_ptr.dtype.element_ty), mask=n_mask)
     else:
         rows = tl.num_programs(0)
-        tl.store(out_ptr + (pid_k * rows + row).to(tl.int64) * N + n, acc, mask=n_mask)
+        tl.store(out_ptr + (pid_k * rows + row).to(tl.int64) * N + n, result, mask=n_mask)
 
 
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
@@ -108,10 +120,11 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         packed.out_features,
         packed.in_features,
         GROUP_SIZE=packed.group_size,
-        GROUPS_PER_BLOCK=config.groups_per_block,
         BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
         HAS_BIAS=packed.bias is not None,
+        USE_ASM=not interpreting(),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -1,12 +1,13 @@
 """The awqd_w4 layout that awqd's Triton kernels read, packed from the canonical QuantizedWeight.
 
-qweight      int32 [out, in/8]: row-major along K, nibble j of int32 c holds input column 8c + j, so a
-             program reads each output row's K range as contiguous 16-byte vectors.
-scale_zero   fp16 [out, in/g, 2]: (scale, zero) side by side, one 4-byte load per (row, group). The zero is an
-             integer 0..15, exact in fp16; the kernels form -scale*zero in fp32, so no rounding is added.
+qweight      int32 [out, in/8]: row-major along K, so a program reads each output row's K range as contiguous
+             16-byte vectors. Nibble j of int32 c holds input column 8c + NIBBLE_ORDER[j]: the kernels unpack
+             nibbles j and j + 4 together (unpack.py) and interleave them back into column order for free.
+scale_zero   int32 [out, in/g]: the fp16 scale in the low half and the fp16 zero in the high half, one 4-byte
+             load per (row, group). The zero is an integer 0..15, exact in fp16.
 
-Both kernels fold the quantization per group: sum_k x_k (q_k - z) s = s * sum_k x_k q_k - s * z * sum_k x_k,
-so the inner loop multiplies raw 4-bit values and scales are applied once per (row, group).
+The GEMV folds the quantization per word: sum_k x_k (q_k - z) s = s * (sum_k x_k q_k - z * sum_k x_k), so its
+inner loop multiplies raw 4-bit values; the GEMM dequantizes the tile to fp16 for the tensor cores.
 """
 
 import os
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from awqd.errors import FailedPrecondition, InvalidArgument
-from awqd.quant.packing import SEQUENTIAL_ORDER, pack_int4
+from awqd.quant.packing import pack_int4
 from awqd.quant.tensors import QuantizedWeight
 
 LAYOUT = "awqd_w4"
-GROUP_SIZES = (32, 64, 128)  # the K tiles divide or are multiples of these; others are refused at load
+NIBBLE_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # 3-bit reversal: see unpack.py and the GEMM's interleave
+GROUP_SIZES = (32, 64, 128)  # the sizes the kernels are verified with (CPU interpreter and GPU); others are refused
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 # Relative error (||y - ref|| / ||ref||) the kernels are tested to. Accumulation is fp32 throughout, so the error is
 # the final rounding to the output dtype: ~2e-4 in fp16 and ~3.5e-3 in bf16 (measured under the interpreter).
@@ -57,7 +59,7 @@ def check_supported(weight: QuantizedWeight) -> None:
     if group_size not in GROUP_SIZES:
         raise FailedPrecondition(
             f"group_size: {where}: group size {group_size} is not supported; supported: "
-            f"{', '.join(map(str, GROUP_SIZES))} (the kernels' K tiles must divide or be multiples of the group)"
+            f"{', '.join(map(str, GROUP_SIZES))} (the group sizes awqd's kernels are verified with)"
         )
     if in_features % group_size:
         raise FailedPrecondition(
@@ -77,9 +79,10 @@ def pack_awqd_w4(weight: QuantizedWeight, device: torch.device) -> AwqdW4:
     check_device(device)
     check_supported(weight)
     scale_zero = torch.stack((weight.scales.to(torch.float16), weight.zeros.to(torch.float16)), dim=-1)
+    scale_zero = scale_zero.view(torch.int32).squeeze(-1)  # little-endian: the scale is the low half
     bias = weight.bias.to(device=device, dtype=torch.float32) if weight.bias is not None else None
     return AwqdW4(
-        qweight=pack_int4(weight.q, SEQUENTIAL_ORDER).to(device).contiguous(),
+        qweight=pack_int4(weight.q, NIBBLE_ORDER).to(device).contiguous(),
         scale_zero=scale_zero.to(device).contiguous(),
         bias=bias,
         in_features=weight.in_features,

@@ -5,6 +5,7 @@ Boot order: the demo model (if needed) -> the hosted models' layer shapes -> ker
 """
 
 import dataclasses
+import os
 import socket
 import threading
 from collections import defaultdict
@@ -84,6 +85,7 @@ class Daemon:
             self.models.announce(spec.name, Path(spec.path), spec.device, self.config.kernel)
         specs = [spec for spec in specs if self._checkpoint_ready(spec)]
         shapes, group_sizes = self._hosted_shapes(specs)
+        self._keep_triton_builds()
         for device in self.discovery.devices:
             if not device.torch_device:
                 continue  # torch cannot address it; Describe keeps the discovery warning
@@ -104,6 +106,17 @@ class Daemon:
             publish_feature_file(self.config.feature_file, self.discovery.devices, self.decisions)
         self.ready.set()
         log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
+
+    def _keep_triton_builds(self) -> None:
+        """Triton's compiled kernels go under the cache directory, so tuning compiles each tile once per node, not
+        once per boot (an operator's TRITON_CACHE_DIR wins; an unwritable directory leaves Triton's default)."""
+        triton_dir = self.config.cache_dir / "triton"
+        try:
+            triton_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            log.warning("triton_cache_dir_unusable", path=str(triton_dir), error=str(error))
+            return
+        os.environ.setdefault("TRITON_CACHE_DIR", str(triton_dir))
 
     def _model_specs(self) -> list[ModelSpec]:
         """The configured models with their paths checked, or the demo model when none is configured."""

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,35 @@ def run_matrix(kernel: str) -> None:
         print(json.dumps({"case": f"forward rejects {case}", "ok": ok, "detail": detail}), flush=True)
 
 
+def run_tuning(kernel: str) -> None:
+    """Runs in the subprocess: boot-time tuning on a tiny shape, then the tuned kernel against the reference."""
+    from awqd.kernels.measure import relative_error
+    from awqd.kernels.triton import tuning
+    from awqd.kernels.triton.layout import TOLERANCES
+    from awqd.quant.reference import reference_linear
+
+    tuning.TUNING_REPETITIONS = (1, 1)  # the interpreter only has to rank, not time, the tiles
+    cpu = torch.device("cpu")
+    candidate = registry.build(kernel)
+    notes: list[str] = []
+    shape, buckets = (96, 256), (1, 16)
+    stored = candidate.tune([shape, shape], buckets, 64, cpu, time.perf_counter() + 120, notes)
+    tuned_buckets = sorted(int(b) for b in stored.get("96x256", {}))
+    expected = [b for b in buckets if candidate.kernel().tuning_space(b)]
+    print(json.dumps({"case": "tuned every bucket with a space", "ok": tuned_buckets == expected, "detail": stored}))
+    installed = tuning.lookup(kernel, cpu, *shape, rows=1)
+    stored_first = stored["96x256"][str(expected[0])]
+    print(json.dumps({"case": "lookup", "ok": installed.__dict__ == stored_first, "detail": str(installed)}))
+    print(json.dumps({"case": "untuned shape", "ok": tuning.lookup(kernel, cpu, 64, 128, 1) is None, "detail": ""}))
+    weight = case_weight(*shape, 64, True, bias=True, seed=99)
+    packed = candidate.prepare(weight, cpu)
+    for rows in (1, 16):
+        x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows)).half()
+        error = relative_error(candidate.forward(x, packed), reference_linear(x.float(), weight))
+        ok = error <= TOLERANCES[torch.float16]
+        print(json.dumps({"case": f"tuned forward, {rows} rows", "ok": ok, "detail": f"relative error {error:.3g}"}))
+
+
 @pytest.fixture(scope="module")
 def matrix_results() -> dict[str, list[dict]]:
     """Both kernels' matrices, run at once (one subprocess per core)."""
@@ -155,7 +185,7 @@ def matrix_results() -> dict[str, list[dict]]:
         kernel: subprocess.Popen(
             [sys.executable, __file__, kernel], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for kernel in BATCHES
+        for kernel in [*BATCHES, *(f"tune:{kernel}" for kernel in BATCHES)]
     }
     results = {}
     for kernel, process in processes.items():
@@ -185,5 +215,14 @@ def test_prepare_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, kernel
         registry.build(kernel).prepare(case_weight(64, 128, 32, True, False, 1), torch.device("cpu"))
 
 
+@pytest.mark.parametrize("kernel", list(BATCHES))
+def test_boot_tuning_picks_installs_and_runs_a_tile_per_shape_and_bucket(matrix_results, kernel):
+    results = matrix_results[f"tune:{kernel}"]
+    assert len(results) == 5
+    failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
+    assert not failures, "\n".join(failures)
+
+
 if __name__ == "__main__":
-    run_matrix(sys.argv[1])
+    mode, _, kernel = sys.argv[1].rpartition(":")
+    (run_tuning if mode == "tune" else run_matrix)(kernel)

@@ -29,6 +29,23 @@ class Candidate(abc.ABC):
     def forward(self, x: torch.Tensor, packed: Any) -> torch.Tensor:
         """y = x @ W.T (+ bias) for x [..., in_features]; returns [..., out_features] in x's dtype."""
 
+    def tune(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        buckets: Sequence[int],
+        group_size: int,
+        device: torch.device,
+        deadline: float,
+        notes: list[str],
+    ) -> dict[str, Any] | None:
+        """Time this candidate's launch configurations on `device` and use the fastest; returns the table to cache
+        (None: nothing to tune). Stops at `deadline` (time.perf_counter()), leaving the rest on defaults."""
+        return None
+
+    def install_tuning(self, stored: dict[str, Any], device: torch.device) -> None:
+        """Use a table an earlier tune() returned (read back from the decision cache)."""
+        del stored, device  # candidates without launch configurations have nothing to install
+
 
 @dataclass(frozen=True)
 class Dispatch:

@@ -55,6 +55,8 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # CPU gets a wider margin rather than re-measuring on every boot.
 NOISE_MARGINS = {"cuda": 0.10, "cpu": 0.25}
 SOURCES = ("measured", "cache_validated", "capability_rule", "forced")
+# Of the time left after correctness checks, what tuning launch configurations may take; timing gets the rest.
+TUNING_SHARE = 0.5
 
 
 @dataclass
@@ -97,6 +99,7 @@ class DeviceDecisions:
     fingerprint: str
     notes: list[str] = field(default_factory=list)
     forced: str | None = None  # the operator's override, applied or not (notes say which)
+    tuning: dict[str, Any] = field(default_factory=dict)  # candidate -> its tuned launch configurations
 
     def candidate(self, name: str) -> CandidateReport | None:
         return next((report for report in self.candidates if report.name == name), None)
@@ -278,6 +281,7 @@ def measure(
     usable = [report.name for report in reports if report.usable]
     if not usable:
         notes.append(f"no supported candidate passed its correctness check on {device_label(device)}")
+    tuning = tune_all(usable, shapes, buckets, group_size, torch_device, deadline, notes)
     layers = prepare_all(usable, shapes, group_size, torch_device, notes) if time.perf_counter() < deadline else []
     timings = time_buckets(layers, torch_device, buckets, deadline, notes)
     del layers
@@ -291,7 +295,38 @@ def measure(
         else:
             decisions += rule_decisions(device, reports, [bucket], "not measured: the time budget ran out")
     source = Counter(d.source for d in decisions).most_common(1)[0][0] if decisions else "capability_rule"
-    return DeviceDecisions(device.uuid, device_label(device), reports, decisions, source, measured_at, 0.0, "", notes)
+    return DeviceDecisions(
+        device.uuid, device_label(device), reports, decisions, source, measured_at, 0.0, "", notes, tuning=tuning
+    )
+
+
+def tune_all(
+    names: Sequence[str],
+    shapes: list[tuple[int, int]],
+    buckets: list[int],
+    group_size: int,
+    torch_device: torch.device,
+    deadline: float,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Tune the candidates that have launch configurations, within TUNING_SHARE of the remaining budget, so the
+    timings that follow measure every candidate at its best."""
+    tuning_deadline = time.perf_counter() + TUNING_SHARE * max(0.0, deadline - time.perf_counter())
+    tuning = {}
+    for name in names:
+        try:
+            stored = registry.build(name).tune(shapes, buckets, group_size, torch_device, tuning_deadline, notes)
+        except Exception as error:  # tuning is an optimisation: the untuned defaults still run
+            notes.append(f"{name}: tuning failed ({type(error).__name__}: {error}); using its default tiles")
+            continue
+        if stored is not None:
+            tuning[name] = stored
+    return tuning
+
+
+def install_tuning(tuning: dict[str, Any], torch_device: torch.device) -> None:
+    for name, stored in tuning.items():
+        registry.build(name).install_tuning(stored, torch_device)
 
 
 def prepare_all(
@@ -368,6 +403,7 @@ def validate_cached(
     if unsupported or not stored.decisions:
         notes.append(f"cached kernels {', '.join(unsupported) or '(none)'} are not supported now; re-measuring")
         return None
+    install_tuning(stored.tuning, torch_device)  # re-validation times the tiles the cache says were fastest
     check_all(reports, chosen, torch_device, shapes, group_size)
     failed = [r for r in reports if r.name in chosen and not r.usable]
     if failed:
@@ -399,6 +435,7 @@ def validate_cached(
         0.0,
         stored.fingerprint,
         notes,
+        tuning=stored.tuning,
     )
 
 

@@ -1,7 +1,10 @@
-"""What awqd's Triton candidates share: the awqd_w4 layout and the reshape around a kernel; each names its kernel."""
+"""What awqd's Triton candidates share: the awqd_w4 layout, per-device tuning and the reshape around a kernel."""
 
 import abc
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -10,18 +13,56 @@ from awqd.kernels.triton.layout import LAYOUT, AwqdW4, check_activations, pack_a
 from awqd.quant.tensors import QuantizedWeight
 
 
+@dataclass(frozen=True)
+class TritonKernel:
+    launch: Callable[..., torch.Tensor]  # (x [rows, in], packed, config or None for the default) -> y
+    config_type: type
+    tuning_space: Callable[[int], Sequence[Any]]  # bucket -> configurations worth timing there (may be empty)
+
+
 class AwqdW4Candidate(Candidate):
     layout = LAYOUT
 
     @abc.abstractmethod
-    def kernel(self) -> Callable[[torch.Tensor, AwqdW4], torch.Tensor]:
-        """The launch wrapper for 2-D activations; importing it imports triton."""
+    def kernel(self) -> TritonKernel:
+        """The kernel's launch wrapper and tuning space; importing them imports triton."""
 
     def prepare(self, weight: QuantizedWeight, device: torch.device) -> AwqdW4:
         self.kernel()  # a missing or broken Triton fails the load, not a model step
         return pack_awqd_w4(weight, device)
 
     def forward(self, x: torch.Tensor, packed: AwqdW4) -> torch.Tensor:
+        from awqd.kernels.triton import tuning
+
         check_activations(x, packed)
         rows = x.reshape(-1, packed.in_features).contiguous()
-        return self.kernel()(rows, packed).reshape(*x.shape[:-1], packed.out_features)
+        config = tuning.lookup(self.name, x.device, packed.out_features, packed.in_features, rows.shape[0])
+        return self.kernel().launch(rows, packed, config).reshape(*x.shape[:-1], packed.out_features)
+
+    def tune(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        buckets: Sequence[int],
+        group_size: int,
+        device: torch.device,
+        deadline: float,
+        notes: list[str],
+    ) -> dict[str, Any]:
+        from awqd.kernels.triton import tuning
+
+        kernel = self.kernel()
+        started = time.perf_counter()
+        stored = tuning.tune(
+            self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline, notes
+        )
+        self.install_tuning(stored, device)
+        notes.append(
+            f"{self.name}: tuned {sum(map(len, stored.values()))} (shape, bucket) tiles in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+        return stored
+
+    def install_tuning(self, stored: dict[str, Any], device: torch.device) -> None:
+        from awqd.kernels.triton import tuning
+
+        tuning.install(self.name, device, stored, self.kernel().config_type)

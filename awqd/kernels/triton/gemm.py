@@ -29,14 +29,25 @@ class GemmConfig:
     num_stages: int
 
 
-# Untuned defaults by M bucket: (largest M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# Untuned defaults by M bucket, the H200 sweep's most frequent winners (bench/results):
+# (largest M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
 GEMM_TILES = (
-    (16, 16, 64, 128, 4, 4),
-    (32, 32, 64, 128, 4, 4),
-    (64, 64, 64, 64, 4, 4),
-    (128, 128, 64, 64, 4, 4),
-    (None, 128, 128, 64, 8, 3),
+    (16, 16, 128, 64, 4, 3),
+    (32, 32, 128, 64, 4, 3),
+    (64, 64, 128, 64, 4, 3),
+    (None, 128, 64, 64, 4, 3),
 )
+# What boot-time tuning times per M bucket: the sweep's top tiles for each class of M.
+GEMM_TUNING_SPACES = (
+    (16, (GemmConfig(16, 128, 64, 4, 4, 3), GemmConfig(16, 128, 64, 8, 4, 3), GemmConfig(16, 256, 64, 8, 4, 3))),
+    (32, (GemmConfig(32, 128, 64, 4, 4, 3), GemmConfig(32, 128, 64, 8, 4, 3), GemmConfig(32, 256, 64, 8, 4, 3))),
+    (64, (GemmConfig(64, 64, 64, 2, 4, 3), GemmConfig(64, 128, 64, 4, 4, 3), GemmConfig(64, 128, 64, 8, 4, 3))),
+    (None, (GemmConfig(128, 64, 64, 1, 4, 3), GemmConfig(128, 64, 64, 2, 4, 3), GemmConfig(128, 128, 64, 2, 4, 4))),
+)
+
+
+def tuning_space(bucket: int) -> tuple[GemmConfig, ...]:
+    return next(space for largest, space in GEMM_TUNING_SPACES if largest is None or bucket <= largest)
 
 
 def gemm_config(rows: int, packed: AwqdW4, device: torch.device) -> GemmConfig:

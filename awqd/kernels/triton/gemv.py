@@ -31,6 +31,15 @@ class GemvConfig:
 
 DEFAULT_BLOCK_N = 8
 DEFAULT_BLOCK_K = 512
+GEMV_MAX_TUNED_ROWS = 4  # one program per activation row: beyond a few rows the GEMM wins (bench/results)
+# The tiles within ~10% of the best on the Llama-2-7B shapes in the H200 sweep (bench/results); boot tunes among them.
+GEMV_TUNING_SPACE = (
+    GemvConfig(8, 512, 1, 4),
+    GemvConfig(8, 512, 2, 4),
+    GemvConfig(16, 512, 1, 4),
+    GemvConfig(16, 512, 4, 4),
+    GemvConfig(32, 256, 4, 4),
+)
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
@@ -38,6 +47,10 @@ def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
     tiles = rows * triton.cdiv(packed.out_features, DEFAULT_BLOCK_N)
     split_k = split_k_for(tiles, triton.cdiv(packed.in_features, DEFAULT_BLOCK_K), device)
     return GemvConfig(DEFAULT_BLOCK_N, DEFAULT_BLOCK_K, split_k)
+
+
+def tuning_space(bucket: int) -> tuple[GemvConfig, ...]:
+    return GEMV_TUNING_SPACE if bucket <= GEMV_MAX_TUNED_ROWS else ()
 
 
 @triton.jit

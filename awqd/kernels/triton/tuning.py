@@ -1,0 +1,95 @@
+"""Launch configurations per device, layer shape and batch bucket for awqd's Triton kernels.
+
+On-boot selection (awqd/kernels/selection.py) calls tune(): every configuration of the kernel's tuning space is
+timed on every hosted layer shape at every bucket it is tuned for (CUDA-graph replay, weights rotated past L2,
+as all timings), and the fastest is kept. The table is stored with the device's decisions, so it shares their
+cache file, fingerprint and re-validation, and install() makes it what the launch wrappers use. A step looks its
+configuration up by (kernel, device, shape, first tuned bucket >= its rows); anything not tuned runs the kernel's
+untuned default.
+"""
+
+import bisect
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from awqd.kernels.measure import random_layer_weights, rotation_copies, time_passes
+from awqd.kernels.triton.layout import pack_awqd_w4
+
+TUNING_REPETITIONS = (3, 10)  # (warm-up, timed) per configuration: enough to rank tiles that differ by >5%
+
+# kernel name -> device -> (out, in) -> sorted [(bucket, config)]
+Table = dict[tuple[int, int], list[tuple[int, Any]]]
+_tables: dict[tuple[str, str], Table] = {}
+_lock = threading.Lock()
+
+
+def lookup(kernel: str, device: torch.device, out_features: int, in_features: int, rows: int) -> Any | None:
+    """The tuned configuration for a step, or None where nothing was tuned for this kernel, device and shape."""
+    entries = _tables.get((kernel, str(device)), {}).get((out_features, in_features))
+    if not entries:
+        return None
+    position = bisect.bisect_left([bucket for bucket, _ in entries], rows)
+    return entries[min(position, len(entries) - 1)][1]
+
+
+def install(kernel: str, device: torch.device, stored: dict[str, dict[str, dict]], config_type: type) -> None:
+    """Make a stored table ({"OUTxIN": {"bucket": config fields}}) the one the kernel uses on `device`."""
+    table: Table = {}
+    for shape, by_bucket in stored.items():
+        out_features, in_features = (int(part) for part in shape.split("x"))
+        table[out_features, in_features] = sorted((int(b), config_type(**fields)) for b, fields in by_bucket.items())
+    with _lock:
+        _tables[kernel, str(device)] = table
+
+
+def tune(
+    kernel: str,
+    launch: Callable[..., torch.Tensor],
+    space: Callable[[int], Sequence[Any]],
+    shapes: Sequence[tuple[int, int]],
+    buckets: Sequence[int],
+    group_size: int,
+    device: torch.device,
+    deadline: float,
+    notes: list[str],
+) -> dict[str, dict[str, dict]]:
+    """Time space(bucket) on each distinct shape at each bucket; returns the stored form of the fastest per pair.
+
+    Pairs the deadline leaves untimed stay on the default (a note says how many). A configuration that fails
+    (e.g. needs more shared memory than the device has) is skipped."""
+    warmup, iterations = TUNING_REPETITIONS
+    stored: dict[str, dict[str, dict]] = {}
+    untuned = 0
+    for out_features, in_features in dict.fromkeys(shapes):
+        weights = random_layer_weights(
+            [(out_features, in_features)], group_size, device, rotation_copies([(out_features, in_features)], device)
+        )
+        packed = [pack_awqd_w4(copy[0], device) for copy in weights]
+        for bucket in buckets:
+            if not space(bucket):
+                continue
+            if time.perf_counter() >= deadline:
+                untuned += 1
+                continue
+            x = torch.randn(bucket, in_features, device=device, dtype=torch.float16)
+            best_ms, best = float("inf"), None
+            for config in space(bucket):
+                passes = [partial(launch, x, layer, config) for layer in packed]
+                try:
+                    median_ms = time_passes(kernel, passes, device, warmup, iterations).median_ms
+                except Exception:  # this tile does not fit the device; the others still compete
+                    continue
+                if median_ms < best_ms:
+                    best_ms, best = median_ms, config
+            if best is not None:
+                stored.setdefault(f"{out_features}x{in_features}", {})[str(bucket)] = dataclasses.asdict(best)
+        del weights, packed
+    if untuned:
+        notes.append(f"{kernel}: the time budget left {untuned} (shape, bucket) pairs on the untuned default tiles")
+    return stored

@@ -39,27 +39,34 @@ L2_MULTIPLE = 3
 DEADLINE_S = 480
 
 
-def gemv_space() -> list[GemvConfig]:
-    return [
-        GemvConfig(block_n, block_k, split_k, warps, 3)
-        for block_n, block_k, split_k, warps in itertools.product((8, 16, 32, 64), (128, 256, 512), (1, 2, 4), (4, 8))
-    ]
+def gemv_space(batch: int) -> list[GemvConfig]:
+    if batch == 1:
+        tiles = itertools.product((4, 8, 16, 32), (256, 512, 1024, 2048), (1, 2, 4), (2, 4))
+        return [GemvConfig(n, k, split, warps) for n, k, split, warps in tiles if n * k <= 32768]
+    tiles = itertools.product((1, batch), (4, 8, 16), (256, 512, 1024), (1, 2), (2, 4))
+    return [GemvConfig(n, k, split, warps, rows=rows) for rows, n, k, split, warps in tiles if rows * n * k <= 16384]
 
 
 def gemm_space(batch: int) -> list[GemmConfig]:
-    block_ms = (16,) if batch <= 16 else (32,) if batch <= 32 else (32, 64) if batch <= 64 else (64, 128)
-    split_ks = (1, 2, 4, 8) if batch <= 64 else (1, 2)
+    if batch > 64:
+        return [
+            GemmConfig(block_m, block_n, block_k, split_k, warps, stages)
+            for block_m, block_n, block_k, split_k, warps, stages in itertools.product(
+                (64, 128), (64, 128), (64, 128), (1, 2), (4, 8), (3, 4)
+            )
+        ]
+    block_ms = (16,) if batch <= 16 else (32,) if batch <= 32 else (32, 64)
     return [
-        GemmConfig(block_m, block_n, block_k, split_k, warps, stages)
-        for block_m, block_n, block_k, split_k, warps, stages in itertools.product(
-            block_ms, (64, 128, 256), (64, 128), split_ks, (4, 8), (3, 4)
+        GemmConfig(block_m, block_n, block_k, split_k, warps, 3, prefetch)
+        for block_m, block_n, block_k, split_k, warps, prefetch in itertools.product(
+            block_ms, (64, 128, 256), (64, 128), (2, 4, 8), (4, 8), (True, False)
         )
-        if block_n * block_k <= 16384 and block_m * block_n <= 16384
+        if block_n * block_k <= 16384
     ]
 
 
 def jobs() -> list[tuple[str, int, object]]:
-    work = [("gemv", batch, config) for batch in GEMV_BATCHES for config in gemv_space()]
+    work = [("gemv", batch, config) for batch in GEMV_BATCHES for config in gemv_space(batch)]
     return work + [("gemm", batch, config) for batch in BATCHES for config in gemm_space(batch)]
 
 
@@ -153,7 +160,10 @@ def main() -> None:
             row["fp16_cublas_ms"] = time_graph([partial(F.linear, x, d) for d in dense])
             if isinstance(awq_packed, list):
                 row["autoawq_gemm_triton_ms"] = time_graph([partial(autoawq.forward, x, p) for p in awq_packed])
-            for kernel, space in (("gemv", gemv_space() if batch in GEMV_BATCHES else []), ("gemm", gemm_space(batch))):
+            for kernel, space in (
+                ("gemv", gemv_space(batch) if batch in GEMV_BATCHES else []),
+                ("gemm", gemm_space(batch)),
+            ):
                 timings = []
                 for config in space:
                     try:

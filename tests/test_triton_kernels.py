@@ -27,7 +27,9 @@ DTYPES = ("float16", "bfloat16")
 BATCHES = {
     "awqd_triton_gemv": {(64, 128): (1,), (96, 256): (1, 3), (128, 512): (1,)},
     "awqd_triton_gemm": {(64, 128): (1, 16), (96, 256): (1, 3, 16, 40), (128, 512): (1, 16)},
+    "awqd_triton_dequant_cublas": {(64, 128): (1,), (96, 256): (1, 40), (128, 512): (16,)},
 }
+TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm")  # the dequantize kernel has nothing to tune
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -45,13 +47,24 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_gemv":
         from awqd.kernels.triton.gemv import GemvConfig
 
-        return [((96, 256), 32, 3, GemvConfig(8, 64, 3)), ((96, 256), 32, 1, GemvConfig(16, 512, 1))]
+        return [
+            ((96, 256), 32, 3, GemvConfig(8, 64, 3)),
+            ((96, 256), 32, 1, GemvConfig(16, 512, 1)),
+            ((96, 256), 64, 3, GemvConfig(16, 64, 2, rows=2)),
+            ((128, 512), 128, 7, GemvConfig(8, 256, 1, rows=4)),
+        ]
+    if kernel == "awqd_triton_dequant_cublas":
+        from awqd.kernels.triton.dequant import DequantConfig
+
+        return [((96, 256), 32, 3, DequantConfig(16, 64, 4)), ((128, 512), 64, 5, DequantConfig(64, 512, 8))]
     from awqd.kernels.triton.gemm import GemmConfig
 
     return [
         ((96, 256), 32, 40, GemmConfig(16, 32, 32, 1, 4, 1)),
         ((96, 256), 64, 40, GemmConfig(16, 64, 32, 3, 4, 1)),
         ((128, 512), 128, 5, GemmConfig(16, 64, 128, 4, 4, 1)),
+        ((96, 256), 32, 3, GemmConfig(16, 32, 64, 3, 4, 1, prefetch=True)),
+        ((128, 512), 64, 40, GemmConfig(32, 64, 64, 1, 4, 1, prefetch=True)),
     ]
 
 
@@ -63,9 +76,7 @@ def run_matrix(kernel: str) -> None:
     from awqd.quant.reference import reference_linear
 
     candidate = registry.build(kernel)
-    launch = __import__(f"awqd.kernels.triton.{candidate.family}", fromlist=[candidate.family]).__dict__[
-        candidate.family
-    ]
+    launch = candidate.kernel().launch
     cpu = torch.device("cpu")
     seed = 0
 
@@ -185,7 +196,7 @@ def matrix_results() -> dict[str, list[dict]]:
         kernel: subprocess.Popen(
             [sys.executable, __file__, kernel], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for kernel in [*BATCHES, *(f"tune:{kernel}" for kernel in BATCHES)]
+        for kernel in [*BATCHES, *(f"tune:{kernel}" for kernel in TUNED_KERNELS)]
     }
     results = {}
     for kernel, process in processes.items():
@@ -215,7 +226,7 @@ def test_prepare_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, kernel
         registry.build(kernel).prepare(case_weight(64, 128, 32, True, False, 1), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("kernel", list(BATCHES))
+@pytest.mark.parametrize("kernel", TUNED_KERNELS)
 def test_boot_tuning_picks_installs_and_runs_a_tile_per_shape_and_bucket(matrix_results, kernel):
     results = matrix_results[f"tune:{kernel}"]
     assert len(results) == 5

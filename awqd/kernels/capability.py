@@ -148,6 +148,17 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         below_min_because="awq_v2_ext (GEMV_FAST) is compiled only for sm_80 and up",
     ),
     CapabilityRule(
+        name="awqd_triton_dequant_cublas",
+        family="dequant_matmul",
+        layout="awqd_w4",
+        requires=(TORCH_CUDA, TRITON),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="awqd's Triton dequantize of its own layout, then cuBLAS; compiled by Triton for this GPU",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only",
+    ),
+    CapabilityRule(
         name="dequant_cublas",
         family="dequant_matmul",
         layout="gemm",

@@ -8,6 +8,7 @@ from awqd.kernels.candidates.autoawq_gemm_cuda import AutoawqGemmCuda
 from awqd.kernels.candidates.autoawq_gemm_triton import AutoawqGemmTriton
 from awqd.kernels.candidates.autoawq_gemv_cuda import AutoawqGemvCuda
 from awqd.kernels.candidates.autoawq_gemv_fast_cuda import AutoawqGemvFastCuda
+from awqd.kernels.candidates.awqd_triton_dequant_cublas import AwqdTritonDequantCublas
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm
 from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
 from awqd.kernels.candidates.dequant_cublas import DequantCublas
@@ -25,6 +26,7 @@ CANDIDATES: dict[str, type[Candidate]] = {
         AutoawqGemvFastCuda,
         AwqdTritonGemm,
         AwqdTritonGemv,
+        AwqdTritonDequantCublas,
         DequantCublas,
         DequantMatmulCpu,
     )

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.unpack import dequantize_slot, join_words, split_scale_zero, unpack_plus_1024
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class GemmConfig:
     split_k: int
     num_warps: int
     num_stages: int
+    prefetch: bool = False  # load step k+1 while computing step k, by hand (see the kernel)
 
 
 # Untuned defaults by M bucket, the H200 sweep's most frequent winners (bench/results):
@@ -67,11 +68,6 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 @triton.jit
-def _dequantize(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr):
-    return ((q_plus_1024 - zero_plus_1024) * scale).to(dtype)
-
-
-@triton.jit
 def awqd_w4_gemm_kernel(
     x_ptr,
     qweight_ptr,
@@ -87,6 +83,7 @@ def awqd_w4_gemm_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    PREFETCH: tl.constexpr,
     USE_ASM: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
@@ -114,26 +111,45 @@ def awqd_w4_gemm_kernel(
     w_rows = qweight_ptr + n[:, None] * k_words
     sz_rows = scale_zero_ptr + n[:, None] * groups
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
+    if PREFETCH:
+        first_word = k_start // 8 + word
+        first_mask = n_mask[:, None] & (first_word < k_end // 8)[None, :]
+        w_next = tl.load(w_rows + first_word[None, :], mask=first_mask, other=0)
+        sz_next = tl.load(sz_rows + (first_word * 8 // GROUP_SIZE)[None, :], mask=first_mask, other=0)
+        x_next = tl.load(
+            x_rows + (k_start + k)[None, :], mask=m_mask[:, None] & (k_start + k < k_end)[None, :], other=0.0
+        )
     for k0 in range(k_start, k_end, BLOCK_K):
-        kw = k0 // 8 + word
-        tile_mask = n_mask[:, None] & (kw < k_words)[None, :]
-        w = tl.load(w_rows + kw[None, :], mask=tile_mask, other=0)  # [BLOCK_N, WORDS]
-        sz = tl.load(sz_rows + (kw * 8 // GROUP_SIZE)[None, :], mask=tile_mask, other=0)
+        if PREFETCH:  # small M: latency-bound, so the next step's loads are issued before this step computes
+            w, sz, x = w_next, sz_next, x_next
+            next_k = k0 + BLOCK_K
+            next_word = next_k // 8 + word
+            next_mask = n_mask[:, None] & (next_word < k_end // 8)[None, :]
+            w_next = tl.load(w_rows + next_word[None, :], mask=next_mask, other=0)
+            sz_next = tl.load(sz_rows + (next_word * 8 // GROUP_SIZE)[None, :], mask=next_mask, other=0)
+            x_next = tl.load(
+                x_rows + (next_k + k)[None, :], mask=m_mask[:, None] & (next_k + k < k_end)[None, :], other=0.0
+            )
+        else:  # large M: Triton's pipeliner stages the activation tiles through shared memory itself
+            kw = k0 // 8 + word
+            tile_mask = n_mask[:, None] & (kw < k_words)[None, :]
+            w = tl.load(w_rows + kw[None, :], mask=tile_mask, other=0)  # [BLOCK_N, WORDS]
+            sz = tl.load(sz_rows + (kw * 8 // GROUP_SIZE)[None, :], mask=tile_mask, other=0)
+            x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
         scale, zero_plus_1024 = split_scale_zero(sz)
         q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
         weights = join_words(
-            _dequantize(q0, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q1, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q2, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q3, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q4, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q5, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q6, zero_plus_1024, scale, operand_dtype),
-            _dequantize(q7, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q0, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q1, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q2, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q3, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q4, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q5, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q6, zero_plus_1024, scale, operand_dtype),
+            dequantize_slot(q7, zero_plus_1024, scale, operand_dtype),
             BLOCK_N,
             BLOCK_K,
         )
-        x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
         if DOT_IN_FP32:
             acc = tl.dot(weights, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:
@@ -170,6 +186,7 @@ def gemm(x: torch.Tensor, packed: AwqdW4, config: GemmConfig | None = None) -> t
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
         HAS_BIAS=packed.bias is not None,
+        PREFETCH=config.prefetch,
         USE_ASM=not interpreting(),
         DOT_IN_FP32=dot_in_fp32(x.dtype),
         num_warps=config.num_warps,

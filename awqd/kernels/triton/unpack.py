@@ -75,6 +75,12 @@ def split_scale_zero(sz):
 
 
 @triton.jit
+def dequantize_slot(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr):
+    """(q - z) * s from the 1024-offset values: the subtraction is exact, the product rounds once in fp16."""
+    return ((q_plus_1024 - zero_plus_1024) * scale).to(dtype)
+
+
+@triton.jit
 def join_words(v0, v1, v2, v3, v4, v5, v6, v7, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
     """Eight [ROWS, COLUMNS / 8] tensors, one per nibble slot -> [ROWS, COLUMNS] in column order.
 

@@ -50,8 +50,7 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
         return [
             ((96, 256), 32, 3, GemvConfig(8, 64, 3)),
             ((96, 256), 32, 1, GemvConfig(16, 512, 1)),
-            ((96, 256), 64, 3, GemvConfig(16, 64, 2, rows=2)),
-            ((128, 512), 128, 7, GemvConfig(8, 256, 1, rows=4)),
+            ((128, 512), 128, 7, GemvConfig(8, 256, 1, num_warps=2)),
         ]
     if kernel == "awqd_triton_dequant_cublas":
         from awqd.kernels.triton.dequant import DequantConfig

@@ -31,19 +31,41 @@ class GemmConfig:
 
 
 # Untuned defaults by M bucket, the H200 sweep's most frequent winners (bench/results):
-# (largest M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# (largest M, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, prefetch).
 GEMM_TILES = (
-    (16, 16, 128, 64, 4, 3),
-    (32, 32, 128, 64, 4, 3),
-    (64, 64, 128, 64, 4, 3),
-    (None, 128, 64, 64, 4, 3),
+    (16, 16, 64, 128, 4, 3, True),
+    (32, 32, 64, 128, 4, 3, True),
+    (64, 64, 64, 128, 4, 3, True),
+    (None, 128, 64, 64, 4, 3, False),
 )
-# What boot-time tuning times per M bucket: the sweep's top tiles for each class of M.
+# What boot-time tuning times per M bucket: the sweep's most frequent top-3 tiles for each class of M.
 GEMM_TUNING_SPACES = (
-    (16, (GemmConfig(16, 128, 64, 4, 4, 3), GemmConfig(16, 128, 64, 8, 4, 3), GemmConfig(16, 256, 64, 8, 4, 3))),
-    (32, (GemmConfig(32, 128, 64, 4, 4, 3), GemmConfig(32, 128, 64, 8, 4, 3), GemmConfig(32, 256, 64, 8, 4, 3))),
-    (64, (GemmConfig(64, 64, 64, 2, 4, 3), GemmConfig(64, 128, 64, 4, 4, 3), GemmConfig(64, 128, 64, 8, 4, 3))),
-    (None, (GemmConfig(128, 64, 64, 1, 4, 3), GemmConfig(128, 64, 64, 2, 4, 3), GemmConfig(128, 128, 64, 2, 4, 4))),
+    (
+        16,
+        (
+            GemmConfig(16, 64, 128, 4, 4, 3, prefetch=True),
+            GemmConfig(16, 64, 128, 8, 4, 3, prefetch=True),
+            GemmConfig(16, 256, 64, 8, 4, 3),
+            GemmConfig(16, 128, 64, 8, 4, 3),
+        ),
+    ),
+    (
+        32,
+        (
+            GemmConfig(32, 128, 128, 8, 4, 3, prefetch=True),
+            GemmConfig(32, 64, 128, 4, 4, 3, prefetch=True),
+            GemmConfig(32, 128, 64, 4, 4, 3),
+        ),
+    ),
+    (
+        64,
+        (
+            GemmConfig(64, 64, 128, 4, 4, 3, prefetch=True),
+            GemmConfig(64, 128, 64, 8, 4, 3),
+            GemmConfig(64, 128, 64, 4, 4, 3),
+        ),
+    ),
+    (None, (GemmConfig(128, 64, 64, 2, 4, 3), GemmConfig(128, 64, 64, 1, 4, 3), GemmConfig(128, 64, 64, 2, 8, 3))),
 )
 
 
@@ -53,12 +75,12 @@ def tuning_space(bucket: int) -> tuple[GemmConfig, ...]:
 
 def gemm_config(rows: int, packed: AwqdW4, device: torch.device) -> GemmConfig:
     """The untuned default: tiles by M bucket from GEMM_TILES; split-K only when the tiles leave SMs idle."""
-    _, block_m, block_n, block_k, num_warps, num_stages = next(
+    _, block_m, block_n, block_k, num_warps, num_stages, prefetch = next(
         tile for tile in GEMM_TILES if tile[0] is None or rows <= tile[0]
     )
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(packed.out_features, block_n)
     split_k = split_k_for(tiles, triton.cdiv(packed.in_features, block_k), device)
-    return GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages)
+    return GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, prefetch)
 
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:

@@ -36,13 +36,13 @@ GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few r
 # The H200 sweep's (bench/results) tiles within ~5% of the best on the Llama-2-7B shapes at batch 1. Long K steps
 # and few warps keep the most bytes in flight per thread, which is what a latency-bound kernel needs.
 TILES = (
-    GemvConfig(4, 1024, 1, 2),
     GemvConfig(8, 1024, 1, 2),
-    GemvConfig(8, 1024, 1, 4),
+    GemvConfig(4, 1024, 1, 2),
+    GemvConfig(8, 512, 1, 2),
+    GemvConfig(4, 2048, 1, 4),
     GemvConfig(16, 1024, 1, 4),
-    GemvConfig(4, 512, 1, 2),
 )
-DEFAULT_TILE = TILES[1]
+DEFAULT_TILE = TILES[0]
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.unpack import dequantize_slot, join_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.unpack import dequantize_tile
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,7 @@ def awqd_w4_dequantize_kernel(
     mask = (n < N)[:, None] & (kw < K // 8)[None, :]
     w = tl.load(qweight_ptr + n[:, None] * (K // 8) + kw[None, :], mask=mask, other=0)
     sz = tl.load(scale_zero_ptr + n[:, None] * (K // GROUP_SIZE) + (kw * 8 // GROUP_SIZE)[None, :], mask=mask, other=0)
-    scale, zero_plus_1024 = split_scale_zero(sz)
-    q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
-    dtype = out_ptr.dtype.element_ty
-    weights = join_words(
-        dequantize_slot(q0, zero_plus_1024, scale, dtype),
-        dequantize_slot(q1, zero_plus_1024, scale, dtype),
-        dequantize_slot(q2, zero_plus_1024, scale, dtype),
-        dequantize_slot(q3, zero_plus_1024, scale, dtype),
-        dequantize_slot(q4, zero_plus_1024, scale, dtype),
-        dequantize_slot(q5, zero_plus_1024, scale, dtype),
-        dequantize_slot(q6, zero_plus_1024, scale, dtype),
-        dequantize_slot(q7, zero_plus_1024, scale, dtype),
-        BLOCK_N,
-        BLOCK_K,
-    )
+    weights = dequantize_tile(w, sz, out_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, USE_ASM)
     k = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + n.to(tl.int64)[:, None] * K + k[None, :], weights, mask=(n < N)[:, None] & (k < K)[None, :])
 

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import dequantize_slot, join_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.unpack import dequantize_tile
 
 
 @dataclass(frozen=True)
@@ -158,20 +158,7 @@ def awqd_w4_gemm_kernel(
             w = tl.load(w_rows + kw[None, :], mask=tile_mask, other=0)  # [BLOCK_N, WORDS]
             sz = tl.load(sz_rows + (kw * 8 // GROUP_SIZE)[None, :], mask=tile_mask, other=0)
             x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
-        scale, zero_plus_1024 = split_scale_zero(sz)
-        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
-        weights = join_words(
-            dequantize_slot(q0, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q1, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q2, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q3, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q4, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q5, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q6, zero_plus_1024, scale, operand_dtype),
-            dequantize_slot(q7, zero_plus_1024, scale, operand_dtype),
-            BLOCK_N,
-            BLOCK_K,
-        )
+        weights = dequantize_tile(w, sz, operand_dtype, BLOCK_N, BLOCK_K, USE_ASM)  # [BLOCK_N, BLOCK_K]
         if DOT_IN_FP32:
             acc = tl.dot(weights, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:

@@ -75,7 +75,7 @@ def split_scale_zero(sz):
 
 
 @triton.jit
-def dequantize_slot(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr):
+def _dequantize_slot(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr):
     """(q - z) * s from the 1024-offset values: the subtraction is exact, the product rounds once in fp16."""
     return ((q_plus_1024 - zero_plus_1024) * scale).to(dtype)
 
@@ -90,3 +90,22 @@ def join_words(v0, v1, v2, v3, v4, v5, v6, v7, ROWS: tl.constexpr, COLUMNS: tl.c
     low = tl.join(tl.join(v0, v1), tl.join(v2, v3))
     high = tl.join(tl.join(v4, v5), tl.join(v6, v7))
     return tl.reshape(tl.join(low, high), (ROWS, COLUMNS))
+
+
+@triton.jit
+def dequantize_tile(w, sz, dtype: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr, USE_ASM: tl.constexpr):
+    """A [ROWS, COLUMNS / 8] int32 tile and its per-word (scale, zero) -> W [ROWS, COLUMNS] in `dtype`."""
+    scale, zero_plus_1024 = split_scale_zero(sz)
+    q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
+    return join_words(
+        _dequantize_slot(q0, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q1, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q2, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q3, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q4, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q5, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q6, zero_plus_1024, scale, dtype),
+        _dequantize_slot(q7, zero_plus_1024, scale, dtype),
+        ROWS,
+        COLUMNS,
+    )

@@ -21,7 +21,7 @@ from awqd.benchmark.report import Progress, Report
 from awqd.benchmark.runner import run_benchmark
 from awqd.config import ModelSpec, ServeConfig
 from awqd.engine.request import GenerateParams
-from awqd.engine.worker import Job
+from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
@@ -69,7 +69,7 @@ class Daemon:
         self.ready = threading.Event()
         gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
         self.default_device = gpus[0].torch_device if gpus else "cpu"
-        self.models = ModelManager(config.resolved_model_root, self.default_device, self)
+        self.models = ModelManager(config.resolved_model_root, self.default_device, self, config.engine)
         log.info(
             "devices_discovered",
             devices=[f"{d.index}:{d.kind}:{d.name}" for d in self.discovery.devices],
@@ -195,7 +195,7 @@ class Daemon:
                 "(--max-prompt-tokens)",
             )
         job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
-        hosted.worker.submit(job)
+        hosted.scheduler.submit(job)
         return job
 
     def node_state(self) -> NodeState:

@@ -4,7 +4,7 @@ Planning resolves the request (model, architecture, device, kernels) and raises 
 The run holds its device's lock from the first streamed message to the last: a second benchmark on the same
 device is refused with UNAVAILABLE rather than queued, because two benchmarks timing one device at once would
 each measure the other. Generate calls are not locked out: KERNEL mode leaves hosted models alone, and
-SINGLE_QUERY's runs queue on the model's worker between live requests.
+SINGLE_QUERY's runs queue on the model's scheduler between live requests.
 """
 
 from __future__ import annotations

@@ -157,7 +157,9 @@ def selection_caption(selection: awqd_pb2.KernelSelection) -> str:
 
 
 def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
-    table = Table("name", "state", "device", "architecture", "quant", "kernel", "weights", "error", title="models")
+    table = Table(
+        "name", "state", "device", "architecture", "quant", "kernel", "weights", "kv cache", "error", title="models"
+    )
     for model in models:
         state = label(awqd_pb2.ModelState, model.state)
         style = {"ready": "green", "failed": "red"}.get(state, "yellow")
@@ -170,9 +172,19 @@ def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
             quant_summary(model.quant_config),
             model.kernel or "auto",
             memory_summary(model),
+            kv_cache_summary(model),
             Text(model.error, style="red"),
         )
     return table
+
+
+def kv_cache_summary(model: awqd_pb2.Model) -> str:
+    if not model.kv_cache_tokens:
+        return ""
+    return (
+        f"{model.kv_cache_tokens} tokens ({model.kv_cache_slots} x {model.max_sequence_tokens}, "
+        f"{human_bytes(model.kv_cache_bytes)})"
+    )
 
 
 def quant_summary(config: awqd_pb2.QuantConfig) -> str:

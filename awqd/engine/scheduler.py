@@ -120,11 +120,18 @@ class Scheduler:
                     if self._closed and not self._waiting and not self._running:
                         return
                     admitted = self._admit()
-                self._end_cancelled()
-                for job, slot in admitted:
-                    self._prefill(job, slot)
-                if self._running:
-                    self._decode()
+                try:
+                    self._end_cancelled()
+                    while admitted:
+                        self._prefill(*admitted[0])
+                        admitted.pop(0)
+                    if self._running:
+                        self._decode()
+                except Exception as error:  # a bug must not end the thread and strand every caller
+                    self._fail(list(self._running.values()), error)
+                    for job, slot in admitted:
+                        self._free_slot(slot)
+                        job.events.put(error)
 
     def _admit(self) -> list[tuple[Job, int]]:
         """Under the lock: drops cancelled and expired waiters, then takes what may join the batch now."""

@@ -253,6 +253,7 @@ def benchmark_report(report: benchmark.Report) -> pb.BenchmarkReport:
         node=node(report.node),
         kernel_latencies=[kernel_latency(row) for row in report.kernel_latencies],
         single_query=[pb.SingleQueryResult(**dataclasses.asdict(row)) for row in report.single_query],
+        batch_sweep=[pb.BatchSweepPoint(**dataclasses.asdict(point)) for point in report.batch_sweep],
         roofline_bandwidth_gbps=report.roofline_bandwidth_gbps,
         roofline_source=report.roofline_source,
         verdict=pb.BenchmarkVerdict(

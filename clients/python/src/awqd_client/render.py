@@ -236,7 +236,22 @@ def print_benchmark(console: Console, report: awqd_pb2.BenchmarkReport) -> None:
         console.print(kernel_latency_table(report))
     if report.single_query:
         console.print(single_query_table(report))
+    if report.batch_sweep:
+        console.print(batch_sweep_table(report))
     console.print(Text(report.verdict.summary), soft_wrap=True)
+
+
+def batch_sweep_table(report: awqd_pb2.BenchmarkReport) -> Table:
+    table = Table("sequences", "tokens/s", "inter-token p50 ms", "inter-token p99 ms", title="batch sweep")
+    for point in report.batch_sweep:
+        _add_row(
+            table,
+            str(point.concurrent_sequences),
+            f"{point.tokens_per_second:.1f}",
+            f"{point.inter_token_p50_ms:.2f}",
+            f"{point.inter_token_p99_ms:.2f}",
+        )
+    return table
 
 
 def benchmark_header(report: awqd_pb2.BenchmarkReport) -> Text:

@@ -151,8 +151,8 @@ class DecoderModel:
         keys = cache.k[layer][:rows, :, :span]  # views of the cache: [B, kv_heads, span, head_dim], no copy
         values = cache.v[layer][:rows, :, :span]
         # Grouped-query attention without repeating k/v: each kv head's query group is one batched matmul.
-        q = q.view(rows, kv_heads, -1, head_dim)  # [B, kv_heads, group, head_dim]
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * head_dim**-0.5
+        q = q.view(rows, kv_heads, -1, head_dim) * head_dim**-0.5  # [B, kv_heads, group, head_dim]; scaled
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # before the matmul, so fp16 cannot overflow
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(values.dtype)
         return torch.matmul(weights, values).reshape(rows, -1)
 

@@ -92,7 +92,8 @@ class StepRunner:
         _, padded, span = key
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: other models' scheduler threads keep running their own steps while this one captures.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache, span)
         except Exception as error:  # e.g. a kernel that synchronizes: this key stays eager
             self.eager_keys.add(key)

@@ -44,7 +44,7 @@ from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
 from awqd.kernels import registry
 from awqd.kernels.selection import resolve_forced, select_kernels
-from awqd.kernels.shapes import shapes_from_config
+from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
 from awqd.models.synth import synthesize
@@ -229,7 +229,7 @@ def main() -> int:
         info = next(d for d in discover().devices if d.torch_device == str(device))
         config = open_checkpoint(checkpoint).config
         decisions = select_kernels(
-            info, list(shapes_from_config(config).values()), 128, work / "cache", budget_s=args.selection_budget
+            info, list(engine_layer_shapes(config).values()), 128, work / "cache", budget_s=args.selection_budget
         )
         results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
         dispatch = decisions.dispatch()

@@ -30,7 +30,7 @@ from awqd.benchmark.verdict import batch_sweep_verdict, kernel_verdict, single_q
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels.measure import FP16_BASELINE, default_repetitions
 from awqd.kernels.selection import DEFAULT_BUCKETS, DeviceDecisions, device_label, resolve_forced_name
-from awqd.kernels.shapes import decoder_layer_shapes, shapes_from_config
+from awqd.kernels.shapes import decoder_layer_shapes, engine_layer_shapes, shapes_from_config
 from awqd.models.synth import ARCHITECTURES, GROUP_SIZE
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -231,7 +231,7 @@ def plan_single_query(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
         warmup=params.warmup_iterations or warmup,
         runs=params.iterations or runs,
     )
-    shapes = shape_names(shapes_from_config(loaded.config.to_dict()))
+    shapes = shape_names(engine_layer_shapes(loaded.config.to_dict()))
     return Planned("single_query", device, shapes, tuple(notes), plan)
 
 
@@ -265,7 +265,7 @@ def plan_batch_sweep(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
     plan = BatchSweepPlan(hosted, levels, params.prompt_tokens, params.new_tokens, params.warmup_iterations or 1)
     buckets = ", ".join(map(str, scheduler.runner.batch_buckets))
     notes = (f"Sequences ran the model's dispatch; decode steps pad the batch to the buckets {buckets}.",)
-    shapes = shape_names(shapes_from_config(hosted.loaded.config.to_dict()))
+    shapes = shape_names(engine_layer_shapes(hosted.loaded.config.to_dict()))
     return Planned("batch_sweep", device, shapes, notes, plan)
 
 

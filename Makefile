@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check docker-build clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ proto-check: install
 # On a GPU machine: discovery, kernel selection and 7B-shaped generation; results land in bench/out/.
 gpu-check:
 	bash bench/gpu_check.sh
+
+# On a GPU machine: the decode engine against transformers' eager generate, in one process (under 5 minutes on an
+# H200): single query, 1/8/32 concurrent streams, token equality; engine-check.{json,md} land in $(ENGINE_OUT).
+ENGINE_OUT ?= bench/out/engine
+engine-check:
+	python3 bench/engine_check.py --out $(ENGINE_OUT)
 
 # On a GPU machine: the Benchmark RPC (kernel latency, single query) on a 7B-shaped model; files land in bench/out/
 # and bench/bench_report.py turns them into bench/results/. Phony: bench/ is also a directory.

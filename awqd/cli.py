@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from awqd.config import ModelSpec, ServeConfig
+from awqd.config import EngineSettings, ModelSpec, ServeConfig
 from awqd.errors import AwqdError
 from awqd.log import configure_logging
 
@@ -97,6 +97,36 @@ def serve(
     max_prompt_tokens: Annotated[
         int, typer.Option(envvar="AWQD_MAX_PROMPT_TOKENS", help="longest prompt, in tokens, a request may send")
     ] = 8192,
+    kv_cache_fraction: Annotated[
+        float,
+        typer.Option(
+            envvar="AWQD_KV_CACHE_FRACTION",
+            help="share of a GPU's free memory (after the weights) each model's static KV cache takes at load",
+        ),
+    ] = 0.9,
+    kv_cache_tokens: Annotated[
+        int, typer.Option(envvar="AWQD_KV_CACHE_TOKENS", help="KV-cache capacity in tokens per model on the CPU")
+    ] = 16384,
+    max_batch_size: Annotated[
+        int,
+        typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together (its KV-cache slots)"),
+    ] = 64,
+    max_queued_requests: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_MAX_QUEUED_REQUESTS",
+            help="requests waiting for a KV-cache slot, per model; more get RESOURCE_EXHAUSTED with a retry hint",
+        ),
+    ] = 64,
+    queue_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for a slot before RESOURCE_EXHAUSTED"
+        ),
+    ] = 30.0,
+    cuda_graphs: Annotated[
+        bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
+    ] = True,
 ) -> None:
     """Serve the gRPC API until SIGTERM or SIGINT."""
     from awqd.server.app import serve as run_server
@@ -131,6 +161,14 @@ def serve(
             max_message_bytes=max_message_bytes,
             max_concurrent_streams=max_concurrent_streams,
             max_prompt_tokens=max_prompt_tokens,
+            engine=EngineSettings(
+                kv_cache_fraction=kv_cache_fraction,
+                kv_cache_tokens=kv_cache_tokens,
+                max_batch_size=max_batch_size,
+                max_queued_requests=max_queued_requests,
+                queue_timeout_s=queue_timeout,
+                cuda_graphs=cuda_graphs,
+            ),
         )
     except AwqdError as error:
         raise typer.BadParameter(str(error)) from None

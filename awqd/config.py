@@ -29,6 +29,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """How each hosted model's engine is sized (awqd.engine.build)."""
+
+    kv_cache_fraction: float = 0.9  # of the device's free memory after the weights (CUDA)
+    kv_cache_tokens: int = 16384  # KV-cache tokens on the CPU
+    max_batch_size: int = 64  # sequences decoding together: KV slots are capped at this
+    max_queued_requests: int = 64  # waiting for a slot, per model
+    queue_timeout_s: float = 30.0  # longest wait for a slot
+    cuda_graphs: bool = True
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     listen: str = "0.0.0.0:50051"
     cache_dir: Path = Path("/var/cache/awqd")
@@ -54,6 +66,7 @@ class ServeConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 16  # Generate and Benchmark streams in flight, daemon-wide
     max_prompt_tokens: int = 8192
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -70,6 +83,18 @@ class ServeConfig:
             )
         if self.max_prompt_tokens < 1:
             raise InvalidArgument("--max-prompt-tokens", f"must be at least 1, got {self.max_prompt_tokens}")
+        engine = self.engine
+        if not 0 < engine.kv_cache_fraction <= 1:
+            raise InvalidArgument("--kv-cache-fraction", f"must be in (0, 1], got {engine.kv_cache_fraction}")
+        for flag, value in (
+            ("--kv-cache-tokens", engine.kv_cache_tokens),
+            ("--max-batch-size", engine.max_batch_size),
+            ("--max-queued-requests", engine.max_queued_requests),
+        ):
+            if value < 1:
+                raise InvalidArgument(flag, f"must be at least 1, got {value}")
+        if engine.queue_timeout_s <= 0:
+            raise InvalidArgument("--queue-timeout", f"must be above 0 seconds, got {engine.queue_timeout_s}")
 
     @property
     def resolved_model_root(self) -> Path:

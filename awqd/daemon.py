@@ -22,12 +22,12 @@ from awqd.benchmark.report import Progress, Report
 from awqd.benchmark.runner import run_benchmark
 from awqd.config import ModelSpec, ServeConfig
 from awqd.engine.request import GenerateParams
-from awqd.engine.worker import Job
+from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
-from awqd.kernels.shapes import default_shapes, shapes_from_config
+from awqd.kernels.shapes import default_shapes, engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
 from awqd.models.manager import HostedModel, ModelManager
@@ -70,7 +70,7 @@ class Daemon:
         self.ready = threading.Event()
         gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
         self.default_device = gpus[0].torch_device if gpus else "cpu"
-        self.models = ModelManager(config.resolved_model_root, self.default_device, self)
+        self.models = ModelManager(config.resolved_model_root, self.default_device, self, config.engine)
         log.info(
             "devices_discovered",
             devices=[f"{d.index}:{d.kind}:{d.name}" for d in self.discovery.devices],
@@ -144,7 +144,8 @@ class Daemon:
     def _hosted_shapes(self, specs: list[ModelSpec]) -> tuple[dict[str, list], dict[str, int]]:
         """Per torch device, the decoder-layer shapes of each distinct model it will host, and their group size.
 
-        A model contributes all seven of its layer shapes, repeats included, so timings are per decoder layer.
+        A model contributes the four linears the engine runs per decoder layer (q/k/v and gate/up fused), so
+        timings are per decoder layer and the kernels are chosen, and tuned, on the shapes that run.
         """
         layers: dict[str, dict[tuple, None]] = defaultdict(dict)
         group_sizes: dict[str, int] = {}
@@ -155,7 +156,7 @@ class Daemon:
                 log.warning("model_shapes_unreadable", model=spec.name, error=str(error))
                 continue
             device = spec.device or self.default_device
-            layers[device][tuple(shapes_from_config(checkpoint.config).values())] = None
+            layers[device][tuple(engine_layer_shapes(checkpoint.config).values())] = None
             group_sizes.setdefault(device, checkpoint.quant_config.group_size)
         shapes = {device: [shape for layer in found for shape in layer] for device, found in layers.items()}
         return shapes, group_sizes
@@ -208,7 +209,7 @@ class Daemon:
                 "(--max-prompt-tokens)",
             )
         job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
-        hosted.worker.submit(job)
+        hosted.scheduler.submit(job)
         return job
 
     def node_state(self) -> NodeState:

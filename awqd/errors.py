@@ -45,7 +45,13 @@ class FailedPrecondition(AwqdError):
 
 
 class ResourceExhausted(AwqdError):
+    """Over a limit; retry_after_ms, when set, is sent as the `retry-after-ms` trailing metadata."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unavailable(AwqdError):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (make bench): the Benchmark RPC on a Llama-2-7B-shaped model. KERNEL mode on the
-# llama-2-7b shapes across batch sizes (JSON + plot), then SINGLE_QUERY at 128 and 1024 prompt tokens.
+# llama-2-7b shapes across batch sizes (JSON + plot), SINGLE_QUERY at 128 and 1024 prompt tokens, then BATCH_SWEEP
+# at 1, 8 and 32 concurrent sequences.
 # Every step has its own time limit and writes straight into $OUT (default bench/out), so a run cut short still
-# returns what it measured; bench/bench_report.py turns the files into bench/results/. At most 8 files (7 here),
-# as the device tool returns no more.
+# returns what it measured; bench/bench_report.py turns the files into bench/results/. At most 8 files (8 here),
+# as the device tool returns no more: `make engine-check` (its 2 files) runs as a call of its own.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 ARCH=${ARCH:-llama-2-7b}  # ARCH=tiny runs the same steps quickly, e.g. on a CPU machine
@@ -42,6 +43,7 @@ timeout 30 "${AWQCTL[@]}" describe --json > "$OUT/describe.json"
 bench kernel --mode kernel --arch "$ARCH" --batch "$BATCHES" --plot "$OUT/kernel.png"
 bench single-query-128 --mode single-query --model synth --prompt-tokens 128 --new-tokens 128
 bench single-query-1024 --mode single-query --model synth --prompt-tokens 1024 --new-tokens 128
+bench batch-sweep --mode batch-sweep --model synth --batch 1,8,32 --prompt-tokens 128 --new-tokens 128
 
 kill -TERM $DAEMON
 timeout 60 tail --pid=$DAEMON -f /dev/null || { log "daemon did not stop within 60 s"; kill -9 $DAEMON; }

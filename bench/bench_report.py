@@ -79,9 +79,23 @@ def single_query_table(report: dict) -> list[str]:
     return lines
 
 
+def batch_sweep_table(report: dict) -> list[str]:
+    lines = [
+        "| concurrent sequences | aggregate tokens/s | inter-token p50 (ms) | inter-token p99 (ms) |",
+        "|---|---|---|---|",
+    ]
+    for point in report.get("batch_sweep", []):
+        lines.append(
+            f"| {point['concurrent_sequences']} | {point['tokens_per_second']:.1f} | "
+            f"{point['inter_token_p50_ms']:.2f} | {point['inter_token_p99_ms']:.2f} |"
+        )
+    return lines
+
+
 def main(out_dir: Path, results: Path) -> Path:
     kernel = load(out_dir / "kernel.json")
     queries = {prompt: load(out_dir / name) for prompt, name in SINGLE_QUERY_RUNS.items()}
+    sweep = load(out_dir / "batch-sweep.json")
     first = kernel or next((report for report in queries.values() if report), None)
     if first is None:
         sys.exit(f"no benchmark report in {out_dir}; see {out_dir / 'steps.log'}")
@@ -89,7 +103,8 @@ def main(out_dir: Path, results: Path) -> Path:
     versions = {c["name"]: c.get("version") or "absent" for c in node.get("components", [])}
     stem = results / f"{slug(device['name'])}-{first['started_at'][:10]}-bench"
     results.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"kernel": kernel, "single_query": queries}, indent=2) + "\n")
+    summary = {"kernel": kernel, "single_query": queries, "batch_sweep": sweep}
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     if (out_dir / "kernel.png").exists():
         shutil.copyfile(out_dir / "kernel.png", stem.with_suffix(".png"))
 
@@ -128,13 +143,24 @@ def main(out_dir: Path, results: Path) -> Path:
         lines += [
             f"## Single query, {prompt}-token prompt, 128 new tokens (SINGLE_QUERY mode)",
             "",
-            "Greedy, batch 1, HF eager decode through the model's worker; times exclude queueing.",
+            "Greedy, batch 1, awqd's decode engine (each run alone on the model); times exclude queueing.",
             "",
             *single_query_table(report),
             "",
             f"GEMV over GEMM: {report['verdict'].get('gemv_over_gemm_speedup', 0):.2f}x "
             "(0: one of them was not measured). "
             f"Verdict: {report['verdict'].get('summary', '')}",
+            "",
+        ]
+    if sweep:
+        lines += [
+            "## Concurrent sequences (BATCH_SWEEP mode)",
+            "",
+            "Greedy, 128-token prompts, 128 new tokens each, submitted together to the decode engine.",
+            "",
+            *batch_sweep_table(sweep),
+            "",
+            f"Verdict: {sweep['verdict'].get('summary', '')}",
             "",
         ]
     stem.with_suffix(".md").write_text("\n".join(lines))

@@ -136,6 +136,20 @@ def test_single_query_pins_each_named_kernel(client, daemon, model_device):
     assert [(row.kernel, row.runs) for row in report.single_query] == [(name, 1) for name in [*names, "auto"]]
 
 
+def test_batch_sweep_measures_each_concurrency_level(client, daemon):
+    finished_before = len(daemon.events("generation_finished"))
+    progress, report = run(
+        client, mode=pb.BENCHMARK_MODE_BATCH_SWEEP, model=DEMO, batch_sizes=[4, 1], prompt_tokens=8, new_tokens=6
+    )
+    assert report.mode == pb.BENCHMARK_MODE_BATCH_SWEEP and progress
+    assert [point.concurrent_sequences for point in report.batch_sweep] == [1, 4]
+    for point in report.batch_sweep:
+        assert point.tokens_per_second > 0 and 0 < point.inter_token_p50_ms <= point.inter_token_p99_ms
+    assert "concurrent sequences reach" in report.verdict.summary
+    # Per level: one warm-up round and one timed round, every sequence through the model's scheduler.
+    assert len(daemon.events("generation_finished")) - finished_before == 2 * (1 + 4)
+
+
 def unsupported_on_cpu(client: AwqdClient) -> str:
     cpu = client.describe().devices[0]
     return next(kernel.name for kernel in cpu.kernels if not kernel.supported)
@@ -143,7 +157,22 @@ def unsupported_on_cpu(client: AwqdClient) -> str:
 
 BAD_REQUESTS = [
     ({}, grpc.StatusCode.INVALID_ARGUMENT, "mode"),
-    ({"mode": pb.BENCHMARK_MODE_BATCH_SWEEP, "model": DEMO}, grpc.StatusCode.UNIMPLEMENTED, "mode"),
+    (
+        {"mode": pb.BENCHMARK_MODE_BATCH_SWEEP, "model": DEMO, "prompt_tokens": 8, "new_tokens": 4},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch_sizes",
+    ),
+    (
+        {
+            "mode": pb.BENCHMARK_MODE_BATCH_SWEEP,
+            "model": DEMO,
+            "batch_sizes": [1000],
+            "prompt_tokens": 8,
+            "new_tokens": 4,
+        },
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch_sizes",
+    ),
     ({"mode": KERNEL}, grpc.StatusCode.INVALID_ARGUMENT, "model"),
     ({"mode": KERNEL, "model": DEMO, "architecture": "tiny"}, grpc.StatusCode.INVALID_ARGUMENT, "model"),
     ({"mode": KERNEL, "architecture": "llama-9"}, grpc.StatusCode.INVALID_ARGUMENT, "architecture"),
@@ -304,6 +333,11 @@ def test_awqctl_bench_prints_tables(daemon):
     query = awqctl(daemon, "--mode", "single-query", "--model", DEMO, "--prompt-tokens", "8", "--new-tokens", "4")
     assert query.returncode == 0, query.stderr
     assert "single query" in query.stdout and "auto" in query.stdout
+    sweep = awqctl(
+        daemon, "--mode", "batch-sweep", "--model", DEMO, "--batch", "1,4", "--prompt-tokens", "8", "--new-tokens", "6"
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    assert "batch sweep" in sweep.stdout and "concurrent sequences reach" in sweep.stdout
 
 
 def test_awqctl_bench_errors_are_one_line(daemon):
@@ -314,7 +348,7 @@ def test_awqctl_bench_errors_are_one_line(daemon):
         "llama-3-8b, mistral-7b"
     ]
     sweep = awqctl(daemon, "--mode", "batch-sweep", "--model", DEMO)
-    assert sweep.returncode == 1 and sweep.stderr.startswith("awqctl: error: UNIMPLEMENTED: mode: BATCH_SWEEP")
+    assert sweep.returncode == 2 and sweep.stderr.startswith("awqctl: error: INVALID_ARGUMENT: batch_sizes:")
     plot_query = awqctl(daemon, "--mode", "single-query", "--model", DEMO, "--plot", "x.png")
     assert plot_query.returncode == 2 and "--mode kernel" in plot_query.stderr
 

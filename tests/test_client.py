@@ -83,6 +83,10 @@ def describe_response() -> awqd_pb2.DescribeResponse:
                 device="cpu",
                 weight_memory_bytes=1024**2,
                 state=awqd_pb2.MODEL_STATE_READY,
+                kv_cache_tokens=16384,
+                kv_cache_slots=32,
+                max_sequence_tokens=512,
+                kv_cache_bytes=32 * 1024**2,
             )
         ],
     )
@@ -207,6 +211,7 @@ def test_render_describe_shows_key_fields() -> None:
         "LlamaForCausalLM",
         "gemm w4 g128",
         "1.0 MiB",
+        "16384 tokens (32 x 512, 32.0 MiB)",
     ]
     assert [field for field in expected if field not in text] == []
 

@@ -1,15 +1,15 @@
 """Per-step kernel dispatch on a real quantized model, and the single-layout option."""
 
-import threading
-import time
 from datetime import UTC, datetime
 
 import grpc
 import torch
 
+from awqd.config import EngineSettings
 from awqd.daemon import single_layout_dispatch
-from awqd.engine.generate import Finished, generate
+from awqd.engine.build import build_engine
 from awqd.engine.request import GenerateParams
+from awqd.engine.sequence import Finished, Job
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
@@ -29,13 +29,16 @@ def params(max_new_tokens: int) -> GenerateParams:
 def test_prefill_and_decode_run_the_kernels_the_table_names(demo_model_dir):
     # Decode (1 token) on the reference, prefill (2-512 tokens) on the int4-packed CPU kernel.
     router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
-    loaded = load_model(demo_model_dir, torch.device("cpu"), router)
+    loaded = load_model(demo_model_dir, torch.device("cpu"), router, fuse=True)
     assert loaded.layouts == ("canonical", "gemm")
     prompt = list(range(10, 30))
-    events = list(
-        generate(loaded.model, loaded.tokenizer, router, params(6), prompt, threading.Event(), time.perf_counter())
-    )
-    finished = events[-1]
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024))
+    try:
+        job = Job(params(6), prompt, pinned=None)
+        scheduler.submit(job)
+        finished = list(job.results())[-1]
+    finally:
+        scheduler.close()
     assert isinstance(finished, Finished)
     used = {(k.phase, k.batch_tokens, k.kernel): k.steps for k in finished.kernels}
     decode_steps = finished.completion_tokens - 1 + (finished.finish_reason == "eos")

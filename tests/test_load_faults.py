@@ -199,24 +199,29 @@ def test_cancellation_storm_leaves_the_rest_complete_and_frees_capacity(daemon):
     assert_complete(fresh, 4)
 
 
-def test_over_capacity_is_refused_at_once_then_recovers(demo_model_dir, awqd_cache_dir, tmp_path):
-    daemon = serving_daemon(awqd_cache_dir, tmp_path, "--max-concurrent-streams", "2")
+def test_over_capacity_is_refused_at_once_with_a_retry_hint_then_recovers(demo_model_dir, awqd_cache_dir, tmp_path):
+    # One KV slot and one queue place: the first stream runs, the second waits, the third is over capacity.
+    daemon = serving_daemon(awqd_cache_dir, tmp_path, "--max-batch-size", "1", "--max-queued-requests", "1")
     try:
         with AwqdClient(daemon.target, timeout=30) as first, AwqdClient(daemon.target, timeout=30) as second:
             held = [
                 first.generate(DEMO, PROMPT, max_new_tokens=LONG, timeout=60),
                 second.generate(DEMO, PROMPT, max_new_tokens=LONG, timeout=60),
             ]
-            next(held[0])  # the model runs one job at a time: the second stream waits in its queue
+            next(held[0])  # the only slot is taken: the second stream waits in the model's queue
             held_open = threading.Thread(target=next, args=(held[1],), daemon=True)
             held_open.start()
-            wait_until(lambda: streams_in_flight(daemon) == 2, 10, "both streams to hold their slots")
-            with AwqdClient(daemon.target, timeout=30) as third, pytest.raises(AwqdError) as refused:
-                list(third.generate(DEMO, PROMPT, max_new_tokens=4, timeout=10))
-            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
-            assert "max concurrent streams" in refused.value.message
+            wait_until(lambda: streams_in_flight(daemon) == 2, 10, "both streams to be in flight")
+            with grpc.insecure_channel(daemon.target) as channel, pytest.raises(grpc.RpcError) as refused:
+                request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4)
+                list(awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+            assert "--max-queued-requests 1" in refused.value.details()
+            assert "retry after about" in refused.value.details()
+            retry_after = dict(refused.value.trailing_metadata() or ())["retry-after-ms"]
+            assert int(retry_after) >= 50
             assert streams_in_flight(daemon) == 2, "the refused call must not take or leak a slot"
-            held_open.join(timeout=JOIN_TIMEOUT)
+            held_open.join(timeout=JOIN_TIMEOUT)  # the second stream's first token: the first one has finished
             assert not held_open.is_alive()
             for stream in held:
                 stream.close()

@@ -20,7 +20,10 @@ SOURCES = {"measured", "cache_validated", "capability_rule", "forced"}
 
 @pytest.fixture(scope="module")
 def daemon(demo_model_dir, awqd_cache_dir):
-    process = DaemonProcess(awqd_cache_dir, "--selection-budget", "3", "--metrics-listen", "127.0.0.1:0")
+    # One KV slot, so a second concurrent Generate waits in the queue and the queue-depth gauge shows it.
+    process = DaemonProcess(
+        awqd_cache_dir, "--selection-budget", "3", "--metrics-listen", "127.0.0.1:0", "--max-batch-size", "1"
+    )
     try:
         process.wait_serving()
         yield process

@@ -27,7 +27,13 @@ from awqd.kernels.selection import (
     resolve_forced,
     select_kernels,
 )
-from awqd.kernels.shapes import LLAMA_2_7B, decoder_layer_shapes, default_shapes, shapes_from_config
+from awqd.kernels.shapes import (
+    LLAMA_2_7B,
+    decoder_layer_shapes,
+    default_shapes,
+    engine_layer_shapes,
+    shapes_from_config,
+)
 from awqd.node.devices import DeviceInfo
 from awqd.quant.reference import dequantize
 
@@ -243,6 +249,15 @@ def test_layer_shapes():
     )
     assert llama_3_8b["k_proj"] == (1024, 4096) and llama_3_8b["v_proj"] == (1024, 4096)
     assert llama_3_8b["down_proj"] == (4096, 14336)
+    fused = engine_layer_shapes(
+        {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8}
+    )
+    assert fused == {
+        "qkv_proj": (4096 + 1024 + 1024, 4096),
+        "o_proj": (4096, 4096),
+        "gate_up_proj": (2 * 14336, 4096),
+        "down_proj": (4096, 14336),
+    }
     assert decoder_layer_shapes(2048, 8192, 32, 8, head_dim=128)["q_proj"] == (4096, 2048)
     with pytest.raises(InvalidArgument, match="config: cannot derive decoder layer shapes"):
         shapes_from_config({"hidden_size": 4096})

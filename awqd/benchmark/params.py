@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from awqd.errors import InvalidArgument, Unimplemented
+from awqd.errors import InvalidArgument
 from awqd.models.synth import ARCHITECTURES
 
 MODES = ("kernel", "single_query", "batch_sweep")
@@ -27,13 +27,9 @@ class BenchmarkParams:
     warmup_iterations: int  # 0: the daemon's default
 
     def validate(self) -> None:
-        """Raises InvalidArgument naming the field, or Unimplemented for BATCH_SWEEP."""
+        """Raises InvalidArgument naming the field."""
         if self.mode not in MODES:
-            raise InvalidArgument("mode", f"{self.mode or 'unspecified'}: must be KERNEL or SINGLE_QUERY")
-        if self.mode == "batch_sweep":
-            raise Unimplemented(
-                "mode: BATCH_SWEEP needs continuous batching, which awqd does not have yet; use KERNEL or SINGLE_QUERY"
-            )
+            raise InvalidArgument("mode", f"{self.mode or 'unspecified'}: must be KERNEL, SINGLE_QUERY or BATCH_SWEEP")
         if self.iterations > MAX_ITERATIONS:
             raise InvalidArgument("iterations", f"{self.iterations} exceeds the cap of {MAX_ITERATIONS}")
         if self.warmup_iterations > MAX_WARMUP_ITERATIONS:
@@ -46,8 +42,10 @@ class BenchmarkParams:
             raise InvalidArgument("kernels", "names must not be empty")
         if self.mode == "kernel":
             self._validate_kernel()
-        else:
+        elif self.mode == "single_query":
             self._validate_single_query()
+        else:
+            self._validate_batch_sweep()
 
     def _validate_kernel(self) -> None:
         if bool(self.model) == bool(self.architecture):
@@ -76,6 +74,26 @@ class BenchmarkParams:
             raise InvalidArgument("architecture", "applies to KERNEL mode only; SINGLE_QUERY runs a hosted model")
         if self.batch_sizes:
             raise InvalidArgument("batch_sizes", "SINGLE_QUERY runs one sequence; batch sizes apply to KERNEL mode")
+        if self.prompt_tokens < 1:
+            raise InvalidArgument("prompt_tokens", "must be at least 1")
+        if self.new_tokens < 1:
+            raise InvalidArgument("new_tokens", "must be at least 1")
+
+    def _validate_batch_sweep(self) -> None:
+        if not self.model:
+            raise InvalidArgument("model", "BATCH_SWEEP measures a hosted model: name one")
+        if self.architecture:
+            raise InvalidArgument("architecture", "applies to KERNEL mode only; BATCH_SWEEP runs a hosted model")
+        if self.kernels:
+            raise InvalidArgument("kernels", "BATCH_SWEEP runs the model's own dispatch; name no kernels")
+        if not self.batch_sizes:
+            raise InvalidArgument("batch_sizes", "BATCH_SWEEP needs the concurrency levels to measure, e.g. 1, 8, 32")
+        if len(set(self.batch_sizes)) > MAX_BATCH_SIZES:
+            raise InvalidArgument(
+                "batch_sizes", f"{len(set(self.batch_sizes))} levels exceed the cap of {MAX_BATCH_SIZES}"
+            )
+        if any(size < 1 for size in self.batch_sizes):
+            raise InvalidArgument("batch_sizes", "concurrency levels must be at least 1")
         if self.prompt_tokens < 1:
             raise InvalidArgument("prompt_tokens", "must be at least 1")
         if self.new_tokens < 1:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # the daemon imports this package; its state types are only a
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "correctness", "roofline", "kernel" or "single_query"
+    stage: str  # "correctness", "roofline", "kernel", "single_query" or "batch_sweep"
     completed: int
     total: int
     message: str
@@ -42,6 +42,14 @@ class SingleQueryResult:
 
 
 @dataclass(frozen=True)
+class BatchSweepPoint:
+    concurrent_sequences: int
+    tokens_per_second: float  # aggregate
+    inter_token_p50_ms: float
+    inter_token_p99_ms: float
+
+
+@dataclass(frozen=True)
 class Verdict:
     fastest: tuple[KernelLatency, ...]
     gemv_over_gemm_speedup: float  # 0 when GEMM or GEMV was not measured
@@ -60,3 +68,4 @@ class Report:
     verdict: Verdict
     shapes: tuple[str, ...]
     started_at: datetime
+    batch_sweep: tuple[BatchSweepPoint, ...] = ()

@@ -4,7 +4,7 @@ Planning resolves the request (model, architecture, device, kernels) and raises 
 The run holds its device's lock from the first streamed message to the last: a second benchmark on the same
 device is refused with UNAVAILABLE rather than queued, because two benchmarks timing one device at once would
 each measure the other. Generate calls are not locked out: KERNEL mode leaves hosted models alone, and
-SINGLE_QUERY's runs queue on the model's worker between live requests.
+SINGLE_QUERY's runs queue on the model's scheduler between live requests.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 import torch
 
+from awqd.benchmark.batch_sweep import BatchSweepPlan, measure_batch_sweep
 from awqd.benchmark.budget import Budget
 from awqd.benchmark.kernel import KernelPlan, measure_kernels
 from awqd.benchmark.params import BenchmarkParams
 from awqd.benchmark.report import Progress, Report
 from awqd.benchmark.single_query import KernelEntry, SingleQueryPlan, measure_single_query
-from awqd.benchmark.verdict import kernel_verdict, single_query_verdict
+from awqd.benchmark.verdict import batch_sweep_verdict, kernel_verdict, single_query_verdict
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels.measure import FP16_BASELINE, default_repetitions
 from awqd.kernels.selection import DEFAULT_BUCKETS, DeviceDecisions, device_label, resolve_forced_name
-from awqd.kernels.shapes import decoder_layer_shapes, shapes_from_config
+from awqd.kernels.shapes import decoder_layer_shapes, engine_layer_shapes, shapes_from_config
 from awqd.models.synth import ARCHITECTURES, GROUP_SIZE
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -66,7 +67,7 @@ class Planned:
     device: DeviceInfo
     shapes: tuple[str, ...]  # "q_proj 4096x4096": layer, out x in
     notes: tuple[str, ...]
-    plan: KernelPlan | SingleQueryPlan
+    plan: KernelPlan | SingleQueryPlan | BatchSweepPlan
 
 
 _device_locks: dict[str, threading.Lock] = {}
@@ -96,7 +97,8 @@ def run_benchmark(
     `stop` is set when the caller goes away; `time_remaining` is the gRPC deadline (None: no deadline).
     """
     params.validate()
-    planned = plan_kernel(host, params) if params.mode == "kernel" else plan_single_query(host, params)
+    planners = {"kernel": plan_kernel, "single_query": plan_single_query, "batch_sweep": plan_batch_sweep}
+    planned = planners[params.mode](host, params)
     return stream(host, planned, Budget(stop, time_remaining))
 
 
@@ -119,16 +121,21 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
     """Progress while measuring; then the report, or None when the caller cancelled or its deadline passed."""
     started_at = datetime.now(UTC)
     roofline_gbps, roofline_source = 0.0, ""
+    sweep_points: tuple = ()
     if isinstance(planned.plan, KernelPlan):
         kernels = yield from measure_kernels(planned.plan, budget)
         notes = [*planned.notes, *kernels.notes]
         latencies, single_query = tuple(kernels.latencies), ()
         if kernels.roofline_gbps:
             roofline_gbps, roofline_source = kernels.roofline_gbps, "measured copy"
-    else:
+    elif isinstance(planned.plan, SingleQueryPlan):
         queries = yield from measure_single_query(planned.plan, budget)
         notes = [*planned.notes, *queries.notes]
         latencies, single_query = (), tuple(queries.rows)
+    else:
+        sweep = yield from measure_batch_sweep(planned.plan, budget)
+        notes = [*planned.notes, *sweep.notes]
+        latencies, single_query, sweep_points = (), (), tuple(sweep.points)
     if budget.stop.is_set() and not budget.capped:
         return None  # gRPC reports the cancellation or the deadline
     if budget.capped:
@@ -136,8 +143,10 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
     label = device_label(planned.device)
     if planned.mode == "kernel":
         verdict = kernel_verdict(latencies, roofline_gbps, label, notes)
-    else:
+    elif planned.mode == "single_query":
         verdict = single_query_verdict(single_query, label, notes)
+    else:
+        verdict = batch_sweep_verdict(sweep_points, label, notes)
     node = host.node_state()
     return Report(
         mode=planned.mode,
@@ -150,6 +159,7 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
         verdict=verdict,
         shapes=planned.shapes,
         started_at=started_at,
+        batch_sweep=sweep_points,
     )
 
 
@@ -221,8 +231,42 @@ def plan_single_query(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
         warmup=params.warmup_iterations or warmup,
         runs=params.iterations or runs,
     )
-    shapes = shape_names(shapes_from_config(loaded.config.to_dict()))
+    shapes = shape_names(engine_layer_shapes(loaded.config.to_dict()))
     return Planned("single_query", device, shapes, tuple(notes), plan)
+
+
+def plan_batch_sweep(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
+    hosted = host.models.ready(params.model)
+    device = resolve_device(host, params.device_index, hosted.device)
+    if device.torch_device != hosted.device:
+        raise InvalidArgument(
+            "device_index",
+            f"model {hosted.name!r} runs on {hosted.device}, not on device {device.index} ({device.torch_device}); "
+            "BATCH_SWEEP measures a model where it runs",
+        )
+    cap = host.config.max_new_tokens_cap
+    if params.new_tokens > cap:
+        raise InvalidArgument("new_tokens", f"{params.new_tokens} exceeds this daemon's cap of {cap}")
+    scheduler = hosted.scheduler
+    if params.prompt_tokens + params.new_tokens > scheduler.max_sequence_tokens:
+        raise InvalidArgument(
+            "prompt_tokens",
+            f"{params.prompt_tokens} prompt plus {params.new_tokens} new tokens exceed the "
+            f"{scheduler.max_sequence_tokens} tokens a sequence of model {hosted.name!r} may hold",
+        )
+    slots = scheduler.runner.cache.plan.slots
+    levels = tuple(sorted(set(params.batch_sizes)))
+    if levels[-1] > slots:
+        raise InvalidArgument(
+            "batch_sizes",
+            f"{levels[-1]} concurrent sequences exceed model {hosted.name!r}'s {slots} KV-cache slots "
+            "(--max-batch-size, --kv-cache-fraction, --kv-cache-tokens)",
+        )
+    plan = BatchSweepPlan(hosted, levels, params.prompt_tokens, params.new_tokens, params.warmup_iterations or 1)
+    buckets = ", ".join(map(str, scheduler.runner.batch_buckets))
+    notes = (f"Sequences ran the model's dispatch; decode steps pad the batch to the buckets {buckets}.",)
+    shapes = shape_names(engine_layer_shapes(hosted.loaded.config.to_dict()))
+    return Planned("batch_sweep", device, shapes, notes, plan)
 
 
 def shape_names(layers: dict[str, tuple[int, int]]) -> tuple[str, ...]:

@@ -1,13 +1,13 @@
-"""SINGLE_QUERY mode: one sequence end to end on a hosted model, per kernel family, through the model's worker.
+"""SINGLE_QUERY mode: one sequence end to end on a hosted model, per kernel family, through the model's engine.
 
-Each run is a Job on the model's own worker queue with the family's candidate pinned (AUTO pins nothing and
+Each run is an exclusive Job on the model's scheduler with the family's candidate pinned (AUTO pins nothing and
 uses the model's dispatch), so it waits behind live Generate calls and never runs beside them. Runs are greedy
 on a prompt of exactly `prompt_tokens` random non-special token ids. The engine stops at end-of-sequence, so
 warm-up doubles as a probe: if a warm-up run ends at EOS before `new_tokens`, the next prompt seed is tried.
 Greedy decoding is deterministic, so the timed runs of a prompt that reached `new_tokens` reach it too; any run
 that still ends early is counted with the tokens it made and named in the notes.
 
-Figures exclude the time a run waited in the queue: TTFT is from the worker picking the job up to the first
+Figures exclude the time a run waited in the queue: TTFT is from the scheduler picking the job up to the first
 token; per-token times are the gaps between consecutive sampled tokens, as the engine records them.
 """
 
@@ -21,9 +21,8 @@ import torch
 
 from awqd.benchmark.budget import Budget
 from awqd.benchmark.report import Progress, SingleQueryResult
-from awqd.engine.generate import Finished, TokenDelta
 from awqd.engine.request import GenerateParams
-from awqd.engine.worker import Job
+from awqd.engine.sequence import Finished, Job, TokenDelta
 from awqd.kernels.base import Candidate
 from awqd.models.manager import HostedModel
 
@@ -71,7 +70,7 @@ def prompt_ids(vocab_size: int, special_ids: Sequence[int], length: int, seed: i
 
 
 def run_once(hosted: HostedModel, ids: list[int], new_tokens: int, entry: KernelEntry, budget: Budget) -> Run | None:
-    """One greedy generation on the model's worker; None when the benchmark had to stop."""
+    """One greedy generation on the model's scheduler; None when the benchmark had to stop."""
     params = GenerateParams(
         model=hosted.name,
         prompt="",
@@ -84,14 +83,14 @@ def run_once(hosted: HostedModel, ids: list[int], new_tokens: int, entry: Kernel
         stop=(),
         kernel=entry.pinned.name if entry.pinned else "auto",
     )
-    job = Job(params=params, prompt_ids=ids, pinned=entry.pinned, cancelled=budget.stop)
-    hosted.worker.submit(job)
+    job = Job(params=params, prompt_ids=ids, pinned=entry.pinned, exclusive=True, cancelled=budget.stop)
+    hosted.scheduler.submit(job)
     while True:
         try:
             event = job.events.get(timeout=POLL_S)
         except queue.Empty:
             if budget.exhausted():
-                return None  # stop waiting now: the worker ends the cancelled job on its own
+                return None  # stop waiting now: the scheduler ends the cancelled job on its own
             continue
         if isinstance(event, Exception):
             raise event

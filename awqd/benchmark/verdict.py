@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from itertools import groupby
 
-from awqd.benchmark.report import KernelLatency, SingleQueryResult, Verdict
+from awqd.benchmark.report import BatchSweepPoint, KernelLatency, SingleQueryResult, Verdict
 from awqd.kernels.measure import FP16_BASELINE
 
 
@@ -60,6 +60,24 @@ def single_query_verdict(rows: Sequence[SingleQueryResult], device_label: str, n
             f"(TTFT {best.time_to_first_token_ms:.1f} ms, {best.ms_per_token_p50:.2f} ms per token p50)."
         )
     return Verdict((), speedup, join(sentences, notes))
+
+
+def batch_sweep_verdict(points: Sequence[BatchSweepPoint], device_label: str, notes: Sequence[str]) -> Verdict:
+    """The best aggregate throughput, and how it scales from the lowest concurrency measured."""
+    if not points:
+        return Verdict((), 0.0, join([f"No concurrency level was measured on {device_label}"], notes))
+    best = max(points, key=lambda point: point.tokens_per_second)
+    base = min(points, key=lambda point: point.concurrent_sequences)
+    sentences = [
+        f"On {device_label}, {best.concurrent_sequences} concurrent sequences reach {best.tokens_per_second:.1f} "
+        f"tokens/s in aggregate, inter-token p99 {best.inter_token_p99_ms:.2f} ms"
+    ]
+    if best is not base:
+        sentences.append(
+            f"That is {best.tokens_per_second / base.tokens_per_second:.2f}x the {base.tokens_per_second:.1f} "
+            f"tokens/s of {base.concurrent_sequences}"
+        )
+    return Verdict((), 0.0, join(sentences, notes))
 
 
 def tokens(count: int) -> str:

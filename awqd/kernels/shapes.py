@@ -1,4 +1,5 @@
-"""The (out_features, in_features) of the seven linear layers of one decoder layer, which kernels are timed on."""
+"""The (out_features, in_features) of one decoder layer's linear layers: the seven of the checkpoint, and the four
+the decode engine runs (q/k/v and gate/up fused), which boot-time kernel selection times."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +45,18 @@ def shapes_from_config(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidArgument("config", f"cannot derive decoder layer shapes: {error!r}") from error
+
+
+def engine_layer_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """The four linears of a decoder layer as awqd.engine runs them: qkv_proj, o_proj, gate_up_proj, down_proj."""
+    layers = shapes_from_config(config)
+    hidden = layers["q_proj"][1]
+    return {
+        "qkv_proj": (layers["q_proj"][0] + layers["k_proj"][0] + layers["v_proj"][0], hidden),
+        "o_proj": layers["o_proj"],
+        "gate_up_proj": (layers["gate_proj"][0] + layers["up_proj"][0], hidden),
+        "down_proj": layers["down_proj"],
+    }
 
 
 # Llama-2-7B: what the H200 baseline in FACTS.md measured, and the default when no model is hosted.

@@ -4,6 +4,11 @@ The skeleton is built on the meta device, so no memory is spent before the real 
 stream shard by shard: plain tensors (embeddings, norms, lm_head) go straight to the device, and each quantized
 layer is unpacked to the canonical QuantizedWeight and packed into the layouts of the kernels it may run as soon
 as its last tensor is read. Peak memory is the model plus one layer, whatever the checkpoint's packing.
+
+With `fuse=True` (what the serving engine loads) each decoder layer's q/k/v projections become one `qkv_proj`
+and gate/up one `gate_up_proj` AwqLinear, concatenated in canonical form along out_features (exact: groups run
+along in_features). The separate projections are removed, so the transformers skeleton then only holds the
+weights for awqd.engine.model; its own forward no longer runs.
 """
 
 from collections.abc import Sequence
@@ -20,14 +25,17 @@ from awqd.kernels.base import Candidate
 from awqd.models.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint
 from awqd.quant.linear import AwqLinear, KernelRouter
 from awqd.quant.packing import expected_shapes, unpack
-from awqd.quant.tensors import QuantConfig
+from awqd.quant.tensors import QuantConfig, QuantizedWeight, concat_out_features
 
 QUANTIZED_PARTS = ("qweight", "qzeros", "scales")
+# Fused projection -> the projections it stacks, in output order (Llama, Mistral and Qwen2 share these names).
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+FUSED_INTO = {part: fused for fused, parts in FUSED_PROJECTIONS.items() for part in parts}
 
 
 @dataclass
 class LoadedModel:
-    model: PreTrainedModel  # eval mode, AwqLinear in place of every quantized nn.Linear
+    model: PreTrainedModel  # eval mode, AwqLinear in place of every quantized nn.Linear (fused: see the docstring)
     tokenizer: PreTrainedTokenizerBase
     config: PretrainedConfig
     architecture: str
@@ -37,6 +45,7 @@ class LoadedModel:
     context_length: int
     device: torch.device
     layouts: tuple[str, ...]  # packed layouts every quantized layer holds; the first is the primary
+    fused: bool = False  # qkv_proj and gate_up_proj replace the separate projections
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ def load_model(
     router: KernelRouter,
     extra_candidates: Sequence[Candidate] = (),
     dtype: torch.dtype | None = None,
+    fuse: bool = False,
 ) -> LoadedModel:
     checkpoint = open_checkpoint(path)
     dtype = dtype or default_dtype(device)
@@ -72,7 +82,7 @@ def load_model(
         )
 
     quantized, plain = plan_tensors(model, checkpoint)
-    stream_tensors(model, checkpoint, quantized, plain, device, dtype, router, extra_candidates)
+    stream_tensors(model, checkpoint, quantized, plain, device, dtype, router, extra_candidates, fuse)
     rebuild_rotary_embeddings(model, config, device)
     model.tie_weights()
     check_fully_loaded(model)
@@ -91,6 +101,7 @@ def load_model(
         context_length=config.max_position_embeddings,
         device=device,
         layouts=layouts,
+        fused=fuse,
     )
 
 
@@ -162,9 +173,12 @@ def stream_tensors(
     dtype: torch.dtype,
     router: KernelRouter,
     extra_candidates: Sequence[Candidate],
+    fuse: bool = False,
 ) -> None:
     # A layer's tensors may straddle two shards, so its parts wait here until the last one is read.
     pending: dict[str, dict[str, torch.Tensor]] = {}
+    # With fuse, a projection's unpacked weight waits here until the others of its fused group are read.
+    unfused: dict[str, dict[str, QuantizedWeight]] = {}
     for shard in checkpoint.shards:
         with safe_open(shard, framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -180,20 +194,29 @@ def stream_tensors(
                     continue  # not part of this model (e.g. an unused buffer some exporters save)
                 parts = pending.setdefault(layer.name, {})
                 parts[part] = handle.get_tensor(name).to(device)
-                if len(parts) == len(layer.parts):
-                    install_layer(model, layer, pending.pop(layer.name), checkpoint, device, router, extra_candidates)
+                if len(parts) != len(layer.parts):
+                    continue
+                weight = unpack_layer(layer, pending.pop(layer.name), checkpoint)
+                parent_name, _, child_name = layer.name.rpartition(".")
+                if not fuse or child_name not in FUSED_INTO:
+                    install(model, layer.name, AwqLinear(weight, router, device, extra_candidates))
+                    continue
+                fused_name = f"{parent_name}.{FUSED_INTO[child_name]}"
+                group = unfused.setdefault(fused_name, {})
+                group[child_name] = weight
+                parts_in_order = FUSED_PROJECTIONS[FUSED_INTO[child_name]]
+                if len(group) == len(parts_in_order):
+                    del unfused[fused_name]
+                    fused_weight = concat_out_features([group[part] for part in parts_in_order])
+                    install(model, fused_name, AwqLinear(fused_weight, router, device, extra_candidates))
+                    for part in parts_in_order:
+                        delattr(model.get_submodule(parent_name), part)
+    if unfused:
+        raise CheckpointError(f"projections to fuse are incomplete: {', '.join(sorted(unfused))}")
 
 
-def install_layer(
-    model: PreTrainedModel,
-    layer: QuantizedLayer,
-    tensors: dict[str, torch.Tensor],
-    checkpoint: Checkpoint,
-    device: torch.device,
-    router: KernelRouter,
-    extra_candidates: Sequence[Candidate],
-) -> None:
-    weight = unpack(
+def unpack_layer(layer: QuantizedLayer, tensors: dict[str, torch.Tensor], checkpoint: Checkpoint) -> QuantizedWeight:
+    return unpack(
         tensors,
         checkpoint.quant_config.version,
         layer.group_size,
@@ -201,8 +224,11 @@ def install_layer(
         layer.out_features,
         prefix=f"{layer.name}.",
     )
-    parent_name, _, child_name = layer.name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child_name, AwqLinear(weight, router, device, extra_candidates))
+
+
+def install(model: PreTrainedModel, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, module)
 
 
 def set_tensor(model: PreTrainedModel, module_name: str, name: str, tensor: torch.Tensor) -> None:

@@ -9,8 +9,9 @@ from typing import Protocol
 import structlog
 import torch
 
-from awqd.config import MODEL_NAME
-from awqd.engine.worker import ModelWorker
+from awqd.config import MODEL_NAME, EngineSettings
+from awqd.engine.build import build_engine
+from awqd.engine.scheduler import Scheduler
 from awqd.errors import (
     AlreadyExists,
     AwqdError,
@@ -47,14 +48,17 @@ class HostedModel:
     error: str = ""
     loaded: LoadedModel | None = None
     router: KernelRouter | None = None
-    worker: ModelWorker | None = None
+    scheduler: Scheduler | None = None
     load_seconds: float = 0.0
     announced: bool = False  # listed by boot before its load starts
 
 
 class ModelManager:
-    def __init__(self, model_root: Path, default_device: str, planner: KernelPlanner):
+    def __init__(
+        self, model_root: Path, default_device: str, planner: KernelPlanner, engine: EngineSettings | None = None
+    ):
         self.model_root = model_root
+        self.engine = engine or EngineSettings()
         self.default_device = default_device
         self.planner = planner
         self._models: dict[str, HostedModel] = {}
@@ -89,7 +93,8 @@ class ModelManager:
         try:
             dispatch, held = self.planner.plan(device, kernel)
             router = KernelRouter(dispatch)
-            loaded = load_model(path, torch.device(device), router, extra_candidates=held)
+            loaded = load_model(path, torch.device(device), router, extra_candidates=held, fuse=True)
+            scheduler = build_engine(name, loaded, router, self.engine)
         except Exception as error:
             hosted.state, hosted.error = "failed", str(error)
             hosted.load_seconds = time.perf_counter() - started
@@ -98,7 +103,7 @@ class ModelManager:
                 raise
             raise AwqdError(f"loading model {name!r} failed: {type(error).__name__}: {error}") from error
         hosted.loaded, hosted.router = loaded, router
-        hosted.worker = ModelWorker(name, loaded.model, loaded.tokenizer, router)
+        hosted.scheduler = scheduler
         hosted.load_seconds = time.perf_counter() - started
         hosted.state = "ready"
         log.info("model_ready", model=name, seconds=round(hosted.load_seconds, 3), bytes=loaded.weight_memory_bytes)
@@ -132,8 +137,8 @@ class ModelManager:
             if hosted.state == "loading":
                 raise Unavailable(f"model {name!r} is still loading; unload it once it is ready or failed")
             del self._models[name]
-        if hosted.worker is not None:
-            hosted.worker.close(on_closed=_release_memory)
+        if hosted.scheduler is not None:
+            hosted.scheduler.close(on_closed=_release_memory)
         log.info("model_unloaded", model=name)
 
     def ready(self, name: str) -> HostedModel:
@@ -151,8 +156,8 @@ class ModelManager:
 
     def close(self) -> None:
         for hosted in self.list():
-            if hosted.worker is not None:
-                hosted.worker.close()
+            if hosted.scheduler is not None:
+                hosted.scheduler.close()
 
 
 def _check_device(device: str) -> None:

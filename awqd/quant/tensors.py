@@ -41,3 +41,22 @@ class QuantizedWeight:
     @property
     def in_features(self) -> int:
         return self.q.shape[1]
+
+
+def concat_out_features(weights: list[QuantizedWeight]) -> QuantizedWeight:
+    """One weight whose output rows are `weights`' rows in order, e.g. q, k and v as one qkv projection.
+
+    Exact: groups run along in_features, so stacking output rows keeps every row's own zeros and scales.
+    """
+    first = weights[0]
+    if any(w.in_features != first.in_features or w.group_size != first.group_size for w in weights):
+        raise ValueError("fused weights need the same in_features and group_size")
+    if len({w.bias is None for w in weights}) != 1:
+        raise ValueError("fused weights need a bias on all of them or on none")
+    return QuantizedWeight(
+        q=torch.cat([w.q for w in weights]),
+        zeros=torch.cat([w.zeros for w in weights]),
+        scales=torch.cat([w.scales for w in weights]),
+        group_size=first.group_size,
+        bias=None if first.bias is None else torch.cat([w.bias for w in weights]),
+    )

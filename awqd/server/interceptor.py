@@ -46,7 +46,7 @@ class StatusInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             except Exception as error:
                 code, message = _status_for(method, error)
-                context.abort(code, message)
+                _abort(context, code, message, error)
             finally:
                 _log_rpc(method, code, started, context)
 
@@ -66,13 +66,21 @@ class StatusInterceptor(grpc.ServerInterceptor):
                 raise
             except Exception as error:
                 code, message = _status_for(method, error)
-                context.abort(code, message)
+                _abort(context, code, message, error)
             finally:
                 if code is grpc.StatusCode.OK and not context.is_active():
                     code = grpc.StatusCode.CANCELLED
                 _log_rpc(method, code, started, context)
 
         return wrapped
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
+    """Ends the call; a retry hint (ResourceExhausted.retry_after_ms) travels as `retry-after-ms` trailing metadata."""
+    retry_after_ms = getattr(error, "retry_after_ms", None)
+    if retry_after_ms is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(retry_after_ms)),))
+    context.abort(code, message)
 
 
 def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:

@@ -8,8 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from awqd.benchmark import report as benchmark
 from awqd.benchmark.params import BenchmarkParams
 from awqd.daemon import DeviceState, NodeState
-from awqd.engine.generate import Finished, TokenDelta
 from awqd.engine.request import GenerateParams
+from awqd.engine.sequence import Finished, TokenDelta
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
 from awqd.models.manager import HostedModel
 from awqd_client.v1 import awqd_pb2 as pb
@@ -173,6 +173,12 @@ def model(hosted: HostedModel) -> pb.Model:
         message.weight_memory_bytes = loaded.weight_memory_bytes
         message.extra_layout_memory_bytes = loaded.extra_layout_memory_bytes
         message.context_length = loaded.context_length
+    if hosted.scheduler is not None:
+        plan = hosted.scheduler.runner.cache.plan
+        message.kv_cache_tokens = plan.capacity_tokens
+        message.kv_cache_slots = plan.slots
+        message.max_sequence_tokens = plan.max_seq_len
+        message.kv_cache_bytes = plan.bytes
     return message
 
 
@@ -247,6 +253,7 @@ def benchmark_report(report: benchmark.Report) -> pb.BenchmarkReport:
         node=node(report.node),
         kernel_latencies=[kernel_latency(row) for row in report.kernel_latencies],
         single_query=[pb.SingleQueryResult(**dataclasses.asdict(row)) for row in report.single_query],
+        batch_sweep=[pb.BatchSweepPoint(**dataclasses.asdict(point)) for point in report.batch_sweep],
         roofline_bandwidth_gbps=report.roofline_bandwidth_gbps,
         roofline_source=report.roofline_source,
         verdict=pb.BenchmarkVerdict(

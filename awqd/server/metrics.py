@@ -33,14 +33,14 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         queue_depth = GaugeMetricFamily(
-            "awqd_queue_depth", "Generate requests waiting for their model", labels=["model"]
+            "awqd_queue_depth", "Generate requests waiting for a KV-cache slot of their model", labels=["model"]
         )
         model_state = GaugeMetricFamily(
             "awqd_model_state", "1 for the state each hosted model is in, 0 for the others", labels=["model", "state"]
         )
         for hosted in self.daemon.models.list():
-            if hosted.worker is not None:
-                queue_depth.add_metric([hosted.name], hosted.worker.queue_depth)
+            if hosted.scheduler is not None:
+                queue_depth.add_metric([hosted.name], hosted.scheduler.queue_depth)
             for state in MODEL_STATES:
                 model_state.add_metric([hosted.name, state], float(hosted.state == state))
         yield queue_depth

@@ -231,12 +231,19 @@ BENCH_MODES = {
 def bench(
     ctx: typer.Context,
     mode: Annotated[BenchMode, typer.Option(help="What to measure.")],
-    model: Annotated[str, typer.Option(help="Hosted model (single-query; or kernel mode on its shapes).")] = "",
+    model: Annotated[
+        str, typer.Option(help="Hosted model (single-query, batch-sweep; or kernel mode on its shapes).")
+    ] = "",
     arch: Annotated[str, typer.Option(help='Kernel mode on a named architecture\'s shapes, e.g. "llama-2-7b".')] = "",
     device_index: Annotated[int | None, typer.Option(min=0, help="Device index from describe.")] = None,
-    prompt_tokens: Annotated[int, typer.Option(min=1, help="Single-query prompt length.")] = 128,
-    new_tokens: Annotated[int, typer.Option(min=1, help="Single-query tokens generated per run.")] = 128,
-    batch: Annotated[str, typer.Option(metavar="N,N,...", help="Kernel-mode batch sizes in tokens.")] = "",
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Single-query and batch-sweep prompt length.")] = 128,
+    new_tokens: Annotated[
+        int, typer.Option(min=1, help="Single-query and batch-sweep tokens generated per sequence.")
+    ] = 128,
+    batch: Annotated[
+        str,
+        typer.Option(metavar="N,N,...", help="Kernel-mode batch sizes in tokens; batch-sweep concurrent sequences."),
+    ] = "",
     kernels: Annotated[str, typer.Option(metavar="NAME,...", help="Candidates or families; default: all.")] = "",
     iterations: Annotated[int, typer.Option(min=0, help="Timed iterations or runs; 0: the daemon's default.")] = 0,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations or runs; 0: the daemon's default.")] = 0,
@@ -248,7 +255,7 @@ def bench(
         if mode is not BenchMode.kernel:
             raise typer.BadParameter("draws kernel latencies: use it with --mode kernel", param_hint="--plot")
         _require_plotting()
-    single_query = mode is BenchMode.single_query
+    generates = mode in (BenchMode.single_query, BenchMode.batch_sweep)
     request = awqd_pb2.BenchmarkRequest(
         mode=BENCH_MODES[mode],
         model=model,
@@ -256,8 +263,8 @@ def bench(
         device_index=device_index,
         kernels=_names(kernels),
         batch_sizes=[_batch_size(size) for size in _names(batch)],
-        prompt_tokens=prompt_tokens if single_query else 0,
-        new_tokens=new_tokens if single_query else 0,
+        prompt_tokens=prompt_tokens if generates else 0,
+        new_tokens=new_tokens if generates else 0,
         iterations=iterations,
         warmup_iterations=warmup,
     )

@@ -157,7 +157,9 @@ def selection_caption(selection: awqd_pb2.KernelSelection) -> str:
 
 
 def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
-    table = Table("name", "state", "device", "architecture", "quant", "kernel", "weights", "error", title="models")
+    table = Table(
+        "name", "state", "device", "architecture", "quant", "kernel", "weights", "kv cache", "error", title="models"
+    )
     for model in models:
         state = label(awqd_pb2.ModelState, model.state)
         style = {"ready": "green", "failed": "red"}.get(state, "yellow")
@@ -170,9 +172,19 @@ def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
             quant_summary(model.quant_config),
             model.kernel or "auto",
             memory_summary(model),
+            kv_cache_summary(model),
             Text(model.error, style="red"),
         )
     return table
+
+
+def kv_cache_summary(model: awqd_pb2.Model) -> str:
+    if not model.kv_cache_tokens:
+        return ""
+    return (
+        f"{model.kv_cache_tokens} tokens ({model.kv_cache_slots} x {model.max_sequence_tokens}, "
+        f"{human_bytes(model.kv_cache_bytes)})"
+    )
 
 
 def quant_summary(config: awqd_pb2.QuantConfig) -> str:
@@ -224,7 +236,22 @@ def print_benchmark(console: Console, report: awqd_pb2.BenchmarkReport) -> None:
         console.print(kernel_latency_table(report))
     if report.single_query:
         console.print(single_query_table(report))
+    if report.batch_sweep:
+        console.print(batch_sweep_table(report))
     console.print(Text(report.verdict.summary), soft_wrap=True)
+
+
+def batch_sweep_table(report: awqd_pb2.BenchmarkReport) -> Table:
+    table = Table("sequences", "tokens/s", "inter-token p50 ms", "inter-token p99 ms", title="batch sweep")
+    for point in report.batch_sweep:
+        _add_row(
+            table,
+            str(point.concurrent_sequences),
+            f"{point.tokens_per_second:.1f}",
+            f"{point.inter_token_p50_ms:.2f}",
+            f"{point.inter_token_p99_ms:.2f}",
+        )
+    return table
 
 
 def benchmark_header(report: awqd_pb2.BenchmarkReport) -> Text:

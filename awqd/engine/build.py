@@ -1,0 +1,50 @@
+"""From a fused loaded model to a serving scheduler: the decoder, its static KV cache, the step runner."""
+
+import structlog
+
+from awqd.config import EngineSettings
+from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.model import DecoderModel
+from awqd.engine.scheduler import AdmissionLimits, Scheduler
+from awqd.engine.step import StepRunner
+from awqd.models.loader import LoadedModel
+from awqd.quant.linear import KernelRouter
+
+log = structlog.get_logger("awqd.engine")
+
+
+def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings: EngineSettings) -> Scheduler:
+    model = DecoderModel(loaded)
+    shape = model.shape
+    plan = plan_kv_cache(
+        shape.kv_bytes_per_token(model.dtype),
+        loaded.context_length,
+        loaded.device,
+        settings.kv_cache_fraction,
+        settings.kv_cache_tokens,
+        settings.max_batch_size,
+    )
+    cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, loaded.device)
+    runner = StepRunner(model, cache, router, settings.cuda_graphs)
+    log.info(
+        "kv_cache_allocated",
+        model=name,
+        slots=plan.slots,
+        max_sequence_tokens=plan.max_seq_len,
+        capacity_tokens=plan.capacity_tokens,
+        bytes=plan.bytes,
+        budget=plan.source,
+        cuda_graphs=runner.cuda_graphs,
+        batch_buckets=list(runner.batch_buckets),
+    )
+    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s)
+    return Scheduler(name, runner, loaded.tokenizer, eos_ids(loaded), limits)
+
+
+def eos_ids(loaded: LoadedModel) -> frozenset[int]:
+    generation = loaded.model.generation_config
+    configured = generation.eos_token_id if generation else None
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return frozenset(ids)

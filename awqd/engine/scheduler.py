@@ -1,0 +1,276 @@
+"""Continuous batching: one scheduler thread per hosted model runs every request on it, step by step.
+
+At each step boundary the scheduler
+1. ends cancelled requests (the client went away or its deadline passed) and frees their slots at once, and
+   refuses requests that waited in the queue longer than --queue-timeout (RESOURCE_EXHAUSTED, with a retry hint);
+2. admits waiting requests in arrival order into free KV slots and prefills them (eagerly, one prompt each, up
+   to PREFILL_TOKENS_PER_STEP prompt tokens per boundary so the running batch is not stalled for long);
+3. runs one decode step for every running sequence together, samples on the device, copies the new ids to the
+   host once, and streams them; finished sequences leave the batch at once.
+
+A request that pins a kernel (GenerateRequest.kernel, a Benchmark run) batches only with requests that pin the
+same one: the router's pin applies to the whole step. When the queue's head pins differently from the running
+batch, admission pauses until that batch drains, which keeps arrival order and starves no one. An exclusive
+job (a SINGLE_QUERY benchmark run) waits the same way and then runs alone.
+
+Admission control: the queue holds at most --max-queued-requests waiting requests; one more gets
+RESOURCE_EXHAUSTED with a retry hint in the message and in the `retry-after-ms` trailing metadata.
+"""
+
+import collections
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+
+import structlog
+import torch
+
+from awqd import metrics
+from awqd.engine.sampling import RowSampling, SamplingBatch, choose_tokens
+from awqd.engine.sequence import Finished, Job, Sequence, summary
+from awqd.engine.step import StepRunner
+from awqd.errors import InvalidArgument, ResourceExhausted, Unavailable
+from awqd.quant.linear import KernelRouter
+
+log = structlog.get_logger("awqd.engine")
+
+PREFILL_TOKENS_PER_STEP = 2048
+PADDING_ROW = RowSampling(temperature=0.0, top_k=0, top_p=1.0, seed=0)
+RETRY_HINT_MS = (50, 60_000)  # bounds of the retry hint
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    max_queued: int  # waiting requests beyond the running batch
+    queue_timeout_s: float  # longest wait for a slot
+
+
+class Scheduler:
+    def __init__(self, name: str, runner: StepRunner, tokenizer, eos_ids: frozenset[int], limits: AdmissionLimits):
+        self.name = name
+        self.runner = runner
+        self.router: KernelRouter = runner.router
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.limits = limits
+        self.max_sequence_tokens = runner.cache.plan.max_seq_len
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: dict[int, Sequence] = {}  # by slot
+        self._free_slots = list(range(runner.cache.plan.slots))
+        self._closed = False
+        self._condition = threading.Condition()
+        self._step_ms = 0.0  # moving average of a decode step, for the retry hint
+        self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name)
+        self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: Job) -> None:
+        needed = len(job.prompt_ids) + job.params.max_new_tokens
+        if needed > self.max_sequence_tokens:
+            raise InvalidArgument(
+                "max_new_tokens",
+                f"prompt ({len(job.prompt_ids)} tokens) plus max_new_tokens ({job.params.max_new_tokens}) needs "
+                f"{needed} KV-cache positions, but a sequence of model {self.name!r} may hold "
+                f"{self.max_sequence_tokens} (its KV cache: {self.runner.cache.plan.slots} slots x "
+                f"{self.max_sequence_tokens} tokens)",
+            )
+        with self._condition:
+            if self._closed:
+                raise Unavailable(f"model {self.name!r} is being unloaded")
+            if len(self._waiting) >= self.limits.max_queued:
+                retry_ms = self._retry_hint_ms()
+                raise ResourceExhausted(
+                    f"model {self.name!r} is at capacity: {len(self._running)} requests running and "
+                    f"{len(self._waiting)} queued (--max-queued-requests {self.limits.max_queued}); "
+                    f"retry after about {retry_ms} ms",
+                    retry_after_ms=retry_ms,
+                )
+            self._waiting.append(job)
+            self._condition.notify()
+
+    def close(self, on_closed: Callable[[], None] | None = None) -> None:
+        """Refuses new requests, lets the running and queued ones finish, then stops the thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join()
+        if on_closed:
+            on_closed()
+
+    def _retry_hint_ms(self) -> int:
+        """When a queue place should free up: the soonest-finishing running request's remaining decode steps."""
+        running = list(self._running.values())  # a snapshot: the scheduler thread changes the dict
+        remaining = min((seq.remaining_tokens for seq in running), default=1)
+        step_ms = self._step_ms or 10.0
+        return int(min(max(remaining * step_ms, RETRY_HINT_MS[0]), RETRY_HINT_MS[1]))
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._condition:
+                    while not self._waiting and not self._running and not self._closed:
+                        self._condition.wait()
+                    if self._closed and not self._waiting and not self._running:
+                        return
+                    admitted = self._admit()
+                try:
+                    self._end_cancelled()
+                    while admitted:
+                        self._prefill(*admitted[0])
+                        admitted.pop(0)
+                    if self._running:
+                        self._decode()
+                except Exception as error:  # a bug must not end the thread and strand every caller
+                    self._fail(list(self._running.values()), error)
+                    for job, slot in admitted:
+                        self._free_slot(slot)
+                        job.events.put(error)
+
+    def _admit(self) -> list[tuple[Job, int]]:
+        """Under the lock: drops cancelled and expired waiters, then takes what may join the batch now."""
+        now = time.perf_counter()
+        for job in list(self._waiting):
+            if job.cancelled.is_set():
+                self._waiting.remove(job)
+                self._end_unstarted(job, "cancelled")
+            elif now - job.received_at > self.limits.queue_timeout_s:
+                self._waiting.remove(job)
+                retry_ms = self._retry_hint_ms()
+                job.events.put(
+                    ResourceExhausted(
+                        f"model {self.name!r}: waited {now - job.received_at:.1f} s for a KV-cache slot "
+                        f"(--queue-timeout {self.limits.queue_timeout_s:g} s); retry after about {retry_ms} ms",
+                        retry_after_ms=retry_ms,
+                    )
+                )
+                log.info("request_expired_in_queue", model=self.name, waited_s=round(now - job.received_at, 3))
+        admitted: list[tuple[Job, int]] = []
+        prompt_tokens = 0
+        batch = [seq.job for seq in self._running.values()]
+        batch_pin = batch[0].pin if batch else None
+        while self._waiting and self._free_slots:
+            job = self._waiting[0]
+            if batch_pin is not None and job.pin != batch_pin:
+                break  # the head pins another kernel: let the running batch drain first
+            if any(other.exclusive for other in batch) or (job.exclusive and batch):
+                break  # an exclusive run has the model to itself
+            if admitted and prompt_tokens + len(job.prompt_ids) > PREFILL_TOKENS_PER_STEP:
+                break
+            self._waiting.popleft()
+            admitted.append((job, heapq.heappop(self._free_slots)))
+            prompt_tokens += len(job.prompt_ids)
+            batch_pin = job.pin
+            batch.append(job)
+        if admitted:
+            self._pin(admitted[0][0])
+        return admitted
+
+    def _pin(self, job: Job) -> None:
+        if job.pinned is not None:
+            self.router.pin(job.pinned)
+        else:
+            self.router.unpin()
+
+    def _prefill(self, job: Job, slot: int) -> None:
+        sequence = Sequence(job, slot, self.tokenizer, self.eos_ids)
+        if job.cancelled.is_set():
+            self._release(sequence, "cancelled")
+            return
+        try:
+            logits, kernel = self.runner.prefill(job.prompt_ids, slot)
+            token = int(choose_tokens(logits, SamplingBatch.build([sequence.sampling], [0], logits.device))[0])
+        except Exception as error:
+            self._fail([sequence], error)
+            return
+        sequence.count_step("prefill", kernel)
+        if self._accept(sequence, token):
+            self._release(sequence)
+        else:
+            self._running[slot] = sequence
+
+    def _decode(self) -> None:
+        rows = max(self._running) + 1
+        sequences = [self._running.get(slot) for slot in range(rows)]
+        tokens = [seq.last_token if seq else 0 for seq in sequences]
+        positions = [seq.position if seq else 0 for seq in sequences]
+        started = time.perf_counter()
+        try:
+            logits, kernel = self.runner.decode(tokens, positions)
+            sampling = SamplingBatch.build(
+                [seq.sampling if seq else PADDING_ROW for seq in sequences],
+                [len(seq.token_times) if seq else 0 for seq in sequences],
+                logits.device,
+            )
+            chosen = choose_tokens(logits, sampling).tolist()  # the step's one device -> host copy
+        except Exception as error:
+            self._fail(list(self._running.values()), error)
+            return
+        step_ms = (time.perf_counter() - started) * 1000
+        self._step_ms = step_ms if not self._step_ms else 0.9 * self._step_ms + 0.1 * step_ms
+        for seq in sequences:
+            if seq is None:
+                continue
+            seq.count_step("decode", kernel)
+            if self._accept(seq, chosen[seq.slot]):
+                self._release(seq)
+
+    def _accept(self, seq: Sequence, token: int) -> bool:
+        done = seq.accept(token)
+        if token not in self.eos_ids:
+            self._tokens_streamed.inc()
+        return done
+
+    def _end_cancelled(self) -> None:
+        for seq in [seq for seq in self._running.values() if seq.job.cancelled.is_set()]:
+            self._release(seq, "cancelled")
+
+    def _release(self, seq: Sequence, reason: str = "") -> None:
+        self._running.pop(seq.slot, None)
+        self._free_slot(seq.slot)
+        self._finished(seq.job, seq.finish(reason))
+
+    def _end_unstarted(self, job: Job, reason: str) -> None:
+        self._finished(job, summary(job, reason, time.perf_counter(), []))
+
+    def _fail(self, sequences: list[Sequence], error: Exception) -> None:
+        log.error("generation_failed", model=self.name, requests=len(sequences), exc_info=error)
+        for seq in sequences:
+            self._running.pop(seq.slot, None)
+            self._free_slot(seq.slot)
+            seq.job.events.put(error)
+
+    def _free_slot(self, slot: int) -> None:
+        with self._condition:
+            heapq.heappush(self._free_slots, slot)
+        if not self._running:
+            self.router.unpin()
+
+    def _finished(self, job: Job, event: Finished) -> None:
+        """Records the metrics and the log line first, so a caller that sees the summary also sees them."""
+        _observe_latencies(self.name, event)
+        log.info(
+            "generation_finished",
+            model=self.name,
+            finish_reason=event.finish_reason,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            ttft_ms=round(event.time_to_first_token_ms, 3),
+            ms_per_token=round(event.ms_per_output_token, 3),
+        )
+        job.events.put(event)
+
+
+def _observe_latencies(model: str, finished: Finished) -> None:
+    times = finished.token_times_ms
+    if times:
+        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(times[0] / 1000)
+    inter_token = metrics.INTER_TOKEN_LATENCY.labels(model)
+    for earlier, later in pairwise(times):
+        inter_token.observe((later - earlier) / 1000)

@@ -1,0 +1,145 @@
+"""One request as the engine runs it: the Job the RPC thread waits on, and the Sequence that occupies a KV slot.
+
+The Sequence turns each sampled token into what the caller sees: incremental text, stop sequences with held-back
+text, end-of-sequence, max_new_tokens; and at the end one Finished with usage, timings and the kernels used per
+phase and bucket.
+"""
+
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from awqd.engine.detokenize import IncrementalDecoder, StopMatcher
+from awqd.engine.request import GenerateParams
+from awqd.engine.sampling import RowSampling
+from awqd.engine.step import StepKernel
+from awqd.kernels.base import Candidate
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KernelUse:
+    phase: str
+    batch_tokens: int
+    kernel: str
+    steps: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "length" | "stop" | "eos" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_ms: float
+    ms_per_output_token: float
+    total_ms: float
+    queue_ms: float
+    kernels: tuple[KernelUse, ...]
+    token_times_ms: tuple[float, ...] = ()  # each sampled token's time after the request arrived, eos included
+
+
+@dataclass
+class Job:
+    params: GenerateParams
+    prompt_ids: list[int]
+    pinned: Candidate | None
+    exclusive: bool = False  # runs alone, with nothing batched beside it (a SINGLE_QUERY benchmark run)
+    received_at: float = field(default_factory=time.perf_counter)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    events: "queue.Queue[TokenDelta | Finished | Exception]" = field(default_factory=queue.Queue)
+
+    @property
+    def pin(self) -> str:
+        return self.pinned.name if self.pinned is not None else ""
+
+    def results(self) -> Iterator[TokenDelta | Finished]:
+        """What the RPC thread streams: every delta, then Finished, or the error that ended the job."""
+        while True:
+            event = self.events.get()
+            if isinstance(event, Exception):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+class Sequence:
+    def __init__(self, job: Job, slot: int, tokenizer, eos_ids: frozenset[int]):
+        params = job.params
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.job = job
+        self.slot = slot
+        self.sampling = RowSampling(params.temperature, params.top_k, params.top_p or 1.0, seed)
+        self.eos_ids = eos_ids
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = StopMatcher(params.stop)
+        self.started_at = time.perf_counter()
+        # Where the last sampled token's k/v go when a decode step feeds it; accept() moves it past the prompt.
+        self.position = len(job.prompt_ids) - 1
+        self.last_token = 0  # the token the next decode step feeds
+        self.token_times: list[float] = []
+        self.step_kernels: Counter[tuple[str, int, str]] = Counter()
+        self.finish_reason = ""
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.job.params.max_new_tokens - len(self.token_times)
+
+    def count_step(self, phase: str, kernel: StepKernel) -> None:
+        self.step_kernels[phase, kernel.bucket, kernel.kernel] += 1
+
+    def accept(self, token: int) -> bool:
+        """Takes the sampled token and streams its text; True when the sequence is done."""
+        self.token_times.append(time.perf_counter())
+        if token in self.eos_ids:
+            self.finish_reason = "eos"
+            return True
+        text, stopped = self.stops.feed(self.decoder.push(token))
+        self.job.events.put(TokenDelta(text=text, token_ids=(token,)))
+        if stopped:
+            self.finish_reason = "stop"
+            return True
+        if self.remaining_tokens == 0:
+            self.finish_reason = "length"
+            return True
+        self.last_token = token
+        self.position += 1
+        return False
+
+    def finish(self, reason: str = "") -> Finished:
+        """Streams the held-back tail where the text ended normally; returns the summary for the caller to send."""
+        self.finish_reason = reason or self.finish_reason
+        if self.finish_reason in ("length", "eos") and (tail := self.stops.flush()):
+            self.job.events.put(TokenDelta(text=tail, token_ids=()))
+        return summary(self.job, self.finish_reason, self.started_at, self.token_times, self.step_kernels)
+
+
+def summary(
+    job: Job, reason: str, started_at: float, token_times: list[float], step_kernels: Counter | None = None
+) -> Finished:
+    received_at = job.received_at
+    return Finished(
+        finish_reason=reason,
+        prompt_tokens=len(job.prompt_ids),
+        completion_tokens=len(token_times) - (reason == "eos"),
+        time_to_first_token_ms=(token_times[0] - received_at) * 1000 if token_times else 0.0,
+        ms_per_output_token=(token_times[-1] - token_times[0]) * 1000 / (len(token_times) - 1)
+        if len(token_times) > 1
+        else 0.0,
+        total_ms=(time.perf_counter() - received_at) * 1000,
+        queue_ms=(started_at - received_at) * 1000,
+        kernels=tuple(
+            KernelUse(phase=phase, batch_tokens=bucket, kernel=kernel, steps=steps)
+            for (phase, bucket, kernel), steps in (step_kernels or {}).items()
+        ),
+        token_times_ms=tuple((t - received_at) * 1000 for t in token_times),
+    )

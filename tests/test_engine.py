@@ -1,0 +1,245 @@
+"""The decode engine on the CPU with the AutoAWQ-quantized demo model: the plain-torch decoder against transformers'
+forward, fused projections, continuous batching against one-at-a-time runs, sampling, and admission control.
+
+Everything here runs in-process on the real model and the real scheduler thread; the gRPC side is covered by
+test_generate.py and test_load_faults.py.
+"""
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from awqd.config import EngineSettings
+from awqd.engine.build import build_engine
+from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.model import DecoderModel
+from awqd.engine.request import GenerateParams
+from awqd.engine.sequence import Finished, Job
+from awqd.errors import InvalidArgument, ResourceExhausted
+from awqd.kernels.base import Dispatch
+from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
+from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.models.loader import load_model
+from awqd.quant.linear import AwqLinear, KernelRouter
+from awqd.quant.tensors import QuantizedWeight, concat_out_features
+
+CPU = torch.device("cpu")
+
+
+def reference_router() -> KernelRouter:
+    return KernelRouter(Dispatch.single(ReferenceTorch()))
+
+
+@pytest.fixture(scope="module")
+def hf_model(demo_model_dir):
+    return load_model(demo_model_dir, CPU, reference_router())
+
+
+@pytest.fixture(scope="module")
+def fused_model(demo_model_dir):
+    router = reference_router()
+    return load_model(demo_model_dir, CPU, router, fuse=True), router
+
+
+def params(max_new_tokens: int, **options) -> GenerateParams:
+    fields = {"temperature": 0.0, "top_p": None, "top_k": 0, "seed": None, "stop": (), "kernel": ""}
+    fields.update(options)
+    return GenerateParams("demo", "", (), max_new_tokens, **fields)
+
+
+def tokens_of(job: Job) -> tuple[list[int], Finished]:
+    events = list(job.results())
+    return [t for event in events[:-1] for t in event.token_ids], events[-1]
+
+
+def run_alone(scheduler, prompt: list[int], request: GenerateParams) -> tuple[list[int], Finished]:
+    job = Job(request, prompt, pinned=None)
+    scheduler.submit(job)
+    return tokens_of(job)
+
+
+def random_prompts(count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(10, 2000) for _ in range(rng.randrange(1, 40))] for _ in range(count)]
+
+
+@pytest.fixture
+def engine(demo_model_dir):
+    """A scheduler on a dispatch that switches kernel with the batch size, as on a real device."""
+    router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=8))
+    try:
+        yield scheduler
+    finally:
+        scheduler.close()
+
+
+def test_fused_projections_equal_the_separate_ones():
+    generator = torch.Generator().manual_seed(0)
+
+    def weight(out_features: int) -> QuantizedWeight:
+        return QuantizedWeight(
+            q=torch.randint(0, 16, (out_features, 256), dtype=torch.uint8, generator=generator),
+            zeros=torch.randint(0, 16, (out_features, 2), dtype=torch.uint8, generator=generator),
+            scales=(torch.rand(out_features, 2, generator=generator) * 0.01).half(),
+            group_size=128,
+            bias=torch.randn(out_features, generator=generator).half(),
+        )
+
+    parts = [weight(64), weight(32), weight(32)]
+    router = reference_router()
+    x = torch.randn(5, 256, generator=generator)
+    separate = torch.cat([AwqLinear(w, router, CPU)(x) for w in parts], dim=-1)
+    fused = AwqLinear(concat_out_features(parts), router, CPU)(x)
+    assert torch.equal(fused, separate)
+
+
+def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
+    loaded, _ = fused_model
+    model = DecoderModel(loaded)
+    shape = model.shape
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 512, CPU, 0.9, 2048, 4)
+    cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU)
+    ids = list(range(10, 50))
+    with torch.inference_mode():
+        expected = hf_model.model(torch.tensor([ids])).logits[0]
+        prefill = model.prefill(torch.tensor(ids[:25]), cache, slot=2)
+        torch.testing.assert_close(prefill, expected[24], rtol=1e-5, atol=1e-5)
+        for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
+            tokens, positions = [0] * 4, [0] * 4
+            tokens[2], positions[2] = ids[position], position
+            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache, span=256)
+            torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
+
+
+def test_engine_greedy_tokens_match_transformers_greedy(hf_model, fused_model, demo_model_dir):
+    loaded, router = fused_model
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024))
+    try:
+        prompt = hf_model.tokenizer("The weather today")["input_ids"]
+        ours, finished = run_alone(scheduler, prompt, params(24))
+    finally:
+        scheduler.close()
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(24):
+            ids.append(int(hf_model.model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert finished.finish_reason == "length"
+    assert ours == ids[len(prompt) :]
+
+
+def test_batched_greedy_equals_one_at_a_time_with_joins_and_leaves(engine):
+    prompts = random_prompts(10)
+    lengths = [6 + 3 * (index % 4) for index in range(len(prompts))]  # sequences leave at different steps
+    alone = [run_alone(engine, prompt, params(length))[0] for prompt, length in zip(prompts, lengths, strict=True)]
+    jobs = []
+    for prompt, length in zip(prompts, lengths, strict=True):  # arrivals spread over steps: joins mid-batch
+        jobs.append(Job(params(length), prompt, pinned=None))
+        engine.submit(jobs[-1])
+        time.sleep(0.01)
+    results = [tokens_of(job) for job in jobs]
+    assert [tokens for tokens, _ in results] == alone
+    decode_buckets = {use.batch_tokens for _, done in results for use in done.kernels if use.phase == "decode"}
+    assert len(decode_buckets) > 1, f"the batch never changed size: {decode_buckets}"
+    kernels = {use.kernel for _, done in results for use in done.kernels if use.phase == "decode"}
+    assert kernels == {"reference_torch", "dequant_matmul_cpu"}, "each step's kernel comes from its bucket"
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(engine):
+    prompt = random_prompts(1, seed=3)[0]
+    sampled = params(16, temperature=0.9, top_p=0.9, top_k=50, seed=1234)
+    alone = run_alone(engine, prompt, sampled)[0]
+    others = [Job(params(16, temperature=1.0, seed=index), p, None) for index, p in enumerate(random_prompts(5))]
+    for job in others:
+        engine.submit(job)
+    assert run_alone(engine, prompt, sampled)[0] == alone
+    for job in others:
+        tokens_of(job)
+    assert run_alone(engine, prompt, params(16, temperature=0.9, seed=99))[0] != alone  # the seed matters
+    greedy = run_alone(engine, prompt, params(16))[0]
+    assert run_alone(engine, prompt, params(16, temperature=0.7, top_k=1, seed=5))[0] == greedy
+    assert run_alone(engine, prompt, params(16, temperature=1e-40, seed=5))[0] == greedy
+
+
+def test_cancelled_sequence_leaves_at_once(engine):
+    long_job = Job(params(400), random_prompts(1)[0], pinned=None)
+    engine.submit(long_job)
+    next(long_job.results())
+    long_job.cancelled.set()
+    _, finished = tokens_of(long_job)
+    assert finished.finish_reason == "cancelled" and finished.completion_tokens < 400
+    assert run_alone(engine, [5, 6, 7], params(3))[1].completion_tokens == 3
+
+
+def test_request_that_cannot_fit_a_kv_slot_is_refused(demo_model_dir):
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=64))
+    try:
+        assert scheduler.runner.cache.plan.slots == 1 and scheduler.max_sequence_tokens == 64
+        with pytest.raises(InvalidArgument) as refused:
+            scheduler.submit(Job(params(40), list(range(10, 40)), pinned=None))
+        assert refused.value.field == "max_new_tokens" and "KV-cache" in refused.value.reason
+        assert "64" in refused.value.reason
+        assert run_alone(scheduler, list(range(10, 40)), params(30))[1].completion_tokens == 30  # 60 fits
+    finally:
+        scheduler.close()
+
+
+def test_full_queue_is_refused_with_a_retry_hint_and_waiting_too_long_expires(demo_model_dir):
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    settings = EngineSettings(kv_cache_tokens=2048, max_batch_size=1, max_queued_requests=1, queue_timeout_s=0.5)
+    scheduler = build_engine("demo", loaded, router, settings)
+    try:
+        running = Job(params(450), [5, 6, 7], pinned=None)
+        scheduler.submit(running)
+        next(running.results())  # it holds the only slot
+        queued = Job(params(4), [5, 6, 7], pinned=None)
+        scheduler.submit(queued)
+        with pytest.raises(ResourceExhausted) as refused:
+            scheduler.submit(Job(params(4), [5, 6, 7], pinned=None))
+        assert refused.value.retry_after_ms and refused.value.retry_after_ms >= 50
+        assert "retry after" in str(refused.value) and "--max-queued-requests 1" in str(refused.value)
+        with pytest.raises(ResourceExhausted) as expired:
+            tokens_of(queued)
+        assert "--queue-timeout" in str(expired.value) and expired.value.retry_after_ms
+        running.cancelled.set()
+        assert tokens_of(running)[1].finish_reason == "cancelled"
+        assert run_alone(scheduler, [5, 6, 7], params(2))[1].completion_tokens == 2
+    finally:
+        scheduler.close()
+
+
+def test_pinned_requests_run_their_kernel_at_every_batch_size(engine):
+    prompts = random_prompts(6, seed=7)
+    alone = [run_alone(engine, prompt, params(8))[0] for prompt in prompts]
+    # Three on the dispatch, then three pinned: the pinned ones wait for the first batch to drain, then batch.
+    jobs = [Job(params(8), prompt, None) for prompt in prompts[:3]]
+    jobs += [Job(params(8, kernel="reference_torch"), prompt, ReferenceTorch()) for prompt in prompts[3:]]
+    for job in jobs:
+        engine.submit(job)
+    results = [tokens_of(job) for job in jobs]
+    assert [tokens for tokens, _ in results] == alone
+    for finished in [done for _, done in results[3:]]:
+        assert {use.kernel for use in finished.kernels} == {"reference_torch"}
+    pinned_buckets = {use.batch_tokens for _, done in results[3:] for use in done.kernels if use.phase == "decode"}
+    assert max(pinned_buckets) > 1, "pinned requests batch with each other"
+
+
+def test_unload_drains_queued_and_running_requests(demo_model_dir):
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024, max_batch_size=2))
+    jobs = [Job(params(10), prompt, pinned=None) for prompt in random_prompts(4)]
+    for job in jobs:
+        scheduler.submit(job)
+    closer = threading.Thread(target=scheduler.close)
+    closer.start()
+    assert all(tokens_of(job)[1].completion_tokens == 10 for job in jobs)
+    closer.join(timeout=60)
+    assert not closer.is_alive()

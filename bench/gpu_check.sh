@@ -50,7 +50,7 @@ log "boot 1 (empty decision cache)"
 boot first || exit 1
 timeout 30 "${AWQCTL[@]}" describe > "$OUT/describe-first.txt"
 timeout 30 "${AWQCTL[@]}" describe --json > "$OUT/describe-first.json"
-for kernel in reference_torch auto dequant_cublas autoawq_gemm_triton autoawq_gemv_cuda; do
+for kernel in auto awqd_triton_gemv awqd_triton_gemm autoawq_gemm_triton autoawq_gemv_cuda; do
   log "generate with --kernel $kernel"
   echo "{\"kernel\": \"$kernel\"}" >> "$OUT/generate.jsonl"
   timeout 120 "${AWQCTL[@]}" generate --json --model synth --max-new-tokens 32 --kernel "$kernel" \

@@ -191,6 +191,8 @@ def compare(expected: list[list[int]], actual: list[list[int]]) -> dict:
         "sequences": len(expected),
         "identical": sum(d is None for d in first_diffs),
         "first_divergence": [d for d in first_diffs if d is not None],
+        # A model that emits one token forever makes any equality trivial: say how varied the compared text is.
+        "distinct_tokens": len({token for sequence in expected for token in sequence}),
     }
 
 
@@ -355,7 +357,8 @@ def markdown(data: dict) -> str:
         if key in data:
             check = data[key]
             lines.append(
-                f"- {label}: {check['identical']} of {check['sequences']} identical over {EQUALITY_TOKENS} tokens"
+                f"- {label}: {check['identical']} of {check['sequences']} identical over {EQUALITY_TOKENS} tokens "
+                f"({check.get('distinct_tokens', '?')} distinct token ids among them)"
                 + (f"; first divergences at tokens {check['first_divergence']}" if check["first_divergence"] else "")
             )
     if "kv_cache" in data:

@@ -1,7 +1,7 @@
 """Synthetic AWQ checkpoints with the real shapes of well-known models, for tests and benchmarks without a
 model hub.
 
-The weights are random but plausible: 4-bit values and zeros near 8, with per-group scales chosen so the
+The weights are random but plausible: uniform 4-bit values and zeros of 7 or 8, with per-group scales chosen so the
 dequantized weights have the standard deviation of a trained model's (~0.02). The layout is exactly what
 AutoAWQ 0.2.9's save_quantized writes: config.json with its quantization_config, sharded safetensors with
 model.safetensors.index.json, plus the local tokenizer padded to the model's vocabulary.
@@ -199,7 +199,10 @@ def _generate(unit: _Unit, version: str, generator: torch.Generator, device: tor
         return {unit.name: weight.half()}
     in_features, out_features = unit.shape
     groups = in_features // GROUP_SIZE
-    zeros = torch.randint(6, 11, (out_features, groups), generator=generator, device=device, dtype=torch.uint8)
+    # q is uniform on 0..15 (mean 7.5), so zeros of 7 or 8 keep each group's mean weight near 0, as in a trained
+    # model. An off-centre zero gives every weight the same sign of bias, which piles up over 32 layers into a
+    # hidden state whose logits no longer depend on the input.
+    zeros = torch.randint(7, 9, (out_features, groups), generator=generator, device=device, dtype=torch.uint8)
     spread = torch.randn((out_features, groups), generator=generator, device=device) * SCALE_SPREAD
     scales = (WEIGHT_STD / Q_STD * spread.exp()).half()
     # Only qzeros and scales depend on the packing; handing pack() a meta-device q skips the costly qweight

@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
 
+from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.model import DecoderModel
 from awqd.errors import CheckpointError, FailedPrecondition
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
@@ -325,3 +327,27 @@ def test_sharded_checkpoint_problems_name_the_shard(checkpoints: dict, tmp_path:
         CheckpointError, match=rf"{shard_name}: tensor model\.layers\.0\.mlp\.gate_proj\.scales has shape"
     ):
         load_model(wrong_shape, CPU, reference_router())
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_fused_load_runs_the_engine_decoder_to_the_same_logits(checkpoints: dict, architecture: str) -> None:
+    directory = checkpoints[architecture]["directories"]["GEMV"]
+    fused = load_model(directory, CPU, reference_router(), fuse=True)
+    layer = fused.model.model.layers[0]
+    assert fused.fused and not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "gate_proj")
+    assert len([m for m in fused.model.modules() if isinstance(m, AwqLinear)]) == 8  # 4 per layer instead of 7
+    assert layer.self_attn.qkv_proj.has_bias == (architecture == "Qwen2ForCausalLM")
+    model = DecoderModel(fused)
+    shape = model.shape
+    cache = allocate(
+        plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 256, CPU, 0.9, 256, 1),
+        shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU,
+    )  # fmt: skip
+    input_ids = fused.tokenizer(SENTENCES[0], return_tensors="pt").input_ids[0]
+    expected = logits(load_model(directory, CPU, reference_router()), input_ids[None])[0]
+    prompt = len(input_ids) - 3
+    with torch.inference_mode():
+        ours = [model.prefill(input_ids[:prompt], cache, slot=0)]
+        for position in range(prompt, len(input_ids)):
+            ours.append(model.decode(input_ids[position : position + 1], torch.tensor([position]), cache, 256)[0])
+    torch.testing.assert_close(torch.stack(ours), expected[prompt - 1 :], rtol=1e-4, atol=1e-4)

@@ -1,5 +1,5 @@
 """awqd's own W4A16 Triton kernels on the awqd_w4 layout.
 
-layout.py (pure torch) packs the canonical QuantizedWeight; gemv.py, gemm.py and splitk.py import triton,
-so nothing imports them until a kernel is prepared.
+layout.py packs the canonical QuantizedWeight and tuning.py keeps the tuned tiles (both pure torch); gemv.py,
+gemm.py, dequant.py, splitk.py and unpack.py import triton, so nothing imports them until a kernel is prepared.
 """

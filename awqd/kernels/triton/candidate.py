@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from awqd.kernels.base import Candidate
+from awqd.kernels.triton import tuning
 from awqd.kernels.triton.layout import LAYOUT, AwqdW4, check_activations, pack_awqd_w4
 from awqd.quant.tensors import QuantizedWeight
 
@@ -32,8 +33,6 @@ class AwqdW4Candidate(Candidate):
         return pack_awqd_w4(weight, device)
 
     def forward(self, x: torch.Tensor, packed: AwqdW4) -> torch.Tensor:
-        from awqd.kernels.triton import tuning
-
         check_activations(x, packed)
         rows = x.reshape(-1, packed.in_features).contiguous()
         config = tuning.lookup(self.name, x.device, packed.out_features, packed.in_features, rows.shape[0])
@@ -48,8 +47,6 @@ class AwqdW4Candidate(Candidate):
         deadline: float,
         notes: list[str],
     ) -> dict[str, Any]:
-        from awqd.kernels.triton import tuning
-
         kernel = self.kernel()
         started = time.perf_counter()
         stored = tuning.tune(
@@ -63,6 +60,4 @@ class AwqdW4Candidate(Candidate):
         return stored
 
     def install_tuning(self, stored: dict[str, Any], device: torch.device) -> None:
-        from awqd.kernels.triton import tuning
-
         tuning.install(self.name, device, stored, self.kernel().config_type)

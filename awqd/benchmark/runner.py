@@ -192,19 +192,25 @@ def plan_kernel(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
     return Planned("kernel", device, shape_names(layers), tuple(notes), plan)
 
 
-def plan_single_query(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
+def hosted_where_it_runs(host: BenchmarkHost, params: BenchmarkParams, mode: str) -> tuple[HostedModel, DeviceInfo]:
+    """The ready model and its device, for the end-to-end modes, which measure a model only where it runs."""
     hosted = host.models.ready(params.model)
-    loaded = hosted.loaded
     device = resolve_device(host, params.device_index, hosted.device)
     if device.torch_device != hosted.device:
         raise InvalidArgument(
             "device_index",
             f"model {hosted.name!r} runs on {hosted.device}, not on device {device.index} ({device.torch_device}); "
-            "SINGLE_QUERY measures a model where it runs",
+            f"{mode} measures a model where it runs",
         )
     cap = host.config.max_new_tokens_cap
     if params.new_tokens > cap:
         raise InvalidArgument("new_tokens", f"{params.new_tokens} exceeds this daemon's cap of {cap}")
+    return hosted, device
+
+
+def plan_single_query(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
+    hosted, device = hosted_where_it_runs(host, params, "SINGLE_QUERY")
+    loaded = hosted.loaded
     if params.prompt_tokens + params.new_tokens > loaded.context_length:
         raise InvalidArgument(
             "prompt_tokens",
@@ -236,17 +242,7 @@ def plan_single_query(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
 
 
 def plan_batch_sweep(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
-    hosted = host.models.ready(params.model)
-    device = resolve_device(host, params.device_index, hosted.device)
-    if device.torch_device != hosted.device:
-        raise InvalidArgument(
-            "device_index",
-            f"model {hosted.name!r} runs on {hosted.device}, not on device {device.index} ({device.torch_device}); "
-            "BATCH_SWEEP measures a model where it runs",
-        )
-    cap = host.config.max_new_tokens_cap
-    if params.new_tokens > cap:
-        raise InvalidArgument("new_tokens", f"{params.new_tokens} exceeds this daemon's cap of {cap}")
+    hosted, device = hosted_where_it_runs(host, params, "BATCH_SWEEP")
     scheduler = hosted.scheduler
     if params.prompt_tokens + params.new_tokens > scheduler.max_sequence_tokens:
         raise InvalidArgument(

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.unpack import dequantize_tile
+from awqd.kernels.triton.unpack import dequantize_tile, load_words
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ def awqd_w4_dequantize_kernel(
 ):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
-    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    mask = (n < N)[:, None] & (kw < K // 8)[None, :]
-    w = tl.load(qweight_ptr + n[:, None] * (K // 8) + kw[None, :], mask=mask, other=0)
-    sz = tl.load(scale_zero_ptr + n[:, None] * (K // GROUP_SIZE) + (kw * 8 // GROUP_SIZE)[None, :], mask=mask, other=0)
+    w_rows = qweight_ptr + n[:, None] * (K // 8)
+    sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
+    words = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    w, sz = load_words(w_rows, sz_rows, n < N, words, K // 8, GROUP_SIZE)
     weights = dequantize_tile(w, sz, out_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, USE_ASM)
     k = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + n.to(tl.int64)[:, None] * K + k[None, :], weights, mask=(n < N)[:, None] & (k < K)[None, :])

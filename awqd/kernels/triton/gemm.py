@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import dequantize_tile
+from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
+from awqd.kernels.triton.unpack import dequantize_tile, load_words
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,7 @@ def awqd_w4_gemm_kernel(
     pid_m = pid % m_tiles
     pid_n = pid // m_tiles
     WORDS: tl.constexpr = BLOCK_K // 8
-    k_words = K // 8
-    groups = K // GROUP_SIZE
-    slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    k_start = pid_k * slice_k
-    k_end = tl.minimum(K, k_start + slice_k)
+    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
     dtype = x_ptr.dtype.element_ty
     operand_dtype = tl.float32 if DOT_IN_FP32 else dtype
 
@@ -130,14 +126,11 @@ def awqd_w4_gemm_kernel(
     k = tl.arange(0, BLOCK_K)
     word = tl.arange(0, WORDS)
     x_rows = x_ptr + m.to(tl.int64)[:, None] * K
-    w_rows = qweight_ptr + n[:, None] * k_words
-    sz_rows = scale_zero_ptr + n[:, None] * groups
+    w_rows = qweight_ptr + n[:, None] * (K // 8)
+    sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
     if PREFETCH:
-        first_word = k_start // 8 + word
-        first_mask = n_mask[:, None] & (first_word < k_end // 8)[None, :]
-        w_next = tl.load(w_rows + first_word[None, :], mask=first_mask, other=0)
-        sz_next = tl.load(sz_rows + (first_word * 8 // GROUP_SIZE)[None, :], mask=first_mask, other=0)
+        w_next, sz_next = load_words(w_rows, sz_rows, n_mask, k_start // 8 + word, k_end // 8, GROUP_SIZE)
         x_next = tl.load(
             x_rows + (k_start + k)[None, :], mask=m_mask[:, None] & (k_start + k < k_end)[None, :], other=0.0
         )
@@ -145,18 +138,12 @@ def awqd_w4_gemm_kernel(
         if PREFETCH:  # small M: latency-bound, so the next step's loads are issued before this step computes
             w, sz, x = w_next, sz_next, x_next
             next_k = k0 + BLOCK_K
-            next_word = next_k // 8 + word
-            next_mask = n_mask[:, None] & (next_word < k_end // 8)[None, :]
-            w_next = tl.load(w_rows + next_word[None, :], mask=next_mask, other=0)
-            sz_next = tl.load(sz_rows + (next_word * 8 // GROUP_SIZE)[None, :], mask=next_mask, other=0)
+            w_next, sz_next = load_words(w_rows, sz_rows, n_mask, next_k // 8 + word, k_end // 8, GROUP_SIZE)
             x_next = tl.load(
                 x_rows + (next_k + k)[None, :], mask=m_mask[:, None] & (next_k + k < k_end)[None, :], other=0.0
             )
         else:  # large M: Triton's pipeliner stages the activation tiles through shared memory itself
-            kw = k0 // 8 + word
-            tile_mask = n_mask[:, None] & (kw < k_words)[None, :]
-            w = tl.load(w_rows + kw[None, :], mask=tile_mask, other=0)  # [BLOCK_N, WORDS]
-            sz = tl.load(sz_rows + (kw * 8 // GROUP_SIZE)[None, :], mask=tile_mask, other=0)
+            w, sz = load_words(w_rows, sz_rows, n_mask, k0 // 8 + word, k_end // 8, GROUP_SIZE)
             x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
         weights = dequantize_tile(w, sz, operand_dtype, BLOCK_N, BLOCK_K, USE_ASM)  # [BLOCK_N, BLOCK_K]
         if DOT_IN_FP32:

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
+from awqd.kernels.triton.unpack import join_words, load_words, split_scale_zero, unpack_plus_1024
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,7 @@ def awqd_w4_gemv_kernel(
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     WORDS: tl.constexpr = BLOCK_K // 8
-    groups = K // GROUP_SIZE
-    slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    k_start = pid_k * slice_k
-    k_end = tl.minimum(K, k_start + slice_k)
+    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
@@ -87,20 +84,15 @@ def awqd_w4_gemv_kernel(
     k = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row.to(tl.int64) * K
     w_rows = qweight_ptr + n[:, None] * (K // 8)
-    sz_rows = scale_zero_ptr + n[:, None] * groups
+    sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
 
-    first_word = k_start // 8 + word
-    first_mask = n_mask[:, None] & (first_word < k_end // 8)[None, :]
-    w_next = tl.load(w_rows + first_word[None, :], mask=first_mask, other=0)
-    sz_next = tl.load(sz_rows + (first_word * 8 // GROUP_SIZE)[None, :], mask=first_mask, other=0)
+    w_next, sz_next = load_words(w_rows, sz_rows, n_mask, k_start // 8 + word, k_end // 8, GROUP_SIZE)
     x_next = tl.load(x_row + k_start + k, mask=k_start + k < k_end, other=0.0)
     acc = tl.zeros([BLOCK_N, WORDS], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         w, sz, x = w_next, sz_next, x_next
-        next_word = (k0 + BLOCK_K) // 8 + word
-        next_mask = n_mask[:, None] & (next_word < k_end // 8)[None, :]
-        w_next = tl.load(w_rows + next_word[None, :], mask=next_mask, other=0)  # [BLOCK_N, WORDS]
-        sz_next = tl.load(sz_rows + (next_word * 8 // GROUP_SIZE)[None, :], mask=next_mask, other=0)
+        next_words = (k0 + BLOCK_K) // 8 + word
+        w_next, sz_next = load_words(w_rows, sz_rows, n_mask, next_words, k_end // 8, GROUP_SIZE)
         x_next = tl.load(x_row + k0 + BLOCK_K + k, mask=k0 + BLOCK_K + k < k_end, other=0.0)
 
         scale, zero_plus_1024 = split_scale_zero(sz)

@@ -30,6 +30,14 @@ def split_k_for(tiles: int, k_blocks: int, device: torch.device, max_split: int 
     return split
 
 
+@triton.jit
+def k_slice(K, pid_k, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """[k_start, k_end) of K slice pid_k: whole BLOCK_K steps, the last slice taking the remainder."""
+    slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * slice_k
+    return k_start, tl.minimum(K, k_start + slice_k)
+
+
 def output_buffers(
     rows: int, cols: int, split_k: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

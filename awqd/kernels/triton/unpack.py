@@ -12,6 +12,17 @@ import triton.language as tl
 
 
 @triton.jit
+def load_words(w_rows, sz_rows, n_mask, words, words_end, GROUP_SIZE: tl.constexpr):
+    """Weight rows' int32 words [rows, len(words)] and each word's (scale, zero) pair; 0 past words_end or n_mask.
+
+    w_rows and sz_rows point at each weight row's start in qweight and scale_zero ([rows, 1] pointer tensors)."""
+    mask = n_mask[:, None] & (words < words_end)[None, :]
+    w = tl.load(w_rows + words[None, :], mask=mask, other=0)
+    sz = tl.load(sz_rows + (words * 8 // GROUP_SIZE)[None, :], mask=mask, other=0)
+    return w, sz
+
+
+@triton.jit
 def _nibble_plus_1024(w, j: tl.constexpr):
     return (((w >> (4 * j)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -79,3 +81,14 @@ class DaemonProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+
+
+@contextmanager
+def serving(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[DaemonProcess]:
+    """A daemon that has reached SERVING; killed when the block ends, however it ends."""
+    process = DaemonProcess(cache_dir, *args, env=env)
+    try:
+        process.wait_serving()
+        yield process
+    finally:
+        process.stop()

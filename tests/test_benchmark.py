@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 DEMO = "awqd-demo"
 DEMO_CONTEXT = 512
@@ -27,12 +27,8 @@ SINGLE_QUERY = pb.BENCHMARK_MODE_SINGLE_QUERY
 
 @pytest.fixture(scope="module")
 def daemon(demo_model_dir, awqd_cache_dir):
-    process = DaemonProcess(awqd_cache_dir, "--selection-budget", "20", "--max-new-tokens", str(MAX_NEW_TOKENS_CAP))
-    try:
-        process.wait_serving()
+    with serving(awqd_cache_dir, "--selection-budget", "20", "--max-new-tokens", str(MAX_NEW_TOKENS_CAP)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from awqd.models.loader import load_model
 from awqd.quant.linear import KernelRouter
 from awqd_client import AwqdClient, AwqdError
 
-from daemon_process import DaemonProcess
+from daemon_process import serving
 
 
 def params(max_new_tokens: int) -> GenerateParams:
@@ -71,21 +71,19 @@ def test_single_layout_keeps_the_decode_layout_everywhere():
 
 
 def test_single_layout_daemon_refuses_a_kernel_whose_layout_it_does_not_hold(demo_model_dir, awqd_cache_dir, tmp_path):
-    process = DaemonProcess(awqd_cache_dir, "--model-root", str(tmp_path), "--single-layout")
-    try:
-        process.wait_serving()
-        with AwqdClient(process.target, timeout=60) as client:
-            (model,) = client.list_models()
-            assert model.extra_layout_memory_bytes == 0
-            held = {k.name for k in client.describe().devices[0].kernels if k.supported}
-            outcomes = {}
-            for kernel in sorted(held):
-                try:
-                    list(client.generate(model.name, "hello", max_new_tokens=2, kernel=kernel))
-                    outcomes[kernel] = "ok"
-                except AwqdError as error:
-                    assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "layout" in error.message
-                    outcomes[kernel] = "refused"
-        assert sorted(outcomes.values()) == ["ok", "refused"], outcomes  # one layout held, the other refused
-    finally:
-        process.stop()
+    with (
+        serving(awqd_cache_dir, "--model-root", str(tmp_path), "--single-layout") as process,
+        AwqdClient(process.target, timeout=60) as client,
+    ):
+        (model,) = client.list_models()
+        assert model.extra_layout_memory_bytes == 0
+        held = {k.name for k in client.describe().devices[0].kernels if k.supported}
+        outcomes = {}
+        for kernel in sorted(held):
+            try:
+                list(client.generate(model.name, "hello", max_new_tokens=2, kernel=kernel))
+                outcomes[kernel] = "ok"
+            except AwqdError as error:
+                assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "layout" in error.message
+                outcomes[kernel] = "refused"
+    assert sorted(outcomes.values()) == ["ok", "refused"], outcomes  # one layout held, the other refused

@@ -14,7 +14,7 @@ import pytest
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 AWQCTL = str(Path(sys.executable).parent / "awqctl")
 DEMO = "awqd-demo"
@@ -29,17 +29,13 @@ def model_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def daemon(demo_model_dir, awqd_cache_dir, model_root):
     # The daemon finds the session's demo model already built in the shared cache directory.
-    process = DaemonProcess(
+    with serving(
         awqd_cache_dir,
         "--model-root", str(model_root),
         "--selection-budget", "20",
         "--max-new-tokens", str(MAX_NEW_TOKENS_CAP),
-    )  # fmt: skip
-    try:
-        process.wait_serving()
+    ) as process:  # fmt: skip
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 DEMO = "awqd-demo"
 GENERATE = "/awq.v1.AwqdService/Generate"
@@ -21,14 +21,10 @@ SOURCES = {"measured", "cache_validated", "capability_rule", "forced"}
 @pytest.fixture(scope="module")
 def daemon(demo_model_dir, awqd_cache_dir):
     # One KV slot, so a second concurrent Generate waits in the queue and the queue-depth gauge shows it.
-    process = DaemonProcess(
+    with serving(
         awqd_cache_dir, "--selection-budget", "3", "--metrics-listen", "127.0.0.1:0", "--max-batch-size", "1"
-    )
-    try:
-        process.wait_serving()
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -119,9 +115,5 @@ def test_refused_calls_are_counted_with_their_code(daemon):
 
 
 def test_metrics_off_serves_no_endpoint(tmp_path):
-    process = DaemonProcess(tmp_path, "--no-demo-model", "--selection-budget", "1", "--metrics-listen", "off")
-    try:
-        process.wait_serving()
+    with serving(tmp_path, "--no-demo-model", "--selection-budget", "1", "--metrics-listen", "off") as process:
         assert process.events("metrics_disabled") and not process.events("metrics_listening")
-    finally:
-        process.stop()

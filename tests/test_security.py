@@ -26,7 +26,7 @@ from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 AWQCTL = str(Path(sys.executable).parent / "awqctl")
 BOOT_ARGS = ("--no-demo-model", "--selection-budget", "3", "--metrics-listen", "off")
@@ -354,18 +354,14 @@ MAX_PROMPT_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def limited_daemon(demo_model_dir, awqd_cache_dir):
-    daemon = DaemonProcess(
+    with serving(
         awqd_cache_dir,
         "--selection-budget", "3",
         "--metrics-listen", "127.0.0.1:0",
         "--max-concurrent-streams", str(MAX_STREAMS),
         "--max-prompt-tokens", str(MAX_PROMPT_TOKENS),
-    )  # fmt: skip
-    try:
-        daemon.wait_serving()
+    ) as daemon:  # fmt: skip
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def streams_in_flight(daemon: DaemonProcess) -> float:

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 AWQCTL = str(Path(sys.executable).parent / "awqctl")
 BOOT_ARGS = ("--no-demo-model", "--selection-budget", "5")
@@ -23,12 +23,8 @@ BOOT_ARGS = ("--no-demo-model", "--selection-budget", "5")
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    process = DaemonProcess(tmp_path_factory.mktemp("cache"), *BOOT_ARGS)
-    try:
-        process.wait_serving()
+    with serving(tmp_path_factory.mktemp("cache"), *BOOT_ARGS) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_health_reports_serving(daemon):

@@ -34,7 +34,7 @@ def lookup(kernel: str, device: torch.device, out_features: int, in_features: in
     entries = _tables.get((kernel, str(device)), {}).get((out_features, in_features))
     if not entries:
         return None
-    position = bisect.bisect_left([bucket for bucket, _ in entries], rows)
+    position = bisect.bisect_left(entries, rows, key=lambda entry: entry[0])  # per layer per step: no list built
     return entries[min(position, len(entries) - 1)][1]
 
 

@@ -112,7 +112,7 @@ def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
         for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
             tokens, positions = [0] * 4, [0] * 4
             tokens[2], positions[2] = ids[position], position
-            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache, span=256)
+            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache)
             torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
 
 

@@ -5,9 +5,12 @@ quantized linears (qkv, o, gate_up, down) that all route through the model's sha
 embedding, the RMS norms and lm_head dense. Two entry points share one layer body:
 
 - prefill: one prompt of T tokens into one KV-cache slot, causal attention over the prompt itself;
-- decode: one token for each of B rows, where row i is KV-cache slot i, attending over its slot's first
-  `span` positions with a length mask. decode only reads and writes static tensors, so it can be captured as
-  a CUDA graph (awqd.engine.step).
+- decode: one token for each of B rows, where row i is KV-cache slot i, attending over its slot's positions up
+  to its own. decode only reads and writes static tensors, so it can be captured as a CUDA graph
+  (awqd.engine.step).
+
+The residual adds, norms, rotary, decode attention and gating are awqd.engine.layers: one Triton kernel each on
+the GPU, torch on the CPU.
 """
 
 from dataclasses import dataclass
@@ -17,10 +20,12 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 from awqd.engine.kv_cache import KvCache
+from awqd.engine.layers.activation import silu_and_mul
+from awqd.engine.layers.attention import AttentionShape, decode_attention
+from awqd.engine.layers.norm import add_rms_norm
+from awqd.engine.layers.rotary import apply_rotary, rotary_tables
 from awqd.errors import CheckpointError
 from awqd.models.loader import LoadedModel
-
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # rope types whose frequencies do not change per step
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class DecoderModel:
             raise ValueError("the engine runs on a model loaded with fuse=True")
         hf = loaded.model
         self.shape = ModelShape.from_config(loaded.config)
+        self.attention_shape = AttentionShape(
+            self.shape.num_heads, self.shape.num_kv_heads, self.shape.head_dim, self.shape.sliding_window
+        )
         self.device = loaded.device
         self.embed = hf.model.embed_tokens.weight
         self.final_norm = hf.model.norm.weight
@@ -81,45 +89,39 @@ class DecoderModel:
     def prefill(self, token_ids: torch.Tensor, cache: KvCache, slot: int) -> torch.Tensor:
         """token_ids [T] at positions 0..T-1 into `slot`; returns the last position's logits [vocab]."""
         positions = torch.arange(token_ids.shape[0], device=self.device)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, head_dim]
 
-        def attention(layer: int, q, k, v) -> torch.Tensor:
+        def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.attention_shape.split(qkv)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             return self._prefill_attention(layer, q, k, v, cache, slot)
 
-        hidden = self._forward(token_ids, positions, attention)
+        hidden = self._forward(token_ids, attention)
         return self._logits(hidden[-1:])[0]
 
-    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KvCache, span: int) -> torch.Tensor:
-        """Row i of token_ids [B] and positions [B] is slot i; returns logits [B, vocab].
+    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KvCache) -> torch.Tensor:
+        """Row i of token_ids [B] and positions [B] is slot i; returns logits [B, vocab]. Only static tensors are
+        read and written, so a step can be captured as a CUDA graph and replayed at any positions."""
 
-        Attention reads each slot's first `span` positions (span > every row's position), masked to the row's own
-        length, so one captured graph serves every batch whose positions stay below its span.
-        """
-        mask = self._decode_mask(positions, span)
-        slots = torch.arange(token_ids.shape[0], device=self.device)
+        def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            k, v = cache.k[layer], cache.v[layer]
+            return decode_attention(qkv, positions, self.cos, self.sin, k, v, self.attention_shape)
 
-        def attention(layer: int, q, k, v) -> torch.Tensor:
-            return self._decode_attention(layer, q, k, v, slots, positions, mask, cache, span)
+        return self._logits(self._forward(token_ids, attention))
 
-        hidden = self._forward(token_ids, positions, attention)
-        return self._logits(hidden)
-
-    def _forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
-        shape = self.shape
-        heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
-        x = F.embedding(token_ids, self.embed)
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [N, 1, head_dim]
+    def _forward(self, token_ids: torch.Tensor, attention) -> torch.Tensor:
+        """The decoder layers; returns the final-normed hidden states. Each sublayer's output is added to the
+        residual stream inside the next norm's kernel."""
+        eps = self.shape.rms_norm_eps
+        x, pending = F.embedding(token_ids, self.embed), None
         for index, (input_norm, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(self.layers):
-            qkv = qkv_proj(rms_norm(x, input_norm, shape.rms_norm_eps))
-            q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            q = apply_rotary(q.view(-1, heads, head_dim), cos, sin)
-            k = apply_rotary(k.view(-1, kv_heads, head_dim), cos, sin)
-            x = x + o_proj(attention(index, q, k, v.view(-1, kv_heads, head_dim)))
-            gate, up = gate_up_proj(rms_norm(x, post_norm, shape.rms_norm_eps)).chunk(2, dim=-1)
-            x = x + down_proj(F.silu(gate) * up)
-        return x
+            x, h = add_rms_norm(x, pending, input_norm, eps)
+            x, h = add_rms_norm(x, o_proj(attention(index, qkv_proj(h))), post_norm, eps)
+            pending = down_proj(silu_and_mul(gate_up_proj(h)))
+        return add_rms_norm(x, pending, self.final_norm, eps)[1]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(hidden, self.final_norm, self.shape.rms_norm_eps), self.lm_head)
+        return F.linear(hidden, self.lm_head)
 
     def _prefill_attention(self, layer: int, q, k, v, cache: KvCache, slot: int) -> torch.Tensor:
         length = q.shape[0]
@@ -134,49 +136,3 @@ class DecoderModel:
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return out[0].transpose(0, 1).reshape(length, -1)
-
-    def _decode_mask(self, positions: torch.Tensor, span: int) -> torch.Tensor:
-        """[B, 1, 1, span]: True where a row may attend."""
-        keys = torch.arange(span, device=self.device)
-        mask = keys[None, :] <= positions[:, None]
-        if self.shape.sliding_window is not None:
-            mask &= keys[None, :] > positions[:, None] - self.shape.sliding_window
-        return mask[:, None, None, :]
-
-    def _decode_attention(self, layer: int, q, k, v, slots, positions, mask, cache: KvCache, span: int):
-        rows = q.shape[0]
-        kv_heads, head_dim = self.shape.num_kv_heads, self.shape.head_dim
-        cache.k[layer][slots, :, positions] = k
-        cache.v[layer][slots, :, positions] = v
-        keys = cache.k[layer][:rows, :, :span]  # views of the cache: [B, kv_heads, span, head_dim], no copy
-        values = cache.v[layer][:rows, :, :span]
-        # Grouped-query attention without repeating k/v: each kv head's query group is one batched matmul.
-        q = q.view(rows, kv_heads, -1, head_dim) * head_dim**-0.5  # [B, kv_heads, group, head_dim]; scaled
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # before the matmul, so fp16 cannot overflow
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(values.dtype)
-        return torch.matmul(weights, values).reshape(rows, -1)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """As transformers' LlamaRMSNorm: normalize in float32, scale in the model's dtype."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def rotary_tables(rotary_emb, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """cos and sin [length, head_dim] from the checkpoint's own rotary module (rope_theta and scaling included)."""
-    rope_type = getattr(rotary_emb, "rope_type", "default")
-    if rope_type not in STATIC_ROPE_TYPES:
-        raise CheckpointError(f"config.json: rope_scaling type {rope_type!r} is not supported by awqd's engine")
-    positions = torch.arange(length, device=device, dtype=torch.float32)
-    freqs = torch.outer(positions, rotary_emb.inv_freq.to(device=device, dtype=torch.float32))
-    angles = torch.cat((freqs, freqs), dim=-1)
-    scaling = rotary_emb.attention_scaling
-    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)

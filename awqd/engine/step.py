@@ -1,9 +1,10 @@
-"""The engine's forward steps: prefill eagerly, decode as a CUDA graph per (kernel pin, batch bucket, span).
+"""The engine's forward steps: prefill eagerly, decode as a CUDA graph per (kernel pin, batch bucket).
 
 Decode pads the batch to a bucket (1, 2, 4, ... up to the slot count); the quantized linears pick their kernel
 by the padded row count, so a graph captured for a bucket holds the kernel the decision table names for it (or
 the pinned one: the pin is part of the graph's key). Padding rows are free slots: they write position 0 of their
-own slot, which the next sequence there overwrites at its prefill.
+own slot, which the next sequence there overwrites at its prefill. Decode attention reads each row's length from
+the positions tensor on the device, so one graph serves a bucket at every position.
 
 Graphs are captured lazily: the first step of a key runs eagerly (which also compiles Triton kernels for that
 shape) and the graph is captured right after, so later steps replay it. A capture that fails (some kernels cannot
@@ -21,8 +22,6 @@ from awqd.engine.model import DecoderModel
 from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
-
-SPAN_STEP = 256  # decode attention reads the cache in multiples of this many positions
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,12 @@ class StepRunner:
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
         self.tokens = torch.zeros(slots, dtype=torch.int64, device=model.device)
         self.positions = torch.zeros(slots, dtype=torch.int64, device=model.device)
-        self.graphs: dict[tuple[str, int, int], CapturedDecode] = {}
-        self.eager_keys: set[tuple[str, int, int]] = set()
+        self.graphs: dict[tuple[str, int], CapturedDecode] = {}
+        self.eager_keys: set[tuple[str, int]] = set()
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def batch_bucket(self, rows: int) -> int:
         return next(bucket for bucket in self.batch_buckets if bucket >= rows)
-
-    def span(self, longest: int) -> int:
-        """Cache positions decode attends over when the longest row is at position longest - 1."""
-        return min(self.cache.plan.max_seq_len, -(-longest // SPAN_STEP) * SPAN_STEP)
 
     def step_kernel(self, tokens: int) -> StepKernel:
         return StepKernel(self.router.bucket_for(tokens), self.router.candidate_for(tokens).name)
@@ -70,34 +65,33 @@ class StepRunner:
         """Rows 0..len(tokens)-1 are slots; returns logits [rows, vocab] and the kernel that ran."""
         rows = len(tokens)
         padded = self.batch_bucket(rows)
-        span = self.span(max(positions) + 1)
         host = torch.tensor([tokens + [0] * (padded - rows), positions + [0] * (padded - rows)], dtype=torch.int64)
         if self.cuda_graphs:
             host = host.pin_memory()
         self.tokens[:padded].copy_(host[0], non_blocking=True)
         self.positions[:padded].copy_(host[1], non_blocking=True)
         pin = self.router.pinned.name if self.router.pinned is not None else ""
-        key = (pin, padded, span)
+        key = (pin, padded)
         captured = self.graphs.get(key)
         if captured is not None:
             captured.graph.replay()
             logits = captured.logits
         else:
-            logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache, span)
+            logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache)
             if self.cuda_graphs and key not in self.eager_keys:
                 self._capture(key)
         return logits[:rows], self.step_kernel(padded)
 
-    def _capture(self, key: tuple[str, int, int]) -> None:
-        _, padded, span = key
+    def _capture(self, key: tuple[str, int]) -> None:
+        pin, padded = key
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: other models' scheduler threads keep running their own steps while this one captures.
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache, span)
+                logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache)
         except Exception as error:  # e.g. a kernel that synchronizes: this key stays eager
             self.eager_keys.add(key)
-            log.warning("cuda_graph_capture_failed", pin=key[0] or "auto", batch=padded, span=span, error=str(error))
+            log.warning("cuda_graph_capture_failed", pin=pin or "auto", batch=padded, error=str(error))
             return
         self.graphs[key] = CapturedDecode(graph, logits)
-        log.info("cuda_graph_captured", pin=key[0] or "auto", batch=padded, span=span, graphs=len(self.graphs))
+        log.info("cuda_graph_captured", pin=pin or "auto", batch=padded, graphs=len(self.graphs))

@@ -1,0 +1,76 @@
+"""Decode attention: one new token per row, rotary applied, its k and v written to the row's KV slot, attending
+over the slot's positions 0..position (or the sliding window).
+
+On the GPU it is one Triton kernel per step and layer (awqd.engine.layers.triton_attention). It walks each row's
+own positions in fixed blocks, so a row's result depends neither on the other rows of the batch nor on how long
+they are; no attention span is part of a captured graph. The torch version below is the CPU path and the
+reference the kernel is tested against.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from awqd.engine.layers.dispatch import use_triton
+from awqd.engine.layers.rotary import apply_rotary
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    sliding_window: int | None  # attend to at most this many positions back; None: the whole context
+
+    def split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [N, heads, head_dim], k and v [N, kv_heads, head_dim] from the fused projection's output."""
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        return q.view(-1, heads, head_dim), k.view(-1, kv_heads, head_dim), v.view(-1, kv_heads, head_dim)
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> torch.Tensor:
+    """qkv [B, (heads + 2 kv_heads) * head_dim] of rows 0..B-1 = slots 0..B-1 at `positions` [B];
+    cos/sin [context, head_dim] tables; cache_k/v [slots, kv_heads, max_seq_len, head_dim]. Returns [B, heads *
+    head_dim]."""
+    if use_triton(qkv):
+        from awqd.engine.layers.triton_attention import decode_attention_rows
+
+        return decode_attention_rows(qkv, positions, cos, sin, cache_k, cache_v, shape)
+    return decode_attention_torch(qkv, positions, cos, sin, cache_k, cache_v, shape)
+
+
+def decode_attention_torch(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> torch.Tensor:
+    rows = qkv.shape[0]
+    q, k, v = shape.split(qkv)
+    q = apply_rotary(q, cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+    k = apply_rotary(k, cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+    slots = torch.arange(rows, device=qkv.device)
+    cache_k[slots, :, positions] = k
+    cache_v[slots, :, positions] = v
+    span = int(positions.max()) + 1  # eager only (the CPU path is never captured), so a host read is fine
+    keys, values = cache_k[:rows, :, :span], cache_v[:rows, :, :span]  # views: [B, kv_heads, span, head_dim]
+    attend = torch.arange(span, device=qkv.device)[None, :] <= positions[:, None]
+    if shape.sliding_window is not None:
+        attend &= torch.arange(span, device=qkv.device)[None, :] > positions[:, None] - shape.sliding_window
+    # Grouped-query attention without repeating k/v: each kv head's query group is one batched matmul.
+    q = q.view(rows, shape.num_kv_heads, -1, shape.head_dim) * shape.head_dim**-0.5
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # scaled before the matmul, so fp16 cannot overflow
+    weights = torch.softmax(scores.masked_fill(~attend[:, None, None, :], float("-inf")), dim=-1)
+    return torch.matmul(weights.to(values.dtype), values).reshape(rows, -1)

@@ -1,0 +1,149 @@
+"""Triton kernel for decode_attention (awqd.engine.layers.attention).
+
+One program per (row, kv head) does the whole layer's attention for that head's query group: rotary on q and k,
+the new k and v stored at the row's position in its slot, then an online softmax over the slot's earlier positions
+in BLOCK_N steps. The new token's own key is the softmax's starting point, so the kernel never reads back what it
+just stored. Rotary and scaling round to the model's dtype at the same points as the torch path.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from awqd.engine.layers.attention import AttentionShape
+from awqd.kernels.triton.layout import interpreting
+
+BLOCK_N = 64  # cached positions per step
+MIN_DOT = 16  # tl.dot's smallest M, N and K
+
+
+@triton.jit
+def rotate(x_ptr, columns, partner, sign, cos, sin, mask):
+    """x * cos + rotate_half(x) * sin, rounded to x's dtype after each op as torch does."""
+    x = tl.load(x_ptr + columns, mask=mask, other=0.0)
+    dtype = x.dtype
+    rotated = tl.load(x_ptr + partner, mask=mask, other=0.0).to(tl.float32) * sign
+    return ((x.to(tl.float32) * cos).to(dtype).to(tl.float32) + (rotated * sin).to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def decode_attention_kernel(
+    qkv_ptr,
+    positions_ptr,
+    cos_ptr,
+    sin_ptr,
+    cache_k_ptr,
+    cache_v_ptr,
+    out_ptr,
+    qkv_stride,
+    max_seq_len,
+    window,  # positions back a row may attend to; the context length when there is no sliding window
+    scale,
+    NUM_HEADS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    row = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    position = tl.load(positions_ptr + row)
+    dtype = qkv_ptr.dtype.element_ty
+
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    half = HEAD_DIM // 2
+    partner = tl.where(d < half, d + half, d - half)
+    sign = tl.where(d < half, -1.0, 1.0)
+    cos = tl.load(cos_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
+
+    qkv_row = qkv_ptr + row.to(tl.int64) * qkv_stride
+    g = tl.arange(0, BLOCK_G)
+    g_mask = g < GROUP
+    q_offsets = ((kv_head * GROUP + g) * HEAD_DIM)[:, None]
+    q_mask = g_mask[:, None] & d_mask[None, :]
+    q = rotate(qkv_row + q_offsets, d[None, :], partner[None, :], sign[None, :], cos[None, :], sin[None, :], q_mask)
+    q = (q.to(tl.float32) * scale).to(dtype)  # scaled before the dot products, as the torch path
+    k_row = qkv_row + (NUM_HEADS + kv_head) * HEAD_DIM
+    k = rotate(k_row, d, partner, sign, cos, sin, d_mask)
+    v = tl.load(qkv_row + (NUM_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM + d, mask=d_mask, other=0.0)
+
+    slot_offset = (row.to(tl.int64) * NUM_KV_HEADS + kv_head) * max_seq_len * HEAD_DIM
+    tl.store(cache_k_ptr + slot_offset + position * HEAD_DIM + d, k, mask=d_mask)
+    tl.store(cache_v_ptr + slot_offset + position * HEAD_DIM + d, v, mask=d_mask)
+
+    # The new token first: its score starts the running maximum, with weight 1.
+    running_max = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], axis=1)
+    running_sum = tl.full([BLOCK_G], 1.0, tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v.to(tl.float32)[None, :]
+
+    first = tl.maximum(position - window + 1, 0)
+    keys_ptr = cache_k_ptr + slot_offset + d[None, :]
+    values_ptr = cache_v_ptr + slot_offset + d[None, :]
+    for start in range(first // BLOCK_N * BLOCK_N, position, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_mask = (n >= first) & (n < position)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        keys = tl.load(keys_ptr + n[:, None] * HEAD_DIM, mask=kv_mask, other=0.0)
+        values = tl.load(values_ptr + n[:, None] * HEAD_DIM, mask=kv_mask, other=0.0)
+        if DOT_IN_FP32:  # exact fp32 products: no TF32 for fp32 models, none of the interpreter's bf16 issue
+            scores = tl.dot(q.to(tl.float32), tl.trans(keys.to(tl.float32)), input_precision="ieee")
+        else:
+            scores = tl.dot(q, tl.trans(keys))
+        scores = tl.where(n_mask[None, :], scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        correction = tl.exp(running_max - new_max)
+        weights = tl.exp(scores - new_max[:, None])
+        running_sum = running_sum * correction + tl.sum(weights, axis=1)
+        weights, acc = weights.to(dtype), acc * correction[:, None]
+        if DOT_IN_FP32:
+            acc = tl.dot(weights.to(tl.float32), values.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(weights, values, acc)
+        running_max = new_max
+
+    out = (acc / running_sum[:, None]).to(dtype)
+    out_offsets = row.to(tl.int64) * NUM_HEADS * HEAD_DIM + q_offsets + d[None, :]
+    tl.store(out_ptr + out_offsets, out, mask=q_mask)
+
+
+def decode_attention_rows(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> torch.Tensor:
+    rows = qkv.shape[0]
+    group = shape.num_heads // shape.num_kv_heads
+    out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
+    max_seq_len = cache_k.shape[2]
+    decode_attention_kernel[(rows, shape.num_kv_heads)](
+        qkv,
+        positions,
+        cos,
+        sin,
+        cache_k,
+        cache_v,
+        out,
+        qkv.stride(0),
+        max_seq_len,
+        shape.sliding_window or max_seq_len,
+        shape.head_dim**-0.5,
+        NUM_HEADS=shape.num_heads,
+        NUM_KV_HEADS=shape.num_kv_heads,
+        HEAD_DIM=shape.head_dim,
+        GROUP=group,
+        BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
+        BLOCK_D=max(MIN_DOT, triton.next_power_of_2(shape.head_dim)),
+        BLOCK_N=BLOCK_N,
+        DOT_IN_FP32=interpreting() or qkv.dtype == torch.float32,
+        num_warps=4,
+    )
+    return out

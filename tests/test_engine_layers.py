@@ -1,0 +1,131 @@
+"""The engine's Triton layer kernels (awqd.engine.layers) against their torch versions, under the Triton
+interpreter on the CPU, in a subprocess (TRITON_INTERPRET=1 must be set before triton is imported).
+
+Each case prints one JSON line. Besides closeness to torch, the attention cases check what decode relies on: the
+kernel stores the new k and v where the torch path does, and a row's output is bitwise the same alone and inside
+a batch whose other rows sit at other positions.
+
+bf16 runs on the GPU only (`python tests/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
+the interpreter's float32 -> bf16 conversions do not round to nearest as the GPU does.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+SUBPROCESS_TIMEOUT_S = 240
+# (heads, kv_heads, head_dim, sliding window, rows' positions): MHA, grouped queries, a window, padding at 0
+ATTENTION_CASES = (
+    (4, 4, 32, None, (0, 5, 70, 130)),
+    (8, 2, 16, None, (3, 64, 65)),
+    (4, 1, 64, 48, (100, 47, 0)),
+    (6, 3, 24, None, (9, 140)),  # head_dim not a power of two
+)
+INTERPRETER_DTYPES = ("float16", "float32")
+GPU_DTYPES = ("float16", "bfloat16")
+TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-5}
+LAST_PLACE = {"float16": 2**-10, "bfloat16": 2**-7, "float32": 2**-23}
+
+
+def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, seed):
+    from awqd.engine.layers.attention import AttentionShape, decode_attention_torch
+    from awqd.engine.layers.triton_attention import decode_attention_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = AttentionShape(heads, kv_heads, head_dim, window)
+    rows, max_seq_len, context = len(positions), 160, 256
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
+    angles = torch.rand(context, head_dim // 2, generator=generator) * 6.3
+    cos, sin = (torch.cat((t, t), dim=-1).to(dtype) for t in (angles.cos(), angles.sin()))
+    cache = torch.randn(2, rows, kv_heads, max_seq_len, head_dim, generator=generator).to(dtype)
+    qkv, cos, sin, cache = (t.to(device) for t in (qkv, cos, sin, cache))
+    positions = torch.tensor(positions, device=device)
+    torch_cache, triton_cache = cache.clone(), cache.clone()
+    expected = decode_attention_torch(qkv, positions, cos, sin, torch_cache[0], torch_cache[1], shape)
+    got = decode_attention_rows(qkv, positions, cos, sin, triton_cache[0], triton_cache[1], shape)
+    alone = decode_attention_rows(qkv[-1:], positions[-1:], cos, sin, triton_cache[0][-1:], triton_cache[1][-1:], shape)
+    return {
+        "max_error": (got.float() - expected.float()).abs().max().item(),
+        "cache_equal": torch.equal(torch_cache, triton_cache),
+        "alone_equals_batched": torch.equal(alone[0], got[-1]),
+    }
+
+
+def norm_and_activation_cases(dtype, device, seed):
+    from awqd.engine.layers.activation import silu_and_mul_torch
+    from awqd.engine.layers.norm import add_rms_norm_torch
+    from awqd.engine.layers.triton_activation import silu_and_mul_rows
+    from awqd.engine.layers.triton_norm import add_rms_norm_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    results = {}
+    for hidden in (64, 200):
+        x, delta = (torch.randn(3, hidden, generator=generator).to(device, dtype) for _ in range(2))
+        weight = (torch.rand(hidden, generator=generator) + 0.5).to(device, dtype)
+        for name, added in (("norm", None), ("add_norm", delta)):
+            (x_torch, normed_torch), (x_triton, normed_triton) = (
+                f(x, added, weight, 1e-5) for f in (add_rms_norm_torch, add_rms_norm_rows)
+            )
+            results[f"{name}_{hidden}"] = max(
+                relative_error(x_triton, x_torch), relative_error(normed_triton, normed_torch)
+            )
+        gate_up = torch.randn(3, 2 * hidden, generator=generator).to(device, dtype) * 3
+        results[f"silu_and_mul_{hidden}"] = relative_error(silu_and_mul_rows(gate_up), silu_and_mul_torch(gate_up))
+    return results
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest error, in units of the largest expected magnitude (at least 1)."""
+    return ((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp(min=1)).item()
+
+
+def run_cases(device: str) -> list[dict]:
+    cases = []
+    for dtype in INTERPRETER_DTYPES if device == "cpu" else GPU_DTYPES:
+        torch_dtype = getattr(torch, dtype)
+        for index, case in enumerate(ATTENTION_CASES):
+            result = attention_case(*case, torch_dtype, device, seed=index)
+            cases.append({"case": f"attention {case}", "dtype": dtype, **result})
+        errors = norm_and_activation_cases(torch_dtype, device, seed=7)
+        cases.append({"case": "norm/activation", "dtype": dtype, "errors": errors})
+    return cases
+
+
+def failures(cases: list[dict]) -> list[dict]:
+    """Norms and gating round as torch does: within a few units in the last place of the dtype. Attention sums in
+    another order (online softmax), within TOLERANCE; its cache writes are exact and rows batch-invariant."""
+    bad = []
+    for case in cases:
+        if "errors" in case:
+            ok = all(error <= 8 * LAST_PLACE[case["dtype"]] for error in case["errors"].values())
+        else:
+            ok = case["max_error"] <= TOLERANCE[case["dtype"]] and case["cache_equal"] and case["alone_equals_batched"]
+        if not ok:
+            bad.append(case)
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    for case in run_cases(parser.parse_args().device):
+        print(json.dumps(case), flush=True)
+
+
+def test_layer_kernels_match_torch_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(cases) == len(INTERPRETER_DTYPES) * (len(ATTENTION_CASES) + 1)
+    assert failures(cases) == []
+
+
+if __name__ == "__main__":
+    main()

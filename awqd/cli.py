@@ -127,6 +127,14 @@ def serve(
     cuda_graphs: Annotated[
         bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
     ] = True,
+    batch_invariant: Annotated[
+        bool,
+        typer.Option(
+            envvar="AWQD_BATCH_INVARIANT",
+            help="GPU: greedy tokens never depend on what a request is batched with (one fixed-tile kernel for "
+            "every batch size; slower than the per-bucket decisions)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the gRPC API until SIGTERM or SIGINT."""
     from awqd.server.app import serve as run_server
@@ -168,6 +176,7 @@ def serve(
                 max_queued_requests=max_queued_requests,
                 queue_timeout_s=queue_timeout,
                 cuda_graphs=cuda_graphs,
+                batch_invariant=batch_invariant,
             ),
         )
     except AwqdError as error:

@@ -38,6 +38,7 @@ class EngineSettings:
     max_queued_requests: int = 64  # waiting for a slot, per model
     queue_timeout_s: float = 30.0  # longest wait for a slot
     cuda_graphs: bool = True
+    batch_invariant: bool = False  # one fixed-tile GEMM and lm_head at every batch size (awqd.engine.layers)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
@@ -166,6 +167,9 @@ class Daemon:
         decisions = self._decisions(torch_device)
         if kernel not in AUTO:
             dispatch = Dispatch.single(resolve_forced(decisions, kernel))
+        elif self.config.engine.batch_invariant:
+            resolve_forced(decisions, AwqdTritonGemm.name)  # FailedPrecondition, saying why, where it cannot run
+            dispatch = Dispatch.single(AwqdTritonGemmBatchInvariant())
         elif self.config.single_layout:
             dispatch = single_layout_dispatch(decisions)
         else:

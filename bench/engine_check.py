@@ -8,7 +8,11 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
 3. the engine (fused layers, static KV cache, CUDA-graph decode): single-query tokens/s and TTFT for the
    model's AUTO dispatch and with the GEMM and GEMV families pinned;
 4. concurrency: 1, 8 and 32 streams submitted together, aggregate tokens/s and inter-token p50/p99;
-5. correctness: greedy batched (8 together) against each alone, and CUDA-graph decode against eager decode.
+5. where the time goes: the GPU time of one captured decode step per batch bucket (CUDA events, no host), and a
+   torch.profiler table of an eager decode step's kernels;
+6. correctness: the engine's Triton layer kernels against torch on the GPU (tests/test_engine_layers.py, bf16
+   included); greedy batched (8 together) against each alone, with the per-bucket decisions and with
+   --batch-invariant; CUDA-graph decode against eager decode. The batch-invariant engine's speed is measured too.
 
 The synthetic model has random weights and could emit its EOS token at any step; every run here decodes exactly
 N tokens (transformers: min_new_tokens; the engine: EOS ignored), so runs are comparable.
@@ -37,12 +41,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from test_engine_layers import failures, run_cases
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
 from awqd.kernels import registry
+from awqd.kernels.base import Dispatch
+from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemmBatchInvariant
 from awqd.kernels.selection import resolve_forced, select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
@@ -57,6 +66,9 @@ RUNS = 5
 CONCURRENCY = (1, 8, 32)
 EQUALITY_PROMPTS = 8
 EQUALITY_TOKENS = 64
+STEP_TIMING_BUCKETS = (1, 8, 32)
+STEP_TIMING_REPLAYS = 50
+PROFILE_ROWS = 25
 TARGETS = {"single_query_tokens_per_s": 400.0, "ttft_ms": 15.0, "concurrent_32_tokens_per_s": 3000.0}
 
 
@@ -182,6 +194,41 @@ def concurrency(scheduler, vocab_size: int, streams: int) -> dict:
     }
 
 
+def decode_step_gpu_ms(scheduler, vocab_size: int) -> dict:
+    """GPU milliseconds of one captured decode step per bucket: replays timed with CUDA events, no host work."""
+    runner = scheduler.runner
+    timings = {}
+    for bucket in STEP_TIMING_BUCKETS:
+        if bucket > runner.cache.plan.slots:
+            continue
+        tokens, positions = [7] * bucket, [PROMPT_TOKENS] * bucket
+        runner.decode(tokens, positions)  # eager: compiles and captures
+        runner.decode(tokens, positions)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(STEP_TIMING_REPLAYS):
+            runner.decode(tokens, positions)
+        end.record()
+        end.synchronize()
+        timings[bucket] = start.elapsed_time(end) / STEP_TIMING_REPLAYS
+    return timings
+
+
+def profile_decode_step(scheduler, out: Path) -> str:
+    """torch.profiler's kernel table for one eager decode step at batch 1 (written to decode-profile.txt)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = scheduler.runner
+    runner.decode([7], [PROMPT_TOKENS])  # warm: every kernel compiled
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        runner.decode([7], [PROMPT_TOKENS])
+        torch.cuda.synchronize()
+    table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=PROFILE_ROWS)
+    (out / "decode-profile.txt").write_text(table)
+    return table
+
+
 def compare(expected: list[list[int]], actual: list[list[int]]) -> dict:
     first_diffs = [
         next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), None)
@@ -201,7 +248,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="llama-2-7b")
     parser.add_argument("--selection-budget", type=float, default=40.0)
-    parser.add_argument("--kv-cache-fraction", type=float, default=0.5)
+    # 32 streams need 32 slots of the 4096-token context: 0.5 of an H200 gave 31, so one stream waited for a slot.
+    parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     args = parser.parse_args()
     results = Results(args.out)
@@ -222,6 +270,11 @@ def main() -> int:
     results.data["targets"] = TARGETS
     work = Path(tempfile.mkdtemp(prefix="awqd-engine-check-"))
     checkpoint = work / args.arch
+
+    if on_gpu:
+        with step(results, "layer_kernels", 240):
+            cases = run_cases(args.device)
+            results.data["layer_kernels"] = {"cases": len(cases), "failures": failures(cases)}
 
     with step(results, "synthesize", 240):
         synthesize(args.arch, checkpoint, version="GEMM")
@@ -276,21 +329,15 @@ def main() -> int:
         with step(results, f"concurrency_{streams}", 120):
             results.data["concurrency"].append(concurrency(scheduler, vocab_size, streams))
 
+    if on_gpu:
+        with step(results, "decode_step_gpu_ms", 120):
+            results.data["decode_step_gpu_ms"] = decode_step_gpu_ms(scheduler, vocab_size)
+
     prompts = [prompt(vocab_size, 100 + seed) for seed in range(EQUALITY_PROMPTS)]
     with step(results, "greedy_batched_vs_alone", 180):
         alone = [run_jobs(scheduler, [ids], greedy(EQUALITY_TOKENS))[0][0] for ids in prompts]
         together = [tokens for tokens, _ in run_jobs(scheduler, prompts, greedy(EQUALITY_TOKENS))]
         results.data["greedy_batched_vs_alone"] = compare(alone, together)
-        # The same with one kernel pinned for every batch size: batching itself, apart from the rounding that
-        # differs between the kernels the decision table picks for 1 and for 8 rows.
-        kernel = dispatch.candidate_for(1)
-        pinned_request = greedy(EQUALITY_TOKENS, kernel.name)
-        pinned_alone = [run_jobs(scheduler, [ids], pinned_request, kernel)[0][0] for ids in prompts]
-        pinned_together = [tokens for tokens, _ in run_jobs(scheduler, prompts, pinned_request, kernel)]
-        results.data["greedy_batched_vs_alone_one_kernel"] = {
-            "kernel": kernel.name,
-            **compare(pinned_alone, pinned_together),
-        }
         results.data["captured_graphs"] = len(scheduler.runner.graphs)
         results.data["graph_capture_failures"] = len(scheduler.runner.eager_keys)
 
@@ -305,7 +352,22 @@ def main() -> int:
         eager_alone = [run_jobs(eager, [ids], greedy(EQUALITY_TOKENS))[0][0] for ids in prompts]
         results.data["cuda_graph_vs_eager"] = compare(alone, eager_alone)
         results.data["eager_single_query"] = single_query(eager, vocab_size, None, 3)
+        if on_gpu:
+            results.data["decode_profile"] = profile_decode_step(eager, args.out)
         eager.close()
+
+    with step(results, "batch_invariant", 300):
+        # What --batch-invariant serves: one fixed-tile GEMM for every batch size, the Triton lm_head.
+        router.dispatch = Dispatch.single(AwqdTritonGemmBatchInvariant())
+        invariant = build_engine("synth", loaded, router, dataclasses.replace(settings, batch_invariant=True))
+        invariant.eos_ids = frozenset()
+        invariant_alone = [run_jobs(invariant, [ids], greedy(EQUALITY_TOKENS))[0][0] for ids in prompts]
+        invariant_together = [tokens for tokens, _ in run_jobs(invariant, prompts, greedy(EQUALITY_TOKENS))]
+        results.data["greedy_batched_vs_alone_batch_invariant"] = compare(invariant_alone, invariant_together)
+        results.data["batch_invariant_single_query"] = single_query(invariant, vocab_size, None, 3)
+        results.data["batch_invariant_concurrency"] = concurrency(invariant, vocab_size, 32)
+        invariant.close()
+        router.dispatch = dispatch
 
     results.data["finished_at"] = datetime.now(UTC).isoformat()
     results.write()
@@ -334,16 +396,21 @@ def markdown(data: dict) -> str:
             f"| engine, {row['kernel']} | {row['tokens_per_s']:.1f} | {row['ttft_ms']:.1f} | "
             f"{row['ms_per_token_p50']:.2f} | {', '.join(row['kernels_used'])} |"
         )
-    if "eager_single_query" in data:
-        row = data["eager_single_query"]
-        lines.append(
-            f"| engine without CUDA graphs, auto | {row['tokens_per_s']:.1f} | {row['ttft_ms']:.1f} | "
-            f"{row['ms_per_token_p50']:.2f} | |"
-        )
+    for key, label in (
+        ("eager_single_query", "without CUDA graphs"),
+        ("batch_invariant_single_query", "--batch-invariant"),
+    ):
+        if key in data:
+            row = data[key]
+            lines.append(
+                f"| engine {label}, auto | {row['tokens_per_s']:.1f} | {row['ttft_ms']:.1f} | "
+                f"{row['ms_per_token_p50']:.2f} | {', '.join(row['kernels_used'])} |"
+            )
     if data.get("concurrency"):
         lines += ["", "| streams | aggregate tokens/s | inter-token p50 ms | inter-token p99 ms | TTFT p50 ms |"]
         lines.append("|---|---|---|---|---|")
-        for row in data["concurrency"]:
+        invariant = data.get("batch_invariant_concurrency")
+        for row in data["concurrency"] + ([{**invariant, "streams": "32, --batch-invariant"}] if invariant else []):
             lines.append(
                 f"| {row['streams']} | {row['tokens_per_s']:.0f} | {row['inter_token_p50_ms']:.2f} | "
                 f"{row['inter_token_p99_ms']:.2f} | {row['ttft_p50_ms']:.1f} |"
@@ -351,7 +418,7 @@ def markdown(data: dict) -> str:
     lines += ["", f"Targets: {data.get('targets', {})}."]
     for key, label in (
         ("greedy_batched_vs_alone", "Greedy, 8 prompts batched vs each alone (kernels per bucket)"),
-        ("greedy_batched_vs_alone_one_kernel", "Greedy, 8 prompts batched vs each alone (one kernel pinned)"),
+        ("greedy_batched_vs_alone_batch_invariant", "Greedy, 8 prompts batched vs each alone (--batch-invariant)"),
         ("cuda_graph_vs_eager", "Greedy, CUDA-graph decode vs eager decode"),
     ):
         if key in data:
@@ -361,6 +428,11 @@ def markdown(data: dict) -> str:
                 f"({check.get('distinct_tokens', '?')} distinct token ids among them)"
                 + (f"; first divergences at tokens {check['first_divergence']}" if check["first_divergence"] else "")
             )
+    if "layer_kernels" in data:
+        kernels = data["layer_kernels"]
+        lines.append(f"- Layer kernels vs torch on this GPU: {kernels['cases']} cases, failures: {kernels['failures']}")
+    if "decode_step_gpu_ms" in data:
+        lines.append(f"- GPU ms of one captured decode step, by batch bucket: {data['decode_step_gpu_ms']}")
     if "kv_cache" in data:
         lines.append(f"- KV cache: {data['kv_cache']}; graphs captured: {data.get('captured_graphs', '?')}")
     if "decisions" in data:

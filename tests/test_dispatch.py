@@ -18,6 +18,7 @@ from awqd.kernels.selection import DeviceDecisions, KernelDecision
 from awqd.models.loader import load_model
 from awqd.quant.linear import KernelRouter
 from awqd_client import AwqdClient, AwqdError
+from awqd_client.v1 import awqd_pb2
 
 from daemon_process import serving
 
@@ -87,3 +88,18 @@ def test_single_layout_daemon_refuses_a_kernel_whose_layout_it_does_not_hold(dem
                 assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "layout" in error.message
                 outcomes[kernel] = "refused"
     assert sorted(outcomes.values()) == ["ok", "refused"], outcomes  # one layout held, the other refused
+
+
+def test_batch_invariant_daemon_without_awqd_triton_kernels_fails_the_model_and_keeps_serving(
+    demo_model_dir, awqd_cache_dir, tmp_path
+):
+    """On the CPU awqd's Triton GEMM cannot run, so --batch-invariant cannot be honoured: the model is listed as
+    failed with the reason, not silently served with per-bucket kernels, and the daemon stays up."""
+    with (
+        serving(awqd_cache_dir, "--model-root", str(tmp_path), "--batch-invariant") as process,
+        AwqdClient(process.target, timeout=60) as client,
+    ):
+        (model,) = client.list_models()
+        assert model.state == awqd_pb2.MODEL_STATE_FAILED
+        assert "awqd_triton_gemm" in model.error and "not supported" in model.error
+        assert client.describe().node.hostname

@@ -14,7 +14,7 @@ log = structlog.get_logger("awqd.engine")
 
 
 def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings: EngineSettings) -> Scheduler:
-    model = DecoderModel(loaded)
+    model = DecoderModel(loaded, settings.batch_invariant)
     shape = model.shape
     plan = plan_kv_cache(
         shape.kv_bytes_per_token(model.dtype),

@@ -22,6 +22,7 @@ from transformers import PretrainedConfig
 from awqd.engine.kv_cache import KvCache
 from awqd.engine.layers.activation import silu_and_mul
 from awqd.engine.layers.attention import AttentionShape, decode_attention
+from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
 from awqd.engine.layers.rotary import apply_rotary, rotary_tables
 from awqd.errors import CheckpointError
@@ -60,7 +61,7 @@ class ModelShape:
 
 
 class DecoderModel:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, batch_invariant: bool = False):
         if not loaded.fused:
             raise ValueError("the engine runs on a model loaded with fuse=True")
         hf = loaded.model
@@ -72,6 +73,7 @@ class DecoderModel:
         self.embed = hf.model.embed_tokens.weight
         self.final_norm = hf.model.norm.weight
         self.lm_head = hf.lm_head.weight
+        self.batch_invariant = batch_invariant
         self.dtype = self.embed.dtype
         self.layers = [
             (
@@ -121,7 +123,7 @@ class DecoderModel:
         return add_rms_norm(x, pending, self.final_norm, eps)[1]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head)
+        return logits(hidden, self.lm_head, self.batch_invariant)
 
     def _prefill_attention(self, layer: int, q, k, v, cache: KvCache, slot: int) -> torch.Tensor:
         length = q.shape[0]

@@ -69,6 +69,12 @@ GEMM_TUNING_SPACES = (
 )
 
 
+# Batch-invariant decoding (--batch-invariant) runs this one tile at every row count: 16-token M tiles, so each
+# token's products and their K order never depend on how many tokens share the step. Split-K 2 keeps small batches
+# from leaving SMs idle and stays invariant: the reduce kernel adds the two fp32 partials in a fixed order.
+BATCH_INVARIANT_TILE = GemmConfig(16, 64, 128, 2, 4, 3, prefetch=True)
+
+
 def tuning_space(bucket: int) -> tuple[GemmConfig, ...]:
     return next(space for largest, space in GEMM_TUNING_SPACES if largest is None or bucket <= largest)
 

@@ -1,10 +1,13 @@
 """The decode engine on the CPU with the AutoAWQ-quantized demo model: the plain-torch decoder against transformers'
-forward, fused projections, continuous batching against one-at-a-time runs, sampling, and admission control.
+forward, batched prefill against one prompt at a time, fused projections, continuous batching against one-at-a-time
+runs, sampling, and admission control.
 
 Everything here runs in-process on the real model and the real scheduler thread; the gRPC side is covered by
 test_generate.py and test_load_faults.py.
 """
 
+import copy
+import dataclasses
 import random
 import threading
 import time
@@ -107,13 +110,36 @@ def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
     ids = list(range(10, 50))
     with torch.inference_mode():
         expected = hf_model.model(torch.tensor([ids])).logits[0]
-        prefill = model.prefill(torch.tensor(ids[:25]), cache, slot=2)
+        prefill = model.prefill([torch.tensor(ids[:25])], [2], cache)[0]
         torch.testing.assert_close(prefill, expected[24], rtol=1e-5, atol=1e-5)
         for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
             tokens, positions = [0] * 4, [0] * 4
             tokens[2], positions[2] = ids[position], position
             logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache, span=256)
             torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 6])
+def test_batched_prefill_equals_each_prompt_alone(fused_model, sliding_window):
+    loaded, _ = fused_model
+    config = copy.copy(loaded.config)
+    config.sliding_window = sliding_window  # the demo model has none; 6 cuts into the two longer prompts
+    model = DecoderModel(dataclasses.replace(loaded, config=config))
+    shape = model.shape
+    assert shape.sliding_window == sliding_window
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256, 4)
+    batched_cache, alone_cache = (
+        allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU) for _ in range(2)
+    )
+    prompts = [torch.arange(10, 15), torch.arange(100, 112), torch.arange(500, 509)]
+    slots = [3, 0, 2]  # out of order, and slot 1 stays empty
+    with torch.inference_mode():
+        batched = model.prefill(prompts, slots, batched_cache)
+        alone = torch.cat([model.prefill([p], [slot], alone_cache) for p, slot in zip(prompts, slots, strict=True)])
+    assert batched.shape == (3, shape.vocab_size)
+    torch.testing.assert_close(batched, alone, rtol=1e-6, atol=1e-6)
+    for batched_kv, alone_kv in zip(batched_cache.k + batched_cache.v, alone_cache.k + alone_cache.v, strict=True):
+        torch.testing.assert_close(batched_kv, alone_kv, rtol=1e-6, atol=1e-6)
 
 
 def test_engine_greedy_tokens_match_transformers_greedy(hf_model, fused_model, demo_model_dir):

@@ -64,7 +64,7 @@ class StepRunner:
     def prefill(self, token_ids: list[int], slot: int) -> tuple[torch.Tensor, StepKernel]:
         """Logits [1, vocab] of the prompt's last position, and the kernel that ran."""
         ids = torch.tensor(token_ids, dtype=torch.int64).to(self.model.device, non_blocking=True)
-        return self.model.prefill(ids, self.cache, slot)[None], self.step_kernel(len(token_ids))
+        return self.model.prefill([ids], [slot], self.cache), self.step_kernel(len(token_ids))
 
     def decode(self, tokens: list[int], positions: list[int]) -> tuple[torch.Tensor, StepKernel]:
         """Rows 0..len(tokens)-1 are slots; returns logits [rows, vocab] and the kernel that ran."""

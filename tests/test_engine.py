@@ -1,10 +1,13 @@
 """The decode engine on the CPU with the AutoAWQ-quantized demo model: the plain-torch decoder against transformers'
-forward, fused projections, continuous batching against one-at-a-time runs, sampling, and admission control.
+forward, batched prefill against one prompt at a time, fused projections, continuous batching against one-at-a-time
+runs, sampling, and admission control.
 
 Everything here runs in-process on the real model and the real scheduler thread; the gRPC side is covered by
 test_generate.py and test_load_faults.py.
 """
 
+import copy
+import dataclasses
 import random
 import threading
 import time
@@ -66,12 +69,28 @@ def random_prompts(count: int, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(10, 2000) for _ in range(rng.randrange(1, 40))] for _ in range(count)]
 
 
-@pytest.fixture
-def engine(demo_model_dir):
-    """A scheduler on a dispatch that switches kernel with the batch size, as on a real device."""
+def submit_together(scheduler, jobs: list[Job]) -> None:
+    """Queues the jobs behind an exclusive run, then ends that run: one step boundary admits them all."""
+    blocker = Job(params(400), [5, 6, 7], pinned=None, exclusive=True)
+    scheduler.submit(blocker)
+    next(blocker.results())
+    for job in jobs:
+        scheduler.submit(job)
+    blocker.cancelled.set()
+    tokens_of(blocker)
+
+
+def switching_engine(demo_model_dir, max_batch_size: int):
+    """A scheduler on a dispatch that switches kernel with the batch size, as on a real device: the reference for
+    one token, the int4-packed CPU kernel from 2 tokens on."""
     router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=8))
+    return build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=max_batch_size))
+
+
+@pytest.fixture
+def engine(demo_model_dir):
+    scheduler = switching_engine(demo_model_dir, max_batch_size=8)
     try:
         yield scheduler
     finally:
@@ -107,13 +126,36 @@ def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
     ids = list(range(10, 50))
     with torch.inference_mode():
         expected = hf_model.model(torch.tensor([ids])).logits[0]
-        prefill = model.prefill(torch.tensor(ids[:25]), cache, slot=2)
+        prefill = model.prefill([torch.tensor(ids[:25])], [2], cache)[0]
         torch.testing.assert_close(prefill, expected[24], rtol=1e-5, atol=1e-5)
         for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
             tokens, positions = [0] * 4, [0] * 4
             tokens[2], positions[2] = ids[position], position
             logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache)
             torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 6])
+def test_batched_prefill_equals_each_prompt_alone(fused_model, sliding_window):
+    loaded, _ = fused_model
+    config = copy.copy(loaded.config)
+    config.sliding_window = sliding_window  # the demo model has none; 6 cuts into the two longer prompts
+    model = DecoderModel(dataclasses.replace(loaded, config=config))
+    shape = model.shape
+    assert shape.sliding_window == sliding_window
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256, 4)
+    batched_cache, alone_cache = (
+        allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU) for _ in range(2)
+    )
+    prompts = [torch.arange(10, 15), torch.arange(100, 112), torch.arange(500, 509)]
+    slots = [3, 0, 2]  # out of order, and slot 1 stays empty
+    with torch.inference_mode():
+        batched = model.prefill(prompts, slots, batched_cache)
+        alone = torch.cat([model.prefill([p], [slot], alone_cache) for p, slot in zip(prompts, slots, strict=True)])
+    assert batched.shape == (3, shape.vocab_size)
+    torch.testing.assert_close(batched, alone, rtol=1e-6, atol=1e-6)
+    for batched_kv, alone_kv in zip(batched_cache.k + batched_cache.v, alone_cache.k + alone_cache.v, strict=True):
+        torch.testing.assert_close(batched_kv, alone_kv, rtol=1e-6, atol=1e-6)
 
 
 def test_engine_greedy_tokens_match_transformers_greedy(hf_model, fused_model, demo_model_dir):
@@ -147,6 +189,65 @@ def test_batched_greedy_equals_one_at_a_time_with_joins_and_leaves(engine):
     assert len(decode_buckets) > 1, f"the batch never changed size: {decode_buckets}"
     kernels = {use.kernel for _, done in results for use in done.kernels if use.phase == "decode"}
     assert kernels == {"reference_torch", "dequant_matmul_cpu"}, "each step's kernel comes from its bucket"
+
+
+def prefill_uses(finished: Finished) -> set[tuple[int, str, int]]:
+    return {(use.batch_tokens, use.kernel, use.steps) for use in finished.kernels if use.phase == "prefill"}
+
+
+def test_prompts_admitted_together_are_prefilled_in_one_pass(engine):
+    prompts = [[21], [22], [23]]  # one token each: alone a 1-token prefill, together one 3-token prefill
+    alone = [run_alone(engine, prompt, params(6)) for prompt in prompts]
+    jobs = [Job(params(6), prompt, pinned=None) for prompt in prompts]
+    submit_together(engine, jobs)
+    together = [tokens_of(job) for job in jobs]
+    assert [tokens for tokens, _ in together] == [tokens for tokens, _ in alone]
+    assert all(prefill_uses(finished) == {(1, "reference_torch", 1)} for _, finished in alone)
+    assert all(prefill_uses(finished) == {(512, "dequant_matmul_cpu", 1)} for _, finished in together)
+
+
+def test_pinned_group_keeps_its_kernel_when_one_of_it_ends_at_its_first_token(engine):
+    pinned = ReferenceTorch()
+    short = Job(params(1, kernel=pinned.name), [31, 32, 33], pinned)
+    # long holds slot 1, so its decode steps run 2 rows, which unpinned would go to the CPU kernel: a lost pin shows.
+    long = Job(params(8, kernel=pinned.name), [34, 35, 36], pinned)
+    submit_together(engine, [short, long])
+    assert tokens_of(short)[1].finish_reason in ("length", "eos")
+    assert {use.kernel for use in tokens_of(long)[1].kernels} == {pinned.name}
+
+
+def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
+    scheduler = switching_engine(demo_model_dir, max_batch_size=3)
+    try:
+        prompt = random_prompts(1, seed=11)[0]
+        expected, alone = run_alone(scheduler, prompt, params(200))
+        assert alone.finish_reason == "length"
+        running = Job(params(200), prompt, pinned=None)
+        scheduler.submit(running)
+        first = next(running.results())
+
+        def failing_prefill(prompts, slots, cache):
+            raise RuntimeError(f"injected fault in a prefill of {len(prompts)} prompts")
+
+        monkeypatch.setattr(scheduler.runner.model, "prefill", failing_prefill)
+        failed = [Job(params(4), p, pinned=None) for p in random_prompts(2, seed=12)]
+        for job in failed:
+            scheduler.submit(job)
+        for job in failed:
+            with pytest.raises(RuntimeError, match="injected fault in a prefill"):
+                tokens_of(job)
+        monkeypatch.undo()
+        # Both slots the failed jobs held must be free again: these two run while `running` still holds its own.
+        later = [Job(params(4), p, pinned=None) for p in random_prompts(2, seed=13)]
+        for job in later:
+            scheduler.submit(job)
+        assert all(tokens_of(job)[1].finish_reason in ("length", "eos") for job in later)
+        later_done = time.perf_counter()
+        rest, finished = tokens_of(running)
+        assert finished.finish_reason == "length" and [*first.token_ids, *rest] == expected
+        assert later_done < running.received_at + finished.total_ms / 1000, "a failed job's slot was not freed"
+    finally:
+        scheduler.close()
 
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(engine):

@@ -347,7 +347,7 @@ def test_fused_load_runs_the_engine_decoder_to_the_same_logits(checkpoints: dict
     expected = logits(load_model(directory, CPU, reference_router()), input_ids[None])[0]
     prompt = len(input_ids) - 3
     with torch.inference_mode():
-        ours = [model.prefill(input_ids[:prompt], cache, slot=0)]
+        ours = [model.prefill([input_ids[:prompt]], [0], cache)[0]]
         for position in range(prompt, len(input_ids)):
-            ours.append(model.decode(input_ids[position : position + 1], torch.tensor([position]), cache, 256)[0])
+            ours.append(model.decode(input_ids[position : position + 1], torch.tensor([position]), cache)[0])
     torch.testing.assert_close(torch.stack(ours), expected[prompt - 1 :], rtol=1e-4, atol=1e-4)

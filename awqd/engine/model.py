@@ -4,7 +4,8 @@ It runs on the weights the fused loader installed (awqd.models.loader with fuse=
 quantized linears (qkv, o, gate_up, down) that all route through the model's shared KernelRouter, with the
 embedding, the RMS norms and lm_head dense. Two entry points share one layer body:
 
-- prefill: one prompt of T tokens into one KV-cache slot, causal attention over the prompt itself;
+- prefill: several prompts, each into its own KV-cache slot, in one pass over their concatenated tokens (so
+  each linear runs once on all of them), with causal attention within each prompt;
 - decode: one token for each of B rows, where row i is KV-cache slot i, attending over its slot's positions up
   to its own. decode only reads and writes static tensors, so it can be captured as a CUDA graph
   (awqd.engine.step).
@@ -88,18 +89,28 @@ class DecoderModel:
         ]
         self.cos, self.sin = rotary_tables(hf.model.rotary_emb, loaded.context_length, self.device, self.dtype)
 
-    def prefill(self, token_ids: torch.Tensor, cache: KvCache, slot: int) -> torch.Tensor:
-        """token_ids [T] at positions 0..T-1 into `slot`; returns the last position's logits [vocab]."""
-        positions = torch.arange(token_ids.shape[0], device=self.device)
+    def prefill(self, prompts: list[torch.Tensor], slots: list[int], cache: KvCache) -> torch.Tensor:
+        """prompts[i] [T_i] at positions 0..T_i-1 into slots[i]; returns each prompt's last-position logits [N, vocab].
+
+        The prompts run as one sequence of sum(T_i) rows: every linear runs once on all of them, so the kernel
+        router picks by that total. Only attention looks at where one prompt ends and the next begins.
+        """
+        lengths = [prompt.shape[0] for prompt in prompts]
+        # Each row's slot and its position within its own prompt, built on the host and copied once.
+        rows = torch.tensor(
+            [(slot, position) for slot, length in zip(slots, lengths, strict=True) for position in range(length)]
+        ).to(self.device, non_blocking=True)
+        row_slots, positions = rows[:, 0], rows[:, 1]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, head_dim]
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             q, k, v = self.attention_shape.split(qkv)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            return self._prefill_attention(layer, q, k, v, cache, slot)
+            return self._prefill_attention(layer, q, k, v, cache, row_slots, positions, lengths)
 
-        hidden = self._forward(token_ids, attention)
-        return self._logits(hidden[-1:])[0]
+        hidden = self._forward(torch.cat(prompts), attention)
+        last_rows = torch.tensor(lengths, device=self.device).cumsum(0) - 1
+        return self._logits(hidden[last_rows])
 
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KvCache) -> torch.Tensor:
         """Row i of token_ids [B] and positions [B] is slot i; returns logits [B, vocab]. Only static tensors are
@@ -125,10 +136,17 @@ class DecoderModel:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return logits(hidden, self.lm_head, self.batch_invariant)
 
-    def _prefill_attention(self, layer: int, q, k, v, cache: KvCache, slot: int) -> torch.Tensor:
+    def _prefill_attention(self, layer: int, q, k, v, cache: KvCache, row_slots, positions, lengths) -> torch.Tensor:
+        """q, k, v: the concatenated prompts' rows. Row r's k/v go to slot row_slots[r] at positions[r], all rows in
+        one write; attention then runs prompt by prompt, as each attends only to itself."""
+        cache.k[layer][row_slots, :, positions] = k
+        cache.v[layer][row_slots, :, positions] = v
+        segments = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+        return torch.cat([self._causal_attention(*segment) for segment in segments])
+
+    def _causal_attention(self, q, k, v) -> torch.Tensor:
+        """One prompt's rows attending over the prompt itself (within the sliding window, if any)."""
         length = q.shape[0]
-        cache.k[layer][slot, :, :length] = k.transpose(0, 1)
-        cache.v[layer][slot, :, :length] = v.transpose(0, 1)
         q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T, head_dim]
         window = self.shape.sliding_window
         if window is not None and length > window:

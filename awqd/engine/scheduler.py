@@ -3,8 +3,9 @@
 At each step boundary the scheduler
 1. ends cancelled requests (the client went away or its deadline passed) and frees their slots at once, and
    refuses requests that waited in the queue longer than --queue-timeout (RESOURCE_EXHAUSTED, with a retry hint);
-2. admits waiting requests in arrival order into free KV slots and prefills them (eagerly, one prompt each, up
-   to PREFILL_TOKENS_PER_STEP prompt tokens per boundary so the running batch is not stalled for long);
+2. admits waiting requests in arrival order into free KV slots, up to PREFILL_TOKENS_PER_STEP prompt tokens per
+   boundary so the running batch is not stalled for long, and prefills them all in one eager forward pass; if that
+   pass fails, only the requests it held fail;
 3. runs one decode step for every running sequence together, samples on the device, copies the new ids to the
    host once, and streams them; finished sequences leave the batch at once.
 
@@ -121,17 +122,15 @@ class Scheduler:
                         return
                     admitted = self._admit()
                 try:
+                    # Admitted jobs join the batch before anything else, so every error below reaches them too, and
+                    # the router keeps their pin while any of them runs.
+                    joined = self._join(admitted)
                     self._end_cancelled()
-                    while admitted:
-                        self._prefill(*admitted[0])
-                        admitted.pop(0)
+                    self._prefill([seq for seq in joined if seq.slot in self._running])
                     if self._running:
                         self._decode()
                 except Exception as error:  # a bug must not end the thread and strand every caller
                     self._fail(list(self._running.values()), error)
-                    for job, slot in admitted:
-                        self._free_slot(slot)
-                        job.events.put(error)
 
     def _admit(self) -> list[tuple[Job, int]]:
         """Under the lock: drops cancelled and expired waiters, then takes what may join the batch now."""
@@ -178,22 +177,32 @@ class Scheduler:
         else:
             self.router.unpin()
 
-    def _prefill(self, job: Job, slot: int) -> None:
-        sequence = Sequence(job, slot, self.tokenizer, self.eos_ids)
-        if job.cancelled.is_set():
-            self._release(sequence, "cancelled")
+    def _join(self, admitted: list[tuple[Job, int]]) -> list[Sequence]:
+        """The admitted jobs' sequences enter the running batch; their prefill comes next."""
+        joined = []
+        for job, slot in admitted:
+            joined.append(Sequence(job, slot, self.tokenizer, self.eos_ids))
+            self._running[slot] = joined[-1]
+        return joined
+
+    def _prefill(self, group: list[Sequence]) -> None:
+        """Prefills the sequences that joined at this boundary in one forward pass and samples their first tokens.
+
+        If the pass or the sampling fails, exactly this group fails; the sequences already running go on.
+        """
+        if not group:
             return
         try:
-            logits, kernel = self.runner.prefill(job.prompt_ids, slot)
-            token = int(choose_tokens(logits, SamplingBatch.build([sequence.sampling], [0], logits.device))[0])
+            logits, kernel = self.runner.prefill([seq.job.prompt_ids for seq in group], [seq.slot for seq in group])
+            sampling = SamplingBatch.build([seq.sampling for seq in group], [0] * len(group), logits.device)
+            tokens = choose_tokens(logits, sampling).tolist()  # the group's one device -> host copy
         except Exception as error:
-            self._fail([sequence], error)
+            self._fail(group, error)
             return
-        sequence.count_step("prefill", kernel)
-        if self._accept(sequence, token):
-            self._release(sequence)
-        else:
-            self._running[slot] = sequence
+        for seq, token in zip(group, tokens, strict=True):
+            seq.count_step("prefill", kernel)
+            if self._accept(seq, token):
+                self._release(seq)
 
     def _decode(self) -> None:
         rows = max(self._running) + 1

@@ -56,10 +56,13 @@ class StepRunner:
     def step_kernel(self, tokens: int) -> StepKernel:
         return StepKernel(self.router.bucket_for(tokens), self.router.candidate_for(tokens).name)
 
-    def prefill(self, token_ids: list[int], slot: int) -> tuple[torch.Tensor, StepKernel]:
-        """Logits [1, vocab] of the prompt's last position, and the kernel that ran."""
-        ids = torch.tensor(token_ids, dtype=torch.int64).to(self.model.device, non_blocking=True)
-        return self.model.prefill(ids, self.cache, slot)[None], self.step_kernel(len(token_ids))
+    def prefill(self, prompts: list[list[int]], slots: list[int]) -> tuple[torch.Tensor, StepKernel]:
+        """prompts[i] into slots[i] in one forward pass: logits [len(prompts), vocab] of each prompt's last position,
+        and the kernel that ran (picked by the prompts' total token count)."""
+        lengths = [len(prompt) for prompt in prompts]
+        ids = torch.tensor([token for prompt in prompts for token in prompt], dtype=torch.int64)
+        ids = ids.to(self.model.device, non_blocking=True)
+        return self.model.prefill(list(ids.split(lengths)), slots, self.cache), self.step_kernel(sum(lengths))
 
     def decode(self, tokens: list[int], positions: list[int]) -> tuple[torch.Tensor, StepKernel]:
         """Rows 0..len(tokens)-1 are slots; returns logits [rows, vocab] and the kernel that ran."""

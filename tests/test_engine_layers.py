@@ -58,6 +58,32 @@ def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, 
     }
 
 
+def rotate_and_store_case(heads, kv_heads, head_dim, dtype, device, seed):
+    """Prefill's rotary and KV store: three prompts' rows (positions restart per prompt) into slots 2, 0, 1."""
+    from awqd.engine.layers.attention import AttentionShape, rotate_and_store_torch
+    from awqd.engine.layers.triton_attention import rotate_and_store_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = AttentionShape(heads, kv_heads, head_dim, None)
+    lengths, slots = (5, 9, 2), (2, 0, 1)
+    rows = sum(lengths)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(device, dtype)
+    angles = torch.rand(64, head_dim // 2, generator=generator) * 6.3
+    cos, sin = (torch.cat((t, t), dim=-1).to(device, dtype) for t in (angles.cos(), angles.sin()))
+    row_slots = torch.tensor([s for s, n in zip(slots, lengths, strict=True) for _ in range(n)], device=device)
+    positions = torch.tensor([p for n in lengths for p in range(n)], device=device)
+    cache = torch.zeros(2, 3, kv_heads, 16, head_dim, dtype=dtype, device=device)
+    torch_cache, triton_cache = cache.clone(), cache.clone()
+    expected = rotate_and_store_torch(qkv, row_slots, positions, cos, sin, *torch_cache, shape)
+    got = rotate_and_store_rows(qkv, row_slots, positions, cos, sin, *triton_cache, shape)
+    return {
+        "errors": {
+            **{name: relative_error(g, e) for name, g, e in zip("qkv", got, expected, strict=True)},
+            "cache": relative_error(triton_cache, torch_cache),
+        }
+    }
+
+
 def norm_and_activation_cases(dtype, device, seed):
     from awqd.engine.layers.activation import silu_and_mul_torch
     from awqd.engine.layers.norm import add_rms_norm_torch
@@ -121,6 +147,14 @@ def run_cases(device: str) -> list[dict]:
         for index, case in enumerate(ATTENTION_CASES):
             result = attention_case(*case, torch_dtype, device, seed=index)
             cases.append({"case": f"attention {case}", "dtype": dtype, **result})
+        for case in ((4, 4, 32), (8, 2, 24)):
+            cases.append(
+                {
+                    "case": f"rotate and store {case}",
+                    "dtype": dtype,
+                    **rotate_and_store_case(*case, torch_dtype, device, 5),
+                }
+            )
         errors = norm_and_activation_cases(torch_dtype, device, seed=7)
         cases.append({"case": "norm/activation", "dtype": dtype, "errors": errors})
         if dtype != "float32":  # the AWQ kernels take fp16 and bf16 activations
@@ -163,7 +197,7 @@ def test_layer_kernels_match_torch_under_the_interpreter():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     cases = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(cases) == len(INTERPRETER_DTYPES) * (len(ATTENTION_CASES) + 1) + 1
+    assert len(cases) == len(INTERPRETER_DTYPES) * (len(ATTENTION_CASES) + 3) + 1
     assert failures(cases) == []
 
 

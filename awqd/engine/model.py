@@ -22,10 +22,10 @@ from transformers import PretrainedConfig
 
 from awqd.engine.kv_cache import KvCache
 from awqd.engine.layers.activation import silu_and_mul
-from awqd.engine.layers.attention import AttentionShape, decode_attention
+from awqd.engine.layers.attention import AttentionShape, decode_attention, rotate_and_store
 from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
-from awqd.engine.layers.rotary import apply_rotary, rotary_tables
+from awqd.engine.layers.rotary import rotary_tables
 from awqd.errors import CheckpointError
 from awqd.models.loader import LoadedModel
 
@@ -100,13 +100,16 @@ class DecoderModel:
         rows = torch.tensor(
             [(slot, position) for slot, length in zip(slots, lengths, strict=True) for position in range(length)]
         ).to(self.device, non_blocking=True)
-        row_slots, positions = rows[:, 0], rows[:, 1]
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, head_dim]
+        row_slots, positions = rows[:, 0].contiguous(), rows[:, 1].contiguous()
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
-            q, k, v = self.attention_shape.split(qkv)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            return self._prefill_attention(layer, q, k, v, cache, row_slots, positions, lengths)
+            k_cache, v_cache = cache.k[layer], cache.v[layer]
+            q, k, v = rotate_and_store(
+                qkv, row_slots, positions, self.cos, self.sin, k_cache, v_cache, self.attention_shape
+            )
+            segments = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+            outputs = [self._causal_attention(*segment) for segment in segments]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
         hidden = self._forward(torch.cat(prompts), attention)
         last_rows = torch.tensor(lengths, device=self.device).cumsum(0) - 1
@@ -135,14 +138,6 @@ class DecoderModel:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return logits(hidden, self.lm_head, self.batch_invariant)
-
-    def _prefill_attention(self, layer: int, q, k, v, cache: KvCache, row_slots, positions, lengths) -> torch.Tensor:
-        """q, k, v: the concatenated prompts' rows. Row r's k/v go to slot row_slots[r] at positions[r], all rows in
-        one write; attention then runs prompt by prompt, as each attends only to itself."""
-        cache.k[layer][row_slots, :, positions] = k
-        cache.v[layer][row_slots, :, positions] = v
-        segments = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
-        return torch.cat([self._causal_attention(*segment) for segment in segments])
 
     def _causal_attention(self, q, k, v) -> torch.Tensor:
         """One prompt's rows attending over the prompt itself (within the sliding window, if any)."""

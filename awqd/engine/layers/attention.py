@@ -74,3 +74,40 @@ def decode_attention_torch(
     scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # scaled before the matmul, so fp16 cannot overflow
     weights = torch.softmax(scores.masked_fill(~attend[:, None, None, :], float("-inf")), dim=-1)
     return torch.matmul(weights.to(values.dtype), values).reshape(rows, -1)
+
+
+def rotate_and_store(
+    qkv: torch.Tensor,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefill's half of attention before the attention itself: rotary on q and k of every row, and row r's k and
+    v stored in slot slots[r] at positions[r]. Returns q, k [N, heads or kv_heads, head_dim] rotated, and v."""
+    if use_triton(qkv):
+        from awqd.engine.layers.triton_attention import rotate_and_store_rows
+
+        return rotate_and_store_rows(qkv, slots, positions, cos, sin, cache_k, cache_v, shape)
+    return rotate_and_store_torch(qkv, slots, positions, cos, sin, cache_k, cache_v, shape)
+
+
+def rotate_and_store_torch(
+    qkv: torch.Tensor,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = shape.split(qkv)
+    row_cos, row_sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    q, k = apply_rotary(q, row_cos, row_sin), apply_rotary(k, row_cos, row_sin)
+    cache_k[slots, :, positions] = k
+    cache_v[slots, :, positions] = v
+    return q, k, v

@@ -147,3 +147,82 @@ def decode_attention_rows(
         num_warps=4,
     )
     return out
+
+
+@triton.jit
+def rotate_and_store_kernel(
+    qkv_ptr,
+    slots_ptr,
+    positions_ptr,
+    cos_ptr,
+    sin_ptr,
+    cache_k_ptr,
+    cache_v_ptr,
+    q_out_ptr,
+    k_out_ptr,
+    qkv_stride,
+    max_seq_len,
+    NUM_HEADS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One program per (row, head) over the query heads, then the kv heads."""
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    position = tl.load(positions_ptr + row)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    half = HEAD_DIM // 2
+    partner = tl.where(d < half, d + half, d - half)
+    sign = tl.where(d < half, -1.0, 1.0)
+    cos = tl.load(cos_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
+    head_ptr = qkv_ptr + row * qkv_stride + head * HEAD_DIM
+    if head < NUM_HEADS:
+        q = rotate(head_ptr, d, partner, sign, cos, sin, d_mask)
+        tl.store(q_out_ptr + (row * NUM_HEADS + head) * HEAD_DIM + d, q, mask=d_mask)
+    else:
+        kv_head = head - NUM_HEADS
+        k = rotate(head_ptr, d, partner, sign, cos, sin, d_mask)
+        v = tl.load(head_ptr + NUM_KV_HEADS * HEAD_DIM + d, mask=d_mask, other=0.0)
+        tl.store(k_out_ptr + (row * NUM_KV_HEADS + kv_head) * HEAD_DIM + d, k, mask=d_mask)
+        slot = tl.load(slots_ptr + row)
+        cache_offset = ((slot * NUM_KV_HEADS + kv_head) * max_seq_len + position) * HEAD_DIM + d
+        tl.store(cache_k_ptr + cache_offset, k, mask=d_mask)
+        tl.store(cache_v_ptr + cache_offset, v, mask=d_mask)
+
+
+def rotate_and_store_rows(
+    qkv: torch.Tensor,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = qkv.shape[0]
+    heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    q = torch.empty(rows, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(rows, kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    rotate_and_store_kernel[(rows, heads + kv_heads)](
+        qkv,
+        slots.contiguous(),
+        positions.contiguous(),
+        cos,
+        sin,
+        cache_k,
+        cache_v,
+        q,
+        k,
+        qkv.stride(0),
+        cache_k.shape[2],
+        NUM_HEADS=heads,
+        NUM_KV_HEADS=kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=1,
+    )
+    return q, k, shape.split(qkv)[2]

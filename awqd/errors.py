@@ -64,6 +64,15 @@ class Unimplemented(AwqdError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class WarmupFailed(AwqdError):
+    """A loaded model's warm-up failed (e.g. out of memory capturing a decode graph): it cannot serve here."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, step: str):
+        super().__init__(f"warm-up failed: {step}")
+
+
 class CheckpointError(AwqdError):
     """A checkpoint on disk is missing, corrupt or unsupported; the message names the file or field."""
 

@@ -204,7 +204,7 @@ def warmup_summary(model: awqd_pb2.Model) -> str:
     took = human_duration(model.warmup_duration)
     if not model.warmup_graphs:
         return took
-    return f"{took}, {model.warmup_graphs} graphs ({human_bytes(model.warmup_graph_memory_bytes)})"
+    return f"{took}, {model.warmup_graphs} graphs, {human_bytes(model.warmup_graph_memory_bytes)}"
 
 
 def quant_summary(config: awqd_pb2.QuantConfig) -> str:
@@ -219,11 +219,10 @@ def memory_summary(model: awqd_pb2.Model) -> str:
 
 def loaded_line(model: awqd_pb2.Model) -> str:
     took = f" in {human_duration(model.load_duration)}" if model.HasField("load_duration") else ""
-    if model.HasField("warmed_up_at"):
-        took += f" (warm-up {warmup_summary(model)})"
+    warmed = f"; warm-up {warmup_summary(model)}" if model.HasField("warmed_up_at") else ""
     return (
         f"loaded {model.name} on {model.device}{took} "
-        f"({quant_summary(model.quant_config)}, {memory_summary(model)}, kernel {model.kernel or 'auto'})"
+        f"({quant_summary(model.quant_config)}, {memory_summary(model)}, kernel {model.kernel or 'auto'}){warmed}"
     )
 
 

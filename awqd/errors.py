@@ -55,9 +55,14 @@ class ResourceExhausted(AwqdError):
 
 
 class Unavailable(AwqdError):
-    """Retrying later may succeed: a model still loading, a daemon shutting down."""
+    """Retrying later may succeed: a model still loading, a daemon shutting down. retry_after_ms as for
+    ResourceExhausted."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unimplemented(AwqdError):

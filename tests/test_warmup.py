@@ -14,7 +14,7 @@ from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.warmup import prefill_sizes
-from awqd.errors import FailedPrecondition, WarmupFailed
+from awqd.errors import FailedPrecondition, Unavailable, WarmupFailed
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
@@ -52,6 +52,13 @@ def test_prefill_sizes_cover_each_bucket_at_both_specialisations_within_capacity
     assert prefill_sizes((1, 2, 512), 100) == (1, 2, 99, 100)  # the KV cache holds 100 tokens: no longer step
     # No admission takes more than PREFILL_TOKENS_PER_STEP tokens: the largest bucket is warmed at that size.
     assert prefill_sizes((1, 4096), 10**6) == (1, PREFILL_TOKENS_PER_STEP - 1, PREFILL_TOKENS_PER_STEP)
+
+
+def test_a_model_still_loading_answers_unavailable_with_a_retry_hint(manager, demo_model_dir):
+    manager.announce("demo", demo_model_dir, "", "auto")  # as boot lists it before its load and warm-up
+    with pytest.raises(Unavailable, match="still loading") as refused:
+        manager.ready("demo")
+    assert refused.value.retry_after_ms and "retry after about" in str(refused.value)
 
 
 def test_a_loaded_model_is_ready_only_once_warm(manager, demo_model_dir):

@@ -18,7 +18,7 @@ report says so.
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -55,17 +55,18 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     started_at, started = datetime.now(UTC), time.perf_counter()
     notes: list[str] = []
     runner.router.unpin()
-    with torch.inference_mode():
+    device = runner.model.device
+    # The device guard makes the capture stream the model's device's, whichever device this thread last used.
+    with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         prefill_tokens = _warm_prefill(runner)
-        reserved_before = _reserved_after_emptying(runner.model.device)
+        reserved_before = _reserved_after_emptying(device)
         decode_batches = _warm_decode(runner, notes)
-        graph_memory = max(0, _reserved_after_emptying(runner.model.device) - reserved_before) if runner.graphs else 0
+        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
     _generate_once(name, scheduler)
     finished = time.perf_counter()
     if not runner.cuda_graphs:
         notes.append(
-            "no CUDA graphs: decode runs eagerly"
-            + (" (--no-cuda-graphs)" if runner.model.device.type == "cuda" else " on the CPU")
+            "no CUDA graphs: decode runs eagerly" + (" (--no-cuda-graphs)" if device.type == "cuda" else " on the CPU")
         )
     report = WarmupReport(
         started_at=started_at,

@@ -30,6 +30,8 @@ from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.models")
 
+LOADING_RETRY_MS = 1000  # the retry hint for a model still loading: loads and warm-ups take seconds
+
 
 class KernelPlanner(Protocol):
     """What the model manager needs from kernel selection (implemented by the daemon)."""
@@ -164,7 +166,11 @@ class ModelManager:
         if hosted is None:
             raise NotFound(f"model {name!r} is not hosted; hosted: {', '.join(sorted(self._models)) or 'none'}")
         if hosted.state == "loading":
-            raise Unavailable(f"model {name!r} is still loading (warm-up included); retry once Describe lists it ready")
+            raise Unavailable(
+                f"model {name!r} is still loading (warm-up included); retry after about {LOADING_RETRY_MS} ms, "
+                "or once Describe lists it ready",
+                retry_after_ms=LOADING_RETRY_MS,
+            )
         if hosted.state == "failed":
             raise FailedPrecondition(f"model {name!r} failed to load: {hosted.error}")
         return hosted

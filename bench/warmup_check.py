@@ -21,11 +21,13 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -295,8 +297,9 @@ def main() -> int:
         settings.clients = args.clients
     if args.window_s:
         settings.window_s = args.window_s
-    if args.work is None:
-        args.work = Path(os.environ.get("TMPDIR", "/tmp")) / f"awqd-warmup-{os.getpid()}"
+    scratch = args.work is None
+    if scratch:
+        args.work = Path(tempfile.mkdtemp(prefix="awqd-warmup-"))
     args.out.mkdir(parents=True, exist_ok=True)
     results = Results(args.out, settings)
 
@@ -318,6 +321,8 @@ def main() -> int:
         watchdog.cancel()
         results.data["finished_at"] = datetime.now(UTC).isoformat()
         results.write()
+        if scratch:
+            shutil.rmtree(args.work, ignore_errors=True)
     print((args.out / "warmup-check.md").read_text())
     return 1 if results.data["errors"] else 0
 

@@ -5,6 +5,7 @@ Latencies are printed (pytest -s), never asserted.
 """
 
 import math
+import shutil
 import statistics
 import threading
 import time
@@ -234,12 +235,17 @@ def test_over_capacity_is_refused_at_once_with_a_retry_hint_then_recovers(demo_m
         daemon.stop()
 
 
-def test_warm_before_serving_then_a_burst_up_to_the_queue_limit_is_admitted(demo_model_dir, awqd_cache_dir, tmp_path):
+def test_warm_before_serving_then_a_burst_up_to_the_queue_limit_is_admitted(
+    demo_model_dir, nan_model_dir, awqd_cache_dir, tmp_path
+):
     # One KV slot and three queue places, so "up to the limit" is exact: the burst never holds more than three
-    # waiting requests, whether or not the scheduler has admitted one yet.
+    # waiting requests, whether or not the scheduler has admitted one yet. A second model fails its warm-up.
     slots, queue, burst_tokens = 1, 3, 48
+    shutil.copytree(demo_model_dir, tmp_path / "demo")
+    shutil.copytree(nan_model_dir, tmp_path / "nan")
     daemon = serving_daemon(
-        awqd_cache_dir, tmp_path, "--max-batch-size", str(slots), "--max-queued-requests", str(queue),
+        awqd_cache_dir, tmp_path, "--model", f"{DEMO}=demo", "--model", "broken=nan",
+        "--max-batch-size", str(slots), "--max-queued-requests", str(queue),
         "--max-concurrent-streams", "20", "--queue-timeout", "120",
     )  # fmt: skip
     try:
@@ -252,15 +258,19 @@ def test_warm_before_serving_then_a_burst_up_to_the_queue_limit_is_admitted(demo
 
         threads = start_threads(client, queue)  # the moment health said SERVING
         with AwqdClient(daemon.target, timeout=30) as own:
-            (model,) = own.describe().models
+            model, broken = own.describe().models  # by name
+        # A model failing warm-up is listed as failed, with the reason, and did not keep boot from SERVING.
+        assert broken.name == "broken" and broken.state == pb.MODEL_STATE_FAILED
+        assert "warm-up failed" in broken.error and "non-finite logits" in broken.error
+        assert not broken.HasField("warmed_up_at") and not broken.kv_cache_slots
         # Ready means warm: warm-up finished, and was logged, before the daemon reported ready.
-        assert model.state == pb.MODEL_STATE_READY and model.HasField("warmed_up_at")
+        assert model.name == DEMO and model.state == pb.MODEL_STATE_READY and model.HasField("warmed_up_at")
         assert model.warmed_up_at.ToNanoseconds() / 1e9 <= serving_at
         assert model.warmup_duration.ToTimedelta().total_seconds() > 0
         assert model.load_duration.ToTimedelta() >= model.warmup_duration.ToTimedelta()
         names = [DaemonProcess.parse(line).get("event") for line in daemon.log_lines]
         assert names.index("model_warmed_up") < names.index("model_ready") < names.index("ready")
-        (warmed,) = daemon.events("model_warmed_up")
+        (warmed,) = daemon.events("model_warmed_up")  # the broken model logs model_failed instead
         assert warmed["decode_batches"] == [1] and warmed["prefill_tokens"][0] == 1
 
         wait_until(lambda: any(result.arrivals for result in results), 30, "one burst request to be running")

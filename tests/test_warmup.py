@@ -2,12 +2,9 @@
 failed, with the reason, while another model keeps serving. The daemon-level checks (warm before SERVING, a burst
 right after it) are in test_generate.py and test_load_faults.py."""
 
-import shutil
 import threading
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from awqd.config import EngineSettings
 from awqd.engine.request import GenerateParams
@@ -74,18 +71,10 @@ def test_a_loaded_model_is_ready_only_once_warm(manager, demo_model_dir):
     assert generate(manager, "demo").completion_tokens == 4
 
 
-def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(manager, demo_model_dir, tmp_path):
-    # A checkpoint whose scales hold NaN loads (its files and shapes are sound) but computes NaN logits.
-    broken = tmp_path / "nan-scales"
-    shutil.copytree(demo_model_dir, broken)
-    tensors = load_file(broken / "model.safetensors")
-    (scales,) = [key for key in tensors if key.endswith("mlp.down_proj.scales")][:1]
-    tensors[scales] = torch.full_like(tensors[scales], float("nan"))
-    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
-
+def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(manager, demo_model_dir, nan_model_dir):
     manager.load("good", demo_model_dir)
     with pytest.raises(WarmupFailed) as failed:
-        manager.load("broken", broken)
+        manager.load("broken", nan_model_dir)
     assert "warm-up failed: prefill of 1 tokens gave non-finite logits" in str(failed.value)
     listed = {hosted.name: hosted for hosted in manager.list()}
     assert listed["broken"].state == "failed" and "non-finite logits" in listed["broken"].error

@@ -2,13 +2,14 @@
 failed, with the reason, while another model keeps serving. The daemon-level checks (warm before SERVING, a burst
 right after it) are in test_generate.py and test_load_faults.py."""
 
+import gc
 import threading
 
 import pytest
 
 from awqd.config import EngineSettings
 from awqd.engine.request import GenerateParams
-from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP
+from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP, Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.warmup import prefill_sizes
 from awqd.errors import FailedPrecondition, Unavailable, WarmupFailed
@@ -80,6 +81,8 @@ def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(
     assert listed["broken"].state == "failed" and "non-finite logits" in listed["broken"].error
     assert listed["broken"].scheduler is None and listed["broken"].warmup is None
     assert "model-broken" not in [thread.name for thread in threading.enumerate()], "its engine thread was stopped"
+    gc.collect()  # nothing keeps its engine (and so its KV cache) alive, not even the error the caller holds
+    assert not [o for o in gc.get_objects() if isinstance(o, Scheduler) and o.name == "broken"]
     with pytest.raises(FailedPrecondition, match="warm-up failed"):
         manager.ready("broken")
     assert generate(manager, "good").completion_tokens == 4

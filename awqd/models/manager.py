@@ -108,7 +108,7 @@ class ModelManager:
             if scheduler is not None:
                 scheduler.close()
             scheduler = loaded = router = None
-            traceback.clear_frames(error.__traceback__)  # the frames hold the engine: let its memory go
+            _forget_frames(error)
             _release_memory()
             hosted.state, hosted.error = "failed", str(error)
             hosted.load_seconds = time.perf_counter() - started
@@ -193,6 +193,13 @@ def _check_device(device: str) -> None:
         raise InvalidArgument("device", f"{device!r} is not available on this node")
     if parsed.type not in ("cpu", "cuda"):
         raise InvalidArgument("device", f"{device!r}: awqd runs on cpu or cuda devices")
+
+
+def _forget_frames(error: BaseException | None) -> None:
+    """Clears the locals of every frame an error chain holds: they reference the engine whose memory must go."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _release_memory() -> None:

@@ -67,6 +67,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     AWQD_CACHE_DIR=/var/cache/awqd \
     TRITON_CACHE_DIR=/var/cache/awqd/triton \
+    CUDA_CACHE_PATH=/var/cache/awqd/cuda \
     HF_HOME=/var/cache/awqd/huggingface
 
 LABEL org.opencontainers.image.title="awqd" \

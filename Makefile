@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check docker-build clean
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ gpu-check:
 ENGINE_OUT ?= bench/out/engine
 engine-check:
 	python3 bench/engine_check.py --out $(ENGINE_OUT)
+
+# On a GPU machine: boot-to-SERVING cold and warm with the warm-up's share, then 64 clients from the moment of
+# SERVING (under 6 minutes on an H200); warmup-check.{json,md}, Describe and the daemon logs land in $(WARMUP_OUT).
+WARMUP_OUT ?= bench/out/warmup
+warmup-check:
+	python3 bench/warmup_check.py --out $(WARMUP_OUT)
 
 # On a GPU machine: the Benchmark RPC (kernel latency, single query) on a 7B-shaped model; files land in bench/out/
 # and bench/bench_report.py turns them into bench/results/. Phony: bench/ is also a directory.

@@ -1,7 +1,8 @@
 """The daemon's state: what it discovered, what it decided, what it hosts. The gRPC layer only translates it.
 
 Boot order: the demo model (if needed) -> the hosted models' layer shapes -> kernel selection on every device
--> model loading. The health check turns SERVING only after all of it, so a ready pod can serve.
+-> model loading, each model warmed up before it turns ready (awqd.engine.warmup). The health check turns SERVING
+only after all of it, so a ready pod serves at full speed from its first request.
 """
 
 import dataclasses

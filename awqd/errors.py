@@ -55,13 +55,27 @@ class ResourceExhausted(AwqdError):
 
 
 class Unavailable(AwqdError):
-    """Retrying later may succeed: a model still loading, a daemon shutting down."""
+    """Retrying later may succeed: a model still loading, a daemon shutting down. retry_after_ms as for
+    ResourceExhausted."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unimplemented(AwqdError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class WarmupFailed(AwqdError):
+    """A loaded model's warm-up failed (e.g. out of memory capturing a decode graph): it cannot serve here."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, step: str):
+        super().__init__(f"warm-up failed: {step}")
 
 
 class CheckpointError(AwqdError):

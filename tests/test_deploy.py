@@ -174,8 +174,10 @@ def test_boot_fits_in_the_startup_probe():
     objects = manifests()
     startup = awqd_container(objects["DaemonSet"])["startupProbe"]
     budget = float(objects["ConfigMap"]["data"]["AWQD_SELECTION_BUDGET"])
-    # Selection runs per GPU: eight GPUs at the full budget, with room left to load models.
+    # Selection runs per GPU: eight GPUs at the full budget, with room left to load and warm up the models.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 8 * budget + 300
+    # A pod that turned SERVING is noticed within seconds, so traffic reaches a warm daemon without delay.
+    assert startup["periodSeconds"] <= 5
 
 
 def test_security_context_matches_the_image():
@@ -203,7 +205,7 @@ def test_every_path_awqd_writes_is_a_writable_volume():
     env = image_env()
     cache_dir = objects["ConfigMap"]["data"]["AWQD_CACHE_DIR"]
     assert cache_dir == env["AWQD_CACHE_DIR"] == str(serve_defaults()["cache_dir"])
-    for path in (cache_dir, env["TRITON_CACHE_DIR"], env["HF_HOME"], "/tmp"):
+    for path in (cache_dir, env["TRITON_CACHE_DIR"], env["CUDA_CACHE_PATH"], env["HF_HOME"], "/tmp"):
         assert any(PurePosixPath(path).is_relative_to(mount) for mount in writable), f"{path} is read-only"
     (cache_mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache_dir]
     assert volumes[cache_mount["name"]]["hostPath"]["path"] == cache_dir  # decisions outlive the pod

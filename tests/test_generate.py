@@ -200,6 +200,7 @@ def test_describe_lists_the_model(client):
     assert (model.kv_cache_slots, model.max_sequence_tokens, model.kv_cache_tokens) == (32, 512, 16384)
     assert model.kv_cache_bytes > 0
     assert Path(model.path).is_dir()
+    assert model.HasField("warmed_up_at") and model.HasField("warmup_duration")
 
 
 @pytest.mark.parametrize("path", ["../outside", "/etc", "nested/../../outside"])
@@ -209,10 +210,17 @@ def test_paths_outside_the_model_root_are_refused(client, path):
     assert raised.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_load_generate_unload(client, demo_model_dir, model_root):
+def test_load_generate_unload(client, daemon, demo_model_dir, model_root):
     shutil.copytree(demo_model_dir, model_root / "copy", dirs_exist_ok=True)
     model = client.load_model("copy", "copy")
     assert model.state == pb.MODEL_STATE_READY
+    # Loaded at run time, it was warmed the same way before it turned ready.
+    (described,) = [m for m in client.describe().models if m.name == "copy"]
+    assert described.HasField("warmed_up_at") and described.warmed_up_at == model.warmed_up_at
+    assert 0 < described.warmup_duration.ToNanoseconds() <= described.load_duration.ToNanoseconds()
+    assert described.warmup_graphs == 0 and described.warmup_graph_memory_bytes == 0  # the CPU captures no graphs
+    (warmed,) = [e for e in daemon.events("model_warmed_up") if e["model"] == "copy"]
+    assert warmed["decode_batches"] == [1, 2, 4, 8, 16, 32]  # every batch bucket up to the 32 KV slots
     copy_ids = [t for m in client.generate("copy", "The weather today", max_new_tokens=8) for t in m.token_ids]
     assert copy_ids == run(client, max_new_tokens=8)[1]
     client.unload_model("copy")

@@ -5,6 +5,7 @@ Latencies are printed (pytest -s), never asserted.
 """
 
 import math
+import shutil
 import statistics
 import threading
 import time
@@ -230,6 +231,64 @@ def test_over_capacity_is_refused_at_once_with_a_retry_hint_then_recovers(demo_m
         with AwqdClient(daemon.target, timeout=30) as own:
             consume(own, fresh, 4)
         assert_complete(fresh, 4)
+    finally:
+        daemon.stop()
+
+
+def test_warm_before_serving_then_a_burst_up_to_the_queue_limit_is_admitted(
+    demo_model_dir, nan_model_dir, awqd_cache_dir, tmp_path
+):
+    # One KV slot and three queue places, so "up to the limit" is exact: the burst never holds more than three
+    # waiting requests, whether or not the scheduler has admitted one yet. A second model fails its warm-up.
+    slots, queue, burst_tokens = 1, 3, 48
+    shutil.copytree(demo_model_dir, tmp_path / "demo")
+    shutil.copytree(nan_model_dir, tmp_path / "nan")
+    daemon = serving_daemon(
+        awqd_cache_dir, tmp_path, "--model", f"{DEMO}=demo", "--model", "broken=nan",
+        "--max-batch-size", str(slots), "--max-queued-requests", str(queue),
+        "--max-concurrent-streams", "20", "--queue-timeout", "120",
+    )  # fmt: skip
+    try:
+        serving_at = time.time()
+        results = [StreamResult() for _ in range(queue)]
+
+        def client(slot: int) -> None:
+            with AwqdClient(daemon.target, timeout=60) as own:
+                consume(own, results[slot], burst_tokens)
+
+        threads = start_threads(client, queue)  # the moment health said SERVING
+        with AwqdClient(daemon.target, timeout=30) as own:
+            model, broken = own.describe().models  # by name
+        # A model failing warm-up is listed as failed, with the reason, and did not keep boot from SERVING.
+        assert broken.name == "broken" and broken.state == pb.MODEL_STATE_FAILED
+        assert "warm-up failed" in broken.error and "non-finite logits" in broken.error
+        assert not broken.HasField("warmed_up_at") and not broken.kv_cache_slots
+        # Ready means warm: warm-up finished, and was logged, before the daemon reported ready.
+        assert model.name == DEMO and model.state == pb.MODEL_STATE_READY and model.HasField("warmed_up_at")
+        assert model.warmed_up_at.ToNanoseconds() / 1e9 <= serving_at
+        assert model.warmup_duration.ToTimedelta().total_seconds() > 0
+        assert model.load_duration.ToTimedelta() >= model.warmup_duration.ToTimedelta()
+        names = [DaemonProcess.parse(line).get("event") for line in daemon.log_lines]
+        assert names.index("model_warmed_up") < names.index("model_ready") < names.index("ready")
+        (warmed,) = daemon.events("model_warmed_up")  # the broken model logs model_failed instead
+        assert warmed["decode_batches"] == [1] and warmed["prefill_tokens"][0] == 1
+
+        wait_until(lambda: any(result.arrivals for result in results), 30, "one burst request to be running")
+        # Beyond the limit: with the slot held, extra requests fill the queue again, and the next is refused.
+        with grpc.insecure_channel(daemon.target) as channel:
+            stub = awqd_pb2_grpc.AwqdServiceStub(channel)
+            request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4)
+            extras = [stub.Generate(request, timeout=30) for _ in range(queue + 2)]
+            wait_until(lambda: sum(call.done() for call in extras) >= 2, 10, "the over-limit requests to be refused")
+            for call in extras:
+                call.cancel()
+            codes = Counter(call.code() for call in extras)
+            refusals = [call.details() for call in extras if call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 2, codes
+        assert all(f"and {queue} queued (--max-queued-requests {queue})" in details for details in refusals)
+        join_all(threads)
+        for result in results:  # the burst itself: nothing refused, every stream complete
+            assert_complete(result, burst_tokens)
     finally:
         daemon.stop()
 

@@ -6,10 +6,11 @@ the pinned one: the pin is part of the graph's key). Padding rows are free slots
 own slot, which the next sequence there overwrites at its prefill. Decode attention reads each row's length from
 the positions tensor on the device, so one graph serves a bucket at every position.
 
-Graphs are captured lazily: the first step of a key runs eagerly (which also compiles Triton kernels for that
-shape) and the graph is captured right after, so later steps replay it. A capture that fails (some kernels cannot
-be captured) leaves that key eager, and says so in the log. On the CPU, and with --no-cuda-graphs, every step is
-eager: the same code, minus capture.
+A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
+that shape); later steps replay it. Warm-up (awqd.engine.warmup) runs that first step for every unpinned bucket
+before the model turns ready; a pinned key is captured on its first request. A capture that fails (some kernels
+cannot be captured) leaves that key eager, with the reason kept and logged. On the CPU, and with --no-cuda-graphs,
+every step is eager: the same code, minus capture.
 """
 
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class StepRunner:
         self.tokens = torch.zeros(slots, dtype=torch.int64, device=model.device)
         self.positions = torch.zeros(slots, dtype=torch.int64, device=model.device)
         self.graphs: dict[tuple[str, int], CapturedDecode] = {}
-        self.eager_keys: set[tuple[str, int]] = set()
+        self.eager_keys: dict[tuple[str, int], Exception] = {}  # keys whose capture failed, and why
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def batch_bucket(self, rows: int) -> int:
@@ -93,7 +94,7 @@ class StepRunner:
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache)
         except Exception as error:  # e.g. a kernel that synchronizes: this key stays eager
-            self.eager_keys.add(key)
+            self.eager_keys[key] = error.with_traceback(None)  # no frames kept alive: they hold capture tensors
             log.warning("cuda_graph_capture_failed", pin=pin or "auto", batch=padded, error=str(error))
             return
         self.graphs[key] = CapturedDecode(graph, logits)

@@ -1,7 +1,9 @@
 """The hosted models: load, unload, look up, and their life-cycle states."""
 
+import gc
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -12,6 +14,7 @@ import torch
 from awqd.config import MODEL_NAME, EngineSettings
 from awqd.engine.build import build_engine
 from awqd.engine.scheduler import Scheduler
+from awqd.engine.warmup import WarmupReport, warm_up
 from awqd.errors import (
     AlreadyExists,
     AwqdError,
@@ -26,6 +29,8 @@ from awqd.models.loader import LoadedModel, load_model
 from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.models")
+
+LOADING_RETRY_MS = 1000  # the retry hint for a model still loading: loads and warm-ups take seconds
 
 
 class KernelPlanner(Protocol):
@@ -44,12 +49,13 @@ class HostedModel:
     path: Path
     device: str
     kernel: str
-    state: str = "loading"  # "loading" | "ready" | "failed"
+    state: str = "loading"  # "loading" (warm-up included) | "ready" | "failed"
     error: str = ""
     loaded: LoadedModel | None = None
     router: KernelRouter | None = None
     scheduler: Scheduler | None = None
     load_seconds: float = 0.0
+    warmup: WarmupReport | None = None
     announced: bool = False  # listed by boot before its load starts
 
 
@@ -76,7 +82,8 @@ class ModelManager:
         return resolved
 
     def load(self, name: str, path: Path, device: str = "", kernel: str = "auto") -> HostedModel:
-        """Loads synchronously. A failure leaves the model listed as failed, with the reason, and re-raises."""
+        """Loads and warms up synchronously (awqd.engine.warmup): the model turns ready only once warm. A failure
+        leaves it listed as failed, with the reason, frees what it held, and re-raises."""
         if not MODEL_NAME.match(name):
             raise InvalidArgument("name", f"{name!r} must be 1-128 letters, digits, '.', '_' or '-'")
         device = device or self.default_device
@@ -90,12 +97,19 @@ class ModelManager:
             self._models[name] = hosted
         started = time.perf_counter()
         log.info("model_loading", model=name, path=str(path), device=device, kernel=kernel)
+        scheduler = None
         try:
             dispatch, held = self.planner.plan(device, kernel)
             router = KernelRouter(dispatch)
             loaded = load_model(path, torch.device(device), router, extra_candidates=held, fuse=True)
             scheduler = build_engine(name, loaded, router, self.engine)
+            hosted.warmup = warm_up(name, scheduler)
         except Exception as error:
+            if scheduler is not None:
+                scheduler.close()
+            scheduler = loaded = router = None
+            _forget_frames(error)
+            _release_memory()
             hosted.state, hosted.error = "failed", str(error)
             hosted.load_seconds = time.perf_counter() - started
             log.error("model_failed", model=name, error=str(error))
@@ -106,7 +120,13 @@ class ModelManager:
         hosted.scheduler = scheduler
         hosted.load_seconds = time.perf_counter() - started
         hosted.state = "ready"
-        log.info("model_ready", model=name, seconds=round(hosted.load_seconds, 3), bytes=loaded.weight_memory_bytes)
+        log.info(
+            "model_ready",
+            model=name,
+            seconds=round(hosted.load_seconds, 3),
+            warmup_seconds=round(hosted.warmup.duration_s, 3),
+            bytes=loaded.weight_memory_bytes,
+        )
         return hosted
 
     def announce(self, name: str, path: Path, device: str, kernel: str) -> None:
@@ -146,7 +166,11 @@ class ModelManager:
         if hosted is None:
             raise NotFound(f"model {name!r} is not hosted; hosted: {', '.join(sorted(self._models)) or 'none'}")
         if hosted.state == "loading":
-            raise Unavailable(f"model {name!r} is still loading")
+            raise Unavailable(
+                f"model {name!r} is still loading (warm-up included); retry after about {LOADING_RETRY_MS} ms, "
+                "or once Describe lists it ready",
+                retry_after_ms=LOADING_RETRY_MS,
+            )
         if hosted.state == "failed":
             raise FailedPrecondition(f"model {name!r} failed to load: {hosted.error}")
         return hosted
@@ -171,6 +195,14 @@ def _check_device(device: str) -> None:
         raise InvalidArgument("device", f"{device!r}: awqd runs on cpu or cuda devices")
 
 
+def _forget_frames(error: BaseException | None) -> None:
+    """Clears the locals of every frame an error chain holds: they reference the engine whose memory must go."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
 def _release_memory() -> None:
     if torch.cuda.is_available():
+        gc.collect()  # an engine's tensors and CUDA graphs may sit in reference cycles
         torch.cuda.empty_cache()

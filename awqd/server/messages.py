@@ -179,6 +179,12 @@ def model(hosted: HostedModel) -> pb.Model:
         message.kv_cache_slots = plan.slots
         message.max_sequence_tokens = plan.max_seq_len
         message.kv_cache_bytes = plan.bytes
+    if hosted.warmup is not None:
+        warmup = hosted.warmup
+        message.warmed_up_at.CopyFrom(timestamp(warmup.finished_at))
+        message.warmup_duration.CopyFrom(duration(warmup.duration_s))
+        message.warmup_graphs = warmup.graphs
+        message.warmup_graph_memory_bytes = warmup.graph_memory_bytes
     return message
 
 

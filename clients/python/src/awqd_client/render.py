@@ -158,7 +158,17 @@ def selection_caption(selection: awqd_pb2.KernelSelection) -> str:
 
 def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
     table = Table(
-        "name", "state", "device", "architecture", "quant", "kernel", "weights", "kv cache", "error", title="models"
+        "name",
+        "state",
+        "device",
+        "architecture",
+        "quant",
+        "kernel",
+        "weights",
+        "kv cache",
+        "warm-up",
+        "error",
+        title="models",
     )
     for model in models:
         state = label(awqd_pb2.ModelState, model.state)
@@ -173,6 +183,7 @@ def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
             model.kernel or "auto",
             memory_summary(model),
             kv_cache_summary(model),
+            warmup_summary(model),
             Text(model.error, style="red"),
         )
     return table
@@ -187,6 +198,15 @@ def kv_cache_summary(model: awqd_pb2.Model) -> str:
     )
 
 
+def warmup_summary(model: awqd_pb2.Model) -> str:
+    if not model.HasField("warmed_up_at"):
+        return ""
+    took = human_duration(model.warmup_duration)
+    if not model.warmup_graphs:
+        return took
+    return f"{took}, {model.warmup_graphs} graphs, {human_bytes(model.warmup_graph_memory_bytes)}"
+
+
 def quant_summary(config: awqd_pb2.QuantConfig) -> str:
     zero = "" if config.zero_point else " symmetric"
     return f"{label(awqd_pb2.QuantPacking, config.packing)} w{config.w_bit} g{config.group_size}{zero}"
@@ -199,9 +219,10 @@ def memory_summary(model: awqd_pb2.Model) -> str:
 
 def loaded_line(model: awqd_pb2.Model) -> str:
     took = f" in {human_duration(model.load_duration)}" if model.HasField("load_duration") else ""
+    warmed = f"; warm-up {warmup_summary(model)}" if model.HasField("warmed_up_at") else ""
     return (
         f"loaded {model.name} on {model.device}{took} "
-        f"({quant_summary(model.quant_config)}, {memory_summary(model)}, kernel {model.kernel or 'auto'})"
+        f"({quant_summary(model.quant_config)}, {memory_summary(model)}, kernel {model.kernel or 'auto'}){warmed}"
     )
 
 

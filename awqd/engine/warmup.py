@@ -1,0 +1,173 @@
+"""Warm-up: everything a built engine would otherwise do lazily on its first traffic, done before it turns ready.
+
+1. Prefill at the token counts the kernel dispatch distinguishes. Prefill runs eagerly on dynamic shapes, so
+   there is no graph to capture; what is lazy is Triton's compilation, once per kernel, launch configuration and
+   argument specialisation. A step's kernel and its tuned configuration are picked by the step's bucket, and
+   Triton specialises a row count by whether it is divisible by 16, so each dispatch bucket b is run at b and at
+   b - 1 tokens: every kernel the table names, at every bucket, in both specialisations.
+2. Decode at every batch bucket up to the KV-cache slot count, unpinned: each bucket's first step runs eagerly
+   (compiling its kernels) and its CUDA graph is captured right after (awqd.engine.step). A request that pins a
+   kernel still captures that pin's graphs on its first steps.
+3. One greedy generation end to end through the scheduler thread: tokenizer, sampling, detokenizer, streaming.
+
+Every warm-up step's logits must be finite, so a checkpoint that computes NaN fails here, not on each request.
+A capture that runs out of device memory fails warm-up (the model cannot hold the graphs it would need); a
+capture that fails otherwise (a kernel that cannot be captured) leaves that bucket eager, as at run time, and the
+report says so.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+import torch
+
+from awqd.engine.request import GenerateParams
+from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP, Scheduler
+from awqd.engine.sequence import Finished, Job
+from awqd.engine.step import StepRunner
+from awqd.errors import WarmupFailed
+
+log = structlog.get_logger("awqd.engine")
+
+GENERATION_PROMPT = "The weather today"
+GENERATION_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+    graphs: int  # decode CUDA graphs held after warm-up
+    graph_memory_bytes: int  # device memory the captures added (the graphs' pool), after emptying the cache
+    prefill_tokens: tuple[int, ...]  # the prefill step sizes run
+    decode_batches: tuple[int, ...]  # the decode batch buckets run
+    notes: tuple[str, ...]
+
+
+def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
+    """Runs the warm-up on an engine no request has reached yet; raises WarmupFailed saying which step failed."""
+    runner = scheduler.runner
+    started_at, started = datetime.now(UTC), time.perf_counter()
+    notes: list[str] = []
+    runner.router.unpin()
+    device = runner.model.device
+    # The device guard makes the capture stream the model's device's, whichever device this thread last used.
+    with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        prefill_tokens = _warm_prefill(runner)
+        reserved_before = _reserved_after_emptying(device)
+        decode_batches = _warm_decode(runner, notes)
+        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
+    _generate_once(name, scheduler)
+    finished = time.perf_counter()
+    if not runner.cuda_graphs:
+        notes.append(
+            "no CUDA graphs: decode runs eagerly" + (" (--no-cuda-graphs)" if device.type == "cuda" else " on the CPU")
+        )
+    report = WarmupReport(
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        duration_s=finished - started,
+        graphs=len(runner.graphs),
+        graph_memory_bytes=graph_memory,
+        prefill_tokens=prefill_tokens,
+        decode_batches=decode_batches,
+        notes=tuple(notes),
+    )
+    log.info(
+        "model_warmed_up",
+        model=name,
+        seconds=round(report.duration_s, 3),
+        graphs=report.graphs,
+        graph_memory_bytes=report.graph_memory_bytes,
+        prefill_tokens=list(prefill_tokens),
+        decode_batches=list(decode_batches),
+        notes=list(report.notes),
+    )
+    return report
+
+
+def prefill_sizes(dispatch_buckets: tuple[int, ...], capacity_tokens: int) -> tuple[int, ...]:
+    """Each dispatch bucket b at b and b - 1 tokens, capped at the largest step that can run: one admission's
+    tokens (PREFILL_TOKENS_PER_STEP) and the KV cache's capacity."""
+    limit = min(PREFILL_TOKENS_PER_STEP, capacity_tokens)
+    return tuple(sorted({n for b in dispatch_buckets for n in (min(b, limit) - 1, min(b, limit)) if n >= 1}))
+
+
+def _warm_prefill(runner: StepRunner) -> tuple[int, ...]:
+    plan = runner.cache.plan
+    sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), plan.capacity_tokens)
+    vocab = runner.model.shape.vocab_size
+    for total in sizes:
+        # A step longer than one sequence may hold runs as several prompts, one per slot, as admission would.
+        full, rest = divmod(total, plan.max_seq_len)
+        lengths = [plan.max_seq_len] * full + ([rest] if rest else [])
+        prompts = [[token % vocab for token in range(length)] for length in lengths]
+        with _step(f"prefill of {total} tokens") as what:
+            logits, _ = runner.prefill(prompts, list(range(len(prompts))))
+            _check_finite(logits, what)
+    return sizes
+
+
+def _warm_decode(runner: StepRunner, notes: list[str]) -> tuple[int, ...]:
+    for batch in runner.batch_buckets:
+        with _step(f"decode of {batch} rows") as what:
+            logits, _ = runner.decode([0] * batch, [0] * batch)
+            _check_finite(logits, what)
+        failure = runner.eager_keys.get(("", batch))
+        if isinstance(failure, torch.cuda.OutOfMemoryError):
+            raise WarmupFailed(f"capturing the {batch}-row decode CUDA graph: out of device memory: {failure}")
+        if failure is not None:
+            notes.append(f"decode at {batch} rows stays eager: its CUDA graph capture failed: {failure}")
+    return runner.batch_buckets
+
+
+def _generate_once(name: str, scheduler: Scheduler) -> Finished:
+    """One greedy request through the scheduler thread, as a client's would run."""
+    room = scheduler.max_sequence_tokens - 1  # at least one generated token must fit
+    prompt_ids = scheduler.tokenizer(GENERATION_PROMPT)["input_ids"][: max(room, 0)]
+    new_tokens = min(GENERATION_TOKENS, scheduler.max_sequence_tokens - len(prompt_ids))
+    if not prompt_ids or new_tokens < 1:
+        raise WarmupFailed(
+            f"a sequence may hold {scheduler.max_sequence_tokens} KV-cache positions: no request can fit a prompt "
+            "and one generated token (raise --kv-cache-tokens or --kv-cache-fraction)"
+        )
+    params = GenerateParams(name, "", tuple(prompt_ids), new_tokens, 0.0, None, 0, None, (), "")
+    job = Job(params=params, prompt_ids=list(prompt_ids), pinned=None)
+    with _step("the warm-up generation"):
+        scheduler.submit(job)
+        finished = list(job.results())[-1]
+    if not isinstance(finished, Finished) or finished.completion_tokens < 1:
+        raise WarmupFailed(f"the warm-up generation ended without generating a token: {finished}")
+    return finished
+
+
+@contextmanager
+def _step(what: str) -> Iterator[str]:
+    """Turns any failure inside into WarmupFailed naming the step."""
+    try:
+        yield what
+    except WarmupFailed:
+        raise
+    except torch.cuda.OutOfMemoryError as error:
+        raise WarmupFailed(f"{what}: out of device memory: {error}") from None
+    except Exception as error:
+        raise WarmupFailed(f"{what}: {type(error).__name__}: {error}") from None
+
+
+def _check_finite(logits: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise WarmupFailed(f"{what} gave non-finite logits: the checkpoint's weights or scales hold NaN or inf")
+
+
+def _reserved_after_emptying(device: torch.device) -> int:
+    """Device memory PyTorch holds once its unused cache is returned: what live tensors and graph pools hold."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved(device)

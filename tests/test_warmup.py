@@ -1,0 +1,98 @@
+"""Warm-up of a loaded model on the CPU with the demo model: what it runs, and that a model failing it is listed as
+failed, with the reason, while another model keeps serving. The daemon-level checks (warm before SERVING, a burst
+right after it) are in test_generate.py and test_load_faults.py."""
+
+import gc
+import threading
+
+import pytest
+
+from awqd.config import EngineSettings
+from awqd.engine.request import GenerateParams
+from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP, Scheduler
+from awqd.engine.sequence import Finished, Job
+from awqd.engine.warmup import prefill_sizes
+from awqd.errors import FailedPrecondition, Unavailable, WarmupFailed
+from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
+from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.models.manager import ModelManager
+
+
+class CpuPlanner:
+    """The KernelPlanner the daemon would be on a CPU node whose selection switches kernel with the batch size."""
+
+    def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
+        return Dispatch(buckets=(1, 8, 64), candidates=(ReferenceTorch(), DequantMatmulCpu(), DequantMatmulCpu())), []
+
+    def resolve(self, torch_device: str, kernel: str) -> Candidate:
+        raise FailedPrecondition(f"no kernel overrides in this test: {kernel}")
+
+
+@pytest.fixture
+def manager(tmp_path):
+    models = ModelManager(tmp_path, "cpu", CpuPlanner(), EngineSettings(kv_cache_tokens=4096, max_batch_size=8))
+    try:
+        yield models
+    finally:
+        models.close()
+
+
+def generate(manager: ModelManager, name: str, new_tokens: int = 4) -> Finished:
+    params = GenerateParams(name, "", (5, 6, 7), new_tokens, 0.0, None, 0, None, (), "")
+    job = Job(params, [5, 6, 7], pinned=None)
+    manager.ready(name).scheduler.submit(job)
+    return list(job.results())[-1]
+
+
+def test_prefill_sizes_cover_each_bucket_at_both_specialisations_within_capacity():
+    assert prefill_sizes((1, 8, 64), 4096) == (1, 7, 8, 63, 64)
+    assert prefill_sizes((1, 2, 512), 100) == (1, 2, 99, 100)  # the KV cache holds 100 tokens: no longer step
+    # No admission takes more than PREFILL_TOKENS_PER_STEP tokens: the largest bucket is warmed at that size.
+    assert prefill_sizes((1, 4096), 10**6) == (1, PREFILL_TOKENS_PER_STEP - 1, PREFILL_TOKENS_PER_STEP)
+
+
+def test_a_model_still_loading_answers_unavailable_with_a_retry_hint(manager, demo_model_dir):
+    manager.announce("demo", demo_model_dir, "", "auto")  # as boot lists it before its load and warm-up
+    with pytest.raises(Unavailable, match="still loading") as refused:
+        manager.ready("demo")
+    assert refused.value.retry_after_ms and "retry after about" in str(refused.value)
+
+
+def test_a_loaded_model_is_ready_only_once_warm(manager, demo_model_dir):
+    hosted = manager.load("demo", demo_model_dir)
+    assert hosted.state == "ready"
+    report = hosted.warmup
+    assert report is not None and report.finished_at >= report.started_at and report.duration_s > 0
+    assert report.prefill_tokens == (1, 7, 8, 63, 64)
+    assert report.decode_batches == (1, 2, 4, 8) == hosted.scheduler.runner.batch_buckets
+    assert report.graphs == 0 and report.graph_memory_bytes == 0  # no CUDA graphs on the CPU
+    assert any("on the CPU" in note for note in report.notes)
+    assert hosted.load_seconds >= report.duration_s
+    assert generate(manager, "demo").completion_tokens == 4
+
+
+def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(manager, demo_model_dir, nan_model_dir):
+    manager.load("good", demo_model_dir)
+    with pytest.raises(WarmupFailed) as failed:
+        manager.load("broken", nan_model_dir)
+    assert "warm-up failed: prefill of 1 tokens gave non-finite logits" in str(failed.value)
+    listed = {hosted.name: hosted for hosted in manager.list()}
+    assert listed["broken"].state == "failed" and "non-finite logits" in listed["broken"].error
+    assert listed["broken"].scheduler is None and listed["broken"].warmup is None
+    assert "model-broken" not in [thread.name for thread in threading.enumerate()], "its engine thread was stopped"
+    gc.collect()  # nothing keeps its engine (and so its KV cache) alive, not even the error the caller holds
+    assert not [o for o in gc.get_objects() if isinstance(o, Scheduler) and o.name == "broken"]
+    with pytest.raises(FailedPrecondition, match="warm-up failed"):
+        manager.ready("broken")
+    assert generate(manager, "good").completion_tokens == 4
+
+
+def test_a_kv_cache_too_short_for_any_request_fails_warm_up(tmp_path, demo_model_dir):
+    manager = ModelManager(tmp_path, "cpu", CpuPlanner(), EngineSettings(kv_cache_tokens=1, max_batch_size=1))
+    try:
+        with pytest.raises(WarmupFailed, match="may hold 1 KV-cache positions: no request can fit"):
+            manager.load("demo", demo_model_dir)
+        assert manager.list()[0].state == "failed"
+    finally:
+        manager.close()

@@ -109,19 +109,19 @@ def serve(
     ] = 16384,
     max_batch_size: Annotated[
         int,
-        typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together (its KV-cache slots)"),
-    ] = 64,
+        typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together in one step"),
+    ] = 256,
     max_queued_requests: Annotated[
         int,
         typer.Option(
             envvar="AWQD_MAX_QUEUED_REQUESTS",
-            help="requests waiting for a KV-cache slot, per model; more get RESOURCE_EXHAUSTED with a retry hint",
+            help="requests waiting for room in the KV cache, per model; more get RESOURCE_EXHAUSTED with a retry hint",
         ),
     ] = 64,
     queue_timeout: Annotated[
         float,
         typer.Option(
-            envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for a slot before RESOURCE_EXHAUSTED"
+            envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for KV-cache room before RESOURCE_EXHAUSTED"
         ),
     ] = 30.0,
     cuda_graphs: Annotated[

@@ -17,7 +17,7 @@ import torch
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
-from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, allocate, plan_kv_cache
 from awqd.engine.model import DecoderModel
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
@@ -121,18 +121,27 @@ def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
     loaded, _ = fused_model
     model = DecoderModel(loaded)
     shape = model.shape
-    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 512, CPU, 0.9, 2048, 4)
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 512, CPU, 0.9, 2048)
     cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU)
+    blocks = BlockTables(plan.blocks)
+    blocks.grow("other", 3 * BLOCK_TOKENS)  # so the sequence's blocks do not start at 1
+    blocks.grow("sequence", 25)
     ids = list(range(10, 50))
     with torch.inference_mode():
         expected = hf_model.model(torch.tensor([ids])).logits[0]
-        prefill = model.prefill([torch.tensor(ids[:25])], [2], cache)[0]
+        prefill = model.prefill([torch.tensor(ids[:25])], torch.tensor([blocks.table("sequence")]).int(), cache)[0]
         torch.testing.assert_close(prefill, expected[24], rtol=1e-5, atol=1e-5)
         for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
-            tokens, positions = [0] * 4, [0] * 4
+            blocks.grow("other", 3 * BLOCK_TOKENS + position)  # the sequences' blocks interleave
+            blocks.grow("sequence", position + 1)
+            tokens, positions, tables = [0] * 4, [0] * 4, torch.zeros(4, plan.max_blocks_per_seq, dtype=torch.int32)
             tokens[2], positions[2] = ids[position], position
-            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache)
+            table = blocks.table("sequence")
+            tables[2, : len(table)] = torch.tensor(table)
+            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), tables, cache)
             torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
+    table = blocks.table("sequence")
+    assert table != list(range(table[0], table[0] + len(table))), "the test meant to interleave the blocks"
 
 
 @pytest.mark.parametrize("sliding_window", [None, 6])
@@ -143,15 +152,15 @@ def test_batched_prefill_equals_each_prompt_alone(fused_model, sliding_window):
     model = DecoderModel(dataclasses.replace(loaded, config=config))
     shape = model.shape
     assert shape.sliding_window == sliding_window
-    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256, 4)
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256)
     batched_cache, alone_cache = (
         allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU) for _ in range(2)
     )
-    prompts = [torch.arange(10, 15), torch.arange(100, 112), torch.arange(500, 509)]
-    slots = [3, 0, 2]  # out of order, and slot 1 stays empty
+    prompts = [torch.arange(10, 15), torch.arange(100, 132), torch.arange(500, 521)]
+    tables = torch.tensor([[7, 0], [3, 1], [2, 6]], dtype=torch.int32)  # out of order; blocks 4 and 5 stay empty
     with torch.inference_mode():
-        batched = model.prefill(prompts, slots, batched_cache)
-        alone = torch.cat([model.prefill([p], [slot], alone_cache) for p, slot in zip(prompts, slots, strict=True)])
+        batched = model.prefill(prompts, tables, batched_cache)
+        alone = torch.cat([model.prefill([p], tables[i : i + 1], alone_cache) for i, p in enumerate(prompts)])
     assert batched.shape == (3, shape.vocab_size)
     torch.testing.assert_close(batched, alone, rtol=1e-6, atol=1e-6)
     for batched_kv, alone_kv in zip(batched_cache.k + batched_cache.v, alone_cache.k + alone_cache.v, strict=True):
@@ -226,7 +235,7 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
         scheduler.submit(running)
         first = next(running.results())
 
-        def failing_prefill(prompts, slots, cache):
+        def failing_prefill(prompts, tables, cache):
             raise RuntimeError(f"injected fault in a prefill of {len(prompts)} prompts")
 
         monkeypatch.setattr(scheduler.runner.model, "prefill", failing_prefill)
@@ -237,7 +246,7 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
             with pytest.raises(RuntimeError, match="injected fault in a prefill"):
                 tokens_of(job)
         monkeypatch.undo()
-        # Both slots the failed jobs held must be free again: these two run while `running` still holds its own.
+        # The rows the failed jobs held must be free again: these two run while `running` still holds its own.
         later = [Job(params(4), p, pinned=None) for p in random_prompts(2, seed=13)]
         for job in later:
             scheduler.submit(job)
@@ -245,7 +254,8 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
         later_done = time.perf_counter()
         rest, finished = tokens_of(running)
         assert finished.finish_reason == "length" and [*first.token_ids, *rest] == expected
-        assert later_done < running.received_at + finished.total_ms / 1000, "a failed job's slot was not freed"
+        assert later_done < running.received_at + finished.total_ms / 1000, "a failed job's row was not freed"
+        assert scheduler.blocks.used_blocks == 0
     finally:
         scheduler.close()
 
@@ -276,12 +286,12 @@ def test_cancelled_sequence_leaves_at_once(engine):
     assert run_alone(engine, [5, 6, 7], params(3))[1].completion_tokens == 3
 
 
-def test_request_that_cannot_fit_a_kv_slot_is_refused(demo_model_dir):
+def test_request_that_cannot_fit_the_kv_cache_is_refused(demo_model_dir):
     router = reference_router()
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=64))
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=80))  # one is the padding block
     try:
-        assert scheduler.runner.cache.plan.slots == 1 and scheduler.max_sequence_tokens == 64
+        assert scheduler.runner.cache.plan.blocks == 4 and scheduler.max_sequence_tokens == 64
         with pytest.raises(InvalidArgument) as refused:
             scheduler.submit(Job(params(40), list(range(10, 40)), pinned=None))
         assert refused.value.field == "max_new_tokens" and "KV-cache" in refused.value.reason

@@ -71,7 +71,7 @@ def random_prompts(count: int, seed: int = 0) -> list[list[int]]:
 
 def submit_together(scheduler, jobs: list[Job]) -> None:
     """Queues the jobs behind an exclusive run, then ends that run: one step boundary admits them all."""
-    blocker = Job(params(400), [5, 6, 7], pinned=None, exclusive=True)
+    blocker = Job(params(min(400, scheduler.max_sequence_tokens - 3)), [5, 6, 7], pinned=None, exclusive=True)
     scheduler.submit(blocker)
     next(blocker.results())
     for job in jobs:
@@ -289,7 +289,7 @@ def test_cancelled_sequence_leaves_at_once(engine):
 def test_request_that_cannot_fit_the_kv_cache_is_refused(demo_model_dir):
     router = reference_router()
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=80))  # one is the padding block
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=64))
     try:
         assert scheduler.runner.cache.plan.blocks == 4 and scheduler.max_sequence_tokens == 64
         with pytest.raises(InvalidArgument) as refused:
@@ -297,6 +297,32 @@ def test_request_that_cannot_fit_the_kv_cache_is_refused(demo_model_dir):
         assert refused.value.field == "max_new_tokens" and "KV-cache" in refused.value.reason
         assert "64" in refused.value.reason
         assert run_alone(scheduler, list(range(10, 40)), params(30))[1].completion_tokens == 30  # 60 fits
+    finally:
+        scheduler.close()
+
+
+def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(demo_model_dir):
+    """Eight blocks of KV cache for four sequences that need four each: decode runs out of blocks, the newest are
+    preempted and recomputed, and every stream still gets its own tokens (greedy, and seeded sampling)."""
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    settings = EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS, max_batch_size=8)
+    scheduler = build_engine("demo", loaded, router, settings)
+    try:
+        assert scheduler.runner.cache.plan.blocks == 8
+        prompts = [[token + index for token in range(20, 40)] for index in range(4)]
+        requests = [params(40), params(40), params(40, temperature=0.9, top_k=40, seed=77), params(40)]
+        alone = [run_alone(scheduler, p, r)[0] for p, r in zip(prompts, requests, strict=True)]
+        assert scheduler.preemptions == 0
+        jobs = [Job(request, prompt, pinned=None) for prompt, request in zip(prompts, requests, strict=True)]
+        submit_together(scheduler, jobs)
+        together = [tokens_of(job) for job in jobs]
+        assert scheduler.preemptions > 0, "the cache was meant to run out of blocks"
+        assert [tokens for tokens, _ in together] == alone
+        assert all(finished.completion_tokens == len(tokens) for tokens, finished in together)
+        prefills = sum(use.steps for _, finished in together for use in finished.kernels if use.phase == "prefill")
+        assert prefills == len(jobs) + scheduler.preemptions, "each preemption is one more prefill"
+        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
     finally:
         scheduler.close()
 

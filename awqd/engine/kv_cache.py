@@ -63,9 +63,9 @@ def plan_kv_cache(
     else:
         budget_tokens = cpu_tokens
         source = f"{cpu_tokens} tokens on the CPU (--kv-cache-tokens)"
-    blocks = budget_tokens // BLOCK_TOKENS - 1  # one goes to the padding block
+    blocks = budget_tokens // BLOCK_TOKENS  # the padding block comes on top
     if blocks < 1:
-        raise ResourceExhausted(f"no memory is left for a KV cache: {source} is below two {BLOCK_TOKENS}-token blocks")
+        raise ResourceExhausted(f"no memory is left for a KV cache: {source} is below one {BLOCK_TOKENS}-token block")
     max_seq_len = min(context_length, blocks * BLOCK_TOKENS)
     return KvCachePlan(blocks, max_seq_len, (blocks + 1) * BLOCK_TOKENS * bytes_per_token, source)
 

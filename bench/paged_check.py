@@ -15,7 +15,7 @@ Every step has a time limit (bench/engine_check.py's watchdog): a step that over
 paged-check.json and paged-check.md are written to --out whatever happens.
 
 A dry run on the CPU: `python3 bench/paged_check.py --out /tmp/pc --device cpu --arch tiny --streams 4,8
---tokens 16 --equality-batches 1,4` (a small model, small levels: it checks the script, not the speed).
+--tokens 40 --equality-batches 1,4` (a small model, small levels: it checks the script, not the speed).
 """
 
 import argparse

@@ -327,6 +327,27 @@ def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(d
         scheduler.close()
 
 
+def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_model_dir):
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS))
+    try:
+        jobs = [Job(params(100), [token + index for token in range(20, 40)], pinned=None) for index in range(4)]
+        submit_together(scheduler, jobs)
+        deadline = time.monotonic() + 60
+        while scheduler.preemptions == 0:
+            assert time.monotonic() < deadline, "the cache was meant to run out of blocks"
+            time.sleep(0.005)
+        newest = jobs[-1]  # the first one preempted
+        newest.cancelled.set()
+        tokens, finished = tokens_of(newest)
+        assert finished.finish_reason == "cancelled" and finished.completion_tokens == len(tokens) < 100
+        assert all(tokens_of(job)[1].finish_reason == "length" for job in jobs[:-1])
+        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
+    finally:
+        scheduler.close()
+
+
 def test_full_queue_is_refused_with_a_retry_hint_and_waiting_too_long_expires(demo_model_dir):
     router = reference_router()
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)

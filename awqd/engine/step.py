@@ -115,8 +115,9 @@ class StepRunner:
 
 
 def padded_tables(tables: list[list[int]], rows: int) -> torch.Tensor:
-    """int32 [rows, longest table]: the tables, each padded (and the missing rows filled) with the padding block."""
-    width = max((len(table) for table in tables), default=1)
+    """int32 [rows, longest table]: the tables, each padded (and the missing rows filled) with the padding block.
+    At least one column, so a row given no blocks (a warm-up step) reads and writes only the padding block."""
+    width = max([1, *(len(table) for table in tables)])
     filled = [table + [PADDING_BLOCK] * (width - len(table)) for table in tables]
     filled += [[PADDING_BLOCK] * width] * (rows - len(tables))
     return torch.tensor(filled, dtype=torch.int32)

@@ -124,6 +124,15 @@ def serve(
             envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for KV-cache room before RESOURCE_EXHAUSTED"
         ),
     ] = 30.0,
+    prefill_tokens_per_step: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_PREFILL_TOKENS_PER_STEP",
+            min=1,
+            help="prompt tokens a model prefills together at one step boundary (a longer prompt goes alone); lower "
+            "shortens the pause a prefill puts on running streams, higher admits a burst of requests sooner",
+        ),
+    ] = 8192,
     cuda_graphs: Annotated[
         bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
     ] = True,
@@ -175,6 +184,7 @@ def serve(
                 max_batch_size=max_batch_size,
                 max_queued_requests=max_queued_requests,
                 queue_timeout_s=queue_timeout,
+                prefill_tokens_per_step=prefill_tokens_per_step,
                 cuda_graphs=cuda_graphs,
                 batch_invariant=batch_invariant,
             ),

@@ -215,6 +215,20 @@ def test_prompts_admitted_together_are_prefilled_in_one_pass(engine):
     assert all(prefill_uses(finished) == {(512, "dequant_matmul_cpu", 1)} for _, finished in together)
 
 
+def test_a_boundary_prefills_at_most_prefill_tokens_per_step(demo_model_dir):
+    router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024, prefill_tokens_per_step=2))
+    try:
+        jobs = [Job(params(3), [token], pinned=None) for token in (21, 22, 23)]
+        submit_together(scheduler, jobs)
+        uses = [prefill_uses(tokens_of(job)[1]) for job in jobs]
+    finally:
+        scheduler.close()
+    # The first two fit the boundary's 2 tokens (one 2-token pass); the third is prefilled alone at the next one.
+    assert uses == [{(512, "dequant_matmul_cpu", 1)}] * 2 + [{(1, "reference_torch", 1)}]
+
+
 def test_pinned_group_keeps_its_kernel_when_one_of_it_ends_at_its_first_token(engine):
     pinned = ReferenceTorch()
     short = Job(params(1, kernel=pinned.name), [31, 32, 33], pinned)

@@ -37,7 +37,7 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         cuda_graphs=runner.cuda_graphs,
         batch_buckets=list(runner.batch_buckets),
     )
-    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s)
+    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s, settings.prefill_tokens_per_step)
     return Scheduler(name, runner, loaded.tokenizer, eos_ids(loaded), limits)
 
 

@@ -6,8 +6,9 @@ At each step boundary the scheduler
    retry hint);
 2. admits preempted sequences, then waiting requests, in order, while the batch has rows (--max-batch-size) and
    the paged KV cache (awqd.engine.kv_cache) has the blocks each one's prefill and next token need, up to
-   PREFILL_TOKENS_PER_STEP prompt tokens per boundary so the running batch is not stalled for long; it prefills
-   them all in one eager forward pass; if that pass fails, only the requests it held fail;
+   --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
+   stalled for long; it prefills them all in one eager forward pass; if that pass fails, only the requests it
+   held fail;
 3. gives each running sequence the block its next position needs, preempting when blocks run out (below), runs
    one decode step for every running sequence together (row i is the i-th admitted), samples on the device,
    copies the new ids to the host once, and streams them; finished sequences leave the batch at once.
@@ -48,7 +49,6 @@ from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
 
-PREFILL_TOKENS_PER_STEP = 2048
 RETRY_HINT_MS = (50, 60_000)  # bounds of the retry hint
 
 
@@ -56,6 +56,7 @@ RETRY_HINT_MS = (50, 60_000)  # bounds of the retry hint
 class AdmissionLimits:
     max_queued: int  # waiting requests beyond the running batch
     queue_timeout_s: float  # longest wait for room in the KV cache
+    prefill_tokens: int  # prompt tokens one step boundary prefills together (the first prompt may be longer)
 
 
 class Scheduler:
@@ -181,7 +182,7 @@ class Scheduler:
                 break  # the head pins another kernel: let the running batch drain first
             if any(other.exclusive for other in batch) or (job.exclusive and batch):
                 break  # an exclusive run has the model to itself
-            if admitted and prompt_tokens + len(ids) > PREFILL_TOKENS_PER_STEP:
+            if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
             if blocks_for(len(ids) + 1) > self.blocks.free_blocks:
                 break  # the head waits for blocks; nothing overtakes it

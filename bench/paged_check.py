@@ -268,6 +268,7 @@ def main() -> int:
     parser.add_argument("--equality-batches", default="1,16,32")
     parser.add_argument("--equality-tokens", type=int, default=64, help="new tokens per stream in the comparisons")
     parser.add_argument("--prompt-tokens", type=int, default=engine_check.PROMPT_TOKENS)
+    parser.add_argument("--prefill-tokens-per-step", type=int, default=EngineSettings.prefill_tokens_per_step)
     parser.add_argument("--tokens", type=int, default=engine_check.NEW_TOKENS, help="new tokens per stream")
     args = parser.parse_args()
     levels = [int(n) for n in args.streams.split(",")]
@@ -282,7 +283,8 @@ def main() -> int:
     results.data["device"] = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     results.data["setup"] = {
         "arch": args.arch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.tokens,
-        "equality_tokens": args.equality_tokens, "torch": torch.__version__,
+        "equality_tokens": args.equality_tokens, "prefill_tokens_per_step": args.prefill_tokens_per_step,
+        "torch": torch.__version__,
     }  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="awqd-paged-check-"))
     checkpoint = work / args.arch
@@ -304,7 +306,12 @@ def main() -> int:
         return 1
     vocab_size = loaded.config.vocab_size
     most = max([*levels, *batches, PREEMPTION_STREAMS])
-    settings = EngineSettings(kv_cache_fraction=args.kv_cache_fraction, max_batch_size=most, max_queued_requests=most)
+    settings = EngineSettings(
+        kv_cache_fraction=args.kv_cache_fraction,
+        max_batch_size=most,
+        max_queued_requests=most,
+        prefill_tokens_per_step=args.prefill_tokens_per_step,
+    )
     equality_ids = {batch: prompts(vocab_size, batch, args.prompt_tokens, first_seed=1000 + batch) for batch in batches}
     equality = Equality(equality_ids, args.equality_tokens, fixed)
     preemption_ids = prompts(vocab_size, PREEMPTION_STREAMS, args.prompt_tokens, first_seed=2000)
@@ -330,7 +337,8 @@ def markdown(data: dict) -> str:
         f"# Paged KV cache and large decode batches on {data.get('device', '?')}",
         "",
         f"{setup.get('arch', '?')}-shaped synthetic AWQ model, P={setup.get('prompt_tokens')}, "
-        f"N={setup.get('new_tokens')}, greedy, in one process. torch {setup.get('torch', '?')}.",
+        f"N={setup.get('new_tokens')}, greedy, in one process, up to {setup.get('prefill_tokens_per_step')} prompt "
+        f"tokens prefilled per step boundary. torch {setup.get('torch', '?')}.",
         "",
         f"- KV cache: {data.get('kv_cache', '?')}",
         f"- Decode batch buckets: {data.get('batch_buckets', '?')}; graphs captured: {data.get('captured_graphs', '?')}"

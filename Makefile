@@ -65,7 +65,8 @@ engine-check:
 	python3 bench/engine_check.py --out $(ENGINE_OUT)
 
 # On a GPU machine: the paged KV cache in one process: 64/128/256 concurrent streams (P=128, N=128, greedy), CUDA
-# graph vs eager tokens at batch 1/16/32, preemption on a cut cache; paged-check.{json,md} land in $(PAGED_OUT).
+# graph vs eager tokens at batch 1/16/32 (also eager vs eager, and with one deterministic kernel pinned), preemption
+# on a cut cache; paged-check.{json,md} land in $(PAGED_OUT).
 PAGED_OUT ?= bench/out/paged
 paged-check:
 	python3 bench/paged_check.py --out $(PAGED_OUT)

@@ -319,13 +319,14 @@ def main() -> int:
 
     # One engine at a time: each phase's engine is closed and unreferenced when its function returns.
     unpreempted = graph_phase(results, loaded, router, settings, levels, args, equality, preemption_ids)
-    free_engines(device)
+    with step(results, "free_graph_engine", 120):
+        free_engines(device)
     if equality.graph:
         eager_phase(results, loaded, router, settings, equality)
-    free_engines(device)
+    with step(results, "free_eager_engine", 120):
+        free_engines(device)
     if unpreempted:
         preemption_phase(results, loaded, router, settings, args, bytes_per_token, preemption_ids, unpreempted)
-    free_engines(device)
 
     results.write()
     return 0 if not results.data["errors"] else 1

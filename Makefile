@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check docker-build clean
 
 install: $(STAMP)
 
@@ -69,6 +69,13 @@ engine-check:
 WARMUP_OUT ?= bench/out/warmup
 warmup-check:
 	python3 bench/warmup_check.py --out $(WARMUP_OUT)
+
+# On a GPU machine: the paged KV cache in one process: 64/128/256 concurrent streams (P=128, N=128, greedy), CUDA
+# graph vs eager tokens at batch 1/16/32 (also eager vs eager, and with one deterministic kernel pinned), preemption
+# on a cut cache; paged-check.{json,md} land in $(PAGED_OUT).
+PAGED_OUT ?= bench/out/paged
+paged-check:
+	python3 bench/paged_check.py --out $(PAGED_OUT)
 
 # On a GPU machine: the Benchmark RPC (kernel latency, single query) on a 7B-shaped model; files land in bench/out/
 # and bench/bench_report.py turns them into bench/results/. Phony: bench/ is also a directory.

@@ -109,21 +109,30 @@ def serve(
     ] = 16384,
     max_batch_size: Annotated[
         int,
-        typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together (its KV-cache slots)"),
-    ] = 64,
+        typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together in one step"),
+    ] = 256,
     max_queued_requests: Annotated[
         int,
         typer.Option(
             envvar="AWQD_MAX_QUEUED_REQUESTS",
-            help="requests waiting for a KV-cache slot, per model; more get RESOURCE_EXHAUSTED with a retry hint",
+            help="requests waiting for room in the KV cache, per model; more get RESOURCE_EXHAUSTED with a retry hint",
         ),
     ] = 64,
     queue_timeout: Annotated[
         float,
         typer.Option(
-            envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for a slot before RESOURCE_EXHAUSTED"
+            envvar="AWQD_QUEUE_TIMEOUT", help="seconds a request may wait for KV-cache room before RESOURCE_EXHAUSTED"
         ),
     ] = 30.0,
+    prefill_tokens_per_step: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_PREFILL_TOKENS_PER_STEP",
+            min=1,
+            help="prompt tokens a model prefills together at one step boundary (a longer prompt goes alone); lower "
+            "shortens the pause a prefill puts on running streams, higher admits a burst of requests sooner",
+        ),
+    ] = 8192,
     cuda_graphs: Annotated[
         bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
     ] = True,
@@ -175,6 +184,7 @@ def serve(
                 max_batch_size=max_batch_size,
                 max_queued_requests=max_queued_requests,
                 queue_timeout_s=queue_timeout,
+                prefill_tokens_per_step=prefill_tokens_per_step,
                 cuda_graphs=cuda_graphs,
                 batch_invariant=batch_invariant,
             ),

@@ -34,9 +34,14 @@ class EngineSettings:
 
     kv_cache_fraction: float = 0.9  # of the device's free memory after the weights (CUDA)
     kv_cache_tokens: int = 16384  # KV-cache tokens on the CPU
-    max_batch_size: int = 64  # sequences decoding together: KV slots are capped at this
-    max_queued_requests: int = 64  # waiting for a slot, per model
-    queue_timeout_s: float = 30.0  # longest wait for a slot
+    max_batch_size: int = 256  # sequences one decode step runs together (its rows), if the KV cache holds them
+    max_queued_requests: int = 64  # waiting for room in the KV cache, per model
+    queue_timeout_s: float = 30.0  # longest wait for room in the KV cache
+    # Prompt tokens one step boundary prefills together. 8192, the default --max-prompt-tokens: one prompt that long
+    # is prefilled in one pass anyway, so packing shorter ones up to the same total needs no more activation memory
+    # (attention runs per prompt; the linears' activations grow with the total), and 256 prompts of 128 tokens are
+    # admitted in 4 boundaries, not 16. Lower it to shorten the stall a prefill puts on the running decodes.
+    prefill_tokens_per_step: int = 8192
     cuda_graphs: bool = True
     batch_invariant: bool = False  # one fixed-tile GEMM and lm_head at every batch size (awqd.engine.layers)
 

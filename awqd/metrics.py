@@ -8,6 +8,11 @@ from prometheus_client import Counter, Gauge, Histogram
 RPC_REQUESTS = Counter("awqd_rpc_requests", "Finished RPCs by full method name and status code", ["method", "code"])
 STREAMS_IN_FLIGHT = Gauge("awqd_streams_in_flight", "Generate and Benchmark streams running now")
 GENERATED_TOKENS = Counter("awqd_generated_tokens", "Tokens streamed to callers", ["model"])
+KV_CACHE_PREEMPTIONS = Counter(
+    "awqd_kv_cache_preemptions",
+    "Running sequences that gave their KV-cache blocks back, to be prefilled again when blocks free up",
+    ["model"],
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "awqd_time_to_first_token_seconds",
     "From the request's arrival (queueing included) to its first generated token",

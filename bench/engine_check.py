@@ -5,7 +5,7 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
 1. kernel selection for the device (the daemon's own code, with a short budget);
 2. baseline: transformers' eager `generate` on the same checkpoint (unfused AwqLinear layers, DynamicCache),
    tokens/s and TTFT;
-3. the engine (fused layers, static KV cache, CUDA-graph decode): single-query tokens/s and TTFT for the
+3. the engine (fused layers, paged KV cache, CUDA-graph decode): single-query tokens/s and TTFT for the
    model's AUTO dispatch and with the GEMM and GEMV families pinned;
 4. concurrency: 1, 8 and 32 streams submitted together, aggregate tokens/s and inter-token p50/p99;
 5. where the time goes: the GPU time of one captured decode step per batch bucket (CUDA events, no host), and a
@@ -47,6 +47,7 @@ from test_engine_layers import failures, run_cases
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
+from awqd.engine.kv_cache import blocks_for
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
 from awqd.kernels import registry
@@ -194,20 +195,27 @@ def concurrency(scheduler, vocab_size: int, streams: int) -> dict:
     }
 
 
+def idle_tables(rows: int, tokens: int) -> list[list[int]]:
+    """Block tables for steps run straight on an idle engine's runner: row i gets its own blocks, after row i-1's."""
+    per_row = blocks_for(tokens)
+    return [list(range(1 + row * per_row, 1 + (row + 1) * per_row)) for row in range(rows)]
+
+
 def decode_step_gpu_ms(scheduler, vocab_size: int) -> dict:
     """GPU milliseconds of one captured decode step per bucket: replays timed with CUDA events, no host work."""
     runner = scheduler.runner
     timings = {}
     for bucket in STEP_TIMING_BUCKETS:
-        if bucket > runner.cache.plan.slots:
+        if bucket > runner.max_rows:
             continue
         tokens, positions = [7] * bucket, [PROMPT_TOKENS] * bucket
-        runner.decode(tokens, positions)  # eager: compiles and captures
-        runner.decode(tokens, positions)
+        tables = idle_tables(bucket, PROMPT_TOKENS + 1)
+        runner.decode(tokens, positions, tables)  # eager: compiles and captures
+        runner.decode(tokens, positions, tables)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(STEP_TIMING_REPLAYS):
-            runner.decode(tokens, positions)
+            runner.decode(tokens, positions, tables)
         end.record()
         end.synchronize()
         timings[bucket] = start.elapsed_time(end) / STEP_TIMING_REPLAYS
@@ -219,14 +227,27 @@ def profile_decode_step(scheduler, out: Path) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     runner = scheduler.runner
-    runner.decode([7], [PROMPT_TOKENS])  # warm: every kernel compiled
+    tables = idle_tables(1, PROMPT_TOKENS + 1)
+    runner.decode([7], [PROMPT_TOKENS], tables)  # warm: every kernel compiled
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
-        runner.decode([7], [PROMPT_TOKENS])
+        runner.decode([7], [PROMPT_TOKENS], tables)
         torch.cuda.synchronize()
     table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=PROFILE_ROWS)
     (out / "decode-profile.txt").write_text(table)
     return table
+
+
+def kv_cache_summary(scheduler) -> dict:
+    plan = scheduler.runner.cache.plan
+    return {
+        "blocks": plan.blocks,
+        "block_tokens": plan.block_tokens,
+        "capacity_tokens": plan.capacity_tokens,
+        "max_sequence_tokens": plan.max_seq_len,
+        "max_batch_rows": scheduler.runner.max_rows,
+        "source": plan.source,
+    }
 
 
 def compare(expected: list[list[int]], actual: list[list[int]]) -> dict:
@@ -248,7 +269,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="llama-2-7b")
     parser.add_argument("--selection-budget", type=float, default=40.0)
-    # 32 streams need 32 slots of the 4096-token context: 0.5 of an H200 gave 31, so one stream waited for a slot.
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     args = parser.parse_args()
@@ -304,11 +324,10 @@ def main() -> int:
     router = KernelRouter(dispatch)
     with step(results, "engine_load", 120):
         loaded = load_model(checkpoint, device, router, extra_candidates=held, fuse=True)
-        settings = EngineSettings(kv_cache_fraction=args.kv_cache_fraction, max_batch_size=64)
+        settings = EngineSettings(kv_cache_fraction=args.kv_cache_fraction)
         scheduler = build_engine("synth", loaded, router, settings)
         scheduler.eos_ids = frozenset()  # random weights: decode exactly N tokens every run
-        plan = scheduler.runner.cache.plan
-        results.data["kv_cache"] = {"slots": plan.slots, "max_sequence_tokens": plan.max_seq_len, "source": plan.source}
+        results.data["kv_cache"] = kv_cache_summary(scheduler)
     if "engine_load" not in results.data["steps"]:
         return 1
     vocab_size = loaded.config.vocab_size

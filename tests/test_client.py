@@ -87,6 +87,9 @@ def describe_response() -> awqd_pb2.DescribeResponse:
                 kv_cache_slots=32,
                 max_sequence_tokens=512,
                 kv_cache_bytes=32 * 1024**2,
+                kv_cache_blocks=1024,
+                kv_cache_block_tokens=16,
+                kv_cache_blocks_in_use=40,
             )
         ],
     )
@@ -211,7 +214,7 @@ def test_render_describe_shows_key_fields() -> None:
         "LlamaForCausalLM",
         "gemm w4 g128",
         "1.0 MiB",
-        "16384 tokens (32 x 512, 32.0 MiB)",
+        "16384 tokens (1024 blocks of 16, 40 in use, 32.0 MiB)",
     ]
     assert [field for field in expected if field not in text] == []
 

@@ -17,7 +17,7 @@ import torch
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
-from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, allocate, plan_kv_cache
 from awqd.engine.model import DecoderModel
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
@@ -71,7 +71,7 @@ def random_prompts(count: int, seed: int = 0) -> list[list[int]]:
 
 def submit_together(scheduler, jobs: list[Job]) -> None:
     """Queues the jobs behind an exclusive run, then ends that run: one step boundary admits them all."""
-    blocker = Job(params(400), [5, 6, 7], pinned=None, exclusive=True)
+    blocker = Job(params(min(400, scheduler.max_sequence_tokens - 3)), [5, 6, 7], pinned=None, exclusive=True)
     scheduler.submit(blocker)
     next(blocker.results())
     for job in jobs:
@@ -121,18 +121,27 @@ def test_engine_logits_match_the_transformers_forward(hf_model, fused_model):
     loaded, _ = fused_model
     model = DecoderModel(loaded)
     shape = model.shape
-    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 512, CPU, 0.9, 2048, 4)
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 512, CPU, 0.9, 2048)
     cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU)
+    blocks = BlockTables(plan.blocks)
+    blocks.grow("other", 3 * BLOCK_TOKENS)  # so the sequence's blocks do not start at 1
+    blocks.grow("sequence", 25)
     ids = list(range(10, 50))
     with torch.inference_mode():
         expected = hf_model.model(torch.tensor([ids])).logits[0]
-        prefill = model.prefill([torch.tensor(ids[:25])], [2], cache)[0]
+        prefill = model.prefill([torch.tensor(ids[:25])], torch.tensor([blocks.table("sequence")]).int(), cache)[0]
         torch.testing.assert_close(prefill, expected[24], rtol=1e-5, atol=1e-5)
         for position in range(25, 40):  # decode row 2 of a 4-row batch; rows 0, 1, 3 are padding
-            tokens, positions = [0] * 4, [0] * 4
+            blocks.grow("other", 3 * BLOCK_TOKENS + position)  # the sequences' blocks interleave
+            blocks.grow("sequence", position + 1)
+            tokens, positions, tables = [0] * 4, [0] * 4, torch.zeros(4, plan.max_blocks_per_seq, dtype=torch.int32)
             tokens[2], positions[2] = ids[position], position
-            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), cache)
+            table = blocks.table("sequence")
+            tables[2, : len(table)] = torch.tensor(table)
+            logits = model.decode(torch.tensor(tokens), torch.tensor(positions), tables, cache)
             torch.testing.assert_close(logits[2], expected[position], rtol=1e-5, atol=1e-5)
+    table = blocks.table("sequence")
+    assert table != list(range(table[0], table[0] + len(table))), "the test meant to interleave the blocks"
 
 
 @pytest.mark.parametrize("sliding_window", [None, 6])
@@ -143,15 +152,15 @@ def test_batched_prefill_equals_each_prompt_alone(fused_model, sliding_window):
     model = DecoderModel(dataclasses.replace(loaded, config=config))
     shape = model.shape
     assert shape.sliding_window == sliding_window
-    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256, 4)
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256)
     batched_cache, alone_cache = (
         allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU) for _ in range(2)
     )
-    prompts = [torch.arange(10, 15), torch.arange(100, 112), torch.arange(500, 509)]
-    slots = [3, 0, 2]  # out of order, and slot 1 stays empty
+    prompts = [torch.arange(10, 15), torch.arange(100, 132), torch.arange(500, 521)]
+    tables = torch.tensor([[7, 0], [3, 1], [2, 6]], dtype=torch.int32)  # out of order; blocks 4 and 5 stay empty
     with torch.inference_mode():
-        batched = model.prefill(prompts, slots, batched_cache)
-        alone = torch.cat([model.prefill([p], [slot], alone_cache) for p, slot in zip(prompts, slots, strict=True)])
+        batched = model.prefill(prompts, tables, batched_cache)
+        alone = torch.cat([model.prefill([p], tables[i : i + 1], alone_cache) for i, p in enumerate(prompts)])
     assert batched.shape == (3, shape.vocab_size)
     torch.testing.assert_close(batched, alone, rtol=1e-6, atol=1e-6)
     for batched_kv, alone_kv in zip(batched_cache.k + batched_cache.v, alone_cache.k + alone_cache.v, strict=True):
@@ -206,6 +215,20 @@ def test_prompts_admitted_together_are_prefilled_in_one_pass(engine):
     assert all(prefill_uses(finished) == {(512, "dequant_matmul_cpu", 1)} for _, finished in together)
 
 
+def test_a_boundary_prefills_at_most_prefill_tokens_per_step(demo_model_dir):
+    router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024, prefill_tokens_per_step=2))
+    try:
+        jobs = [Job(params(3), [token], pinned=None) for token in (21, 22, 23)]
+        submit_together(scheduler, jobs)
+        uses = [prefill_uses(tokens_of(job)[1]) for job in jobs]
+    finally:
+        scheduler.close()
+    # The first two fit the boundary's 2 tokens (one 2-token pass); the third is prefilled alone at the next one.
+    assert uses == [{(512, "dequant_matmul_cpu", 1)}] * 2 + [{(1, "reference_torch", 1)}]
+
+
 def test_pinned_group_keeps_its_kernel_when_one_of_it_ends_at_its_first_token(engine):
     pinned = ReferenceTorch()
     short = Job(params(1, kernel=pinned.name), [31, 32, 33], pinned)
@@ -226,7 +249,7 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
         scheduler.submit(running)
         first = next(running.results())
 
-        def failing_prefill(prompts, slots, cache):
+        def failing_prefill(prompts, tables, cache):
             raise RuntimeError(f"injected fault in a prefill of {len(prompts)} prompts")
 
         monkeypatch.setattr(scheduler.runner.model, "prefill", failing_prefill)
@@ -237,7 +260,7 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
             with pytest.raises(RuntimeError, match="injected fault in a prefill"):
                 tokens_of(job)
         monkeypatch.undo()
-        # Both slots the failed jobs held must be free again: these two run while `running` still holds its own.
+        # The rows the failed jobs held must be free again: these two run while `running` still holds its own.
         later = [Job(params(4), p, pinned=None) for p in random_prompts(2, seed=13)]
         for job in later:
             scheduler.submit(job)
@@ -245,7 +268,8 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
         later_done = time.perf_counter()
         rest, finished = tokens_of(running)
         assert finished.finish_reason == "length" and [*first.token_ids, *rest] == expected
-        assert later_done < running.received_at + finished.total_ms / 1000, "a failed job's slot was not freed"
+        assert later_done < running.received_at + finished.total_ms / 1000, "a failed job's row was not freed"
+        assert scheduler.blocks.used_blocks == 0
     finally:
         scheduler.close()
 
@@ -276,17 +300,64 @@ def test_cancelled_sequence_leaves_at_once(engine):
     assert run_alone(engine, [5, 6, 7], params(3))[1].completion_tokens == 3
 
 
-def test_request_that_cannot_fit_a_kv_slot_is_refused(demo_model_dir):
+def test_request_that_cannot_fit_the_kv_cache_is_refused(demo_model_dir):
     router = reference_router()
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
     scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=64))
     try:
-        assert scheduler.runner.cache.plan.slots == 1 and scheduler.max_sequence_tokens == 64
+        assert scheduler.runner.cache.plan.blocks == 4 and scheduler.max_sequence_tokens == 64
         with pytest.raises(InvalidArgument) as refused:
             scheduler.submit(Job(params(40), list(range(10, 40)), pinned=None))
         assert refused.value.field == "max_new_tokens" and "KV-cache" in refused.value.reason
         assert "64" in refused.value.reason
         assert run_alone(scheduler, list(range(10, 40)), params(30))[1].completion_tokens == 30  # 60 fits
+    finally:
+        scheduler.close()
+
+
+def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(demo_model_dir):
+    """Eight blocks of KV cache for four sequences that need four each: decode runs out of blocks, the newest are
+    preempted and recomputed, and every stream still gets its own tokens (greedy, and seeded sampling)."""
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    settings = EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS, max_batch_size=8)
+    scheduler = build_engine("demo", loaded, router, settings)
+    try:
+        assert scheduler.runner.cache.plan.blocks == 8
+        prompts = [[token + index for token in range(20, 40)] for index in range(4)]
+        requests = [params(40), params(40), params(40, temperature=0.9, top_k=40, seed=77), params(40)]
+        alone = [run_alone(scheduler, p, r)[0] for p, r in zip(prompts, requests, strict=True)]
+        assert scheduler.preemptions == 0
+        jobs = [Job(request, prompt, pinned=None) for prompt, request in zip(prompts, requests, strict=True)]
+        submit_together(scheduler, jobs)
+        together = [tokens_of(job) for job in jobs]
+        assert scheduler.preemptions > 0, "the cache was meant to run out of blocks"
+        assert [tokens for tokens, _ in together] == alone
+        assert all(finished.completion_tokens == len(tokens) for tokens, finished in together)
+        prefills = sum(use.steps for _, finished in together for use in finished.kernels if use.phase == "prefill")
+        assert prefills == len(jobs) + scheduler.preemptions, "each preemption is one more prefill"
+        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_model_dir):
+    router = reference_router()
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS))
+    try:
+        jobs = [Job(params(100), [token + index for token in range(20, 40)], pinned=None) for index in range(4)]
+        submit_together(scheduler, jobs)
+        deadline = time.monotonic() + 60
+        while scheduler.preemptions == 0:
+            assert time.monotonic() < deadline, "the cache was meant to run out of blocks"
+            time.sleep(0.005)
+        newest = jobs[-1]  # the first one preempted
+        newest.cancelled.set()
+        tokens, finished = tokens_of(newest)
+        assert finished.finish_reason == "cancelled" and finished.completion_tokens == len(tokens) < 100
+        assert all(tokens_of(job)[1].finish_reason == "length" for job in jobs[:-1])
+        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
     finally:
         scheduler.close()
 

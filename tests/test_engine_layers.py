@@ -3,10 +3,11 @@ interpreter on the CPU, in a subprocess (TRITON_INTERPRET=1 must be set before t
 
 Each case prints one JSON line. Besides closeness to torch, the attention cases check what decode relies on: the
 kernel stores the new k and v where the torch path does (on the GPU, rotary may differ from torch's by a unit in
-the last place; under the interpreter it is exact), and a row's output is bitwise the same alone and inside
-a batch whose other rows sit at other positions. --batch-invariant's two matrix products (the fixed-tile AWQ GEMM
-and the Triton lm_head) are checked the same way: close to the reference, and each row bitwise the same whatever
-the row count.
+the last place; under the interpreter it is exact), a row's output is bitwise the same alone and inside a batch
+whose other rows sit at other positions, and the same whatever stale block ids its table row holds past the
+blocks its sequence owns (a CUDA graph's static table keeps what an earlier, longer step copied there).
+--batch-invariant's two matrix products (the fixed-tile AWQ GEMM and the Triton lm_head) are checked the same
+way: close to the reference, and each row bitwise the same whatever the row count.
 
 bf16 runs on the GPU only (`python tests/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
 the interpreter's float32 -> bf16 conversions do not round to nearest as the GPU does.
@@ -23,7 +24,7 @@ import torch
 SUBPROCESS_TIMEOUT_S = 240
 # (heads, kv_heads, head_dim, sliding window, rows' positions): MHA, grouped queries, a window, padding at 0
 ATTENTION_CASES = (
-    (4, 4, 32, None, (0, 5, 70, 130)),
+    (4, 4, 32, None, (0, 5, 70, 130, 15, 16)),  # 15 and 16: the last position of a block, the first of the next
     (8, 2, 16, None, (3, 64, 65)),
     (4, 1, 64, 48, (100, 47, 0)),
     (6, 3, 24, None, (9, 140)),  # head_dim not a power of two
@@ -34,48 +35,76 @@ TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-5}
 LAST_PLACE = {"float16": 2**-10, "bfloat16": 2**-7, "float32": 2**-23}
 
 
+def shuffled_tables(sequences: int, width: int, used: int, generator) -> tuple[torch.Tensor, int]:
+    """Block tables as a running cache leaves them: each sequence's first `used` blocks drawn at random from a pool
+    with spare blocks, the rest of its row on the padding block 0. Returns the tables and the pool's size."""
+    from awqd.engine.kv_cache import PADDING_BLOCK
+
+    blocks = sequences * used + 5
+    drawn = torch.randperm(blocks, generator=generator)[: sequences * used] + 1
+    tables = torch.full((sequences, width), PADDING_BLOCK, dtype=torch.int32)
+    tables[:, :used] = drawn.view(sequences, used).int()
+    return tables, blocks + 1
+
+
 def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, seed):
+    from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
     from awqd.engine.layers.attention import AttentionShape, decode_attention_torch
     from awqd.engine.layers.triton_attention import decode_attention_rows
 
     generator = torch.Generator().manual_seed(seed)
     shape = AttentionShape(heads, kv_heads, head_dim, window)
-    rows, max_seq_len, context = len(positions), 160, 256
+    rows, context = len(positions), 256
+    tables, blocks = shuffled_tables(rows, blocks_for(context), blocks_for(max(positions) + 1), generator)
     qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
     angles = torch.rand(context, head_dim // 2, generator=generator) * 6.3
     cos, sin = (torch.cat((t, t), dim=-1).to(dtype) for t in (angles.cos(), angles.sin()))
-    cache = torch.randn(2, rows, kv_heads, max_seq_len, head_dim, generator=generator).to(dtype)
-    qkv, cos, sin, cache = (t.to(device) for t in (qkv, cos, sin, cache))
+    cache = torch.randn(2, blocks, kv_heads, BLOCK_TOKENS, head_dim, generator=generator).to(dtype)
+    qkv, cos, sin, cache, tables = (t.to(device) for t in (qkv, cos, sin, cache, tables))
     positions = torch.tensor(positions, device=device)
     torch_cache, triton_cache = cache.clone(), cache.clone()
-    expected = decode_attention_torch(qkv, positions, cos, sin, torch_cache[0], torch_cache[1], shape)
-    got = decode_attention_rows(qkv, positions, cos, sin, triton_cache[0], triton_cache[1], shape)
-    alone = decode_attention_rows(qkv[-1:], positions[-1:], cos, sin, triton_cache[0][-1:], triton_cache[1][-1:], shape)
+    expected = decode_attention_torch(qkv, positions, tables, cos, sin, torch_cache[0], torch_cache[1], shape)
+    got = decode_attention_rows(qkv, positions, tables, cos, sin, triton_cache[0], triton_cache[1], shape)
+    alone = decode_attention_rows(
+        qkv[-1:], positions[-1:], tables[-1:], cos, sin, triton_cache[0], triton_cache[1], shape
+    )
+    # A captured graph's static table keeps, past each row's own blocks, whatever an earlier, longer step left.
+    stale = tables.clone()
+    own = [blocks_for(int(position) + 1) for position in positions]
+    for row, blocks_owned in enumerate(own):
+        stale[row, blocks_owned:] = torch.randint(1, blocks, (stale.shape[1] - blocks_owned,), generator=generator)
+    stale_cache = cache.clone()
+    with_stale = decode_attention_rows(qkv, positions, stale, cos, sin, stale_cache[0], stale_cache[1], shape)
     return {
         "max_error": (got.float() - expected.float()).abs().max().item(),
         "cache_error": relative_error(triton_cache, torch_cache),
         "alone_equals_batched": torch.equal(alone[0], got[-1]),
+        "stale_tail_ignored": torch.equal(with_stale, got) and torch.equal(stale_cache, triton_cache),
     }
 
 
 def rotate_and_store_case(heads, kv_heads, head_dim, dtype, device, seed):
-    """Prefill's rotary and KV store: three prompts' rows (positions restart per prompt) into slots 2, 0, 1."""
+    """Prefill's rotary and KV store: three prompts' rows (positions restart per prompt, two cross blocks) into
+    their sequences' shuffled blocks."""
+    from awqd.engine.kv_cache import BLOCK_TOKENS
     from awqd.engine.layers.attention import AttentionShape, rotate_and_store_torch
     from awqd.engine.layers.triton_attention import rotate_and_store_rows
 
     generator = torch.Generator().manual_seed(seed)
     shape = AttentionShape(heads, kv_heads, head_dim, None)
-    lengths, slots = (5, 9, 2), (2, 0, 1)
+    lengths = (21, 40, 3)
     rows = sum(lengths)
+    tables, blocks = shuffled_tables(len(lengths), 4, 3, generator)
     qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(device, dtype)
     angles = torch.rand(64, head_dim // 2, generator=generator) * 6.3
     cos, sin = (torch.cat((t, t), dim=-1).to(device, dtype) for t in (angles.cos(), angles.sin()))
-    row_slots = torch.tensor([s for s, n in zip(slots, lengths, strict=True) for _ in range(n)], device=device)
+    sequences = torch.tensor([s for s, n in enumerate(lengths) for _ in range(n)], device=device)
     positions = torch.tensor([p for n in lengths for p in range(n)], device=device)
-    cache = torch.zeros(2, 3, kv_heads, 16, head_dim, dtype=dtype, device=device)
+    tables = tables.to(device)
+    cache = torch.zeros(2, blocks, kv_heads, BLOCK_TOKENS, head_dim, dtype=dtype, device=device)
     torch_cache, triton_cache = cache.clone(), cache.clone()
-    expected = rotate_and_store_torch(qkv, row_slots, positions, cos, sin, *torch_cache, shape)
-    got = rotate_and_store_rows(qkv, row_slots, positions, cos, sin, *triton_cache, shape)
+    expected = rotate_and_store_torch(qkv, sequences, positions, tables, cos, sin, *torch_cache, shape)
+    got = rotate_and_store_rows(qkv, sequences, positions, tables, cos, sin, *triton_cache, shape)
     return {
         "errors": {
             **{name: relative_error(g, e) for name, g, e in zip("qkv", got, expected, strict=True)},
@@ -177,6 +206,7 @@ def failures(cases: list[dict]) -> list[dict]:
                 case["max_error"] <= TOLERANCE[case["dtype"]]
                 and case["cache_error"] <= 2 * LAST_PLACE[case["dtype"]]
                 and case["alone_equals_batched"]
+                and case["stale_tail_ignored"]
             )
         if not ok:
             bad.append(case)

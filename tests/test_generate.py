@@ -196,8 +196,9 @@ def test_describe_lists_the_model(client):
     assert model.architecture == "LlamaForCausalLM"
     assert model.quant_config.w_bit == 4 and model.quant_config.packing == pb.QUANT_PACKING_GEMM
     assert model.device == "cpu" and model.weight_memory_bytes > 0 and model.context_length == 512
-    # The default CPU KV budget (--kv-cache-tokens 16384) holds 32 full-context slots of the 512-token demo model.
-    assert (model.kv_cache_slots, model.max_sequence_tokens, model.kv_cache_tokens) == (32, 512, 16384)
+    # The default CPU KV budget (--kv-cache-tokens 16384) in 16-token blocks; up to 256 sequences per decode step.
+    assert (model.kv_cache_slots, model.max_sequence_tokens, model.kv_cache_tokens) == (256, 512, 16384)
+    assert (model.kv_cache_blocks, model.kv_cache_block_tokens, model.kv_cache_blocks_in_use) == (1024, 16, 0)
     assert model.kv_cache_bytes > 0
     assert Path(model.path).is_dir()
     assert model.HasField("warmed_up_at") and model.HasField("warmup_duration")

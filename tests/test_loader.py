@@ -340,14 +340,16 @@ def test_fused_load_runs_the_engine_decoder_to_the_same_logits(checkpoints: dict
     model = DecoderModel(fused)
     shape = model.shape
     cache = allocate(
-        plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 256, CPU, 0.9, 256, 1),
+        plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 256, CPU, 0.9, 512),
         shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU,
     )  # fmt: skip
     input_ids = fused.tokenizer(SENTENCES[0], return_tensors="pt").input_ids[0]
     expected = logits(load_model(directory, CPU, reference_router()), input_ids[None])[0]
     prompt = len(input_ids) - 3
     with torch.inference_mode():
-        ours = [model.prefill([input_ids[:prompt]], [0], cache)[0]]
+        tables = torch.arange(1, cache.plan.max_blocks_per_seq + 1, dtype=torch.int32)[None]  # one sequence
+        ours = [model.prefill([input_ids[:prompt]], tables, cache)[0]]
         for position in range(prompt, len(input_ids)):
-            ours.append(model.decode(input_ids[position : position + 1], torch.tensor([position]), cache)[0])
+            positions = torch.tensor([position])
+            ours.append(model.decode(input_ids[position : position + 1], positions, tables, cache)[0])
     torch.testing.assert_close(torch.stack(ours), expected[prompt - 1 :], rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ SOURCES = {"measured", "cache_validated", "capability_rule", "forced"}
 
 @pytest.fixture(scope="module")
 def daemon(demo_model_dir, awqd_cache_dir):
-    # One KV slot, so a second concurrent Generate waits in the queue and the queue-depth gauge shows it.
+    # One decode row, so a second concurrent Generate waits in the queue and the queue-depth gauge shows it.
     with serving(
         awqd_cache_dir, "--selection-budget", "3", "--metrics-listen", "127.0.0.1:0", "--max-batch-size", "1"
     ) as process:
@@ -61,6 +61,7 @@ def test_metrics_during_and_after_generate(daemon):
             assert time.monotonic() < deadline, "the second Generate never queued"
             during = scrape(daemon)
         assert value(during, "awqd_streams_in_flight") == 2
+        assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO) > 0  # the running one's
         completions = [list(call)[-1].completion for call in calls]
     after = scrape(daemon)
 
@@ -82,6 +83,10 @@ def test_metrics_during_and_after_generate(daemon):
     if all(c.finish_reason == pb.FINISH_REASON_LENGTH for c in completions):
         assert grew("awqd_inter_token_latency_seconds_sum", model=DEMO) * 1000 == pytest.approx(decode_ms, rel=1e-6)
     assert value(after, "awqd_queue_depth", model=DEMO) == 0
+    # The default CPU budget, 16384 tokens in 16-token blocks, all free again.
+    assert value(after, "awqd_kv_cache_tokens", model=DEMO) == 16384
+    assert value(after, "awqd_kv_cache_blocks", model=DEMO) == 1024
+    assert value(after, "awqd_kv_cache_blocks_in_use", model=DEMO) == 0
     assert value(after, "awqd_streams_in_flight") == 0
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from awqd.config import EngineSettings
 from awqd.engine.request import GenerateParams
-from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP, Scheduler
+from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.warmup import prefill_sizes
-from awqd.errors import FailedPrecondition, Unavailable, WarmupFailed
+from awqd.errors import FailedPrecondition, ResourceExhausted, Unavailable, WarmupFailed
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
@@ -48,8 +48,8 @@ def generate(manager: ModelManager, name: str, new_tokens: int = 4) -> Finished:
 def test_prefill_sizes_cover_each_bucket_at_both_specialisations_within_capacity():
     assert prefill_sizes((1, 8, 64), 4096) == (1, 7, 8, 63, 64)
     assert prefill_sizes((1, 2, 512), 100) == (1, 2, 99, 100)  # the KV cache holds 100 tokens: no longer step
-    # No admission takes more than PREFILL_TOKENS_PER_STEP tokens: the largest bucket is warmed at that size.
-    assert prefill_sizes((1, 4096), 10**6) == (1, PREFILL_TOKENS_PER_STEP - 1, PREFILL_TOKENS_PER_STEP)
+    # No admission takes more than --prefill-tokens-per-step tokens: the largest bucket is warmed at that size.
+    assert prefill_sizes((1, 16384), 8192) == (1, 8191, 8192)
 
 
 def test_a_model_still_loading_answers_unavailable_with_a_retry_hint(manager, demo_model_dir):
@@ -88,10 +88,10 @@ def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(
     assert generate(manager, "good").completion_tokens == 4
 
 
-def test_a_kv_cache_too_short_for_any_request_fails_warm_up(tmp_path, demo_model_dir):
+def test_a_kv_cache_below_one_block_fails_the_load_with_the_reason(tmp_path, demo_model_dir):
     manager = ModelManager(tmp_path, "cpu", CpuPlanner(), EngineSettings(kv_cache_tokens=1, max_batch_size=1))
     try:
-        with pytest.raises(WarmupFailed, match="may hold 1 KV-cache positions: no request can fit"):
+        with pytest.raises(ResourceExhausted, match="below one 16-token block"):
             manager.load("demo", demo_model_dir)
         assert manager.list()[0].state == "failed"
     finally:

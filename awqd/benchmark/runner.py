@@ -250,13 +250,13 @@ def plan_batch_sweep(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
             f"{params.prompt_tokens} prompt plus {params.new_tokens} new tokens exceed the "
             f"{scheduler.max_sequence_tokens} tokens a sequence of model {hosted.name!r} may hold",
         )
-    slots = scheduler.runner.cache.plan.slots
+    rows = scheduler.runner.max_rows
     levels = tuple(sorted(set(params.batch_sizes)))
-    if levels[-1] > slots:
+    if levels[-1] > rows:
         raise InvalidArgument(
             "batch_sizes",
-            f"{levels[-1]} concurrent sequences exceed model {hosted.name!r}'s {slots} KV-cache slots "
-            "(--max-batch-size, --kv-cache-fraction, --kv-cache-tokens)",
+            f"{levels[-1]} concurrent sequences exceed the {rows} model {hosted.name!r} decodes together "
+            "(--max-batch-size)",
         )
     plan = BatchSweepPlan(hosted, levels, params.prompt_tokens, params.new_tokens, params.warmup_iterations or 1)
     buckets = ", ".join(map(str, scheduler.runner.batch_buckets))

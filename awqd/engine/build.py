@@ -1,4 +1,4 @@
-"""From a fused loaded model to a serving scheduler: the decoder, its static KV cache, the step runner."""
+"""From a fused loaded model to a serving scheduler: the decoder, its paged KV cache, the step runner."""
 
 import structlog
 
@@ -22,14 +22,14 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         loaded.device,
         settings.kv_cache_fraction,
         settings.kv_cache_tokens,
-        settings.max_batch_size,
     )
     cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, loaded.device)
-    runner = StepRunner(model, cache, router, settings.cuda_graphs)
+    runner = StepRunner(model, cache, router, settings.cuda_graphs, settings.max_batch_size)
     log.info(
         "kv_cache_allocated",
         model=name,
-        slots=plan.slots,
+        blocks=plan.blocks,
+        block_tokens=plan.block_tokens,
         max_sequence_tokens=plan.max_seq_len,
         capacity_tokens=plan.capacity_tokens,
         bytes=plan.bytes,
@@ -37,7 +37,7 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         cuda_graphs=runner.cuda_graphs,
         batch_buckets=list(runner.batch_buckets),
     )
-    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s)
+    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s, settings.prefill_tokens_per_step)
     return Scheduler(name, runner, loaded.tokenizer, eos_ids(loaded), limits)
 
 

@@ -4,11 +4,12 @@ It runs on the weights the fused loader installed (awqd.models.loader with fuse=
 quantized linears (qkv, o, gate_up, down) that all route through the model's shared KernelRouter, with the
 embedding, the RMS norms and lm_head dense. Two entry points share one layer body:
 
-- prefill: several prompts, each into its own KV-cache slot, in one pass over their concatenated tokens (so
-  each linear runs once on all of them), with causal attention within each prompt;
-- decode: one token for each of B rows, where row i is KV-cache slot i, attending over its slot's positions up
-  to its own. decode only reads and writes static tensors, so it can be captured as a CUDA graph
-  (awqd.engine.step).
+- prefill: several prompts, each into its own sequence's blocks of the paged KV cache (awqd.engine.kv_cache), in
+  one pass over their concatenated tokens (so each linear runs once on all of them), with causal attention within
+  each prompt;
+- decode: one token for each of B rows, row i reading and writing the blocks named in row i of the block tables,
+  attending over its sequence's positions up to its own. decode only reads and writes static tensors, so it can
+  be captured as a CUDA graph (awqd.engine.step).
 
 The residual adds, norms, rotary, decode attention and gating are awqd.engine.layers: one Triton kernel each on
 the GPU, torch on the CPU.
@@ -89,23 +90,24 @@ class DecoderModel:
         ]
         self.cos, self.sin = rotary_tables(hf.model.rotary_emb, loaded.context_length, self.device, self.dtype)
 
-    def prefill(self, prompts: list[torch.Tensor], slots: list[int], cache: KvCache) -> torch.Tensor:
-        """prompts[i] [T_i] at positions 0..T_i-1 into slots[i]; returns each prompt's last-position logits [N, vocab].
+    def prefill(self, prompts: list[torch.Tensor], tables: torch.Tensor, cache: KvCache) -> torch.Tensor:
+        """prompts[i] [T_i] at positions 0..T_i-1 into the blocks of tables[i] (int32 [N, >= blocks of T_i], on the
+        device); returns each prompt's last-position logits [N, vocab].
 
         The prompts run as one sequence of sum(T_i) rows: every linear runs once on all of them, so the kernel
         router picks by that total. Only attention looks at where one prompt ends and the next begins.
         """
         lengths = [prompt.shape[0] for prompt in prompts]
-        # Each row's slot and its position within its own prompt, built on the host and copied once.
+        # Each row's prompt and its position within it, built on the host and copied once.
         rows = torch.tensor(
-            [(slot, position) for slot, length in zip(slots, lengths, strict=True) for position in range(length)]
+            [(index, position) for index, length in enumerate(lengths) for position in range(length)]
         ).to(self.device, non_blocking=True)
-        row_slots, positions = rows[:, 0].contiguous(), rows[:, 1].contiguous()
+        sequences, positions = rows[:, 0].contiguous(), rows[:, 1].contiguous()
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             q, k, v = rotate_and_store(
-                qkv, row_slots, positions, self.cos, self.sin, k_cache, v_cache, self.attention_shape
+                qkv, sequences, positions, tables, self.cos, self.sin, k_cache, v_cache, self.attention_shape
             )
             segments = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
             outputs = [self._causal_attention(*segment) for segment in segments]
@@ -115,13 +117,16 @@ class DecoderModel:
         last_rows = torch.tensor(lengths, device=self.device).cumsum(0) - 1
         return self._logits(hidden[last_rows])
 
-    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KvCache) -> torch.Tensor:
-        """Row i of token_ids [B] and positions [B] is slot i; returns logits [B, vocab]. Only static tensors are
-        read and written, so a step can be captured as a CUDA graph and replayed at any positions."""
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, cache: KvCache
+    ) -> torch.Tensor:
+        """Row i of token_ids [B] and positions [B] belongs to the sequence whose blocks are tables[i] (int32 [B,
+        blocks per sequence]); returns logits [B, vocab]. Only static tensors are read and written, so a step can be
+        captured as a CUDA graph and replayed at any positions and block tables."""
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k, v = cache.k[layer], cache.v[layer]
-            return decode_attention(qkv, positions, self.cos, self.sin, k, v, self.attention_shape)
+            return decode_attention(qkv, positions, tables, self.cos, self.sin, k, v, self.attention_shape)
 
         return self._logits(self._forward(token_ids, attention))
 

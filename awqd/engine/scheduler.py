@@ -1,13 +1,24 @@
 """Continuous batching: one scheduler thread per hosted model runs every request on it, step by step.
 
 At each step boundary the scheduler
-1. ends cancelled requests (the client went away or its deadline passed) and frees their slots at once, and
-   refuses requests that waited in the queue longer than --queue-timeout (RESOURCE_EXHAUSTED, with a retry hint);
-2. admits waiting requests in arrival order into free KV slots, up to PREFILL_TOKENS_PER_STEP prompt tokens per
-   boundary so the running batch is not stalled for long, and prefills them all in one eager forward pass; if that
-   pass fails, only the requests it held fail;
-3. runs one decode step for every running sequence together, samples on the device, copies the new ids to the
-   host once, and streams them; finished sequences leave the batch at once.
+1. ends cancelled requests (the client went away or its deadline passed) and frees their KV-cache blocks at
+   once, and refuses requests that waited in the queue longer than --queue-timeout (RESOURCE_EXHAUSTED, with a
+   retry hint);
+2. admits preempted sequences, then waiting requests, in order, while the batch has rows (--max-batch-size) and
+   the paged KV cache (awqd.engine.kv_cache) has the blocks each one's prefill and next token need, up to
+   --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
+   stalled for long; it prefills them all in one eager forward pass; if that pass fails, only the requests it
+   held fail;
+3. gives each running sequence the block its next position needs, preempting when blocks run out (below), runs
+   one decode step for every running sequence together (row i is the i-th admitted), samples on the device,
+   copies the new ids to the host once, and streams them; finished sequences leave the batch at once.
+
+Preemption policy: recompute. When a running sequence needs a block and none is free, the most recently admitted
+running sequence gives all its blocks back and goes to the front of the queue with its prompt and the tokens it
+has generated. When blocks free up it is prefilled again over all of them, and goes on from the next token: its
+stream stays open, and a greedy request's tokens are those it would have produced unpreempted. Preempted sequences
+resume before any waiting request and never expire in the queue. A request that could not fit the cache even alone
+is refused at submit (INVALID_ARGUMENT on max_new_tokens), so every accepted request completes or gets an error.
 
 A request that pins a kernel (GenerateRequest.kernel, a Benchmark run) batches only with requests that pin the
 same one: the router's pin applies to the whole step. When the queue's head pins differently from the running
@@ -19,7 +30,6 @@ RESOURCE_EXHAUSTED with a retry hint in the message and in the `retry-after-ms` 
 """
 
 import collections
-import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +40,8 @@ import structlog
 import torch
 
 from awqd import metrics
-from awqd.engine.sampling import RowSampling, SamplingBatch, choose_tokens
+from awqd.engine.kv_cache import BlockTables, blocks_for
+from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, Job, Sequence, summary
 from awqd.engine.step import StepRunner
 from awqd.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -38,15 +49,14 @@ from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
 
-PREFILL_TOKENS_PER_STEP = 2048
-PADDING_ROW = RowSampling(temperature=0.0, top_k=0, top_p=1.0, seed=0)
 RETRY_HINT_MS = (50, 60_000)  # bounds of the retry hint
 
 
 @dataclass(frozen=True)
 class AdmissionLimits:
     max_queued: int  # waiting requests beyond the running batch
-    queue_timeout_s: float  # longest wait for a slot
+    queue_timeout_s: float  # longest wait for room in the KV cache
+    prefill_tokens: int  # prompt tokens one step boundary prefills together (the first prompt may be longer)
 
 
 class Scheduler:
@@ -58,29 +68,33 @@ class Scheduler:
         self.eos_ids = eos_ids
         self.limits = limits
         self.max_sequence_tokens = runner.cache.plan.max_seq_len
+        self.blocks = BlockTables(runner.cache.plan.blocks)
+        self.preemptions = 0
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: dict[int, Sequence] = {}  # by slot
-        self._free_slots = list(range(runner.cache.plan.slots))
+        self._preempted: collections.deque[Sequence] = collections.deque()  # they resume before any waiting job
+        self._running: list[Sequence] = []  # in admission order; decode row i is the i-th
         self._closed = False
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name)
+        self._preemptions_counted = metrics.KV_CACHE_PREEMPTIONS.labels(name)
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
         self._thread.start()
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._preempted)
 
     def submit(self, job: Job) -> None:
         needed = len(job.prompt_ids) + job.params.max_new_tokens
         if needed > self.max_sequence_tokens:
+            plan = self.runner.cache.plan
             raise InvalidArgument(
                 "max_new_tokens",
                 f"prompt ({len(job.prompt_ids)} tokens) plus max_new_tokens ({job.params.max_new_tokens}) needs "
                 f"{needed} KV-cache positions, but a sequence of model {self.name!r} may hold "
-                f"{self.max_sequence_tokens} (its KV cache: {self.runner.cache.plan.slots} slots x "
-                f"{self.max_sequence_tokens} tokens)",
+                f"{self.max_sequence_tokens} (its KV cache holds {plan.blocks} blocks of {plan.block_tokens} tokens; "
+                "a sequence is capped at the model's context window)",
             )
         with self._condition:
             if self._closed:
@@ -107,34 +121,41 @@ class Scheduler:
 
     def _retry_hint_ms(self) -> int:
         """When a queue place should free up: the soonest-finishing running request's remaining decode steps."""
-        running = list(self._running.values())  # a snapshot: the scheduler thread changes the dict
+        running = list(self._running)  # a snapshot: the scheduler thread changes the list
         remaining = min((seq.remaining_tokens for seq in running), default=1)
         step_ms = self._step_ms or 10.0
         return int(min(max(remaining * step_ms, RETRY_HINT_MS[0]), RETRY_HINT_MS[1]))
+
+    def _idle(self) -> bool:
+        return not self._waiting and not self._preempted and not self._running
 
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._condition:
-                    while not self._waiting and not self._running and not self._closed:
+                    while self._idle() and not self._closed:
                         self._condition.wait()
-                    if self._closed and not self._waiting and not self._running:
+                    if self._closed and self._idle():
                         return
                     admitted = self._admit()
                 try:
-                    # Admitted jobs join the batch before anything else, so every error below reaches them too, and
-                    # the router keeps their pin while any of them runs.
-                    joined = self._join(admitted)
+                    # Admitted sequences join the batch before anything else, so every error below reaches them
+                    # too, and the router keeps their pin while any of them runs.
+                    self._running.extend(admitted)
                     self._end_cancelled()
-                    self._prefill([seq for seq in joined if seq.slot in self._running])
+                    self._prefill([seq for seq in admitted if seq in self._running])
                     if self._running:
                         self._decode()
                 except Exception as error:  # a bug must not end the thread and strand every caller
-                    self._fail(list(self._running.values()), error)
+                    self._fail(list(self._running), error)
 
-    def _admit(self) -> list[tuple[Job, int]]:
-        """Under the lock: drops cancelled and expired waiters, then takes what may join the batch now."""
+    def _admit(self) -> list[Sequence]:
+        """Under the lock: drops cancelled and expired waiters, then takes what may join the batch now: preempted
+        sequences first, then waiting jobs in arrival order, each with the blocks its prefill and next token need."""
         now = time.perf_counter()
+        for seq in [seq for seq in self._preempted if seq.job.cancelled.is_set()]:
+            self._preempted.remove(seq)
+            self._finished(seq.job, seq.finish("cancelled"))
         for job in list(self._waiting):
             if job.cancelled.is_set():
                 self._waiting.remove(job)
@@ -144,31 +165,36 @@ class Scheduler:
                 retry_ms = self._retry_hint_ms()
                 job.events.put(
                     ResourceExhausted(
-                        f"model {self.name!r}: waited {now - job.received_at:.1f} s for a KV-cache slot "
+                        f"model {self.name!r}: waited {now - job.received_at:.1f} s for room in the KV cache "
                         f"(--queue-timeout {self.limits.queue_timeout_s:g} s); retry after about {retry_ms} ms",
                         retry_after_ms=retry_ms,
                     )
                 )
                 log.info("request_expired_in_queue", model=self.name, waited_s=round(now - job.received_at, 3))
-        admitted: list[tuple[Job, int]] = []
+        admitted: list[Sequence] = []
         prompt_tokens = 0
-        batch = [seq.job for seq in self._running.values()]
+        batch = [seq.job for seq in self._running]
         batch_pin = batch[0].pin if batch else None
-        while self._waiting and self._free_slots:
-            job = self._waiting[0]
+        while (self._preempted or self._waiting) and len(batch) < self.runner.max_rows:
+            head = self._preempted[0] if self._preempted else self._waiting[0]
+            job, ids = (head.job, head.prefill_ids) if isinstance(head, Sequence) else (head, head.prompt_ids)
             if batch_pin is not None and job.pin != batch_pin:
                 break  # the head pins another kernel: let the running batch drain first
             if any(other.exclusive for other in batch) or (job.exclusive and batch):
                 break  # an exclusive run has the model to itself
-            if admitted and prompt_tokens + len(job.prompt_ids) > PREFILL_TOKENS_PER_STEP:
+            if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
-            self._waiting.popleft()
-            admitted.append((job, heapq.heappop(self._free_slots)))
-            prompt_tokens += len(job.prompt_ids)
+            if blocks_for(len(ids) + 1) > self.blocks.free_blocks:
+                break  # the head waits for blocks; nothing overtakes it
+            (self._preempted if isinstance(head, Sequence) else self._waiting).popleft()
+            seq = head if isinstance(head, Sequence) else Sequence(job, self.tokenizer, self.eos_ids)
+            self.blocks.grow(seq, len(ids) + 1)
+            admitted.append(seq)
+            prompt_tokens += len(ids)
             batch_pin = job.pin
             batch.append(job)
         if admitted:
-            self._pin(admitted[0][0])
+            self._pin(admitted[0].job)
         return admitted
 
     def _pin(self, job: Job) -> None:
@@ -177,24 +203,20 @@ class Scheduler:
         else:
             self.router.unpin()
 
-    def _join(self, admitted: list[tuple[Job, int]]) -> list[Sequence]:
-        """The admitted jobs' sequences enter the running batch; their prefill comes next."""
-        joined = []
-        for job, slot in admitted:
-            joined.append(Sequence(job, slot, self.tokenizer, self.eos_ids))
-            self._running[slot] = joined[-1]
-        return joined
-
     def _prefill(self, group: list[Sequence]) -> None:
-        """Prefills the sequences that joined at this boundary in one forward pass and samples their first tokens.
+        """Prefills the sequences that joined at this boundary in one forward pass and samples their next tokens.
 
         If the pass or the sampling fails, exactly this group fails; the sequences already running go on.
         """
         if not group:
             return
         try:
-            logits, kernel = self.runner.prefill([seq.job.prompt_ids for seq in group], [seq.slot for seq in group])
-            sampling = SamplingBatch.build([seq.sampling for seq in group], [0] * len(group), logits.device)
+            logits, kernel = self.runner.prefill(
+                [seq.prefill_ids for seq in group], [self.blocks.table(seq) for seq in group]
+            )
+            sampling = SamplingBatch.build(
+                [seq.sampling for seq in group], [len(seq.token_times) for seq in group], logits.device
+            )
             tokens = choose_tokens(logits, sampling).tolist()  # the group's one device -> host copy
         except Exception as error:
             self._fail(group, error)
@@ -205,30 +227,47 @@ class Scheduler:
                 self._release(seq)
 
     def _decode(self) -> None:
-        rows = max(self._running) + 1
-        sequences = [self._running.get(slot) for slot in range(rows)]
-        tokens = [seq.last_token if seq else 0 for seq in sequences]
-        positions = [seq.position if seq else 0 for seq in sequences]
+        self._grow_or_preempt()
+        sequences = list(self._running)
+        tokens = [seq.last_token for seq in sequences]
+        positions = [seq.position for seq in sequences]
         started = time.perf_counter()
         try:
-            logits, kernel = self.runner.decode(tokens, positions)
+            logits, kernel = self.runner.decode(tokens, positions, [self.blocks.table(seq) for seq in sequences])
             sampling = SamplingBatch.build(
-                [seq.sampling if seq else PADDING_ROW for seq in sequences],
-                [len(seq.token_times) if seq else 0 for seq in sequences],
-                logits.device,
+                [seq.sampling for seq in sequences], [len(seq.token_times) for seq in sequences], logits.device
             )
             chosen = choose_tokens(logits, sampling).tolist()  # the step's one device -> host copy
         except Exception as error:
-            self._fail(list(self._running.values()), error)
+            self._fail(sequences, error)
             return
         step_ms = (time.perf_counter() - started) * 1000
         self._step_ms = step_ms if not self._step_ms else 0.9 * self._step_ms + 0.1 * step_ms
-        for seq in sequences:
-            if seq is None:
-                continue
+        for seq, token in zip(sequences, chosen, strict=True):
             seq.count_step("decode", kernel)
-            if self._accept(seq, chosen[seq.slot]):
+            if self._accept(seq, token):
                 self._release(seq)
+
+    def _grow_or_preempt(self) -> None:
+        """Gives every running sequence the block its next position needs, oldest first. When none is free, the most
+        recently admitted sequence is preempted (recompute): it gives all its blocks back and goes to the front of
+        the queue, to be prefilled again over its prompt and the tokens it has generated. The oldest always fits:
+        submit refuses what could not fit the cache alone."""
+        index = 0
+        while index < len(self._running):
+            seq = self._running[index]
+            if self.blocks.grow(seq, seq.position + 1):
+                index += 1
+            else:
+                self._preempt(self._running[-1])
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._running.remove(seq)
+        freed = self.blocks.release(seq)
+        self._preempted.appendleft(seq)
+        self.preemptions += 1
+        self._preemptions_counted.inc()
+        log.info("sequence_preempted", model=self.name, freed_blocks=freed, tokens=len(seq.prefill_ids))
 
     def _accept(self, seq: Sequence, token: int) -> bool:
         done = seq.accept(token)
@@ -237,12 +276,11 @@ class Scheduler:
         return done
 
     def _end_cancelled(self) -> None:
-        for seq in [seq for seq in self._running.values() if seq.job.cancelled.is_set()]:
+        for seq in [seq for seq in self._running if seq.job.cancelled.is_set()]:
             self._release(seq, "cancelled")
 
     def _release(self, seq: Sequence, reason: str = "") -> None:
-        self._running.pop(seq.slot, None)
-        self._free_slot(seq.slot)
+        self._leave(seq)
         self._finished(seq.job, seq.finish(reason))
 
     def _end_unstarted(self, job: Job, reason: str) -> None:
@@ -251,13 +289,14 @@ class Scheduler:
     def _fail(self, sequences: list[Sequence], error: Exception) -> None:
         log.error("generation_failed", model=self.name, requests=len(sequences), exc_info=error)
         for seq in sequences:
-            self._running.pop(seq.slot, None)
-            self._free_slot(seq.slot)
+            self._leave(seq)
             seq.job.events.put(error)
 
-    def _free_slot(self, slot: int) -> None:
-        with self._condition:
-            heapq.heappush(self._free_slots, slot)
+    def _leave(self, seq: Sequence) -> None:
+        """The sequence leaves the batch, and its blocks are free at once."""
+        if seq in self._running:
+            self._running.remove(seq)
+        self.blocks.release(seq)
         if not self._running:
             self.router.unpin()
 

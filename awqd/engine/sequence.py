@@ -1,4 +1,5 @@
-"""One request as the engine runs it: the Job the RPC thread waits on, and the Sequence that occupies a KV slot.
+"""One request as the engine runs it: the Job the RPC thread waits on, and the Sequence that owns KV-cache blocks
+while it runs.
 
 The Sequence turns each sampled token into what the caller sees: incremental text, stop sequences with held-back
 text, end-of-sequence, max_new_tokens; and at the end one Finished with usage, timings and the kernels used per
@@ -73,11 +74,10 @@ class Job:
 
 
 class Sequence:
-    def __init__(self, job: Job, slot: int, tokenizer, eos_ids: frozenset[int]):
+    def __init__(self, job: Job, tokenizer, eos_ids: frozenset[int]):
         params = job.params
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.job = job
-        self.slot = slot
         self.sampling = RowSampling(params.temperature, params.top_k, params.top_p or 1.0, seed)
         self.eos_ids = eos_ids
         self.decoder = IncrementalDecoder(tokenizer)
@@ -86,6 +86,7 @@ class Sequence:
         # Where the last sampled token's k/v go when a decode step feeds it; accept() moves it past the prompt.
         self.position = len(job.prompt_ids) - 1
         self.last_token = 0  # the token the next decode step feeds
+        self.generated: list[int] = []  # the tokens accepted so far that the sequence goes on from
         self.token_times: list[float] = []
         self.step_kernels: Counter[tuple[str, int, str]] = Counter()
         self.finish_reason = ""
@@ -111,9 +112,16 @@ class Sequence:
         if self.remaining_tokens == 0:
             self.finish_reason = "length"
             return True
+        self.generated.append(token)
         self.last_token = token
         self.position += 1
         return False
+
+    @property
+    def prefill_ids(self) -> list[int]:
+        """What a prefill must run to put the sequence back where it is: the prompt, and after a preemption the
+        generated tokens too. Its output samples the token after them."""
+        return self.job.prompt_ids + self.generated
 
     def finish(self, reason: str = "") -> Finished:
         """Streams the held-back tail where the text ended normally; returns the summary for the caller to send."""

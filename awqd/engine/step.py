@@ -1,10 +1,12 @@
 """The engine's forward steps: prefill eagerly, decode as a CUDA graph per (kernel pin, batch bucket).
 
-Decode pads the batch to a bucket (1, 2, 4, ... up to the slot count); the quantized linears pick their kernel
-by the padded row count, so a graph captured for a bucket holds the kernel the decision table names for it (or
-the pinned one: the pin is part of the graph's key). Padding rows are free slots: they write position 0 of their
-own slot, which the next sequence there overwrites at its prefill. Decode attention reads each row's length from
-the positions tensor on the device, so one graph serves a bucket at every position.
+Decode rows are compact: row i is whichever sequence the scheduler put in place i, and its token, position and
+block table (awqd.engine.kv_cache) are copied into static buffers of max_rows rows before each step. Decode pads
+the batch to a bucket (1, 2, 4, ... up to max_rows); the quantized linears pick their kernel by the padded row
+count, so a graph captured for a bucket holds the kernel the decision table names for it (or the pinned one: the
+pin is part of the graph's key). Padding rows point at the padding block, position 0, which no sequence owns.
+Decode attention reads each row's length and blocks from those buffers on the device, so one graph serves a
+bucket at every position and block assignment.
 
 A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
 that shape); later steps replay it. Warm-up (awqd.engine.warmup) runs that first step for every unpinned bucket
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from awqd.engine.kv_cache import KvCache
+from awqd.engine.kv_cache import PADDING_BLOCK, KvCache
 from awqd.engine.model import DecoderModel
 from awqd.quant.linear import KernelRouter
 
@@ -38,15 +40,17 @@ class CapturedDecode:
 
 
 class StepRunner:
-    def __init__(self, model: DecoderModel, cache: KvCache, router: KernelRouter, cuda_graphs: bool):
+    def __init__(self, model: DecoderModel, cache: KvCache, router: KernelRouter, cuda_graphs: bool, max_rows: int):
         self.model = model
         self.cache = cache
         self.router = router
-        slots = cache.plan.slots
-        self.batch_buckets = (*(b for b in (2**i for i in range(16)) if b < slots), slots)
+        self.max_rows = max_rows  # sequences one decode step runs (--max-batch-size)
+        self.batch_buckets = (*(b for b in (2**i for i in range(16)) if b < max_rows), max_rows)
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
-        self.tokens = torch.zeros(slots, dtype=torch.int64, device=model.device)
-        self.positions = torch.zeros(slots, dtype=torch.int64, device=model.device)
+        self.tokens = torch.zeros(max_rows, dtype=torch.int64, device=model.device)
+        self.positions = torch.zeros(max_rows, dtype=torch.int64, device=model.device)
+        table_shape = (max_rows, cache.plan.max_blocks_per_seq)
+        self.tables = torch.full(table_shape, PADDING_BLOCK, dtype=torch.int32, device=model.device)
         self.graphs: dict[tuple[str, int], CapturedDecode] = {}
         self.eager_keys: dict[tuple[str, int], Exception] = {}  # keys whose capture failed, and why
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -57,23 +61,30 @@ class StepRunner:
     def step_kernel(self, tokens: int) -> StepKernel:
         return StepKernel(self.router.bucket_for(tokens), self.router.candidate_for(tokens).name)
 
-    def prefill(self, prompts: list[list[int]], slots: list[int]) -> tuple[torch.Tensor, StepKernel]:
-        """prompts[i] into slots[i] in one forward pass: logits [len(prompts), vocab] of each prompt's last position,
-        and the kernel that ran (picked by the prompts' total token count)."""
+    def prefill(self, prompts: list[list[int]], tables: list[list[int]]) -> tuple[torch.Tensor, StepKernel]:
+        """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
+        last position, and the kernel that ran (picked by the prompts' total token count)."""
         lengths = [len(prompt) for prompt in prompts]
         ids = torch.tensor([token for prompt in prompts for token in prompt], dtype=torch.int64)
         ids = ids.to(self.model.device, non_blocking=True)
-        return self.model.prefill(list(ids.split(lengths)), slots, self.cache), self.step_kernel(sum(lengths))
+        device_tables = padded_tables(tables, len(tables)).to(self.model.device, non_blocking=True)
+        return self.model.prefill(list(ids.split(lengths)), device_tables, self.cache), self.step_kernel(sum(lengths))
 
-    def decode(self, tokens: list[int], positions: list[int]) -> tuple[torch.Tensor, StepKernel]:
-        """Rows 0..len(tokens)-1 are slots; returns logits [rows, vocab] and the kernel that ran."""
+    def decode(
+        self, tokens: list[int], positions: list[int], tables: list[list[int]]
+    ) -> tuple[torch.Tensor, StepKernel]:
+        """Row i feeds tokens[i] at positions[i] of the sequence whose blocks are tables[i]; returns logits [rows,
+        vocab] and the kernel that ran."""
         rows = len(tokens)
         padded = self.batch_bucket(rows)
         host = torch.tensor([tokens + [0] * (padded - rows), positions + [0] * (padded - rows)], dtype=torch.int64)
+        host_tables = padded_tables(tables, padded)
         if self.cuda_graphs:
-            host = host.pin_memory()
+            host, host_tables = host.pin_memory(), host_tables.pin_memory()
         self.tokens[:padded].copy_(host[0], non_blocking=True)
         self.positions[:padded].copy_(host[1], non_blocking=True)
+        # Only the columns in use: a row reads no column past its own position's block.
+        self.tables[:padded, : host_tables.shape[1]].copy_(host_tables, non_blocking=True)
         pin = self.router.pinned.name if self.router.pinned is not None else ""
         key = (pin, padded)
         captured = self.graphs.get(key)
@@ -81,7 +92,7 @@ class StepRunner:
             captured.graph.replay()
             logits = captured.logits
         else:
-            logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache)
+            logits = self._decode_rows(padded)
             if self.cuda_graphs and key not in self.eager_keys:
                 self._capture(key)
         return logits[:rows], self.step_kernel(padded)
@@ -92,10 +103,22 @@ class StepRunner:
         try:
             # thread_local: other models' scheduler threads keep running their own steps while this one captures.
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                logits = self.model.decode(self.tokens[:padded], self.positions[:padded], self.cache)
+                logits = self._decode_rows(padded)
         except Exception as error:  # e.g. a kernel that synchronizes: this key stays eager
             self.eager_keys[key] = error.with_traceback(None)  # no frames kept alive: they hold capture tensors
             log.warning("cuda_graph_capture_failed", pin=pin or "auto", batch=padded, error=str(error))
             return
         self.graphs[key] = CapturedDecode(graph, logits)
         log.info("cuda_graph_captured", pin=pin or "auto", batch=padded, graphs=len(self.graphs))
+
+    def _decode_rows(self, padded: int) -> torch.Tensor:
+        return self.model.decode(self.tokens[:padded], self.positions[:padded], self.tables[:padded], self.cache)
+
+
+def padded_tables(tables: list[list[int]], rows: int) -> torch.Tensor:
+    """int32 [rows, longest table]: the tables, each padded (and the missing rows filled) with the padding block.
+    At least one column, so a row given no blocks (a warm-up step) reads and writes only the padding block."""
+    width = max([1, *(len(table) for table in tables)])
+    filled = [table + [PADDING_BLOCK] * (width - len(table)) for table in tables]
+    filled += [[PADDING_BLOCK] * width] * (rows - len(tables))
+    return torch.tensor(filled, dtype=torch.int32)

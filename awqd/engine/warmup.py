@@ -26,7 +26,7 @@ import structlog
 import torch
 
 from awqd.engine.request import GenerateParams
-from awqd.engine.scheduler import PREFILL_TOKENS_PER_STEP, Scheduler
+from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.step import StepRunner
 from awqd.errors import WarmupFailed
@@ -58,7 +58,7 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     device = runner.model.device
     # The device guard makes the capture stream the model's device's, whichever device this thread last used.
     with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        prefill_tokens = _warm_prefill(runner)
+        prefill_tokens = _warm_prefill(scheduler)
         reserved_before = _reserved_after_emptying(device)
         decode_batches = _warm_decode(runner, notes)
         graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
@@ -91,32 +91,40 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     return report
 
 
-def prefill_sizes(dispatch_buckets: tuple[int, ...], capacity_tokens: int) -> tuple[int, ...]:
-    """Each dispatch bucket b at b and b - 1 tokens, capped at the largest step that can run: one admission's
-    tokens (PREFILL_TOKENS_PER_STEP) and the KV cache's capacity."""
-    limit = min(PREFILL_TOKENS_PER_STEP, capacity_tokens)
+def prefill_sizes(dispatch_buckets: tuple[int, ...], limit: int) -> tuple[int, ...]:
+    """Each dispatch bucket b at b and b - 1 tokens, capped at `limit`: the largest step that can run (one
+    admission's tokens, --prefill-tokens-per-step, within the KV cache's capacity)."""
     return tuple(sorted({n for b in dispatch_buckets for n in (min(b, limit) - 1, min(b, limit)) if n >= 1}))
 
 
-def _warm_prefill(runner: StepRunner) -> tuple[int, ...]:
-    plan = runner.cache.plan
-    sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), plan.capacity_tokens)
+def _warm_prefill(scheduler: Scheduler) -> tuple[int, ...]:
+    runner, plan = scheduler.runner, scheduler.runner.cache.plan
+    limit = min(scheduler.limits.prefill_tokens, plan.capacity_tokens)
+    sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), limit)
     vocab = runner.model.shape.vocab_size
     for total in sizes:
-        # A step longer than one sequence may hold runs as several prompts, one per slot, as admission would.
+        # A step longer than one sequence may hold runs as several prompts, as admission would.
         full, rest = divmod(total, plan.max_seq_len)
         lengths = [plan.max_seq_len] * full + ([rest] if rest else [])
         prompts = [[token % vocab for token in range(length)] for length in lengths]
+        owners = [("warm-up", index) for index in range(len(prompts))]
         with _step(f"prefill of {total} tokens") as what:
-            logits, _ = runner.prefill(prompts, list(range(len(prompts))))
-            _check_finite(logits, what)
+            try:
+                if not all(scheduler.blocks.grow(owner, length) for owner, length in zip(owners, lengths, strict=True)):
+                    raise WarmupFailed(f"{what}: the KV cache has too few free blocks")
+                logits, _ = runner.prefill(prompts, [scheduler.blocks.table(owner) for owner in owners])
+                _check_finite(logits, what)
+            finally:
+                for owner in owners:
+                    scheduler.blocks.release(owner)
     return sizes
 
 
 def _warm_decode(runner: StepRunner, notes: list[str]) -> tuple[int, ...]:
     for batch in runner.batch_buckets:
         with _step(f"decode of {batch} rows") as what:
-            logits, _ = runner.decode([0] * batch, [0] * batch)
+            # Rows that own no blocks read and write only the padding block.
+            logits, _ = runner.decode([0] * batch, [0] * batch, [[]] * batch)
             _check_finite(logits, what)
         failure = runner.eager_keys.get(("", batch))
         if isinstance(failure, torch.cuda.OutOfMemoryError):
@@ -128,14 +136,9 @@ def _warm_decode(runner: StepRunner, notes: list[str]) -> tuple[int, ...]:
 
 def _generate_once(name: str, scheduler: Scheduler) -> Finished:
     """One greedy request through the scheduler thread, as a client's would run."""
-    room = scheduler.max_sequence_tokens - 1  # at least one generated token must fit
-    prompt_ids = scheduler.tokenizer(GENERATION_PROMPT)["input_ids"][: max(room, 0)]
+    # A sequence holds at least one KV block (16 positions), more than the warm-up's prompt and tokens need.
+    prompt_ids = scheduler.tokenizer(GENERATION_PROMPT)["input_ids"][: scheduler.max_sequence_tokens // 2]
     new_tokens = min(GENERATION_TOKENS, scheduler.max_sequence_tokens - len(prompt_ids))
-    if not prompt_ids or new_tokens < 1:
-        raise WarmupFailed(
-            f"a sequence may hold {scheduler.max_sequence_tokens} KV-cache positions: no request can fit a prompt "
-            "and one generated token (raise --kv-cache-tokens or --kv-cache-fraction)"
-        )
     params = GenerateParams(name, "", tuple(prompt_ids), new_tokens, 0.0, None, 0, None, (), "")
     job = Job(params=params, prompt_ids=list(prompt_ids), pinned=None)
     with _step("the warm-up generation"):

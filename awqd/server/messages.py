@@ -174,11 +174,15 @@ def model(hosted: HostedModel) -> pb.Model:
         message.extra_layout_memory_bytes = loaded.extra_layout_memory_bytes
         message.context_length = loaded.context_length
     if hosted.scheduler is not None:
-        plan = hosted.scheduler.runner.cache.plan
+        scheduler = hosted.scheduler
+        plan = scheduler.runner.cache.plan
         message.kv_cache_tokens = plan.capacity_tokens
-        message.kv_cache_slots = plan.slots
+        message.kv_cache_slots = scheduler.runner.max_rows
         message.max_sequence_tokens = plan.max_seq_len
         message.kv_cache_bytes = plan.bytes
+        message.kv_cache_blocks = plan.blocks
+        message.kv_cache_block_tokens = plan.block_tokens
+        message.kv_cache_blocks_in_use = scheduler.blocks.used_blocks
     if hosted.warmup is not None:
         warmup = hosted.warmup
         message.warmed_up_at.CopyFrom(timestamp(warmup.finished_at))

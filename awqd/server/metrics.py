@@ -33,18 +33,30 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         queue_depth = GaugeMetricFamily(
-            "awqd_queue_depth", "Generate requests waiting for a KV-cache slot of their model", labels=["model"]
+            "awqd_queue_depth", "Generate requests waiting for room in their model's KV cache", labels=["model"]
         )
         model_state = GaugeMetricFamily(
             "awqd_model_state", "1 for the state each hosted model is in, 0 for the others", labels=["model", "state"]
         )
+        kv_blocks = GaugeMetricFamily(
+            "awqd_kv_cache_blocks", "KV-cache blocks sequences can hold, per model", labels=["model"]
+        )
+        kv_blocks_in_use = GaugeMetricFamily(
+            "awqd_kv_cache_blocks_in_use", "KV-cache blocks held by running sequences", labels=["model"]
+        )
+        kv_tokens = GaugeMetricFamily(
+            "awqd_kv_cache_tokens", "KV-cache capacity in tokens (blocks x tokens per block)", labels=["model"]
+        )
         for hosted in self.daemon.models.list():
             if hosted.scheduler is not None:
-                queue_depth.add_metric([hosted.name], hosted.scheduler.queue_depth)
+                scheduler = hosted.scheduler
+                queue_depth.add_metric([hosted.name], scheduler.queue_depth)
+                kv_blocks.add_metric([hosted.name], scheduler.blocks.blocks)
+                kv_blocks_in_use.add_metric([hosted.name], scheduler.blocks.used_blocks)
+                kv_tokens.add_metric([hosted.name], scheduler.runner.cache.plan.capacity_tokens)
             for state in MODEL_STATES:
                 model_state.add_metric([hosted.name, state], float(hosted.state == state))
-        yield queue_depth
-        yield model_state
+        yield from (queue_depth, model_state, kv_blocks, kv_blocks_in_use, kv_tokens)
 
         decisions = InfoMetricFamily(
             "awqd_kernel_decision",

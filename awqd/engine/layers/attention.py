@@ -1,8 +1,9 @@
-"""Decode attention: one new token per row, rotary applied, its k and v written to the row's KV slot, attending
-over the slot's positions 0..position (or the sliding window).
+"""Decode attention: one new token per row, rotary applied, its k and v written to the row's sequence in the paged
+KV cache (awqd.engine.kv_cache) through its block table, attending over the sequence's positions 0..position (or
+the sliding window).
 
 On the GPU it is one Triton kernel per step and layer (awqd.engine.layers.triton_attention). It walks each row's
-own positions in fixed blocks, so a row's result depends neither on the other rows of the batch nor on how long
+own positions in fixed steps, so a row's result depends neither on the other rows of the batch nor on how long
 they are; no attention span is part of a captured graph. The torch version below is the CPU path and the
 reference the kernel is tested against.
 """
@@ -32,25 +33,27 @@ class AttentionShape:
 def decode_attention(
     qkv: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     shape: AttentionShape,
 ) -> torch.Tensor:
-    """qkv [B, (heads + 2 kv_heads) * head_dim] of rows 0..B-1 = slots 0..B-1 at `positions` [B];
-    cos/sin [context, head_dim] tables; cache_k/v [slots, kv_heads, max_seq_len, head_dim]. Returns [B, heads *
-    head_dim]."""
+    """qkv [B, (heads + 2 kv_heads) * head_dim] of B rows at `positions` [B], row i's blocks in tables[i] (int32
+    [>= B, blocks per sequence]); cos/sin [context, head_dim] tables; cache_k/v [blocks, kv_heads, block_tokens,
+    head_dim]. Returns [B, heads * head_dim]."""
     if use_triton(qkv):
         from awqd.engine.layers.triton_attention import decode_attention_rows
 
-        return decode_attention_rows(qkv, positions, cos, sin, cache_k, cache_v, shape)
-    return decode_attention_torch(qkv, positions, cos, sin, cache_k, cache_v, shape)
+        return decode_attention_rows(qkv, positions, tables, cos, sin, cache_k, cache_v, shape)
+    return decode_attention_torch(qkv, positions, tables, cos, sin, cache_k, cache_v, shape)
 
 
 def decode_attention_torch(
     qkv: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
@@ -61,11 +64,10 @@ def decode_attention_torch(
     q, k, v = shape.split(qkv)
     q = apply_rotary(q, cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
     k = apply_rotary(k, cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
-    slots = torch.arange(rows, device=qkv.device)
-    cache_k[slots, :, positions] = k
-    cache_v[slots, :, positions] = v
+    tables = tables[:rows].long()
+    store(cache_k, cache_v, tables, torch.arange(rows, device=qkv.device), positions, k, v)
     span = int(positions.max()) + 1  # eager only (the CPU path is never captured), so a host read is fine
-    keys, values = cache_k[:rows, :, :span], cache_v[:rows, :, :span]  # views: [B, kv_heads, span, head_dim]
+    keys, values = (gather(cache, tables, span) for cache in (cache_k, cache_v))  # [B, kv_heads, span, head_dim]
     attend = torch.arange(span, device=qkv.device)[None, :] <= positions[:, None]
     if shape.sliding_window is not None:
         attend &= torch.arange(span, device=qkv.device)[None, :] > positions[:, None] - shape.sliding_window
@@ -76,10 +78,26 @@ def decode_attention_torch(
     return torch.matmul(weights.to(values.dtype), values).reshape(rows, -1)
 
 
+def store(cache_k, cache_v, tables, sequences, positions, k, v) -> None:
+    """Row r's k and v [N, kv_heads, head_dim] at position positions[r] of the sequence in tables[sequences[r]]."""
+    block_tokens = cache_k.shape[2]
+    blocks = tables[sequences, positions // block_tokens].long()
+    cache_k[blocks, :, positions % block_tokens] = k
+    cache_v[blocks, :, positions % block_tokens] = v
+
+
+def gather(cache: torch.Tensor, tables: torch.Tensor, span: int) -> torch.Tensor:
+    """Positions 0..span-1 of each table's sequence: [rows, kv_heads, span, head_dim]."""
+    block_tokens = cache.shape[2]
+    blocks = cache[tables[:, : -(-span // block_tokens)]]  # [rows, blocks, kv_heads, block_tokens, head_dim]
+    return blocks.transpose(1, 2).flatten(2, 3)[:, :, :span]
+
+
 def rotate_and_store(
     qkv: torch.Tensor,
-    slots: torch.Tensor,
+    sequences: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
@@ -87,18 +105,20 @@ def rotate_and_store(
     shape: AttentionShape,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prefill's half of attention before the attention itself: rotary on q and k of every row, and row r's k and
-    v stored in slot slots[r] at positions[r]. Returns q, k [N, heads or kv_heads, head_dim] rotated, and v."""
+    v stored at position positions[r] of the sequence whose blocks are tables[sequences[r]]. Returns q, k [N,
+    heads or kv_heads, head_dim] rotated, and v."""
     if use_triton(qkv):
         from awqd.engine.layers.triton_attention import rotate_and_store_rows
 
-        return rotate_and_store_rows(qkv, slots, positions, cos, sin, cache_k, cache_v, shape)
-    return rotate_and_store_torch(qkv, slots, positions, cos, sin, cache_k, cache_v, shape)
+        return rotate_and_store_rows(qkv, sequences, positions, tables, cos, sin, cache_k, cache_v, shape)
+    return rotate_and_store_torch(qkv, sequences, positions, tables, cos, sin, cache_k, cache_v, shape)
 
 
 def rotate_and_store_torch(
     qkv: torch.Tensor,
-    slots: torch.Tensor,
+    sequences: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
@@ -108,6 +128,5 @@ def rotate_and_store_torch(
     q, k, v = shape.split(qkv)
     row_cos, row_sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
     q, k = apply_rotary(q, row_cos, row_sin), apply_rotary(k, row_cos, row_sin)
-    cache_k[slots, :, positions] = k
-    cache_v[slots, :, positions] = v
+    store(cache_k, cache_v, tables, sequences, positions, k, v)
     return q, k, v

@@ -1,9 +1,11 @@
 """Triton kernel for decode_attention (awqd.engine.layers.attention).
 
 One program per (row, kv head) does the whole layer's attention for that head's query group: rotary on q and k,
-the new k and v stored at the row's position in its slot, then an online softmax over the slot's earlier positions
-in BLOCK_N steps. The new token's own key is the softmax's starting point, so the kernel never reads back what it
-just stored. Rotary and scaling round to the model's dtype at the same points as the torch path.
+the new k and v stored at the row's position in its sequence's block, then an online softmax over the sequence's
+earlier positions in BLOCK_N steps, each step gathering its positions' blocks through the row's block table
+(awqd.engine.kv_cache: [blocks, kv_heads, BLOCK_TOKENS, head_dim] per layer). The new token's own key is the
+softmax's starting point, so the kernel never reads back what it just stored. Rotary and scaling round to the
+model's dtype at the same points as the torch path.
 """
 
 import torch
@@ -30,19 +32,21 @@ def rotate(x_ptr, columns, partner, sign, cos, sin, mask):
 def decode_attention_kernel(
     qkv_ptr,
     positions_ptr,
+    tables_ptr,
     cos_ptr,
     sin_ptr,
     cache_k_ptr,
     cache_v_ptr,
     out_ptr,
     qkv_stride,
-    max_seq_len,
+    tables_stride,
     window,  # positions back a row may attend to; the context length when there is no sliding window
     scale,
     NUM_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     GROUP: tl.constexpr,
+    BLOCK_TOKENS: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -72,9 +76,13 @@ def decode_attention_kernel(
     k = rotate(k_row, d, partner, sign, cos, sin, d_mask)
     v = tl.load(qkv_row + (NUM_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM + d, mask=d_mask, other=0.0)
 
-    slot_offset = (row.to(tl.int64) * NUM_KV_HEADS + kv_head) * max_seq_len * HEAD_DIM
-    tl.store(cache_k_ptr + slot_offset + position * HEAD_DIM + d, k, mask=d_mask)
-    tl.store(cache_v_ptr + slot_offset + position * HEAD_DIM + d, v, mask=d_mask)
+    table = tables_ptr + row.to(tl.int64) * tables_stride
+    block = tl.load(table + position // BLOCK_TOKENS).to(tl.int64)
+    block_stride = NUM_KV_HEADS * BLOCK_TOKENS * HEAD_DIM
+    head_offset = kv_head * BLOCK_TOKENS * HEAD_DIM
+    new_offset = block * block_stride + head_offset + (position % BLOCK_TOKENS) * HEAD_DIM
+    tl.store(cache_k_ptr + new_offset + d, k, mask=d_mask)
+    tl.store(cache_v_ptr + new_offset + d, v, mask=d_mask)
 
     # The new token first: its score starts the running maximum, with weight 1.
     running_max = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], axis=1)
@@ -82,14 +90,14 @@ def decode_attention_kernel(
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v.to(tl.float32)[None, :]
 
     first = tl.maximum(position - window + 1, 0)
-    keys_ptr = cache_k_ptr + slot_offset + d[None, :]
-    values_ptr = cache_v_ptr + slot_offset + d[None, :]
     for start in range(first // BLOCK_N * BLOCK_N, position, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_mask = (n >= first) & (n < position)
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        keys = tl.load(keys_ptr + n[:, None] * HEAD_DIM, mask=kv_mask, other=0.0)
-        values = tl.load(values_ptr + n[:, None] * HEAD_DIM, mask=kv_mask, other=0.0)
+        blocks = tl.load(table + n // BLOCK_TOKENS, mask=n_mask, other=0).to(tl.int64)
+        offsets = blocks * block_stride + head_offset + (n % BLOCK_TOKENS) * HEAD_DIM
+        keys = tl.load(cache_k_ptr + offsets[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        values = tl.load(cache_v_ptr + offsets[:, None] + d[None, :], mask=kv_mask, other=0.0)
         if DOT_IN_FP32:  # exact fp32 products: no TF32 for fp32 models, none of the interpreter's bf16 issue
             scores = tl.dot(q.to(tl.float32), tl.trans(keys.to(tl.float32)), input_precision="ieee")
         else:
@@ -114,6 +122,7 @@ def decode_attention_kernel(
 def decode_attention_rows(
     qkv: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
@@ -123,23 +132,25 @@ def decode_attention_rows(
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
     out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
-    max_seq_len = cache_k.shape[2]
+    block_tokens = cache_k.shape[2]
     decode_attention_kernel[(rows, shape.num_kv_heads)](
         qkv,
         positions,
+        tables,
         cos,
         sin,
         cache_k,
         cache_v,
         out,
         qkv.stride(0),
-        max_seq_len,
-        shape.sliding_window or max_seq_len,
+        tables.stride(0),
+        shape.sliding_window or tables.shape[1] * block_tokens,
         shape.head_dim**-0.5,
         NUM_HEADS=shape.num_heads,
         NUM_KV_HEADS=shape.num_kv_heads,
         HEAD_DIM=shape.head_dim,
         GROUP=group,
+        BLOCK_TOKENS=block_tokens,
         BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
         BLOCK_D=max(MIN_DOT, triton.next_power_of_2(shape.head_dim)),
         BLOCK_N=BLOCK_N,
@@ -152,8 +163,9 @@ def decode_attention_rows(
 @triton.jit
 def rotate_and_store_kernel(
     qkv_ptr,
-    slots_ptr,
+    sequences_ptr,
     positions_ptr,
+    tables_ptr,
     cos_ptr,
     sin_ptr,
     cache_k_ptr,
@@ -161,10 +173,11 @@ def rotate_and_store_kernel(
     q_out_ptr,
     k_out_ptr,
     qkv_stride,
-    max_seq_len,
+    tables_stride,
     NUM_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_TOKENS: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """One program per (row, head) over the query heads, then the kv heads."""
@@ -187,16 +200,18 @@ def rotate_and_store_kernel(
         k = rotate(head_ptr, d, partner, sign, cos, sin, d_mask)
         v = tl.load(head_ptr + NUM_KV_HEADS * HEAD_DIM + d, mask=d_mask, other=0.0)
         tl.store(k_out_ptr + (row * NUM_KV_HEADS + kv_head) * HEAD_DIM + d, k, mask=d_mask)
-        slot = tl.load(slots_ptr + row)
-        cache_offset = ((slot * NUM_KV_HEADS + kv_head) * max_seq_len + position) * HEAD_DIM + d
+        sequence = tl.load(sequences_ptr + row).to(tl.int64)
+        block = tl.load(tables_ptr + sequence * tables_stride + position // BLOCK_TOKENS).to(tl.int64)
+        cache_offset = ((block * NUM_KV_HEADS + kv_head) * BLOCK_TOKENS + position % BLOCK_TOKENS) * HEAD_DIM + d
         tl.store(cache_k_ptr + cache_offset, k, mask=d_mask)
         tl.store(cache_v_ptr + cache_offset, v, mask=d_mask)
 
 
 def rotate_and_store_rows(
     qkv: torch.Tensor,
-    slots: torch.Tensor,
+    sequences: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache_k: torch.Tensor,
@@ -209,8 +224,9 @@ def rotate_and_store_rows(
     k = torch.empty(rows, kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     rotate_and_store_kernel[(rows, heads + kv_heads)](
         qkv,
-        slots.contiguous(),
+        sequences.contiguous(),
         positions.contiguous(),
+        tables,
         cos,
         sin,
         cache_k,
@@ -218,10 +234,11 @@ def rotate_and_store_rows(
         q,
         k,
         qkv.stride(0),
-        cache_k.shape[2],
+        tables.stride(0),
         NUM_HEADS=heads,
         NUM_KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
+        BLOCK_TOKENS=cache_k.shape[2],
         BLOCK_D=triton.next_power_of_2(head_dim),
         num_warps=1,
     )

@@ -192,9 +192,14 @@ def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
 def kv_cache_summary(model: awqd_pb2.Model) -> str:
     if not model.kv_cache_tokens:
         return ""
+    if not model.kv_cache_blocks:  # a daemon from before the paged cache: one full-context slot per sequence
+        return (
+            f"{model.kv_cache_tokens} tokens ({model.kv_cache_slots} x {model.max_sequence_tokens}, "
+            f"{human_bytes(model.kv_cache_bytes)})"
+        )
     return (
-        f"{model.kv_cache_tokens} tokens ({model.kv_cache_slots} x {model.max_sequence_tokens}, "
-        f"{human_bytes(model.kv_cache_bytes)})"
+        f"{model.kv_cache_tokens} tokens ({model.kv_cache_blocks} blocks of {model.kv_cache_block_tokens}, "
+        f"{model.kv_cache_blocks_in_use} in use, {human_bytes(model.kv_cache_bytes)})"
     )
 
 

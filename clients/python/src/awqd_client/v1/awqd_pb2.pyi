@@ -251,7 +251,7 @@ class KernelSelection(_message.Message):
     def __init__(self, source: _Optional[_Union[DecisionSource, str]] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fingerprint: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes")
+    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,9 @@ class Model(_message.Message):
     WARMUP_DURATION_FIELD_NUMBER: _ClassVar[int]
     WARMUP_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_GRAPH_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_IN_USE_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     architecture: str
@@ -292,7 +295,10 @@ class Model(_message.Message):
     warmup_duration: _duration_pb2.Duration
     warmup_graphs: int
     warmup_graph_memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ...) -> None: ...
+    kv_cache_blocks: int
+    kv_cache_block_tokens: int
+    kv_cache_blocks_in_use: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_block_tokens: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ...) -> None: ...
 
 class QuantConfig(_message.Message):
     __slots__ = ("w_bit", "group_size", "zero_point", "packing")

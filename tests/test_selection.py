@@ -40,7 +40,7 @@ from awqd.quant.reference import dequantize
 CPU = DeviceInfo(0, "cpu", "cpu", "test CPU", None, 1 << 34, "cpu", None)
 SHAPES = [(256, 128), (64, 128), (64, 128), (128, 128), (192, 128), (192, 128), (128, 192)]  # a tiny GQA layer
 GROUP_SIZE = 64
-CPU_CANDIDATES = {"reference_torch", "dequant_matmul_cpu"}
+CPU_CANDIDATES = {"reference_torch", "torch_int4_cpu", "dequant_matmul_cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_forcing_an_unsupported_kernel_fails_with_the_alternatives(decisions):
     message = str(error.value)
     assert message.startswith("kernel autoawq_gemv_cuda is not supported on the host CPU (test CPU)")
     assert "runs only on NVIDIA GPUs" in message
-    assert message.endswith("supported: reference_torch, dequant_matmul_cpu")
+    assert message.endswith("supported: reference_torch, torch_int4_cpu, dequant_matmul_cpu")
     with pytest.raises(FailedPrecondition, match="kernel family gemv has no supported candidate"):
         resolve_forced(decisions, "gemv")
     with pytest.raises(InvalidArgument, match="unknown kernel 'marlin'"):
@@ -107,7 +107,7 @@ def test_forced_kernel_at_boot():
     refused = select_kernels(CPU, SHAPES, GROUP_SIZE, None, budget_s=0.0, buckets=(1, 16), forced="autoawq_gemm_cuda")
     assert refused.source == "capability_rule"
     assert any("forced kernel 'autoawq_gemm_cuda' not applied" in note for note in refused.notes)
-    with pytest.raises(FailedPrecondition, match="supported: reference_torch, dequant_matmul_cpu"):
+    with pytest.raises(FailedPrecondition, match="supported: reference_torch, torch_int4_cpu, dequant_matmul_cpu"):
         resolve_forced(refused, "autoawq_gemm_cuda")
 
 

@@ -4,7 +4,9 @@ gemlite's, beside fp16 cuBLAS and the bandwidth roofline, and the daemon's own c
     python bench/kernel_peers.py --out DIR [--shapes llama-2-7b|tiny] [--buckets 1,2,4] [--device cuda:0]
 
 On the GPU machine (wheels in .whl, see GPU-MACHINE.md; fbgemm-gpu-genai 1.6.0 matches its torch 2.11):
-    python bench/kernel_peers.py --out $OUT
+    python bench/kernel_peers.py --out $OUT [--seed-gemlite-config h100]
+gemlite autotunes every new (shape, batch) cold, for minutes in all; --seed-gemlite-config loads a config first
+(gemlite bundles H100's, the same sm_90) and --cache-dir keeps what it tuned for a following run on a warm machine.
 On a CPU (a dry run of every step on tiny shapes):
     python bench/kernel_peers.py --out /tmp/peers --shapes tiny --device cpu
 
@@ -190,7 +192,9 @@ class Run:
         ]
 
     def supported(self) -> list[str]:
-        return [row["name"] for row in self.result.get("eligibility", []) if row["supported"]]
+        """Supported candidates, gemlite last: a cold gemlite autotunes for minutes, and the others come first."""
+        names = [row["name"] for row in self.result.get("eligibility", []) if row["supported"]]
+        return sorted(names, key=lambda name: name.startswith("gemlite"))
 
     def selection(self, budget_s: float) -> dict[str, Any]:
         decisions = select_kernels(
@@ -338,6 +342,17 @@ class Run:
         return costs
 
 
+def seed_gemlite_configs(source: str) -> str:
+    """Load gemlite configs before anything runs: a JSON path, or the tag of one gemlite bundles (e.g. "h100", the
+    same sm_90 as an H200), so covered shapes skip the cold autotune. Their winners were tuned on that GPU."""
+    import gemlite
+
+    path = Path(source) if source.endswith(".json") else Path(gemlite.__file__).parent / "configs" / f"{source}.json"
+    if not gemlite.GemLiteLinear.load_config(str(path)):
+        raise FileNotFoundError(f"no gemlite config at {path}")
+    return str(path)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Kernel candidates on {result['device']} ({result['date']})",
@@ -429,11 +444,17 @@ def main() -> None:
         default="/tmp/awqd-kernel-peers",
         help="what the daemon's --cache-dir would be: gemlite's tuned configs and Triton's builds go there",
     )
+    parser.add_argument(
+        "--seed-gemlite-config",
+        help="a gemlite config JSON, or a bundled tag such as h100, loaded first to skip covered cold autotunes",
+    )
     args = parser.parse_args()
     os.environ.setdefault(CACHE_DIR_ENV, args.cache_dir)
     os.environ.setdefault("TRITON_CACHE_DIR", str(Path(args.cache_dir) / "triton"))
 
     run = Run(args)
+    if args.seed_gemlite_config:
+        run.step("gemlite_seed_config", lambda: seed_gemlite_configs(args.seed_gemlite_config))
     run.step("eligibility", run.eligibility)
     run.step("selection", lambda: run.selection(args.selection_budget))
     run.step("roofline", run.roofline)

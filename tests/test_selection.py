@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from awqd.errors import FailedPrecondition, InvalidArgument
+from awqd.kernels import registry
 from awqd.kernels.candidates.dequant_cublas import dequantize_gemm_layout
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.layouts import pack_gemm_layout, pack_gemv_fast_layout
 from awqd.kernels.measure import (
-    FP32_TOLERANCE,
     check_correctness,
     measure_copy_bandwidth_gbps,
     random_weight,
     rotation_copies,
     summarize,
     time_dense_baseline,
+    tolerance_for,
 )
 from awqd.kernels.selection import (
     DEFAULT_BUCKETS,
@@ -68,8 +69,9 @@ def test_every_candidate_is_explained(decisions):
     for report in reports.values():
         assert report.reason
         if report.supported:
-            assert report.correctness.passed and report.correctness.tolerance == FP32_TOLERANCE
-            assert 0 <= report.correctness.max_relative_error <= FP32_TOLERANCE
+            tolerance = tolerance_for(registry.build(report.name).precision or torch.float32)
+            assert report.correctness.passed and report.correctness.tolerance == tolerance
+            assert 0 <= report.correctness.max_relative_error <= tolerance
         else:
             assert report.correctness is None and "CUDA" in report.reason
 

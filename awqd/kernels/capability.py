@@ -194,7 +194,7 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         runs_on_cpu=True,
         cuda_min=None,
         cuda_sass=None,
-        supported_because="torch's own int4 matmul for the CPU: weights stay int4-packed, scale and zero in float32",
+        supported_because="torch's own int4 matmul for the CPU (its vectorised bf16 path): weights stay int4-packed",
     ),
     CapabilityRule(
         name="autoawq_gemv_cuda",

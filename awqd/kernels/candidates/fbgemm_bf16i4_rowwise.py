@@ -94,6 +94,7 @@ class FbgemmBf16i4Rowwise(Candidate):
     name = "fbgemm_bf16i4_rowwise"
     family = "gemm"
     layout = "fbgemm_int4"
+    precision = torch.bfloat16
 
     def prepare(self, weight: QuantizedWeight, device: torch.device) -> FbgemmInt4Linear:
         require(self.name, FBGEMM_ROWWISE)

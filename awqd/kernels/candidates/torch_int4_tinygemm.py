@@ -78,6 +78,7 @@ class TorchInt4Tinygemm(Candidate):
     name = "torch_int4_tinygemm"
     family = "gemm"
     layout = "tinygemm_int4"
+    precision = torch.bfloat16
 
     def prepare(self, weight: QuantizedWeight, device: torch.device) -> Int4PackLinear:
         check_group_size(self.name, weight)

@@ -87,8 +87,8 @@ def bare_kernels() -> dict[str, tuple[torch.dtype, Callable[[torch.Tensor, Any],
             torch.bfloat16,
             lambda x, p: torch.ops.fbgemm.bf16i4bf16_shuffled(x, p.weight, p.scales, p.zeros),
         ),
-        "torch_int4_cpu": (  # float32 natively on the CPU: exercises this step in a CPU dry run
-            torch.float32,
+        "torch_int4_cpu": (  # the CPU's bf16 kernel: exercises this step in a CPU dry run
+            torch.bfloat16,
             lambda x, p: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p.weight, p.group_size, p.scales_and_zeros),
         ),
     }
@@ -409,7 +409,7 @@ def markdown(result: dict[str, Any]) -> str:
     if repack:
         lines += [
             "",
-            "## One-time repack of a 7B (4 fused linears x 32 layers), from the canonical weight on device",
+            "## One-time repack of 32 layers of these shapes (a 7B for llama-2-7b), from the canonical weight",
             "",
         ]
         lines += [

@@ -8,6 +8,7 @@ q_signed = q - 8 and zero = (8 - z) * s. Scales and zeros are stored in bf16, as
 forward, so timings include the casts. CUTLASS tiles K by 64 bf16 values, so a group must span whole tiles.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ def fbgemm_linear(weight: QuantizedWeight, packed_weight: torch.Tensor, device: 
     )
 
 
-def run_bf16(kernel, x: torch.Tensor, packed: FbgemmInt4Linear) -> torch.Tensor:
+def run_bf16(kernel: Callable[..., torch.Tensor], x: torch.Tensor, packed: FbgemmInt4Linear) -> torch.Tensor:
     """The casts around a bf16 kernel in an fp16 model, and the bias in x's dtype."""
     rows = x.reshape(-1, packed.in_features).to(torch.bfloat16).contiguous()
     out = kernel(rows, packed.weight, packed.scales, packed.zeros).to(x.dtype)

@@ -3,6 +3,7 @@ torch against the canonical weight, and their eligibility where the libraries ar
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels import registry
@@ -161,3 +162,16 @@ def test_kernel_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv(CACHE_DIR_ENV, str(blocker))
     assert kernel_cache_dir("gemlite") is None
+
+
+def test_tinygemm_cuda_path_meets_torch_s_op_contract_on_the_meta_device():
+    """No GPU here: torch's meta kernels check the dtypes and shapes the CUDA path passes, and give the output's."""
+    meta = torch.device("meta")
+    w = weight(out_features=256, in_features=512, group_size=128, bias=True)
+    candidate = TorchInt4Tinygemm()
+    packed = candidate.prepare(w, meta)
+    assert packed.weight.dtype == torch.int32 and packed.weight.shape == (256 // 8, 512 // (8 * 16), 32, 8 // 2)
+    assert packed.scales_and_zeros.dtype == torch.bfloat16 and packed.scales_and_zeros.shape == (4, 256, 2)
+    with FakeTensorMode(allow_non_fake_inputs=True):  # the matmul's meta kernel reads fake tensors' device
+        out = candidate.forward(torch.empty(3, 7, 512, dtype=torch.float16, device=meta), packed)
+    assert out.shape == (3, 7, 256) and out.dtype == torch.float16

@@ -342,6 +342,14 @@ class Run:
         return costs
 
 
+def set_gemlite_autotune(mode: str) -> str:
+    """gemlite's own autotune setting: "fast" (its default), "max", or "default" (one config per kernel, no search)."""
+    import gemlite
+
+    gemlite.set_autotune(mode)
+    return mode
+
+
 def seed_gemlite_configs(source: str) -> str:
     """Load gemlite configs before anything runs: a JSON path, or the tag of one gemlite bundles (e.g. "h100", the
     same sm_90 as an H200), so covered shapes skip the cold autotune. Their winners were tuned on that GPU."""
@@ -448,11 +456,18 @@ def main() -> None:
         "--seed-gemlite-config",
         help="a gemlite config JSON, or a bundled tag such as h100, loaded first to skip covered cold autotunes",
     )
+    parser.add_argument(
+        "--gemlite-autotune",
+        choices=("fast", "max", "default"),
+        help="gemlite's autotune setting (it defaults to fast); 'default' skips the search when time is short",
+    )
     args = parser.parse_args()
     os.environ.setdefault(CACHE_DIR_ENV, args.cache_dir)
     os.environ.setdefault("TRITON_CACHE_DIR", str(Path(args.cache_dir) / "triton"))
 
     run = Run(args)
+    if args.gemlite_autotune:
+        run.step("gemlite_autotune", lambda: set_gemlite_autotune(args.gemlite_autotune))
     if args.seed_gemlite_config:
         run.step("gemlite_seed_config", lambda: seed_gemlite_configs(args.seed_gemlite_config))
     run.step("eligibility", run.eligibility)

@@ -172,6 +172,8 @@ def test_load_reports_a_missing_file_and_a_foreign_format(tmp_path):
 def test_fingerprint_parts_name_the_stack():
     parts = cache.fingerprint_parts(CPU, SHAPES, GROUP_SIZE, BUCKETS)
     assert {"device_name", "compute_capability", "nvidia_driver", "cuda_runtime", "torch", "triton"} <= set(parts)
-    assert {"autoawq_kernels", "awqd", "layer_shapes", "group_size", "buckets"} <= set(parts)
+    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "layer_shapes", "group_size", "buckets"} <= set(
+        parts
+    )
     assert cache.fingerprint(parts) == cache.fingerprint(dict(parts))
     assert cache.fingerprint(parts) != cache.fingerprint({**parts, "group_size": "128"})

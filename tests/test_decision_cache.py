@@ -89,8 +89,8 @@ def test_unwritable_cache_dir_is_survived(tmp_path):
 def test_cached_choice_that_no_longer_wins_is_remeasured(tmp_path):
     boot(tmp_path)
     stored = read_cache(tmp_path)
-    for decision in stored["decisions"]["decisions"]:  # pretend the slower candidate had won every bucket
-        decision["timings"].reverse()
+    for decision in stored["decisions"]["decisions"]:  # pretend the slowest had won every bucket, the fastest second
+        decision["timings"] = [decision["timings"][-1], *decision["timings"][:-1]]
         decision["kernel"] = decision["timings"][0]["kernel"]
     cache.cache_path(tmp_path, "cpu").write_text(json.dumps(stored))
     again = boot(tmp_path)

@@ -98,7 +98,7 @@ def test_eligibility_table(capability, awq_ext, triton, peers):
         ((9, 0), "dequant_matmul_cpu", "runs only on the host CPU"),
         ((7, 5), "torch_int4_tinygemm", "compute capability 7.5 < 8.0: torch builds its int4 matmul only for sm_80"),
         ((8, 9), "fbgemm_bf16i4_shuffled", "compute capability 8.9 < 9.0: fbgemm-gpu-genai's bf16i4bf16 kernels"),
-        ((10, 0), "fbgemm_bf16i4_rowwise", "CUTLASS Hopper kernels has SASS only for sm_90a and no PTX"),
+        ((10, 0), "fbgemm_bf16i4_rowwise", "fbgemm-gpu-genai wheel (CUTLASS Hopper kernels) has SASS only for sm_90a"),
         ((7, 5), "gemlite_w4a16", "compute capability 7.5 < 8.0: Triton supports NVIDIA GPUs of compute"),
         ((9, 0), "torch_int4_cpu", "runs only on the host CPU"),
     ],

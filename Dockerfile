@@ -9,6 +9,11 @@
 # transformers 4.51.3 is the last version it was tested with, and tokenizers 0.21 and huggingface_hub < 1 are what
 # that transformers accepts. The kernels carry code for sm_75 to sm_90 only (no PTX), so in this image they serve
 # Turing to Hopper; on other GPUs awqd's capability rules pick its other kernels.
+# Peer kernels in this image: torch's int4 matmul (tinygemm) comes with torch; fbgemm-gpu-genai 1.0.0 is the release
+# built against torch 2.5 (CUDA 12), and it has bf16i4bf16_rowwise but not bf16i4bf16_shuffled (added in 1.2.0, for
+# torch 2.7), so on Hopper Describe shows the shuffled kernel unsupported with that reason. gemlite is left out: it
+# needs triton >= 3.6, and this torch pins triton 3.1.0. torch's CPU int4 kernel came in torch 2.6, so here too the
+# host CPU keeps its other candidates.
 
 # The CUDA "base" flavour, not "runtime" or "cudnn-runtime": torch's wheels bring the CUDA 12.4 libraries and cuDNN
 # themselves; the base image adds cudart and the NVIDIA_* settings the container toolkit reads to mount the driver.
@@ -33,9 +38,10 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
 RUN uv python install 3.11 \
     && uv venv --python 3.11 /opt/venv \
     && printf '%s\n' torch==2.5.1 triton==3.1.0 autoawq-kernels==0.0.9 autoawq==0.2.9 transformers==4.51.3 \
-        'tokenizers>=0.21,<0.22' 'huggingface_hub<1' > /opt/constraints.txt \
+        'tokenizers>=0.21,<0.22' 'huggingface_hub<1' fbgemm-gpu-genai==1.0.0 > /opt/constraints.txt \
     && uv pip install --index-url https://download.pytorch.org/whl/cu124 torch==2.5.1+cu124 \
-    && uv pip install --constraint /opt/constraints.txt autoawq-kernels==0.0.9 autoawq==0.2.9 transformers==4.51.3
+    && uv pip install --constraint /opt/constraints.txt autoawq-kernels==0.0.9 autoawq==0.2.9 transformers==4.51.3 \
+        fbgemm-gpu-genai==1.0.0
 
 WORKDIR /src
 COPY clients/python clients/python
@@ -44,6 +50,7 @@ COPY awqd awqd
 # The import check fails the build, not the first request, if the kernels do not load against this torch (no GPU needed).
 RUN uv pip install --constraint /opt/constraints.txt ./clients/python . \
     && python -c "import torch, awq_ext, awq_v2_ext; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+    && python -c "import torch, fbgemm_gpu.experimental.gen_ai; torch.ops.fbgemm.bf16i4bf16_rowwise" \
     && awqd --help > /dev/null && awqctl --help > /dev/null
 
 FROM ${CUDA_BASE} AS runtime

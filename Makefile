@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check kernel-peers docker-build clean
 
 install: $(STAMP)
 
@@ -82,6 +82,13 @@ paged-check:
 .PHONY: bench
 bench:
 	bash bench/bench.sh
+
+# On a GPU machine: every kernel candidate (awqd's, AutoAWQ's, torch's int4, fbgemm-gpu-genai's, gemlite) on the
+# fused Llama-2-7B layer in one run, with the daemon's choice per bucket and the 7B repack costs; files land in
+# $(PEERS_OUT). Carry fbgemm-gpu-genai (the release built for that torch) and gemlite as wheels (GPU-MACHINE.md).
+PEERS_OUT ?= bench/out/kernel-peers
+kernel-peers:
+	python3 bench/kernel_peers.py --out $(PEERS_OUT)
 
 # The image needs a Docker engine with the NVIDIA runtime; none runs on the development machines.
 docker-build:

@@ -27,6 +27,7 @@ from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.cache_dir import export_cache_dir
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
@@ -88,6 +89,7 @@ class Daemon:
         specs = [spec for spec in specs if self._checkpoint_ready(spec)]
         shapes, group_sizes = self._hosted_shapes(specs)
         self._keep_triton_builds()
+        export_cache_dir(self.config.cache_dir)  # kernel libraries keep their tuning there (awqd/kernels/cache_dir.py)
         for device in self.discovery.devices:
             if not device.torch_device:
                 continue  # torch cannot address it; Describe keeps the discovery warning

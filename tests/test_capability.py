@@ -21,21 +21,37 @@ NO_AWQ_V2_EXT = "No module named 'awq_v2_ext'"
 NO_TRITON = "No module named 'triton'"
 
 
-def requirements(awq_ext: bool, triton: bool, torch_cuda: bool = True) -> dict[str, str | None]:
+NO_FBGEMM = "No module named 'fbgemm_gpu'"
+NO_GEMLITE = "No module named 'gemlite'"
+
+
+def requirements(awq_ext: bool, triton: bool, torch_cuda: bool = True, peers: bool = False) -> dict[str, str | None]:
+    """`peers`: fbgemm-gpu-genai and gemlite installed (torch's own int4 ops are always there in these tests)."""
     return {
         "torch": None,
         "torch_cuda": None if torch_cuda else "torch 2.13.0+cpu is a build without CUDA",
         "awq_ext": None if awq_ext else NO_AWQ_EXT,
         "awq_v2_ext": None if awq_ext else NO_AWQ_V2_EXT,  # one package, autoawq-kernels, ships both
         "triton": None if triton else NO_TRITON,
+        "torch_int4_cuda": None,
+        "torch_int4_cpu": None,
+        "fbgemm_bf16i4_rowwise": None if peers else NO_FBGEMM,
+        "fbgemm_bf16i4_shuffled": None if peers else NO_FBGEMM,
+        "gemlite": None if peers and triton else NO_GEMLITE,
     }
 
 
-def expected_supported(capability: tuple[int, int] | None, awq_ext: bool, triton: bool) -> set[str]:
+def expected_supported(capability: tuple[int, int] | None, awq_ext: bool, triton: bool, peers: bool) -> set[str]:
     """The facts in FACTS.md, written out independently of the table."""
     if capability is None:
-        return {"reference_torch", "dequant_matmul_cpu"}
+        return {"reference_torch", "dequant_matmul_cpu", "torch_int4_cpu"}
     supported = {"reference_torch", "dequant_cublas"}
+    if capability >= (8, 0):
+        supported.add("torch_int4_tinygemm")
+    if peers and capability == (9, 0):
+        supported |= {"fbgemm_bf16i4_rowwise", "fbgemm_bf16i4_shuffled"}
+    if peers and triton and capability >= (8, 0):
+        supported.add("gemlite_w4a16")
     has_awq_ext_sass = capability in {(7, 5), (8, 0), (8, 6), (8, 9), (9, 0)}
     if awq_ext and has_awq_ext_sass:
         supported |= {"autoawq_gemm_cuda", "autoawq_gemv_cuda"}
@@ -49,14 +65,15 @@ def expected_supported(capability: tuple[int, int] | None, awq_ext: bool, triton
 CAPABILITIES = [(6, 1), (7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0), None]
 
 
+@pytest.mark.parametrize("peers", [True, False], ids=["peers", "no-peers"])
 @pytest.mark.parametrize("triton", [True, False], ids=["triton", "no-triton"])
 @pytest.mark.parametrize("awq_ext", [True, False], ids=["awq_ext", "no-awq_ext"])
 @pytest.mark.parametrize("capability", CAPABILITIES, ids=lambda c: "cpu" if c is None else f"sm{c[0]}{c[1]}")
-def test_eligibility_table(capability, awq_ext, triton):
-    verdicts = eligibility(capability, requirements(awq_ext, triton, torch_cuda=capability is not None))
+def test_eligibility_table(capability, awq_ext, triton, peers):
+    verdicts = eligibility(capability, requirements(awq_ext, triton, torch_cuda=capability is not None, peers=peers))
 
     assert [v.name for v in verdicts] == [rule.name for rule in CAPABILITY_TABLE]
-    assert {v.name for v in verdicts if v.supported} == expected_supported(capability, awq_ext, triton)
+    assert {v.name for v in verdicts if v.supported} == expected_supported(capability, awq_ext, triton, peers)
     for verdict in verdicts:
         assert verdict.reason, verdict.name
         if verdict.supported:
@@ -79,10 +96,15 @@ def test_eligibility_table(capability, awq_ext, triton):
         ((12, 0), "autoawq_gemv_fast_cuda", "awq_v2_ext) has SASS only for sm_80, 86, 87, 89, 90 and no PTX"),
         (None, "dequant_cublas", "runs only on NVIDIA GPUs (CUDA)"),
         ((9, 0), "dequant_matmul_cpu", "runs only on the host CPU"),
+        ((7, 5), "torch_int4_tinygemm", "compute capability 7.5 < 8.0: torch builds its int4 matmul only for sm_80"),
+        ((8, 9), "fbgemm_bf16i4_shuffled", "compute capability 8.9 < 9.0: fbgemm-gpu-genai's bf16i4bf16 kernels"),
+        ((10, 0), "fbgemm_bf16i4_rowwise", "fbgemm-gpu-genai wheel (CUTLASS Hopper kernels) has SASS only for sm_90a"),
+        ((7, 5), "gemlite_w4a16", "compute capability 7.5 < 8.0: Triton supports NVIDIA GPUs of compute"),
+        ((9, 0), "torch_int4_cpu", "runs only on the host CPU"),
     ],
 )
 def test_rule_reasons(capability, name, reason):
-    verdict = next(v for v in eligibility(capability, requirements(True, True)) if v.name == name)
+    verdict = next(v for v in eligibility(capability, requirements(True, True, peers=True)) if v.name == name)
     assert not verdict.supported
     assert reason in verdict.reason
 
@@ -166,6 +188,9 @@ def test_probe_requirements_matches_this_machine():
         assert (probed[module] is None) == (importlib.util.find_spec(module) is not None)
     if torch.version.cuda is None:
         assert "without CUDA" in probed["torch_cuda"]
+    assert probed["torch_int4_cpu"] is None and probed["torch_int4_cuda"] is None  # both registered since torch 2.6
+    for requirement, module in (("fbgemm_bf16i4_rowwise", "fbgemm_gpu"), ("gemlite", "gemlite")):
+        assert (probed[requirement] is None) == (importlib.util.find_spec(module) is not None)
 
 
 def test_every_table_row_has_a_candidate_class_and_back():

@@ -89,8 +89,8 @@ def test_unwritable_cache_dir_is_survived(tmp_path):
 def test_cached_choice_that_no_longer_wins_is_remeasured(tmp_path):
     boot(tmp_path)
     stored = read_cache(tmp_path)
-    for decision in stored["decisions"]["decisions"]:  # pretend the slower candidate had won every bucket
-        decision["timings"].reverse()
+    for decision in stored["decisions"]["decisions"]:  # pretend the slowest had won every bucket, the fastest second
+        decision["timings"] = [decision["timings"][-1], *decision["timings"][:-1]]
         decision["kernel"] = decision["timings"][0]["kernel"]
     cache.cache_path(tmp_path, "cpu").write_text(json.dumps(stored))
     again = boot(tmp_path)
@@ -172,6 +172,8 @@ def test_load_reports_a_missing_file_and_a_foreign_format(tmp_path):
 def test_fingerprint_parts_name_the_stack():
     parts = cache.fingerprint_parts(CPU, SHAPES, GROUP_SIZE, BUCKETS)
     assert {"device_name", "compute_capability", "nvidia_driver", "cuda_runtime", "torch", "triton"} <= set(parts)
-    assert {"autoawq_kernels", "awqd", "layer_shapes", "group_size", "buckets"} <= set(parts)
+    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "layer_shapes", "group_size", "buckets"} <= set(
+        parts
+    )
     assert cache.fingerprint(parts) == cache.fingerprint(dict(parts))
     assert cache.fingerprint(parts) != cache.fingerprint({**parts, "group_size": "128"})

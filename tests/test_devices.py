@@ -19,6 +19,8 @@ COMPONENTS = [
     "autoawq",
     "awq_ext",
     "awq_v2_ext",
+    "fbgemm_gpu_genai",
+    "gemlite",
     "nvidia_ml_py",
     "grpcio",
     "protobuf",

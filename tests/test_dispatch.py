@@ -87,7 +87,7 @@ def test_single_layout_daemon_refuses_a_kernel_whose_layout_it_does_not_hold(dem
             except AwqdError as error:
                 assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "layout" in error.message
                 outcomes[kernel] = "refused"
-    assert sorted(outcomes.values()) == ["ok", "refused"], outcomes  # one layout held, the other refused
+    assert sorted(outcomes.values()) == ["ok"] + ["refused"] * (len(held) - 1), outcomes  # one layout held
 
 
 def test_batch_invariant_daemon_without_awqd_triton_kernels_fails_the_model_and_keeps_serving(

@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from awqd.errors import FailedPrecondition, InvalidArgument
+from awqd.kernels import registry
 from awqd.kernels.candidates.dequant_cublas import dequantize_gemm_layout
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.layouts import pack_gemm_layout, pack_gemv_fast_layout
 from awqd.kernels.measure import (
-    FP32_TOLERANCE,
     check_correctness,
     measure_copy_bandwidth_gbps,
     random_weight,
     rotation_copies,
     summarize,
     time_dense_baseline,
+    tolerance_for,
 )
 from awqd.kernels.selection import (
     DEFAULT_BUCKETS,
@@ -40,7 +41,7 @@ from awqd.quant.reference import dequantize
 CPU = DeviceInfo(0, "cpu", "cpu", "test CPU", None, 1 << 34, "cpu", None)
 SHAPES = [(256, 128), (64, 128), (64, 128), (128, 128), (192, 128), (192, 128), (128, 192)]  # a tiny GQA layer
 GROUP_SIZE = 64
-CPU_CANDIDATES = {"reference_torch", "dequant_matmul_cpu"}
+CPU_CANDIDATES = {"reference_torch", "torch_int4_cpu", "dequant_matmul_cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,9 @@ def test_every_candidate_is_explained(decisions):
     for report in reports.values():
         assert report.reason
         if report.supported:
-            assert report.correctness.passed and report.correctness.tolerance == FP32_TOLERANCE
-            assert 0 <= report.correctness.max_relative_error <= FP32_TOLERANCE
+            tolerance = tolerance_for(registry.build(report.name).precision or torch.float32)
+            assert report.correctness.passed and report.correctness.tolerance == tolerance
+            assert 0 <= report.correctness.max_relative_error <= tolerance
         else:
             assert report.correctness is None and "CUDA" in report.reason
 
@@ -90,7 +92,7 @@ def test_forcing_an_unsupported_kernel_fails_with_the_alternatives(decisions):
     message = str(error.value)
     assert message.startswith("kernel autoawq_gemv_cuda is not supported on the host CPU (test CPU)")
     assert "runs only on NVIDIA GPUs" in message
-    assert message.endswith("supported: reference_torch, dequant_matmul_cpu")
+    assert message.endswith("supported: reference_torch, torch_int4_cpu, dequant_matmul_cpu")
     with pytest.raises(FailedPrecondition, match="kernel family gemv has no supported candidate"):
         resolve_forced(decisions, "gemv")
     with pytest.raises(InvalidArgument, match="unknown kernel 'marlin'"):
@@ -107,7 +109,7 @@ def test_forced_kernel_at_boot():
     refused = select_kernels(CPU, SHAPES, GROUP_SIZE, None, budget_s=0.0, buckets=(1, 16), forced="autoawq_gemm_cuda")
     assert refused.source == "capability_rule"
     assert any("forced kernel 'autoawq_gemm_cuda' not applied" in note for note in refused.notes)
-    with pytest.raises(FailedPrecondition, match="supported: reference_torch, dequant_matmul_cpu"):
+    with pytest.raises(FailedPrecondition, match="supported: reference_torch, torch_int4_cpu, dequant_matmul_cpu"):
         resolve_forced(refused, "autoawq_gemm_cuda")
 
 

@@ -20,6 +20,7 @@ class Candidate(abc.ABC):
     name: str  # unique, e.g. "autoawq_gemv_cuda"
     family: str  # "reference" | "gemm" | "gemv" | "gemv_fast" | "dequant_matmul"
     layout: str  # packed layout name; equal names mean interchangeable packed tensors
+    precision: torch.dtype | None = None  # what it computes in, where not the model's dtype; sets its tolerance
 
     @abc.abstractmethod
     def prepare(self, weight: QuantizedWeight, device: torch.device) -> Any:

@@ -67,6 +67,8 @@ def fingerprint_parts(
         "triton": distribution_version("triton"),
         "autoawq": distribution_version("autoawq"),
         "autoawq_kernels": distribution_version("autoawq-kernels"),
+        "fbgemm_gpu_genai": distribution_version("fbgemm-gpu-genai"),  # installing a kernel library re-measures
+        "gemlite": distribution_version("gemlite"),
         "awqd": awqd.__version__,
         "layer_shapes": ",".join(f"{out_features}x{in_features}" for out_features, in_features in shapes),
         "group_size": str(group_size),

@@ -14,10 +14,18 @@ requirement it names imports. The rules encode what the shipped binaries contain
   GEMM's bf16 tl.dot also needs bf16 tensor-core MMA, which starts at 8.0 (Ampere).
 - torch's own kernels (the reference and dequantize + cuBLAS) run where the torch build's arch list
   (`torch.cuda.get_arch_list()`) has SASS for the device's major version or PTX at or below it.
+- torch's int4 matmul (tinygemm, aten/src/ATen/native/cuda/int4mm.cu) is compiled only for __CUDA_ARCH__ >= 800
+  (bf16 tensor-core MMA) and fails "not available for build" below; its CPU counterpart runs on any host CPU.
+  Both are in torch itself; the probes check that this torch registers the ops (the CPU ones came in 2.6).
+- fbgemm-gpu-genai's bf16i4bf16 kernels are CUTLASS 3 Hopper (sm90) collectives, built arch-specific (sm_90a):
+  they run on compute capability 9.0 only. Each fbgemm-gpu-genai release is built against one torch release and
+  fails to load (undefined symbols) with any other; the probe imports it and checks the ops are registered.
+- gemlite is Triton code (triton >= 3.6), so it follows the Triton rule above.
 """
 
 import functools
 import importlib
+import importlib.metadata
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -34,18 +42,38 @@ TORCH_CUDA = "torch_cuda"
 AWQ_EXT = "awq_ext"
 AWQ_V2_EXT = "awq_v2_ext"
 TRITON = "triton"
+TORCH_INT4_CUDA = "torch_int4_cuda"
+TORCH_INT4_CPU = "torch_int4_cpu"
+FBGEMM_ROWWISE = "fbgemm_bf16i4_rowwise"
+FBGEMM_SHUFFLED = "fbgemm_bf16i4_shuffled"
+GEMLITE = "gemlite"
 
+FBGEMM_SOURCE = f"fbgemm-gpu-genai: pip install awqd[fbgemm], a release built for torch {torch.__version__}"
 REQUIREMENT_SOURCES = {
     TORCH: "torch",
     TORCH_CUDA: "a CUDA build of torch and a visible GPU",
     AWQ_EXT: "autoawq-kernels",
     AWQ_V2_EXT: "autoawq-kernels",
     TRITON: "triton",
+    TORCH_INT4_CUDA: "torch's aten._convert_weight_to_int4pack and _weight_int4pack_mm",
+    TORCH_INT4_CPU: "torch >= 2.6: aten._convert_weight_to_int4pack_for_cpu and _weight_int4pack_mm_for_cpu",
+    FBGEMM_ROWWISE: FBGEMM_SOURCE,
+    FBGEMM_SHUFFLED: FBGEMM_SOURCE,
+    GEMLITE: "gemlite: pip install awqd[gemlite], with triton >= 3.6",
 }
+# The ops each requirement needs registered (namespace, name).
+TORCH_INT4_CUDA_OPS = (("aten", "_convert_weight_to_int4pack"), ("aten", "_weight_int4pack_mm"))
+TORCH_INT4_CPU_OPS = (("aten", "_convert_weight_to_int4pack_for_cpu"), ("aten", "_weight_int4pack_mm_for_cpu"))
+FBGEMM_ROWWISE_OPS = (("fbgemm", "bf16i4bf16_rowwise"),)
+FBGEMM_SHUFFLED_OPS = (("fbgemm", "bf16i4bf16_shuffled"), ("fbgemm", "preshuffle_i4"))
+FBGEMM_MODULE = "fbgemm_gpu.experimental.gen_ai"
+GEMLITE_MIN_TRITON = (3, 6)
 
 AUTOAWQ_KERNELS_SASS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 AUTOAWQ_V2_KERNELS_SASS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 TRITON_MIN_CAPABILITY = (8, 0)
+TINYGEMM_MIN_CAPABILITY = (8, 0)
+FBGEMM_CUTLASS_SASS = ("sm_90a",)
 DEQUANT_MATMUL_MIN_TOKENS = 1024  # AutoAWQ's GEMM switches to dequantize + matmul here
 GEMV_FAST_MAX_DECODE_BATCH = 8  # AutoAWQ's GEMV_FAST decodes with its GEMV below this
 
@@ -111,6 +139,62 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         cuda_sass=None,
         supported_because="awqd's Triton tensor-core GEMM (fp16/bf16 tl.dot), compiled by Triton for this GPU",
         below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only, where bf16 MMA also starts",
+    ),
+    CapabilityRule(
+        name="torch_int4_tinygemm",
+        family="gemm",
+        layout="tinygemm_int4",
+        requires=(TORCH_CUDA, TORCH_INT4_CUDA),
+        runs_on_cpu=False,
+        cuda_min=TINYGEMM_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="torch's own int4 matmul (tinygemm, bf16 tensor cores), part of torch's CUDA build",
+        below_min_because="torch builds its int4 matmul only for sm_80 and newer (bf16 tensor-core MMA)",
+    ),
+    CapabilityRule(
+        name="fbgemm_bf16i4_shuffled",
+        family="gemm",
+        layout="fbgemm_int4_shuffled",
+        requires=(TORCH_CUDA, FBGEMM_SHUFFLED),
+        runs_on_cpu=False,
+        cuda_min=(9, 0),
+        cuda_sass=FBGEMM_CUTLASS_SASS,
+        binary="the fbgemm-gpu-genai wheel (CUTLASS Hopper kernels)",
+        supported_because="fbgemm-gpu-genai's CUTLASS mixed-input GEMM on preshuffled int4, for Hopper (sm_90a)",
+        below_min_because="fbgemm-gpu-genai's bf16i4bf16 kernels are CUTLASS Hopper (sm_90a) kernels",
+    ),
+    CapabilityRule(
+        name="fbgemm_bf16i4_rowwise",
+        family="gemm",
+        layout="fbgemm_int4",
+        requires=(TORCH_CUDA, FBGEMM_ROWWISE),
+        runs_on_cpu=False,
+        cuda_min=(9, 0),
+        cuda_sass=FBGEMM_CUTLASS_SASS,
+        binary="the fbgemm-gpu-genai wheel (CUTLASS Hopper kernels)",
+        supported_because="fbgemm-gpu-genai's CUTLASS mixed-input GEMM with group scales and zeros, for Hopper",
+        below_min_because="fbgemm-gpu-genai's bf16i4bf16 kernels are CUTLASS Hopper (sm_90a) kernels",
+    ),
+    CapabilityRule(
+        name="gemlite_w4a16",
+        family="gemm",
+        layout="gemlite_w4",
+        requires=(TORCH_CUDA, TRITON, GEMLITE),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="gemlite's Triton W4A16 kernels (GEMV, split-K, GEMM), compiled by Triton for this GPU",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only",
+    ),
+    CapabilityRule(
+        name="torch_int4_cpu",
+        family="gemm",
+        layout="int4pack_cpu",
+        requires=(TORCH, TORCH_INT4_CPU),
+        runs_on_cpu=True,
+        cuda_min=None,
+        cuda_sass=None,
+        supported_because="torch's own int4 matmul for the CPU (its vectorised bf16 path): weights stay int4-packed",
     ),
     CapabilityRule(
         name="autoawq_gemv_cuda",
@@ -296,6 +380,48 @@ def optional_module(name: str) -> tuple[ModuleType | None, str | None]:
         return None, f"{type(error).__name__}: {error}"
 
 
+def missing_ops(ops: Sequence[tuple[str, str]]) -> str | None:
+    """None when every torch.ops.<namespace>.<name> is registered, else which are not."""
+    missing = [f"torch.ops.{namespace}.{name}" for namespace, name in ops if not torch_op_registered(namespace, name)]
+    return f"torch {torch.__version__} does not register {', '.join(missing)}" if missing else None
+
+
+def torch_op_registered(namespace: str, name: str) -> bool:
+    try:
+        getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def probe_fbgemm(ops: Sequence[tuple[str, str]]) -> str | None:
+    """fbgemm-gpu-genai must import (its library loads only with the torch it was built for) and register `ops`."""
+    error = import_error(FBGEMM_MODULE)
+    if error is not None:
+        return f"{error} ({fbgemm_installed()}, torch {torch.__version__})"
+    return missing_ops(ops)
+
+
+def fbgemm_installed() -> str:
+    try:
+        return f"fbgemm-gpu-genai {importlib.metadata.version('fbgemm-gpu-genai')} installed"
+    except importlib.metadata.PackageNotFoundError:
+        return "fbgemm-gpu-genai not installed"
+
+
+def probe_gemlite() -> str | None:
+    """gemlite's kernels need triton >= 3.6; importing it also needs a GPU (it reads the device name at import)."""
+    triton_error = import_error("triton")
+    if triton_error is not None:
+        return f"needs triton: {triton_error}"
+    import triton
+
+    found = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if found < GEMLITE_MIN_TRITON:
+        return f"gemlite needs triton >= {format_capability(GEMLITE_MIN_TRITON)}, found {triton.__version__}"
+    return import_error("gemlite")
+
+
 @functools.cache
 def probe_requirements() -> dict[str, str | None]:
     """Each requirement -> None if usable here, else why not. Real imports, done once per process."""
@@ -305,6 +431,11 @@ def probe_requirements() -> dict[str, str | None]:
         AWQ_EXT: import_error("awq_ext"),
         AWQ_V2_EXT: import_error("awq_v2_ext"),
         TRITON: import_error("triton"),
+        TORCH_INT4_CUDA: missing_ops(TORCH_INT4_CUDA_OPS),
+        TORCH_INT4_CPU: missing_ops(TORCH_INT4_CPU_OPS),
+        FBGEMM_ROWWISE: probe_fbgemm(FBGEMM_ROWWISE_OPS),
+        FBGEMM_SHUFFLED: probe_fbgemm(FBGEMM_SHUFFLED_OPS),
+        GEMLITE: probe_gemlite(),
     }
 
 

@@ -13,7 +13,12 @@ from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm
 from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
 from awqd.kernels.candidates.dequant_cublas import DequantCublas
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
+from awqd.kernels.candidates.fbgemm_bf16i4_rowwise import FbgemmBf16i4Rowwise
+from awqd.kernels.candidates.fbgemm_bf16i4_shuffled import FbgemmBf16i4Shuffled
+from awqd.kernels.candidates.gemlite_w4a16 import GemliteW4a16
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.candidates.torch_int4_cpu import TorchInt4Cpu
+from awqd.kernels.candidates.torch_int4_tinygemm import TorchInt4Tinygemm
 from awqd.kernels.capability import CAPABILITY_TABLE, FAMILIES
 
 CANDIDATES: dict[str, type[Candidate]] = {
@@ -29,6 +34,11 @@ CANDIDATES: dict[str, type[Candidate]] = {
         AwqdTritonDequantCublas,
         DequantCublas,
         DequantMatmulCpu,
+        TorchInt4Tinygemm,
+        TorchInt4Cpu,
+        FbgemmBf16i4Rowwise,
+        FbgemmBf16i4Shuffled,
+        GemliteW4a16,
     )
 }
 

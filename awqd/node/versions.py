@@ -31,6 +31,8 @@ def component_versions(discovery: Discovery) -> list[Component]:
         _distribution("autoawq", "autoawq"),  # never imported here: importing awq is slow and noisy
         _extension("awq_ext"),
         _extension("awq_v2_ext"),
+        _distribution("fbgemm_gpu_genai", "fbgemm-gpu-genai"),  # whether it loads: the capability probes say
+        _distribution("gemlite", "gemlite"),
         _distribution("nvidia_ml_py", "nvidia-ml-py"),
         _distribution("grpcio", "grpcio"),
         _distribution("protobuf", "protobuf"),

@@ -1,11 +1,13 @@
 """gemlite's Triton W4A16 kernels (GEMV, split-K GEMV, GEMM; it picks by batch size) on its own packing.
 
 GemLiteLinear.pack(q, scales, zeros, fma_mode=False) keeps AWQ's form, w = (q - zeros) * scales, with fp16
-activations, so the zeros stay small integers in fp16 and nothing is re-quantized. Its first call per shape and
-batch size autotunes and compiles (over 100 s cold on an H200). tune() triggers that for every hosted shape and
-bucket within the tuning budget and saves gemlite's configs (GemLiteLinear.cache_config) under the cache
-directory; prepare() loads them (load_config) once per process, so a later boot reuses them, and Triton's own
-cache (TRITON_CACHE_DIR, also under the cache directory) keeps the compiled kernels.
+activations, so the zeros stay small integers in fp16 and nothing is re-quantized. Autotuned, its first call per shape
+and batch size searches and compiles for over 100 s cold on an H200, so outside tune() gemlite runs with its
+"default" autotune setting (one launch configuration per kernel, or the saved one): a correctness check or a
+model step never starts a search. tune() searches every hosted shape and bucket within the tuning budget and
+saves gemlite's configs (GemLiteLinear.cache_config) under the cache directory; gemlite_for() loads them
+(load_config) once per process, so a later boot reuses them, and Triton's own cache (TRITON_CACHE_DIR, also
+under the cache directory) keeps the compiled kernels.
 """
 
 import functools
@@ -47,10 +49,15 @@ def gemlite_for(device: torch.device) -> ModuleType:
         raise FailedPrecondition(f"gemlite_w4a16: gemlite is not usable: {error}")
     import gemlite
 
+    gemlite.set_autotune("default")
+    load_saved_configs(gemlite, device)
+    return gemlite
+
+
+def load_saved_configs(gemlite: ModuleType, device: torch.device) -> None:
     path = config_file(gemlite, device)
     if path is not None and path.exists():
         gemlite.GemLiteLinear.load_config(str(path), print_error=False)
-    return gemlite
 
 
 class GemliteW4a16(Candidate):
@@ -101,17 +108,24 @@ class GemliteW4a16(Candidate):
         started = time.perf_counter()
         generator = torch.Generator(device=device).manual_seed(0)
         tuned = 0
-        for out_features, in_features in dict.fromkeys(shapes):
-            layer = self.prepare(random_weight(out_features, in_features, group_size, device, generator, False), device)
-            for bucket in buckets:
-                if time.perf_counter() >= deadline:
-                    break
-                self.forward(torch.zeros(bucket, in_features, dtype=torch.float16, device=device), layer)
-                tuned += 1
-        torch.cuda.synchronize(device)
         path = config_file(gemlite, device)
-        if path is not None:
-            gemlite.GemLiteLinear.cache_config(str(path))
+        gemlite.set_autotune("fast")  # gemlite's own default search, for this loop only
+        try:
+            for out_features, in_features in dict.fromkeys(shapes):
+                weight = random_weight(out_features, in_features, group_size, device, generator, False)
+                layer = self.prepare(weight, device)
+                for bucket in buckets:
+                    if time.perf_counter() >= deadline:
+                        break
+                    self.forward(torch.randn(bucket, in_features, generator=generator, device=device).half(), layer)
+                    tuned += 1
+            torch.cuda.synchronize(device)
+            if path is not None:
+                gemlite.GemLiteLinear.cache_config(str(path))
+        finally:
+            # Back to no search; set_autotune reloads gemlite's kernels, so the winners come back from the file.
+            gemlite.set_autotune("default")
+            load_saved_configs(gemlite, device)
         notes.append(
             f"{self.name}: autotuned {tuned} (shape, bucket) pairs in {time.perf_counter() - started:.1f} s; configs "
             + (f"saved to {path}" if path is not None else "not saved (no cache directory)")

@@ -34,6 +34,10 @@ FP16_TOLERANCE = 2e-2
 FP32_TOLERANCE = 1e-4
 # Leading input shapes checked: 1 token, 7 rows (the largest GEMV_FAST decode batch), and a 3-D prefill.
 CORRECTNESS_INPUTS: tuple[tuple[int, ...], ...] = ((1,), (7,), (2, 32))
+INPUTS_PER_SHAPE = 2  # different inputs per input shape, eagerly and on graph replay
+# A timing below this share of the roofline floor is a measurement error. Copy bandwidth reaches ~88% of an
+# H200's 4.8 TB/s peak; a kernel reading at 95% of peak would still sit at 0.92x the floor.
+ROOFLINE_MARGIN = 0.9
 MAX_ROTATION_COPIES = 8
 CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
 FP16_BASELINE = "fp16_cublas"
@@ -45,6 +49,13 @@ class CorrectnessCheck:
     max_relative_error: float
     tolerance: float
     error: str = ""
+
+
+@dataclass(frozen=True)
+class GraphReplayCheck:
+    passed: bool
+    error: str = ""  # why it failed; when it passed, a note such as a capture the engine would run eagerly
+    captured: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,12 @@ def check_correctness(
     shapes: Sequence[tuple[int, int]],
     group_size: int,
     inputs: Sequence[tuple[int, ...]] = CORRECTNESS_INPUTS,
+    progress: Callable[[str], None] | None = None,
 ) -> CorrectnessCheck:
-    """Compare candidate.forward with the float32 reference on every distinct shape. Never raises."""
+    """Compare candidate.forward with the float32 reference on every distinct shape, with INPUTS_PER_SHAPE different
+    inputs per input shape (a kernel that returns a cached result fails the second). Never raises.
+
+    `progress` is told where the check is before each forward, so a crash there can be reported with its place."""
     dtype = compute_dtype(device)
     tolerance = tolerance_for(dtype)
     seed = int.from_bytes(os.urandom(4), "little")
@@ -123,27 +138,114 @@ def check_correctness(
         for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
             where = f"[{out_features}x{in_features}] group {group_size}"
             weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
+            if progress:
+                progress(f"prepare {where}")
             packed = candidate.prepare(weight, device)
             for leading in inputs:
-                where = f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]}"
-                x = torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
-                out = candidate.forward(x, packed)
-                synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                if out.shape != (*leading, out_features) or out.dtype != dtype:
-                    return CorrectnessCheck(
-                        False, worst, tolerance, f"{where}: got {out.dtype} {list(out.shape)}, expected {dtype}"
+                xs = [
+                    torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
+                    for _ in range(INPUTS_PER_SHAPE)
+                ]  # all alive at once: a kernel keyed on the input's address cannot tell them apart by it either
+                for number, x in enumerate(xs, 1):
+                    where = (
+                        f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]} "
+                        f"#{number} of {len(xs)}"
                     )
-                if not torch.isfinite(out).all():
-                    return CorrectnessCheck(False, worst, tolerance, f"{where}: NaN or inf in the output (seed {seed})")
-                error = relative_error(out, reference_linear(x.float(), weight))
-                worst = max(worst, error)
-                if error > tolerance:
-                    return CorrectnessCheck(
-                        False, worst, tolerance, f"{where}: relative error {error:.3g} > {tolerance} (seed {seed})"
-                    )
+                    if progress:
+                        progress(f"correctness at {where}")
+                    out = candidate.forward(x, packed)
+                    synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
+                    error, failure = compare(out, x, weight, (*leading, out_features), dtype, tolerance)
+                    worst = max(worst, error)
+                    if failure:
+                        return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
     except Exception as error:  # CUDA errors, missing kernels and shape refusals all become the rejection reason
         return CorrectnessCheck(False, worst, tolerance, f"{where}: {type(error).__name__}: {error} (seed {seed})")
     return CorrectnessCheck(True, worst, tolerance)
+
+
+def compare(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    weight: QuantizedWeight,
+    expected_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    tolerance: float,
+) -> tuple[float, str]:
+    """(relative error to the reference's x @ W.T, what is wrong in words or "" when within tolerance)."""
+    if tuple(out.shape) != expected_shape or out.dtype != dtype:
+        return 0.0, f"got {out.dtype} {list(out.shape)}, expected {dtype} {list(expected_shape)}"
+    if not torch.isfinite(out).all():
+        return 0.0, "NaN or inf in the output"
+    error = relative_error(out, reference_linear(x.float(), weight))
+    return error, f"relative error {error:.3g} > {tolerance}" if error > tolerance else ""
+
+
+def check_graph_replay(
+    candidate: Candidate,
+    device: torch.device,
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    num_tokens: int,
+    progress: Callable[[str], None] | None = None,
+) -> GraphReplayCheck:
+    """The served mode of a decode bucket: capture forward on a static input buffer as a CUDA graph, then write
+    INPUTS_PER_SHAPE fresh inputs into that buffer and compare each replay's output with the reference. A kernel
+    launched outside the capture stream (e.g. on the legacy default stream) runs once at capture and never on
+    replay, so its output goes stale. A capture that fails is no error: the engine runs that step eagerly."""
+    dtype = compute_dtype(device)
+    tolerance = tolerance_for(dtype)
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
+    where = f"{num_tokens} tokens"
+    try:
+        for out_features, in_features in dict.fromkeys(shapes):
+            where = f"[{out_features}x{in_features}], {num_tokens} tokens"
+            weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
+            packed = candidate.prepare(weight, device)
+            static_x = torch.randn(num_tokens, in_features, device=device, generator=generator).to(dtype)
+            if progress:
+                progress(f"graph capture at {where}")
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
+                warm = candidate.forward(static_x, packed)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            _, failure = compare(warm, static_x, weight, (num_tokens, out_features), dtype, tolerance)
+            if failure:
+                return GraphReplayCheck(False, f"eager at {where}: {failure}")
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    static_out = candidate.forward(static_x, packed)
+            except Exception as error:
+                with contextlib.suppress(Exception):
+                    torch.cuda.synchronize(device)
+                return GraphReplayCheck(True, f"capture failed at {where} ({type(error).__name__}: {error})", False)
+            for number in range(1, INPUTS_PER_SHAPE + 1):
+                static_x.copy_(torch.randn(static_x.shape, device=device, generator=generator).to(dtype))
+                if progress:
+                    progress(f"graph replay at {where}, fresh input #{number}")
+                graph.replay()
+                torch.cuda.synchronize(device)
+                _, failure = compare(static_out, static_x, weight, (num_tokens, out_features), dtype, tolerance)
+                if failure:
+                    return GraphReplayCheck(False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}")
+            del graph
+    except Exception as error:  # CUDA errors surface as the reason, like the eager check's
+        return GraphReplayCheck(False, f"CUDA-graph check at {where}: {type(error).__name__}: {error}")
+    return GraphReplayCheck(True)
+
+
+def roofline_floor_ms(shapes: Sequence[tuple[int, int]], copy_bandwidth_gbps: float) -> float:
+    """The least time one pass over `shapes` can take: reading their int4 weights at the copy bandwidth."""
+    return sum(out_features * in_features // 2 for out_features, in_features in shapes) / copy_bandwidth_gbps / 1e6
+
+
+def roofline_applies(shapes: Sequence[tuple[int, int]], device: torch.device) -> bool:
+    """Timings stream the weights from memory only where the rotation reaches twice the cache; smaller sets are
+    read from cache, faster than the copy bandwidth, and no floor holds for them."""
+    set_bytes = sum(out_features * in_features // 2 for out_features, in_features in shapes)
+    return set_bytes * rotation_copies(shapes, device) >= 2 * cache_bytes(device)
 
 
 def cache_bytes(device: torch.device) -> int:

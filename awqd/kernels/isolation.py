@@ -7,8 +7,8 @@ compile or tuning run can poison the daemon's context, and there is one code pat
 imports the same awqd and the same plugins.
 
 A step that crashes the child (a signal, an abort, a CUDA error that poisons its context, out of memory) or
-gives no answer within the step's time limit raises StepFailed with the reason in words; the child is killed
-and the next step starts a fresh one (with the tuning tables installed so far).
+stays silent for the step's time limit (the worker reports progress within long steps) raises StepFailed with
+the reason in words; the child is killed and the next step starts a fresh one (with the tuning tables so far).
 """
 
 import contextlib
@@ -148,8 +148,9 @@ class IsolatedDevice:
                 while "\n" in self._pending:
                     line, self._pending = self._pending.split("\n", 1)
                     record = json.loads(line)
-                    if "at" in record:
+                    if "at" in record:  # progress: the limit is on silence, so long honest steps go on
                         self.where = record["at"]
+                        deadline = time.monotonic() + limit_s
                         continue
                     if record.get("poisoned"):
                         self._abandon(kill=False)

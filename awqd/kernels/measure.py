@@ -307,10 +307,14 @@ def time_passes(
     warmup: int,
     iterations: int,
     use_cuda_graph: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> KernelTiming:
-    """Time `iterations` passes, rotating over `passes` (one per weight copy)."""
+    """Time `iterations` passes, rotating over `passes` (one per weight copy). `progress` hears of every CPU
+    pass (CPU passes can take seconds; on CUDA a whole timing takes milliseconds)."""
     for index in range(warmup * len(passes)):
         passes[index % len(passes)]()
+        if progress and device.type != "cuda":
+            progress(f"warm-up pass {index + 1}")
     synchronize(device)
     if device.type != "cuda":
         times_ms = []
@@ -318,6 +322,8 @@ def time_passes(
             started = time.perf_counter()
             passes[index % len(passes)]()
             times_ms.append((time.perf_counter() - started) * 1e3)
+            if progress:
+                progress(f"timed pass {index + 1} of {iterations}")
         return summarize(name, times_ms, cuda_graph=False)
 
     graphs = capture_graphs(passes, device) if use_cuda_graph else None
@@ -341,6 +347,7 @@ def time_candidate(
     warmup: int,
     iterations: int,
     use_cuda_graph: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> KernelTiming:
     """Median/p10/p90 of one pass over all layers at `num_tokens` tokens."""
     dtype = compute_dtype(device)
@@ -357,7 +364,7 @@ def time_candidate(
         return run_pass
 
     passes = [make_pass(copy) for copy in range(len(layers.packed))]
-    return time_passes(layers.candidate.name, passes, device, warmup, iterations, use_cuda_graph)
+    return time_passes(layers.candidate.name, passes, device, warmup, iterations, use_cuda_graph, progress)
 
 
 class DenseBaseline(Candidate):

@@ -83,7 +83,7 @@ def activate(specs: Sequence[str], builtin_names: Iterable[str]) -> list[Plugin]
     """Load `specs` and make the loaded ones buildable by name (registry.build). Replaces earlier plugins."""
     builtin = set(builtin_names)
     plugins: dict[str, Plugin] = {}
-    for spec in specs:
+    for spec in dict.fromkeys(specs):
         plugin = load(spec, builtin)
         if plugin.cls is not None and plugin.name in plugins:
             plugin = Plugin(spec, None, f"name {plugin.name!r} is taken by plugin {plugins[plugin.name].spec}")

@@ -82,11 +82,24 @@ class Worker:
             if weights_key not in self.weights:
                 copies = rotation_copies(layer_shapes, self.device)
                 self.weights[weights_key] = random_layer_weights(layer_shapes, group_size, self.device, copies)
-            self.at(f"packing the timing weights for {name}")
-            self.layers[key] = prepare_layers(registry.build(name), self.weights[weights_key], self.device)
+            candidate = registry.build(name)
+            packed = []
+            for number, copy in enumerate(self.weights[weights_key], 1):
+                self.at(f"packing timing weights copy {number} for {name}")
+                packed.append(prepare_layers(candidate, [copy], self.device).packed[0])
+            self.layers[key] = PreparedLayers(candidate, tuple(layer_shapes), packed)
         warmup, iterations = default_repetitions(self.device)
-        self.at(f"timing at {bucket} tokens")
-        timing = time_candidate(self.layers[key], self.device, bucket, warmup, iterations, cuda_graph)
+        where = f"timing at {bucket} tokens"
+        self.at(where)
+        timing = time_candidate(
+            self.layers[key],
+            self.device,
+            bucket,
+            warmup,
+            iterations,
+            cuda_graph,
+            lambda step: self.at(f"{where}, {step}"),
+        )
         return asdict(timing)
 
     def release(self, name: str) -> dict[str, Any]:

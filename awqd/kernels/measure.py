@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from awqd.kernels.base import Candidate
-from awqd.quant.reference import dequantize, reference_linear
+from awqd.quant.reference import dequantize
 from awqd.quant.tensors import QuantizedWeight
 
 FP16_TOLERANCE = 2e-2
@@ -138,6 +138,7 @@ def check_correctness(
         for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
             where = f"[{out_features}x{in_features}] group {group_size}"
             weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
+            dense = dequantize(weight, torch.float32)  # the reference's weight, once per shape
             if progress:
                 progress(f"prepare {where}")
             packed = candidate.prepare(weight, device)
@@ -155,7 +156,7 @@ def check_correctness(
                         progress(f"correctness at {where}")
                     out = candidate.forward(x, packed)
                     synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                    error, failure = compare(out, x, weight, (*leading, out_features), dtype, tolerance)
+                    error, failure = compare(out, reference(x, dense, weight), dtype, tolerance)
                     worst = max(worst, error)
                     if failure:
                         return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
@@ -164,20 +165,19 @@ def check_correctness(
     return CorrectnessCheck(True, worst, tolerance)
 
 
-def compare(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    weight: QuantizedWeight,
-    expected_shape: tuple[int, ...],
-    dtype: torch.dtype,
-    tolerance: float,
-) -> tuple[float, str]:
-    """(relative error to the reference's x @ W.T, what is wrong in words or "" when within tolerance)."""
-    if tuple(out.shape) != expected_shape or out.dtype != dtype:
-        return 0.0, f"got {out.dtype} {list(out.shape)}, expected {dtype} {list(expected_shape)}"
+def reference(x: torch.Tensor, dense: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    """reference_linear with the weight dequantized once: float32 x @ W.T + bias."""
+    y = x.float() @ dense.t()
+    return y + weight.bias.float() if weight.bias is not None else y
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, tolerance: float) -> tuple[float, str]:
+    """(relative error to the float32 reference, what is wrong in words or "" when within tolerance)."""
+    if tuple(out.shape) != tuple(ref.shape) or out.dtype != dtype:
+        return 0.0, f"got {out.dtype} {list(out.shape)}, expected {dtype} {list(ref.shape)}"
     if not torch.isfinite(out).all():
         return 0.0, "NaN or inf in the output"
-    error = relative_error(out, reference_linear(x.float(), weight))
+    error = relative_error(out, ref)
     return error, f"relative error {error:.3g} > {tolerance}" if error > tolerance else ""
 
 
@@ -210,7 +210,8 @@ def check_graph_replay(
             with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
                 warm = candidate.forward(static_x, packed)
             torch.cuda.current_stream(device).wait_stream(stream)
-            _, failure = compare(warm, static_x, weight, (num_tokens, out_features), dtype, tolerance)
+            dense = dequantize(weight, torch.float32)
+            _, failure = compare(warm, reference(static_x, dense, weight), dtype, tolerance)
             if failure:
                 return GraphReplayCheck(False, f"eager at {where}: {failure}")
             graph = torch.cuda.CUDAGraph()
@@ -227,7 +228,7 @@ def check_graph_replay(
                     progress(f"graph replay at {where}, fresh input #{number}")
                 graph.replay()
                 torch.cuda.synchronize(device)
-                _, failure = compare(static_out, static_x, weight, (num_tokens, out_features), dtype, tolerance)
+                _, failure = compare(static_out, reference(static_x, dense, weight), dtype, tolerance)
                 if failure:
                     return GraphReplayCheck(False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}")
             del graph
@@ -271,6 +272,26 @@ def prepare_layers(candidate: Candidate, weights: list[list[QuantizedWeight]], d
     shapes = tuple((w.out_features, w.in_features) for w in weights[0])
     packed = [[candidate.prepare(weight, device) for weight in copy] for copy in weights]
     return PreparedLayers(candidate, shapes, packed)
+
+
+def prepare_all(
+    candidates: Sequence[Candidate],
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    device: torch.device,
+    notes: list[str],
+) -> list[PreparedLayers]:
+    """Each candidate's packed copy of one set of random timing weights; a candidate that cannot pack is noted."""
+    if not candidates:
+        return []
+    weights = random_layer_weights(shapes, group_size, device, rotation_copies(shapes, device))
+    layers = []
+    for candidate in candidates:
+        try:
+            layers.append(prepare_layers(candidate, weights, device))
+        except Exception as error:  # e.g. out of memory for one more layout
+            notes.append(f"{candidate.name} could not pack the timing weights: {type(error).__name__}: {error}")
+    return layers
 
 
 def summarize(kernel: str, times_ms: list[float], cuda_graph: bool) -> KernelTiming:

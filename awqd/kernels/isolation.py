@@ -61,6 +61,10 @@ class IsolatedDevice:
         self.close()
 
     @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    @property
     def restarts(self) -> int:
         return max(0, len(self.startups_s) - 1)
 

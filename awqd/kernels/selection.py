@@ -319,6 +319,11 @@ class Plan:
         except StepFailed as error:
             return {"ok": False, "error": str(error), "crashed": True}
 
+    def release(self, name: str) -> None:
+        """Frees a rejected candidate's timing weights in the worker, if one is running (no start for that)."""
+        if self.isolated.running:
+            self.call("release", name=name)
+
 
 def select_measured_or_cached(
     device: DeviceInfo,
@@ -377,7 +382,7 @@ def check_all(reports: list[CandidateReport], names: Sequence[str], plan: Plan) 
             report.correctness = CorrectnessCheck(False, 0.0, tolerance, reply["error"])
         if not report.correctness.passed:
             log.warning("kernel_rejected", kernel=report.name, error=report.correctness.error)
-            plan.call("release", name=report.name)
+            plan.release(report.name)
 
 
 def check_graphs(reports: list[CandidateReport], names: Sequence[str], plan: Plan) -> None:
@@ -393,6 +398,8 @@ def check_graphs(reports: list[CandidateReport], names: Sequence[str], plan: Pla
             reply = plan.call("graph_check", name=report.name, bucket=bucket)
             if not reply["ok"] or not reply["passed"]:
                 error = reply["error"]
+                if reply.get("crashed") or reply.get("poisoned"):  # not merely wrong: unsafe to run at all
+                    report.rejected = f"crashed during the CUDA-graph check at {bucket} tokens: {error}"
                 report.graph_replay = GraphReplayCheck(
                     False,
                     f"{error}; rejected for the CUDA-graph buckets {plan.graph_buckets[0]}-{plan.graph_buckets[-1]}",
@@ -426,7 +433,7 @@ def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> D
             decisions.append(measured_decision(bucket, timings[bucket]))
         else:
             why = "not measured: the time budget ran out" if bucket not in timings else "no candidate could be timed"
-            decisions += rule_decisions(device, reports, [bucket], why)
+            decisions += rule_decisions(device, reports, [bucket], why, plan.graph_buckets)
         if decisions and decisions[-1].batch_tokens == bucket:
             decisions[-1].rejected = rejected.get(bucket, [])
     source = Counter(d.source for d in decisions).most_common(1)[0][0] if decisions else "capability_rule"
@@ -477,7 +484,7 @@ def time_buckets(
             if not reply["ok"]:
                 reason = f"failed timing at {bucket} tokens: {reply['error']}"
                 rejected[bucket].append(Rejection(report.name, reason))
-                if reply.get("crashed"):
+                if reply.get("crashed") or reply.get("poisoned"):
                     report.rejected = reason
                 continue
             timing = KernelTiming(**{k: reply[k] for k in ("kernel", "median_ms", "p10_ms", "p90_ms", "cuda_graph")})
@@ -488,7 +495,7 @@ def time_buckets(
                     "copy bandwidth: a measurement error, so it is excluded from every bucket"
                 )
                 log.warning("kernel_rejected", kernel=report.name, error=report.rejected)
-                plan.call("release", name=report.name)
+                plan.release(report.name)
                 continue
             row.append(timing)
         if row or any(r.usable for r in reports):
@@ -539,7 +546,11 @@ def measured_decision(bucket: int, timings: list[KernelTiming]) -> KernelDecisio
 
 
 def rule_decisions(
-    device: DeviceInfo, reports: list[CandidateReport], buckets: Sequence[int], why: str
+    device: DeviceInfo,
+    reports: list[CandidateReport],
+    buckets: Sequence[int],
+    why: str,
+    graph_buckets: Sequence[int] = (),
 ) -> list[KernelDecision]:
     """Capability-rule decisions among the candidates that passed (or, before any check ran, are supported).
 
@@ -547,15 +558,19 @@ def rule_decisions(
     else the first passing candidate in capability-table order (plugins last)."""
     importable = {requirement for requirement, error in probe_requirements().items() if error is None}
     checked = any(report.correctness is not None for report in reports)
-    allowed = [r.name for r in reports if (r.usable if checked else r.supported)]
-    if device.kind == "cuda" and len(allowed) > 1 and REFERENCE in allowed:
-        allowed.remove(REFERENCE)
-    if not allowed:
-        return []
     order = [rule.name for rule in CAPABILITY_TABLE]
-    preferred = sorted(allowed, key=lambda name: order.index(name) if name in order else len(order))
     decisions = []
     for bucket in buckets:
+        allowed = [
+            r.name
+            for r in reports
+            if (r.usable if checked else r.supported) and (r.graph_safe or bucket not in graph_buckets)
+        ]
+        if device.kind == "cuda" and len(allowed) > 1 and REFERENCE in allowed:
+            allowed.remove(REFERENCE)
+        if not allowed:
+            continue
+        preferred = sorted(allowed, key=lambda name: order.index(name) if name in order else len(order))
         choice = select_kernel_version(device.compute_capability, bucket, importable, set(allowed))
         kernel, reason = choice.name, f"{why}; capability rule: {choice.reason}"
         if kernel not in allowed:

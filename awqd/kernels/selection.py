@@ -611,11 +611,13 @@ def validate_cached(
     if ordering_note.startswith("re-measuring"):
         notes.append(ordering_note)
         return None
-    for report in reports:  # candidates not re-checked keep the checks from the cached measurement
+    for report in reports:  # checks not re-run keep their result from the cached measurement
         cached_report = stored.candidate(report.name)
-        if report.correctness is None and report.supported and cached_report is not None:
+        if not report.supported or cached_report is None:
+            continue
+        if report.correctness is None:
             report.correctness, report.rejected = cached_report.correctness, cached_report.rejected
-            report.graph_replay = report.graph_replay or cached_report.graph_replay
+        report.graph_replay = report.graph_replay or cached_report.graph_replay
     for decision in stored.decisions:
         decision.source = "cache_validated"
         decision.reason = f"{decision.reason} (measured {stored.measured_at:%Y-%m-%d %H:%M} UTC, re-validated)"

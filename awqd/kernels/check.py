@@ -89,7 +89,10 @@ def statuses(decisions: DeviceDecisions, decision) -> list[dict[str, Any]]:
         elif report.name == decision.kernel:
             row["status"], row["reason"] = "chosen", decision.reason
         else:
-            row["status"], row["reason"] = "not timed", report.rejected
+            row["status"], row["reason"] = (
+                "not timed",
+                report.rejected or "no timing at this bucket: " + decision.source,
+            )
         rows.append(row)
     return rows
 

@@ -401,6 +401,10 @@ def graph_vs_eager(results: Results, checkpoint: Path, device, dispatch, held, k
                 engine.eos_ids = frozenset()
                 runs[cuda_graphs] = [tokens for tokens, _ in run_jobs(engine, prompts, request)]
                 engine.close()
+                del engine  # its KV cache goes before the next engine sizes its own from the free memory
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             result = compare(runs[False], runs[True])
             result["distinct_tokens_per_sequence"] = sorted(len(set(tokens)) for tokens in runs[True])
             results.data["graph_vs_eager"][batch] = result

@@ -5,7 +5,6 @@ bad candidate killed is replaced for the rest."""
 from pathlib import Path
 
 import pytest
-import torch
 
 from awqd.errors import FailedPrecondition
 from awqd.kernels import isolation, plugins, registry
@@ -162,4 +161,3 @@ def test_a_cuda_device_gets_the_replay_check_in_its_fingerprint():
 
     parts = cache.fingerprint_parts(H200, SHAPES, GROUP_SIZE, [1, 16], ["m:C"], [1, 16])
     assert parts["graph_buckets"] == "1,16" and parts["candidate_plugins"] == "m:C"
-    assert torch.device("cpu").type == "cpu"

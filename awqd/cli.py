@@ -35,6 +35,13 @@ def serve(
     selection_budget: Annotated[
         float, typer.Option(envvar="AWQD_SELECTION_BUDGET", help="seconds of on-boot kernel benchmarking per device")
     ] = 60.0,
+    candidate_plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MODULE:CLASS kernel candidate to check and time with the built-ins; repeatable "
+            "(also env AWQD_CANDIDATE_PLUGINS, comma-separated, and the awqd.candidates entry points)"
+        ),
+    ] = None,
     single_layout: Annotated[
         bool, typer.Option(envvar="AWQD_SINGLE_LAYOUT", help="hold one weight layout per model, not one per kernel")
     ] = False,
@@ -161,6 +168,7 @@ def serve(
             demo_model=demo_model,
             kernel=kernel,
             selection_budget_s=selection_budget,
+            candidate_plugins=tuple(plugin_specs(candidate_plugin)),
             single_layout=single_layout,
             grace_period_s=grace_period,
             max_new_tokens_cap=max_new_tokens,
@@ -192,6 +200,53 @@ def serve(
     except AwqdError as error:
         raise typer.BadParameter(str(error)) from None
     raise typer.Exit(run_server(config))
+
+
+def plugin_specs(flags: list[str] | None) -> list[str]:
+    from awqd.kernels.plugins import specs_from
+
+    return specs_from(flags or ())
+
+
+@app.command("check-kernels")
+def check_kernels(
+    device: Annotated[str, typer.Option(help="torch device to check: cpu, cuda or cuda:N")] = "cuda:0",
+    arch: Annotated[str | None, typer.Option(help="layer shapes of tiny, llama-2-7b, llama-3-8b or mistral-7b")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="take the layer shapes from this AWQ checkpoint")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+    candidate_plugin: Annotated[
+        list[str] | None, typer.Option(help="MODULE:CLASS plugin candidate; repeatable (and as for serve)")
+    ] = None,
+    budget: Annotated[float, typer.Option(help="seconds of selection, as --selection-budget")] = 60.0,
+    graph_batch: Annotated[
+        int, typer.Option(help="largest decode batch replayed as a CUDA graph (serve's --max-batch-size); 0: none")
+    ] = 64,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="also write the decisions to this cache directory (default: none)")
+    ] = None,
+) -> None:
+    """Check and time every kernel candidate on one device, isolated as at boot, and print why each was chosen
+    or rejected per batch bucket. Starts no server."""
+    import json
+
+    from awqd.kernels import plugins, registry
+    from awqd.kernels.check import check_kernels as run_check
+    from awqd.kernels.check import summary, table
+
+    configure_logging("warning", "console")
+    if arch is not None and model_path is not None:
+        raise typer.BadParameter("give --arch or --model-path, not both")
+    try:
+        plugins.activate(plugin_specs(candidate_plugin), registry.CANDIDATES)
+        decisions, shapes = run_check(device, arch, model_path, budget, graph_batch, cache_dir)
+    except AwqdError as error:
+        typer.echo(f"awqd check-kernels: error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps(summary(decisions, shapes), indent=1))
+    else:
+        typer.echo(table(decisions, shapes))
+    raise typer.Exit(1 if decisions.degraded else 0)
 
 
 @app.command()

@@ -54,6 +54,7 @@ class ServeConfig:
     models: tuple[ModelSpec, ...] = ()
     demo_model: bool = True  # serve the embedded demo model when no --model is given
     kernel: str = "auto"
+    candidate_plugins: tuple[str, ...] = ()  # MODULE:CLASS kernel candidates from outside awqd (docs/plugins.md)
     selection_budget_s: float = 60.0
     single_layout: bool = False
     grace_period_s: float = 30.0

@@ -5,13 +5,11 @@ Boot order: the demo model (if needed) -> the hosted models' layer shapes -> ker
 only after all of it, so a ready pod serves at full speed from its first request.
 """
 
-import dataclasses
 import os
 import socket
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,41 +23,23 @@ from awqd.config import ModelSpec, ServeConfig
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
-from awqd.kernels import registry
+from awqd.kernels import plugins, registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.cache_dir import export_cache_dir
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
-from awqd.kernels.selection import CandidateReport, DeviceDecisions, device_eligibility, resolve_forced, select_kernels
+from awqd.kernels.selection import DeviceDecisions, candidate_reports, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
 from awqd.models.manager import HostedModel, ModelManager
-from awqd.node.devices import DeviceInfo, Discovery, discover, memory_free_bytes
+from awqd.node.devices import discover, memory_free_bytes
 from awqd.node.labels import publish_feature_file
-from awqd.node.versions import Component, component_versions
+from awqd.node.versions import component_versions
+from awqd.state import DeviceState, NodeState
 
 log = structlog.get_logger("awqd")
 
 AUTO = ("", "auto")
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    info: DeviceInfo
-    memory_free_bytes: int
-    kernels: list[CandidateReport]
-    decisions: DeviceDecisions | None
-
-
-@dataclass(frozen=True)
-class NodeState:
-    hostname: str
-    awqd_version: str
-    started_at: datetime
-    uptime_s: float
-    components: list[Component]
-    discovery: Discovery
-    devices: list[DeviceState]
 
 
 class Daemon:
@@ -70,6 +50,10 @@ class Daemon:
         self.discovery = discover()
         self.components = component_versions(self.discovery)
         self.decisions: dict[str, DeviceDecisions] = {}  # by torch device
+        loaded = plugins.activate(config.candidate_plugins, registry.CANDIDATES)
+        for plugin in loaded:
+            if plugin.error:
+                log.warning("candidate_plugin_unusable", plugin=plugin.spec, error=plugin.error)
         self.ready = threading.Event()
         gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
         self.default_device = gpus[0].torch_device if gpus else "cpu"
@@ -100,6 +84,7 @@ class Daemon:
                 self.config.cache_dir,
                 budget_s=self.config.selection_budget_s,
                 forced=None if self.config.kernel in AUTO else self.config.kernel,
+                graph_batch=self.config.engine.max_batch_size if self.config.engine.cuda_graphs else 0,
             )
         for spec in specs:
             try:
@@ -189,6 +174,8 @@ class Daemon:
             if not self.ready.is_set():
                 raise Unavailable(f"kernel selection for {torch_device} is still running")
             raise FailedPrecondition(f"no kernel decisions for device {torch_device}")
+        if decisions.degraded:
+            raise FailedPrecondition(f"device {torch_device} is degraded: {decisions.degraded}")
         return decisions
 
     def load_model(self, name: str, path: str, device: str, kernel: str) -> HostedModel:
@@ -224,11 +211,7 @@ class Daemon:
         devices = []
         for device in self.discovery.devices:
             decisions = self.decisions.get(device.torch_device)
-            kernels = (
-                decisions.candidates
-                if decisions
-                else [CandidateReport(**dataclasses.asdict(e)) for e in device_eligibility(device)]
-            )
+            kernels = decisions.candidates if decisions else candidate_reports(device)
             devices.append(DeviceState(device, memory_free_bytes(device), kernels, decisions))
         return NodeState(
             hostname=self.hostname,

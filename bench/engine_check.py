@@ -68,6 +68,7 @@ CONCURRENCY = (1, 8, 32)
 EQUALITY_PROMPTS = 8
 EQUALITY_TOKENS = 64
 STEP_TIMING_BUCKETS = (1, 8, 32)
+GRAPH_VS_EAGER_BATCHES = (1, 16, 32)
 STEP_TIMING_REPLAYS = 50
 PROFILE_ROWS = 25
 TARGETS = {"single_query_tokens_per_s": 400.0, "ttft_ms": 15.0, "concurrent_32_tokens_per_s": 3000.0}
@@ -271,6 +272,11 @@ def main() -> int:
     parser.add_argument("--selection-budget", type=float, default=40.0)
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
+    parser.add_argument(
+        "--graph-vs-eager-only",
+        action="store_true",
+        help=f"only selection and CUDA-graph decode vs eager decode at batch {GRAPH_VS_EAGER_BATCHES}",
+    )
     args = parser.parse_args()
     results = Results(args.out)
     device = torch.device(args.device)
@@ -291,7 +297,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="awqd-engine-check-"))
     checkpoint = work / args.arch
 
-    if on_gpu:
+    if on_gpu and not args.graph_vs_eager_only:
         with step(results, "layer_kernels", 240):
             cases = run_cases(args.device)
             results.data["layer_kernels"] = {"cases": len(cases), "failures": failures(cases)}
@@ -311,6 +317,9 @@ def main() -> int:
         held = [registry.build(name) for name in decisions.usable_names()]
     if results.data["errors"]:
         return 1
+
+    if args.graph_vs_eager_only:
+        return graph_vs_eager(results, checkpoint, device, dispatch, held, args.kv_cache_fraction)
 
     with step(results, "hf_eager_baseline", 240):
         router = KernelRouter(dispatch)
@@ -393,6 +402,37 @@ def main() -> int:
     return 0 if not results.data["errors"] else 1
 
 
+def graph_vs_eager(results: Results, checkpoint: Path, device, dispatch, held, kv_cache_fraction: float) -> int:
+    """Greedy decode of the same prompts, batched together, replayed as CUDA graphs and run eagerly, on the
+    chosen kernels: every sequence should match token for token."""
+    router = KernelRouter(dispatch)
+    loaded = load_model(checkpoint, device, router, extra_candidates=held, fuse=True)
+    settings = EngineSettings(kv_cache_fraction=kv_cache_fraction, max_batch_size=max(GRAPH_VS_EAGER_BATCHES))
+    vocab_size = loaded.config.vocab_size
+    request = greedy(EQUALITY_TOKENS)
+    results.data["graph_vs_eager"] = {}
+    for batch in GRAPH_VS_EAGER_BATCHES:
+        prompts = [prompt(vocab_size, 300 + seed) for seed in range(batch)]
+        with step(results, f"graph_vs_eager_{batch}", 300):
+            runs = {}
+            for cuda_graphs in (True, False):
+                engine = build_engine("synth", loaded, router, dataclasses.replace(settings, cuda_graphs=cuda_graphs))
+                engine.eos_ids = frozenset()
+                runs[cuda_graphs] = [tokens for tokens, _ in run_jobs(engine, prompts, request)]
+                engine.close()
+                del engine  # its KV cache goes before the next engine sizes its own from the free memory
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            result = compare(runs[False], runs[True])
+            result["distinct_tokens_per_sequence"] = sorted(len(set(tokens)) for tokens in runs[True])
+            results.data["graph_vs_eager"][batch] = result
+        results.write()
+    results.data["finished_at"] = datetime.now(UTC).isoformat()
+    results.write()
+    return 0 if not results.data["errors"] else 1
+
+
 def markdown(data: dict) -> str:
     device = data.get("device", {})
     lines = [
@@ -447,6 +487,13 @@ def markdown(data: dict) -> str:
                 f"({check.get('distinct_tokens', '?')} distinct token ids among them)"
                 + (f"; first divergences at tokens {check['first_divergence']}" if check["first_divergence"] else "")
             )
+    for batch, check in data.get("graph_vs_eager", {}).items():
+        lines.append(
+            f"- Greedy, {batch} prompts batched, CUDA-graph decode vs eager decode: {check['identical']} of "
+            f"{check['sequences']} identical over {EQUALITY_TOKENS} tokens; distinct tokens per sequence "
+            f"{check['distinct_tokens_per_sequence']}"
+            + (f"; first divergences at tokens {check['first_divergence']}" if check["first_divergence"] else "")
+        )
     if "layer_kernels" in data:
         kernels = data["layer_kernels"]
         lines.append(f"- Layer kernels vs torch on this GPU: {kernels['cases']} cases, failures: {kernels['failures']}")

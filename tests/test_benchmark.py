@@ -1,6 +1,7 @@
 """The Benchmark RPC and `awqctl bench` against a real daemon hosting the AutoAWQ-quantized demo model."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -304,7 +305,7 @@ def awqctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)},  # this code
     )
 
 
@@ -326,7 +327,7 @@ def test_awqctl_bench_prints_tables(daemon):
     kernel = awqctl(daemon, "--mode", "kernel", "--model", DEMO, "--batch", "1", "--iterations", "2")
     assert kernel.returncode == 0, kernel.stderr
     assert "kernel latency" in kernel.stdout and FP16 in kernel.stdout and "Fastest on" in kernel.stdout
-    query = awqctl(daemon, "--mode", "single-query", "--model", DEMO, "--prompt-tokens", "8", "--new-tokens", "4")
+    query = awqctl(daemon, "--mode", "single-query", "--prompt-tokens", "8", "--new-tokens", "4")  # the one model
     assert query.returncode == 0, query.stderr
     assert "single query" in query.stdout and "auto" in query.stdout
     sweep = awqctl(

@@ -20,10 +20,10 @@ from awqd.kernels.measure import (
     check_correctness,
     compute_dtype,
     measure_copy_bandwidth_gbps,
+    prepare_all,
     time_candidate,
     time_dense_baseline,
 )
-from awqd.kernels.selection import prepare_all
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def measure_kernels(plan: KernelPlan, budget: Budget) -> Generator[Progress, Non
     done += 1
     yield Progress("roofline", done, total, f"copy bandwidth {results.roofline_gbps:.1f} GB/s")
 
-    layers = prepare_all(usable, shapes, plan.group_size, device, results.notes)
+    layers = prepare_all([registry.build(name) for name in usable], shapes, plan.group_size, device, results.notes)
     awq_bytes, fp16_bytes = quantized_bytes(shapes, plan.group_size), dense_bytes(shapes, device)
     try:
         for batch_tokens in plan.batch_sizes:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the daemon imports this package; its state types are only annotations here
-    from awqd.daemon import DeviceState, NodeState
+from awqd.state import DeviceState, NodeState
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from awqd.kernels.measure import FP16_BASELINE, default_repetitions
 from awqd.kernels.selection import DEFAULT_BUCKETS, DeviceDecisions, device_label, resolve_forced_name
 from awqd.kernels.shapes import decoder_layer_shapes, engine_layer_shapes, shapes_from_config
 from awqd.models.synth import ARCHITECTURES, GROUP_SIZE
+from awqd.state import NodeState
 
 if TYPE_CHECKING:  # the daemon imports this module
     from awqd.config import ServeConfig
-    from awqd.daemon import NodeState
     from awqd.kernels.base import Candidate
     from awqd.models.manager import HostedModel, ModelManager
     from awqd.node.devices import DeviceInfo, Discovery

@@ -55,7 +55,12 @@ def nvidia_driver_version() -> str:
 
 
 def fingerprint_parts(
-    device: DeviceInfo, shapes: Sequence[tuple[int, int]], group_size: int, buckets: Sequence[int]
+    device: DeviceInfo,
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    buckets: Sequence[int],
+    plugins: Sequence[str] = (),
+    graph_buckets: Sequence[int] = (),
 ) -> dict[str, str]:
     """The readable parts the fingerprint hashes; stored next to it so a mismatch can say what changed."""
     return {
@@ -73,6 +78,8 @@ def fingerprint_parts(
         "layer_shapes": ",".join(f"{out_features}x{in_features}" for out_features, in_features in shapes),
         "group_size": str(group_size),
         "buckets": ",".join(str(bucket) for bucket in buckets),
+        "graph_buckets": ",".join(str(bucket) for bucket in graph_buckets),
+        "candidate_plugins": ",".join(plugins),
     }
 
 

@@ -446,14 +446,20 @@ def torch_arch_list() -> tuple[str, ...]:
 
 
 def select_kernel_version(
-    compute_capability: Capability | None, batch_size: int, available: Collection[str]
+    compute_capability: Capability | None,
+    batch_size: int,
+    available: Collection[str],
+    passed: Collection[str] | None = None,
 ) -> KernelChoice:
     """The capability-only choice for `batch_size` tokens, following AutoAWQ's own dispatch.
 
-    `available` is the set of usable requirement names. Used where nothing was measured.
+    `available` is the set of usable requirement names; `passed`, when given, the candidates that passed their
+    checks, the only ones the rules may choose. Used where nothing was measured.
     """
     status = {requirement: None if requirement in available else "absent" for requirement in REQUIREMENT_SOURCES}
     supported = {e.name for e in eligibility(compute_capability, status) if e.supported}
+    if passed is not None:
+        supported &= set(passed)
 
     def choice(name: str, reason: str) -> KernelChoice:
         return KernelChoice(name, RULES[name].family, reason)

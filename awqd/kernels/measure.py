@@ -28,13 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from awqd.kernels.base import Candidate
-from awqd.quant.reference import dequantize, reference_linear
+from awqd.quant.reference import dequantize
 from awqd.quant.tensors import QuantizedWeight
 
 FP16_TOLERANCE = 2e-2
 FP32_TOLERANCE = 1e-4
 # Leading input shapes checked: 1 token, 7 rows (the largest GEMV_FAST decode batch), and a 3-D prefill.
 CORRECTNESS_INPUTS: tuple[tuple[int, ...], ...] = ((1,), (7,), (2, 32))
+INPUTS_PER_SHAPE = 2  # different inputs per input shape, eagerly and on graph replay
+# A timing below this share of the roofline floor is a measurement error. Copy bandwidth reaches ~88% of an
+# H200's 4.8 TB/s peak; a kernel reading at 95% of peak would still sit at 0.92x the floor.
+ROOFLINE_MARGIN = 0.9
 MAX_ROTATION_COPIES = 8
 CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
 FP16_BASELINE = "fp16_cublas"
@@ -46,6 +50,13 @@ class CorrectnessCheck:
     max_relative_error: float
     tolerance: float
     error: str = ""
+
+
+@dataclass(frozen=True)
+class GraphReplayCheck:
+    passed: bool
+    error: str = ""  # why it failed; when it passed, a note such as a capture the engine would run eagerly
+    captured: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,8 +124,12 @@ def check_correctness(
     shapes: Sequence[tuple[int, int]],
     group_size: int,
     inputs: Sequence[tuple[int, ...]] = CORRECTNESS_INPUTS,
+    progress: Callable[[str], None] | None = None,
 ) -> CorrectnessCheck:
-    """Compare candidate.forward with the float32 reference on every distinct shape. Never raises."""
+    """Compare candidate.forward with the float32 reference on every distinct shape, with INPUTS_PER_SHAPE different
+    inputs per input shape (a kernel that returns a cached result fails the second). Never raises.
+
+    `progress` is told where the check is before each forward, so a crash there can be reported with its place."""
     dtype = compute_dtype(device)
     tolerance = tolerance_for(candidate.precision or dtype)
     seed = int.from_bytes(os.urandom(4), "little")
@@ -125,27 +140,115 @@ def check_correctness(
         for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
             where = f"[{out_features}x{in_features}] group {group_size}"
             weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
+            dense = dequantize(weight, torch.float32)  # the reference's weight, once per shape
+            if progress:
+                progress(f"prepare {where}")
             packed = candidate.prepare(weight, device)
             for leading in inputs:
-                where = f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]}"
-                x = torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
-                out = candidate.forward(x, packed)
-                synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                if out.shape != (*leading, out_features) or out.dtype != dtype:
-                    return CorrectnessCheck(
-                        False, worst, tolerance, f"{where}: got {out.dtype} {list(out.shape)}, expected {dtype}"
+                xs = [
+                    torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
+                    for _ in range(INPUTS_PER_SHAPE)
+                ]  # all alive at once: a kernel keyed on the input's address cannot tell them apart by it either
+                for number, x in enumerate(xs, 1):
+                    where = (
+                        f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]} "
+                        f"#{number} of {len(xs)}"
                     )
-                if not torch.isfinite(out).all():
-                    return CorrectnessCheck(False, worst, tolerance, f"{where}: NaN or inf in the output (seed {seed})")
-                error = relative_error(out, reference_linear(x.float(), weight))
-                worst = max(worst, error)
-                if error > tolerance:
-                    return CorrectnessCheck(
-                        False, worst, tolerance, f"{where}: relative error {error:.3g} > {tolerance} (seed {seed})"
-                    )
+                    if progress:
+                        progress(f"correctness at {where}")
+                    out = candidate.forward(x, packed)
+                    synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
+                    error, failure = compare(out, reference(x, dense, weight), dtype, tolerance)
+                    worst = max(worst, error)
+                    if failure:
+                        return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
     except Exception as error:  # CUDA errors, missing kernels and shape refusals all become the rejection reason
         return CorrectnessCheck(False, worst, tolerance, f"{where}: {type(error).__name__}: {error} (seed {seed})")
     return CorrectnessCheck(True, worst, tolerance)
+
+
+def reference(x: torch.Tensor, dense: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    """reference_linear with the weight dequantized once: float32 x @ W.T + bias."""
+    y = x.float() @ dense.t()
+    return y + weight.bias.float() if weight.bias is not None else y
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, tolerance: float) -> tuple[float, str]:
+    """(relative error to the float32 reference, what is wrong in words or "" when within tolerance)."""
+    if tuple(out.shape) != tuple(ref.shape) or out.dtype != dtype:
+        return 0.0, f"got {out.dtype} {list(out.shape)}, expected {dtype} {list(ref.shape)}"
+    if not torch.isfinite(out).all():
+        return 0.0, "NaN or inf in the output"
+    error = relative_error(out, ref)
+    return error, f"relative error {error:.3g} > {tolerance}" if error > tolerance else ""
+
+
+def check_graph_replay(
+    candidate: Candidate,
+    device: torch.device,
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    num_tokens: int,
+    progress: Callable[[str], None] | None = None,
+) -> GraphReplayCheck:
+    """The served mode of a decode bucket: capture forward on a static input buffer as a CUDA graph, then write
+    INPUTS_PER_SHAPE fresh inputs into that buffer and compare each replay's output with the reference. A kernel
+    launched outside the capture stream (e.g. on the legacy default stream) runs once at capture and never on
+    replay, so its output goes stale. A capture that fails is no error: the engine runs that step eagerly."""
+    dtype = compute_dtype(device)
+    tolerance = tolerance_for(dtype)
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
+    where = f"{num_tokens} tokens"
+    try:
+        for out_features, in_features in dict.fromkeys(shapes):
+            where = f"[{out_features}x{in_features}], {num_tokens} tokens"
+            weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
+            packed = candidate.prepare(weight, device)
+            static_x = torch.randn(num_tokens, in_features, device=device, generator=generator).to(dtype)
+            if progress:
+                progress(f"graph capture at {where}")
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
+                warm = candidate.forward(static_x, packed)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            dense = dequantize(weight, torch.float32)
+            _, failure = compare(warm, reference(static_x, dense, weight), dtype, tolerance)
+            if failure:
+                return GraphReplayCheck(False, f"eager at {where}: {failure}")
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    static_out = candidate.forward(static_x, packed)
+            except Exception as error:
+                with contextlib.suppress(Exception):
+                    torch.cuda.synchronize(device)
+                return GraphReplayCheck(True, f"capture failed at {where} ({type(error).__name__}: {error})", False)
+            for number in range(1, INPUTS_PER_SHAPE + 1):
+                static_x.copy_(torch.randn(static_x.shape, device=device, generator=generator).to(dtype))
+                if progress:
+                    progress(f"graph replay at {where}, fresh input #{number}")
+                graph.replay()
+                torch.cuda.synchronize(device)
+                _, failure = compare(static_out, reference(static_x, dense, weight), dtype, tolerance)
+                if failure:
+                    return GraphReplayCheck(False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}")
+            del graph
+    except Exception as error:  # CUDA errors surface as the reason, like the eager check's
+        return GraphReplayCheck(False, f"CUDA-graph check at {where}: {type(error).__name__}: {error}")
+    return GraphReplayCheck(True)
+
+
+def roofline_floor_ms(shapes: Sequence[tuple[int, int]], copy_bandwidth_gbps: float) -> float:
+    """The least time one pass over `shapes` can take: reading their int4 weights at the copy bandwidth."""
+    return sum(out_features * in_features // 2 for out_features, in_features in shapes) / copy_bandwidth_gbps / 1e6
+
+
+def roofline_applies(shapes: Sequence[tuple[int, int]], device: torch.device) -> bool:
+    """Timings stream the weights from memory only where the rotation reaches twice the cache; smaller sets are
+    read from cache, faster than the copy bandwidth, and no floor holds for them."""
+    set_bytes = sum(out_features * in_features // 2 for out_features, in_features in shapes)
+    return set_bytes * rotation_copies(shapes, device) >= 2 * cache_bytes(device)
 
 
 def cache_bytes(device: torch.device) -> int:
@@ -171,6 +274,26 @@ def prepare_layers(candidate: Candidate, weights: list[list[QuantizedWeight]], d
     shapes = tuple((w.out_features, w.in_features) for w in weights[0])
     packed = [[candidate.prepare(weight, device) for weight in copy] for copy in weights]
     return PreparedLayers(candidate, shapes, packed)
+
+
+def prepare_all(
+    candidates: Sequence[Candidate],
+    shapes: Sequence[tuple[int, int]],
+    group_size: int,
+    device: torch.device,
+    notes: list[str],
+) -> list[PreparedLayers]:
+    """Each candidate's packed copy of one set of random timing weights; a candidate that cannot pack is noted."""
+    if not candidates:
+        return []
+    weights = random_layer_weights(shapes, group_size, device, rotation_copies(shapes, device))
+    layers = []
+    for candidate in candidates:
+        try:
+            layers.append(prepare_layers(candidate, weights, device))
+        except Exception as error:  # e.g. out of memory for one more layout
+            notes.append(f"{candidate.name} could not pack the timing weights: {type(error).__name__}: {error}")
+    return layers
 
 
 def summarize(kernel: str, times_ms: list[float], cuda_graph: bool) -> KernelTiming:
@@ -207,10 +330,14 @@ def time_passes(
     warmup: int,
     iterations: int,
     use_cuda_graph: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> KernelTiming:
-    """Time `iterations` passes, rotating over `passes` (one per weight copy)."""
+    """Time `iterations` passes, rotating over `passes` (one per weight copy). `progress` hears of every CPU
+    pass (CPU passes can take seconds; on CUDA a whole timing takes milliseconds)."""
     for index in range(warmup * len(passes)):
         passes[index % len(passes)]()
+        if progress and device.type != "cuda":
+            progress(f"warm-up pass {index + 1}")
     synchronize(device)
     if device.type != "cuda":
         times_ms = []
@@ -218,6 +345,8 @@ def time_passes(
             started = time.perf_counter()
             passes[index % len(passes)]()
             times_ms.append((time.perf_counter() - started) * 1e3)
+            if progress:
+                progress(f"timed pass {index + 1} of {iterations}")
         return summarize(name, times_ms, cuda_graph=False)
 
     graphs = capture_graphs(passes, device) if use_cuda_graph else None
@@ -241,6 +370,7 @@ def time_candidate(
     warmup: int,
     iterations: int,
     use_cuda_graph: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> KernelTiming:
     """Median/p10/p90 of one pass over all layers at `num_tokens` tokens."""
     dtype = compute_dtype(device)
@@ -257,7 +387,7 @@ def time_candidate(
         return run_pass
 
     passes = [make_pass(copy) for copy in range(len(layers.packed))]
-    return time_passes(layers.candidate.name, passes, device, warmup, iterations, use_cuda_graph)
+    return time_passes(layers.candidate.name, passes, device, warmup, iterations, use_cuda_graph, progress)
 
 
 class DenseBaseline(Candidate):

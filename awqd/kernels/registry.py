@@ -3,6 +3,7 @@
 from collections.abc import Collection
 
 from awqd.errors import InvalidArgument
+from awqd.kernels import plugins
 from awqd.kernels.base import Candidate
 from awqd.kernels.candidates.autoawq_gemm_cuda import AutoawqGemmCuda
 from awqd.kernels.candidates.autoawq_gemm_triton import AutoawqGemmTriton
@@ -44,14 +45,20 @@ CANDIDATES: dict[str, type[Candidate]] = {
 
 
 def candidate_names() -> list[str]:
-    """In capability-table order, which is preference order within a family."""
-    return [rule.name for rule in CAPABILITY_TABLE]
+    """In capability-table order, which is preference order within a family; active plugins last."""
+    return [rule.name for rule in CAPABILITY_TABLE] + [p.name for p in plugins.active() if p.cls is not None]
 
 
 def build(name: str) -> Candidate:
-    if name not in CANDIDATES:
+    """A built-in candidate, or an active plugin's (awqd/kernels/plugins.py)."""
+    cls = CANDIDATES.get(name) or plugins.candidate_class(name)
+    if cls is None:
         raise InvalidArgument("kernel", f"unknown kernel candidate {name!r}; known: {', '.join(candidate_names())}")
-    return CANDIDATES[name]()
+    return cls()
+
+
+def is_candidate(name: str) -> bool:
+    return name in CANDIDATES or plugins.candidate_class(name) is not None
 
 
 def is_family(name: str) -> bool:
@@ -62,4 +69,6 @@ def resolve_family(family: str, usable: Collection[str]) -> str | None:
     """The preferred candidate of `family` among the `usable` names, or None if the family has none usable."""
     if not is_family(family):
         raise InvalidArgument("kernel", f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
-    return next((r.name for r in CAPABILITY_TABLE if r.family == family and r.name in usable), None)
+    members = [r.name for r in CAPABILITY_TABLE if r.family == family]
+    members += [p.name for p in plugins.active() if p.cls is not None and p.cls.family == family]
+    return next((name for name in members if name in usable), None)

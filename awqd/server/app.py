@@ -55,7 +55,7 @@ def serve(config: ServeConfig) -> int:
     awqd_pb2_grpc.add_AwqdServiceServicer_to_server(AwqdServicer(daemon), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", SERVICE_NAME):
+    for service in ("", SERVICE_NAME, *device_services(daemon)):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     if config.reflection:
         reflection.enable_server_reflection(
@@ -88,6 +88,13 @@ def serve(config: ServeConfig) -> int:
         if not stop.is_set():
             for service in ("", SERVICE_NAME):
                 health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            for service, torch_device in device_services(daemon).items():
+                decisions = daemon.decisions.get(torch_device)
+                serving = decisions is not None and not decisions.degraded
+                health_servicer.set(
+                    service,
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
 
     boot_thread = threading.Thread(target=boot, name="boot", daemon=True)
     boot_thread.start()
@@ -108,6 +115,12 @@ def serve(config: ServeConfig) -> int:
         os._exit(0)
     log.info("stopped")
     return 0
+
+
+def device_services(daemon: Daemon) -> dict[str, str]:
+    """Health service name -> torch device: "awq.v1.AwqdService/cuda:0" is NOT_SERVING while that device is
+    degraded (no kernel passed its checks) or undecided."""
+    return {f"{SERVICE_NAME}/{d.torch_device}": d.torch_device for d in daemon.discovery.devices if d.torch_device}
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:

@@ -7,14 +7,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from awqd.benchmark import report as benchmark
 from awqd.benchmark.params import BenchmarkParams
-from awqd.daemon import DeviceState, NodeState
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, TokenDelta
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
 from awqd.models.manager import HostedModel
+from awqd.state import DeviceState, NodeState
 from awqd_client.v1 import awqd_pb2 as pb
 
 KERNEL_FAMILIES = {
+    "": pb.KERNEL_FAMILY_UNSPECIFIED,  # a plugin that did not load
     "reference": pb.KERNEL_FAMILY_REFERENCE,
     "gemm": pb.KERNEL_FAMILY_GEMM,
     "gemv": pb.KERNEL_FAMILY_GEMV,
@@ -72,6 +73,8 @@ def kernel_candidate(report: CandidateReport) -> pb.KernelCandidate:
         reason=report.reason,
         requires=list(report.requires),
         layout=report.layout,
+        rejected=report.rejected,
+        plugin=report.plugin,
     )
     if report.correctness is not None:
         check = report.correctness
@@ -82,6 +85,11 @@ def kernel_candidate(report: CandidateReport) -> pb.KernelCandidate:
                 tolerance=check.tolerance,
                 error=check.error,
             )
+        )
+    if report.graph_replay is not None:
+        replay = report.graph_replay
+        message.graph_replay.CopyFrom(
+            pb.GraphReplayCheck(passed=replay.passed, error=replay.error, captured=replay.captured)
         )
     return message
 
@@ -98,6 +106,7 @@ def kernel_decision(decision: KernelDecision) -> pb.KernelDecision:
             )
             for t in decision.timings
         ],
+        rejected=[pb.KernelRejection(kernel=r.kernel, reason=r.reason) for r in decision.rejected],
     )
 
 
@@ -107,6 +116,10 @@ def kernel_selection(decisions: DeviceDecisions) -> pb.KernelSelection:
         duration=duration(decisions.duration_s),
         fingerprint=decisions.fingerprint,
         notes=list(decisions.notes),
+        copy_bandwidth_gbps=decisions.copy_bandwidth_gbps,
+        worker_startup=duration(decisions.worker_startup_s),
+        worker_restarts=decisions.worker_restarts,
+        graph_buckets=decisions.graph_buckets,
     )
     if decisions.measured_at is not None:
         message.measured_at.CopyFrom(timestamp(decisions.measured_at))
@@ -129,6 +142,8 @@ def device(state: DeviceState) -> pb.Device:
     if state.decisions is not None:
         message.decisions.extend(kernel_decision(d) for d in state.decisions.decisions)
         message.selection.CopyFrom(kernel_selection(state.decisions))
+        message.health = pb.DEVICE_HEALTH_DEGRADED if state.decisions.degraded else pb.DEVICE_HEALTH_OK
+        message.health_reason = state.decisions.degraded
     return message
 
 

@@ -232,7 +232,10 @@ def bench(
     ctx: typer.Context,
     mode: Annotated[BenchMode, typer.Option(help="What to measure.")],
     model: Annotated[
-        str, typer.Option(help="Hosted model (single-query, batch-sweep; or kernel mode on its shapes).")
+        str,
+        typer.Option(
+            help="Hosted model (single-query, batch-sweep: default the only READY one; or kernel mode on its shapes)."
+        ),
     ] = "",
     arch: Annotated[str, typer.Option(help='Kernel mode on a named architecture\'s shapes, e.g. "llama-2-7b".')] = "",
     device_index: Annotated[int | None, typer.Option(min=0, help="Device index from describe.")] = None,
@@ -256,6 +259,9 @@ def bench(
             raise typer.BadParameter("draws kernel latencies: use it with --mode kernel", param_hint="--plot")
         _require_plotting()
     generates = mode in (BenchMode.single_query, BenchMode.batch_sweep)
+    client = _client(ctx)
+    if generates and not model:
+        model = _only_ready_model(client)  # as `awqctl generate` does
     request = awqd_pb2.BenchmarkRequest(
         mode=BENCH_MODES[mode],
         model=model,
@@ -268,7 +274,7 @@ def bench(
         iterations=iterations,
         warmup_iterations=warmup,
     )
-    report = _run_benchmark(_client(ctx), request)
+    report = _run_benchmark(client, request)
     if json_output:
         print(to_json(report))
     else:

@@ -78,8 +78,9 @@ def gpu_discovery_line(discovery: awqd_pb2.GpuDiscovery) -> Text:
 
 
 def devices_table(devices: Iterable[awqd_pb2.Device]) -> Table:
-    table = Table("#", "kind", "name", "uuid", "capability", "memory total", "memory free", title="devices")
+    table = Table("#", "kind", "name", "uuid", "capability", "memory total", "memory free", "health", title="devices")
     for device in devices:
+        health = label(awqd_pb2.DeviceHealth, device.health)
         _add_row(
             table,
             str(device.index),
@@ -89,6 +90,7 @@ def devices_table(devices: Iterable[awqd_pb2.Device]) -> Table:
             device.compute_capability or "-",
             human_bytes(device.memory_total_bytes),
             human_bytes(device.memory_free_bytes),
+            f"{health}: {device.health_reason}" if device.health_reason else health,
         )
     return table
 
@@ -105,7 +107,12 @@ def kernels_table(device: awqd_pb2.Device) -> Table:
         name.append(f"\n{label(awqd_pb2.KernelFamily, kernel.family)}, layout {kernel.layout}", style="dim")
         supported = Text("yes", style="green") if kernel.supported else Text("no", style="red")
         correctness = correctness_text(kernel.correctness) if kernel.HasField("correctness") else Text("-")
-        _add_row(table, name, supported, correctness, kernel.reason)
+        if kernel.HasField("graph_replay") and not kernel.graph_replay.passed:
+            correctness.append(f"\nCUDA-graph replay FAILED: {kernel.graph_replay.error}", style="red")
+        if kernel.rejected:
+            correctness.append(f"\nREJECTED: {kernel.rejected}", style="red")
+        reason = f"{kernel.reason} (plugin {kernel.plugin})" if kernel.plugin else kernel.reason
+        _add_row(table, name, supported, correctness, reason)
     return table
 
 
@@ -137,7 +144,7 @@ def decisions_table(device: awqd_pb2.Device) -> Table:
             f"{chosen[0].median_ms:.3f} ms" if chosen else "-",
             label(awqd_pb2.DecisionSource, decision.source),
             ", ".join(f"{timing.kernel} {timing.median_ms:.3f} ms" for timing in others),
-            decision.reason,
+            "; ".join([decision.reason, *(f"left out {r.kernel}: {r.reason}" for r in decision.rejected)]),
         )
     if device.HasField("selection"):
         table.caption = Text(selection_caption(device.selection))
@@ -152,6 +159,8 @@ def selection_caption(selection: awqd_pb2.KernelSelection) -> str:
         parts.append(f"took {human_duration(selection.duration)}")
     if selection.fingerprint:
         parts.append(f"fingerprint {selection.fingerprint}")
+    if selection.copy_bandwidth_gbps:
+        parts.append(f"copy bandwidth {selection.copy_bandwidth_gbps:.1f} GB/s")
     parts.extend(selection.notes)
     return "; ".join(parts)
 

@@ -62,6 +62,12 @@ class BenchmarkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BENCHMARK_MODE_KERNEL: _ClassVar[BenchmarkMode]
     BENCHMARK_MODE_SINGLE_QUERY: _ClassVar[BenchmarkMode]
     BENCHMARK_MODE_BATCH_SWEEP: _ClassVar[BenchmarkMode]
+
+class DeviceHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_HEALTH_UNSPECIFIED: _ClassVar[DeviceHealth]
+    DEVICE_HEALTH_OK: _ClassVar[DeviceHealth]
+    DEVICE_HEALTH_DEGRADED: _ClassVar[DeviceHealth]
 DEVICE_KIND_UNSPECIFIED: DeviceKind
 DEVICE_KIND_CPU: DeviceKind
 DEVICE_KIND_CUDA: DeviceKind
@@ -93,6 +99,9 @@ BENCHMARK_MODE_UNSPECIFIED: BenchmarkMode
 BENCHMARK_MODE_KERNEL: BenchmarkMode
 BENCHMARK_MODE_SINGLE_QUERY: BenchmarkMode
 BENCHMARK_MODE_BATCH_SWEEP: BenchmarkMode
+DEVICE_HEALTH_UNSPECIFIED: DeviceHealth
+DEVICE_HEALTH_OK: DeviceHealth
+DEVICE_HEALTH_DEGRADED: DeviceHealth
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
@@ -153,7 +162,7 @@ class GpuDiscovery(_message.Message):
     def __init__(self, nvml_available: _Optional[bool] = ..., nvml_error: _Optional[str] = ..., nvml_device_count: _Optional[int] = ..., torch_cuda_available: _Optional[bool] = ..., torch_device_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("index", "kind", "uuid", "name", "compute_capability", "memory_total_bytes", "memory_free_bytes", "torch_device", "kernels", "decisions", "selection")
+    __slots__ = ("index", "kind", "uuid", "name", "compute_capability", "memory_total_bytes", "memory_free_bytes", "torch_device", "kernels", "decisions", "selection", "health", "health_reason")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +174,8 @@ class Device(_message.Message):
     KERNELS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_REASON_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: DeviceKind
     uuid: str
@@ -176,10 +187,12 @@ class Device(_message.Message):
     kernels: _containers.RepeatedCompositeFieldContainer[KernelCandidate]
     decisions: _containers.RepeatedCompositeFieldContainer[KernelDecision]
     selection: KernelSelection
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[DeviceKind, str]] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., compute_capability: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., torch_device: _Optional[str] = ..., kernels: _Optional[_Iterable[_Union[KernelCandidate, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[KernelDecision, _Mapping]]] = ..., selection: _Optional[_Union[KernelSelection, _Mapping]] = ...) -> None: ...
+    health: DeviceHealth
+    health_reason: str
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[DeviceKind, str]] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., compute_capability: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., torch_device: _Optional[str] = ..., kernels: _Optional[_Iterable[_Union[KernelCandidate, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[KernelDecision, _Mapping]]] = ..., selection: _Optional[_Union[KernelSelection, _Mapping]] = ..., health: _Optional[_Union[DeviceHealth, str]] = ..., health_reason: _Optional[str] = ...) -> None: ...
 
 class KernelCandidate(_message.Message):
-    __slots__ = ("name", "family", "supported", "reason", "requires", "layout", "correctness")
+    __slots__ = ("name", "family", "supported", "reason", "requires", "layout", "correctness", "graph_replay", "rejected", "plugin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +200,9 @@ class KernelCandidate(_message.Message):
     REQUIRES_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     CORRECTNESS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: KernelFamily
     supported: bool
@@ -194,7 +210,20 @@ class KernelCandidate(_message.Message):
     requires: _containers.RepeatedScalarFieldContainer[str]
     layout: str
     correctness: CorrectnessCheck
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[_Union[KernelFamily, str]] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., layout: _Optional[str] = ..., correctness: _Optional[_Union[CorrectnessCheck, _Mapping]] = ...) -> None: ...
+    graph_replay: GraphReplayCheck
+    rejected: str
+    plugin: str
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[_Union[KernelFamily, str]] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., layout: _Optional[str] = ..., correctness: _Optional[_Union[CorrectnessCheck, _Mapping]] = ..., graph_replay: _Optional[_Union[GraphReplayCheck, _Mapping]] = ..., rejected: _Optional[str] = ..., plugin: _Optional[str] = ...) -> None: ...
+
+class GraphReplayCheck(_message.Message):
+    __slots__ = ("passed", "error", "captured")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    error: str
+    captured: bool
+    def __init__(self, passed: _Optional[bool] = ..., error: _Optional[str] = ..., captured: _Optional[bool] = ...) -> None: ...
 
 class CorrectnessCheck(_message.Message):
     __slots__ = ("passed", "max_relative_error", "tolerance", "error")
@@ -209,18 +238,28 @@ class CorrectnessCheck(_message.Message):
     def __init__(self, passed: _Optional[bool] = ..., max_relative_error: _Optional[float] = ..., tolerance: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class KernelDecision(_message.Message):
-    __slots__ = ("batch_tokens", "kernel", "source", "reason", "timings")
+    __slots__ = ("batch_tokens", "kernel", "source", "reason", "timings", "rejected")
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     batch_tokens: int
     kernel: str
     source: DecisionSource
     reason: str
     timings: _containers.RepeatedCompositeFieldContainer[KernelTiming]
-    def __init__(self, batch_tokens: _Optional[int] = ..., kernel: _Optional[str] = ..., source: _Optional[_Union[DecisionSource, str]] = ..., reason: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[KernelTiming, _Mapping]]] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[KernelRejection]
+    def __init__(self, batch_tokens: _Optional[int] = ..., kernel: _Optional[str] = ..., source: _Optional[_Union[DecisionSource, str]] = ..., reason: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[KernelTiming, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[KernelRejection, _Mapping]]] = ...) -> None: ...
+
+class KernelRejection(_message.Message):
+    __slots__ = ("kernel", "reason")
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kernel: str
+    reason: str
+    def __init__(self, kernel: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class KernelTiming(_message.Message):
     __slots__ = ("kernel", "median_ms", "p10_ms", "p90_ms", "cuda_graph")
@@ -237,18 +276,26 @@ class KernelTiming(_message.Message):
     def __init__(self, kernel: _Optional[str] = ..., median_ms: _Optional[float] = ..., p10_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., cuda_graph: _Optional[bool] = ...) -> None: ...
 
 class KernelSelection(_message.Message):
-    __slots__ = ("source", "measured_at", "duration", "fingerprint", "notes")
+    __slots__ = ("source", "measured_at", "duration", "fingerprint", "notes", "copy_bandwidth_gbps", "worker_startup", "worker_restarts", "graph_buckets")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    COPY_BANDWIDTH_GBPS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_STARTUP_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
     source: DecisionSource
     measured_at: _timestamp_pb2.Timestamp
     duration: _duration_pb2.Duration
     fingerprint: str
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source: _Optional[_Union[DecisionSource, str]] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fingerprint: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    copy_bandwidth_gbps: float
+    worker_startup: _duration_pb2.Duration
+    worker_restarts: int
+    graph_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, source: _Optional[_Union[DecisionSource, str]] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fingerprint: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., copy_bandwidth_gbps: _Optional[float] = ..., worker_startup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_restarts: _Optional[int] = ..., graph_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use")

@@ -1,0 +1,91 @@
+"""Plugin kernel candidates for the isolation tests: four that must be rejected, each for its own reason, and one
+correct one that is faster than the built-ins on the CPU. Loaded by spec, e.g. "trust_plugins:Aborts", with this
+directory on the path (tests/test_isolation.py puts it there)."""
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from awqd.kernels.base import Candidate
+from awqd.quant.reference import dequantize, reference_linear
+
+
+class CpuPlugin(Candidate):
+    family = "dequant_matmul"
+    layout = "canonical"
+
+    def eligible(self, device) -> tuple[bool, str]:
+        if device.kind != "cpu":
+            return False, "a CPU-only test kernel"
+        return True, "runs on the host CPU"
+
+    def prepare(self, weight, device):
+        return weight
+
+    def forward(self, x, packed):
+        return reference_linear(x.float(), packed).to(x.dtype)
+
+
+class Aborts(CpuPlugin):
+    name = "plugin_aborts"
+
+    def forward(self, x, packed):
+        os.abort()
+
+
+class Hangs(CpuPlugin):
+    name = "plugin_hangs"
+
+    def forward(self, x, packed):
+        time.sleep(3600)
+
+
+class Stale(CpuPlugin):
+    """Computes its first result per weight and returns it for every later input: caching the output."""
+
+    name = "plugin_stale"
+
+    def __init__(self):
+        self.first: dict[int, torch.Tensor] = {}
+
+    def forward(self, x, packed):
+        if id(packed) not in self.first:
+            self.first[id(packed)] = super().forward(x, packed)
+        return self.first[id(packed)]
+
+
+class NoWorkWhenWarm(CpuPlugin):
+    """Right for every new input, but remembers its result per input tensor, so once warmed up on the timing
+    inputs it does no work at all: its timing falls below what reading the weights takes."""
+
+    name = "plugin_no_work_when_warm"
+
+    def __init__(self):
+        self.seen: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x, packed):
+        key = (id(packed), x.data_ptr(), tuple(x.shape), x._version)
+        if key not in self.seen:
+            self.seen[key] = super().forward(x, packed)
+        return self.seen[key]
+
+
+class DenseFloat(CpuPlugin):
+    """Correct and honestly fast on the CPU: dequantizes once at load, then one BLAS call per step."""
+
+    name = "plugin_dense_fp32"
+    layout = "dense_fp32"
+
+    def prepare(self, weight, device):
+        bias = weight.bias.float().to(device) if weight.bias is not None else None
+        return dequantize(weight, torch.float32).to(device), bias
+
+    def forward(self, x, packed):
+        dense, bias = packed
+        return F.linear(x.float(), dense, bias).to(x.dtype)
+
+
+class NotACandidate:
+    name = "plugin_not_a_candidate"

@@ -58,7 +58,7 @@ from awqd.kernels.measure import (
     time_dense_baseline,
     time_passes,
 )
-from awqd.kernels.selection import DEFAULT_BUCKETS, device_eligibility, install_tuning, select_kernels
+from awqd.kernels.selection import DEFAULT_BUCKETS, device_eligibility, select_kernels
 from awqd.node.devices import DeviceInfo, discover
 
 SHAPES = {
@@ -200,7 +200,7 @@ class Run:
         decisions = select_kernels(
             device_info(self.device), self.shapes, self.group_size, None, budget_s=budget_s, buckets=self.buckets
         )
-        install_tuning(decisions.tuning, self.device)  # the table below then times awqd's kernels at their tuned tiles
+        # select_kernels installs the worker's tuned tiles here too: the table below times awqd's kernels at them
         return {
             "source": decisions.source,
             "duration_s": round(decisions.duration_s, 1),

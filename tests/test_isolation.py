@@ -58,8 +58,9 @@ def test_a_crash_and_a_hang_are_reported_and_a_fresh_worker_goes_on(plugin_path)
 
 def test_selection_rejects_bad_plugins_and_a_correct_one_wins(plugin_path):
     activate("Aborts", "Hangs", "Stale", "DenseFloat", "NotACandidate", "Missing")
-    # Large enough that dequantizing on every call (the built-ins) clearly loses to dequantizing once.
-    result = select_kernels(CPU, WIDE_SHAPES, GROUP_SIZE, cache_dir=None, budget_s=60.0, buckets=(1, 16))
+    # Large enough that dequantizing on every call (the built-ins) clearly loses to dequantizing once; at 64 tokens
+    # torch's int4 CPU kernel, which wins at 1, takes ~4x its 16-token time while a dense matmul barely grows.
+    result = select_kernels(CPU, WIDE_SHAPES, GROUP_SIZE, cache_dir=None, budget_s=60.0, buckets=(1, 64))
     reports = {r.name: r for r in result.candidates}
     assert "killed by signal 6 (SIGABRT)" in reports["plugin_aborts"].correctness.error
     assert "no answer in 4 s" in reports["plugin_hangs"].correctness.error
@@ -71,7 +72,8 @@ def test_selection_rejects_bad_plugins_and_a_correct_one_wins(plugin_path):
     assert result.worker_restarts == 2 and result.worker_startup_s > 0 and result.copy_bandwidth_gbps > 0
     assert "plugin_dense_fp32" in {d.kernel for d in result.decisions}, [d.reason for d in result.decisions]
     for decision in result.decisions:
-        assert {t.kernel for t in decision.timings} == {"plugin_dense_fp32", "reference_torch", "dequant_matmul_cpu"}
+        timed = {t.kernel for t in decision.timings}
+        assert timed == {"plugin_dense_fp32", "reference_torch", "dequant_matmul_cpu", "torch_int4_cpu"}
     assert resolve_forced(result, "plugin_dense_fp32").name == "plugin_dense_fp32"
     with pytest.raises(FailedPrecondition, match="plugin_stale failed its checks"):
         resolve_forced(result, "plugin_stale")

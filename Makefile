@@ -65,7 +65,7 @@ engine-check:
 	python3 bench/engine_check.py --out $(ENGINE_OUT)
 
 # On a GPU machine: boot-to-SERVING cold and warm with the warm-up's share, then 64 clients from the moment of
-# SERVING (under 6 minutes on an H200); warmup-check.{json,md}, Describe and the daemon logs land in $(WARMUP_OUT).
+# SERVING (under 9 minutes on an H200); warmup-check.{json,md}, Describe and the daemon logs land in $(WARMUP_OUT).
 WARMUP_OUT ?= bench/out/warmup
 warmup-check:
 	python3 bench/warmup_check.py --out $(WARMUP_OUT)

@@ -55,7 +55,7 @@ class ServeConfig:
     demo_model: bool = True  # serve the embedded demo model when no --model is given
     kernel: str = "auto"
     candidate_plugins: tuple[str, ...] = ()  # MODULE:CLASS kernel candidates from outside awqd (docs/plugins.md)
-    selection_budget_s: float = 60.0
+    selection_budget_s: float = 150.0  # an H200 checks, tunes and times 11 candidates x 10 buckets in ~105 s
     single_layout: bool = False
     grace_period_s: float = 30.0
     max_new_tokens_cap: int = 2048

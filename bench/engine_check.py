@@ -269,7 +269,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="llama-2-7b")
-    parser.add_argument("--selection-budget", type=float, default=40.0)
+    parser.add_argument("--selection-budget", type=float, default=150.0)
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     parser.add_argument(

@@ -262,7 +262,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="llama-2-7b")
     parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--selection-budget", type=float, default=40.0)
+    parser.add_argument("--selection-budget", type=float, default=150.0)
     parser.add_argument("--kv-cache-fraction", type=float, default=0.9)
     parser.add_argument("--streams", default="64,128,256")
     parser.add_argument("--equality-batches", default="1,16,32")

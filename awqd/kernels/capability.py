@@ -76,6 +76,7 @@ TINYGEMM_MIN_CAPABILITY = (8, 0)
 FBGEMM_CUTLASS_SASS = ("sm_90a",)
 DEQUANT_MATMUL_MIN_TOKENS = 1024  # AutoAWQ's GEMM switches to dequantize + matmul here
 GEMV_FAST_MAX_DECODE_BATCH = 8  # AutoAWQ's GEMV_FAST decodes with its GEMV below this
+AWQD_GEMV_MAX_TOKENS = 2  # awqd's GEMV wins at 1-2 tokens on the H200 (bench/results/h200-2026-12-01-kernels)
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,9 @@ def select_kernel_version(
     available: Collection[str],
     passed: Collection[str] | None = None,
 ) -> KernelChoice:
-    """The capability-only choice for `batch_size` tokens, following AutoAWQ's own dispatch.
+    """The capability-only choice for `batch_size` tokens: awqd's own Triton kernels where Triton compiles for the
+    device (measured at least as fast as AutoAWQ's on the H200 and H100, and free of atomics, so CUDA-graph and
+    eager decode agree), otherwise AutoAWQ's own dispatch.
 
     `available` is the set of usable requirement names; `passed`, when given, the candidates that passed their
     checks, the only ones the rules may choose. Used where nothing was measured.
@@ -472,6 +475,18 @@ def select_kernel_version(
             "dequant_cublas",
             f"{batch_size} tokens >= {DEQUANT_MATMUL_MIN_TOKENS}: AutoAWQ's GEMM dequantizes and calls an fp16 "
             "matmul here, where the matmul is compute-bound and a fused int4 kernel no longer wins",
+        )
+    if batch_size <= AWQD_GEMV_MAX_TOKENS and "awqd_triton_gemv" in supported:
+        return choice(
+            "awqd_triton_gemv",
+            f"{batch_size} tokens on {cc}: awqd's Triton GEMV, the fastest measured decode kernel at 1-2 tokens "
+            "(H200: 0.071 ms per Llama-2-7B layer at 1 token, AutoAWQ's CUDA GEMV 0.090)",
+        )
+    if "awqd_triton_gemm" in supported:
+        return choice(
+            "awqd_triton_gemm",
+            f"{batch_size} tokens on {cc}: awqd's Triton GEMM, as fast as AutoAWQ's GEMMs on the H200 and without "
+            "their split-K atomics, so its result does not depend on timing",
         )
     if batch_size < GEMV_FAST_MAX_DECODE_BATCH and "autoawq_gemv_fast_cuda" in supported:
         return choice(

@@ -61,7 +61,7 @@ from awqd.node.devices import DeviceInfo
 log = structlog.get_logger("awqd.kernels")
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-DEFAULT_GRAPH_BATCH = 64  # the engine's default --max-batch-size: decode steps up to it replay CUDA graphs
+DEFAULT_GRAPH_BATCH = 256  # the engine's default --max-batch-size: decode steps up to it replay CUDA graphs
 # How much slower than the runner-up a cached choice may re-time before the cache is re-measured. On an H200 the
 # same kernel re-timed within 2% across boots; the host CPU drifted ~8% (bench/results/h200-2026-11-21), so the
 # CPU gets a wider margin rather than re-measuring on every boot.

@@ -15,12 +15,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_loader import SENTENCES, TINY, logits, reference_router, write_tokenizer
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from awqd.errors import CheckpointError
 from awqd.models.loader import load_model
 from awqd.quant.linear import AwqLinear
 from awqd.quant.reference import dequantize
+from awqd_client import AwqdClient
+from awqd_client.v1 import awqd_pb2 as pb
+
+from daemon_process import serving
 
 CPU = torch.device("cpu")
 
@@ -217,3 +221,21 @@ def test_scales_float16_cannot_hold_are_rejected(checkpoints: dict, tmp_path: Pa
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=rf"{name}: torch\.bfloat16 values that float16 cannot hold"):
         load_model(directory, CPU, reference_router())
+
+
+def test_daemon_serves_a_compressed_tensors_checkpoint(checkpoints: dict, awqd_cache_dir: Path, tmp_path: Path) -> None:
+    """Served through the engine: greedy tokens are the decompressed model's greedy continuation."""
+    directory = tmp_path / "models" / "ct"
+    shutil.copytree(checkpoints["group_asymmetric"], directory)
+    reference = decompressed_model(directory, scheme(*SCHEMES["group_asymmetric"]))
+    prompt = AutoTokenizer.from_pretrained(directory).encode(SENTENCES[1])
+    with torch.inference_mode():
+        expected = reference.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    args = ("--model-root", str(tmp_path / "models"), "--model", f"ct={directory}", "--selection-budget", "20")
+    with serving(awqd_cache_dir, *args) as daemon, AwqdClient(daemon.target, timeout=60) as client:
+        (model,) = client.describe().models
+        assert model.quant_config.packing == pb.QUANT_PACKING_PACK_QUANTIZED and model.quant_config.group_size == 64
+        ids = []
+        for message in client.generate("ct", prompt_token_ids=prompt, max_new_tokens=6, stop=()):
+            ids.extend(message.token_ids)
+    assert ids == expected[0, len(prompt) :].tolist()

@@ -211,6 +211,17 @@ def test_unsupported_variant_names_the_field(checkpoints: dict, tmp_path: Path, 
     assert raised.value.code.name == "FAILED_PRECONDITION"
 
 
+@pytest.mark.parametrize("actorder", ["weight", "static"])
+def test_actorder_that_keeps_the_format_loads(checkpoints: dict, tmp_path: Path, actorder: str) -> None:
+    """GPTQ's weight activation ordering changes calibration only: the tensors are those of no ordering."""
+    directory = edit_config(
+        checkpoints["group_symmetric"], tmp_path / actorder, lambda q: weights(q).update(actorder=actorder)
+    )
+    original = load_model(checkpoints["group_symmetric"], CPU, reference_router())
+    input_ids = original.tokenizer(SENTENCES[2], return_tensors="pt").input_ids
+    assert torch.equal(logits(load_model(directory, CPU, reference_router()), input_ids), logits(original, input_ids))
+
+
 def test_scales_float16_cannot_hold_are_rejected(checkpoints: dict, tmp_path: Path) -> None:
     directory = tmp_path / "big_scale"
     shutil.copytree(checkpoints["group_symmetric"], directory)

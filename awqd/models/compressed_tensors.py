@@ -24,6 +24,9 @@ METHOD = "compressed-tensors"
 FORMAT = "pack-quantized"
 VERSION = "PACK_QUANTIZED"  # QuantConfig.version of these checkpoints
 STRATEGIES = ("group", "channel")
+# GPTQ's "weight" activation ordering (alias "static") only changes calibration; "group" (alias "dynamic") saves a
+# weight_g_idx permutation of the groups, which no awqd kernel reads.
+FORMAT_KEEPING_ACTORDERS = (None, "weight", "static")
 FIELD = "config.json: quantization_config"
 
 
@@ -65,8 +68,12 @@ def read_weight_scheme(field: str, group: Any) -> tuple[int, bool]:
     for key, value in expected.items():
         if weights.get(key, value) != value:
             raise CheckpointError(f"{field}.{key}: {weights.get(key)!r} is not supported; only {value!r}")
-    if weights.get("actorder") is not None:
-        raise CheckpointError(f"{field}.actorder: {weights['actorder']!r} is not supported (no g_idx reordering)")
+    actorder = weights.get("actorder")
+    if actorder not in FORMAT_KEEPING_ACTORDERS:
+        raise CheckpointError(
+            f"{field}.actorder: {actorder!r} is not supported: it stores a g_idx permutation; "
+            f"supported: null, {', '.join(a for a in FORMAT_KEEPING_ACTORDERS if a)}"
+        )
     strategy = weights.get("strategy")
     if strategy not in STRATEGIES:
         raise CheckpointError(f"{field}.strategy: {strategy!r} is not supported; supported: {', '.join(STRATEGIES)}")

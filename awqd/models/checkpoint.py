@@ -1,4 +1,4 @@
-"""Open and validate an AutoAWQ checkpoint directory, without reading any tensor data.
+"""Open and validate an AutoAWQ or compressed-tensors checkpoint directory, without reading any tensor data.
 
 What is checked up front, each failure a CheckpointError naming the file or field: config.json (architecture and
 quantization_config), the safetensors file or the index and every shard it names (headers readable and the files
@@ -14,6 +14,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from awqd.errors import CheckpointError, InvalidArgument
+from awqd.models import compressed_tensors
 from awqd.quant.packing import gemv_size_multiplier, normalize_version
 from awqd.quant.tensors import QuantConfig
 
@@ -97,8 +98,12 @@ def read_quant_config(config: dict[str, Any]) -> QuantConfig:
     if not isinstance(quant, dict):
         raise CheckpointError(f"{field}: missing; this is not an AWQ checkpoint")
     method = quant.get("quant_method", "awq")
+    if method == compressed_tensors.METHOD:
+        return compressed_tensors.read_quant_config(quant)
     if method != "awq":
-        raise CheckpointError(f"{field}.quant_method: {method!r} is not supported; only 'awq'")
+        raise CheckpointError(
+            f"{field}.quant_method: {method!r} is not supported; only 'awq' and {compressed_tensors.METHOD!r}"
+        )
 
     w_bit = quant.get("bits", quant.get("w_bit"))
     if w_bit != 4:

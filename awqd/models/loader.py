@@ -1,4 +1,4 @@
-"""Load an AutoAWQ checkpoint into a transformers model whose quantized linears are AwqLinear modules.
+"""Load an AutoAWQ or compressed-tensors checkpoint into a transformers model whose quantized linears are AwqLinear.
 
 The skeleton is built on the meta device, so no memory is spent before the real tensors arrive. Tensors then
 stream shard by shard: plain tensors (embeddings, norms, lm_head) go straight to the device, and each quantized
@@ -22,6 +22,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from awqd.errors import CheckpointError
 from awqd.kernels.base import Candidate
+from awqd.models import compressed_tensors
 from awqd.models.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint
 from awqd.quant.linear import AwqLinear, KernelRouter
 from awqd.quant.packing import expected_shapes, unpack
@@ -123,7 +124,7 @@ def plan_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> tuple[dict[s
     seen_parameters: set[int] = set()  # tied parameters (lm_head = embed_tokens) are loaded once
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if isinstance(module, torch.nn.Linear) and f"{prefix}qweight" in checkpoint.tensors:
+        if isinstance(module, torch.nn.Linear) and f"{prefix}{quantized_parts(quant)[0]}" in checkpoint.tensors:
             group_size = module.in_features if quant.group_size == -1 else quant.group_size
             if module.in_features % group_size != 0:
                 raise CheckpointError(
@@ -135,9 +136,9 @@ def plan_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> tuple[dict[s
                 in_features=module.in_features,
                 out_features=module.out_features,
                 group_size=group_size,
-                parts=QUANTIZED_PARTS + (("bias",) if module.bias is not None else ()),
+                parts=quantized_parts(quant) + (("bias",) if module.bias is not None else ()),
             )
-            shapes = expected_shapes(quant.version, group_size, module.in_features, module.out_features)
+            shapes = layer_shapes(quant, group_size, module.in_features, module.out_features)
             shapes["bias"] = (module.out_features,)
             for part in layer.parts:
                 check_tensor(checkpoint, f"{prefix}{part}", shapes[part])
@@ -151,6 +152,18 @@ def plan_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> tuple[dict[s
             check_tensor(checkpoint, f"{prefix}{name}", tuple(tensor.shape))
             plain[f"{prefix}{name}"] = module_name
     return quantized, plain
+
+
+def quantized_parts(quant: QuantConfig) -> tuple[str, ...]:
+    if quant.version == compressed_tensors.VERSION:
+        return compressed_tensors.layer_parts(quant)
+    return QUANTIZED_PARTS
+
+
+def layer_shapes(quant: QuantConfig, group_size: int, in_features: int, out_features: int) -> dict[str, tuple]:
+    if quant.version == compressed_tensors.VERSION:
+        return compressed_tensors.expected_shapes(group_size, in_features, out_features)
+    return expected_shapes(quant.version, group_size, in_features, out_features)
 
 
 def check_tensor(checkpoint: Checkpoint, name: str, shape: tuple[int, ...]) -> None:
@@ -216,6 +229,10 @@ def stream_tensors(
 
 
 def unpack_layer(layer: QuantizedLayer, tensors: dict[str, torch.Tensor], checkpoint: Checkpoint) -> QuantizedWeight:
+    if checkpoint.quant_config.version == compressed_tensors.VERSION:
+        return compressed_tensors.unpack(
+            tensors, layer.group_size, layer.in_features, layer.out_features, prefix=f"{layer.name}."
+        )
     return unpack(
         tensors,
         checkpoint.quant_config.version,

@@ -154,7 +154,11 @@ def describe(state: NodeState, models: list[HostedModel]) -> pb.DescribeResponse
 
 
 MODEL_STATES = {"loading": pb.MODEL_STATE_LOADING, "ready": pb.MODEL_STATE_READY, "failed": pb.MODEL_STATE_FAILED}
-PACKINGS = {"GEMM": pb.QUANT_PACKING_GEMM, "GEMV": pb.QUANT_PACKING_GEMV}
+PACKINGS = {
+    "GEMM": pb.QUANT_PACKING_GEMM,
+    "GEMV": pb.QUANT_PACKING_GEMV,
+    "PACK_QUANTIZED": pb.QUANT_PACKING_PACK_QUANTIZED,
+}
 FINISH_REASONS = {
     "length": pb.FINISH_REASON_LENGTH,
     "stop": pb.FINISH_REASON_STOP,

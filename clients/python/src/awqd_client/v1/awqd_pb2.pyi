@@ -40,6 +40,7 @@ class QuantPacking(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUANT_PACKING_GEMM: _ClassVar[QuantPacking]
     QUANT_PACKING_GEMV: _ClassVar[QuantPacking]
     QUANT_PACKING_GEMV_FAST: _ClassVar[QuantPacking]
+    QUANT_PACKING_PACK_QUANTIZED: _ClassVar[QuantPacking]
 
 class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -86,6 +87,7 @@ QUANT_PACKING_UNSPECIFIED: QuantPacking
 QUANT_PACKING_GEMM: QuantPacking
 QUANT_PACKING_GEMV: QuantPacking
 QUANT_PACKING_GEMV_FAST: QuantPacking
+QUANT_PACKING_PACK_QUANTIZED: QuantPacking
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState

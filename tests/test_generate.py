@@ -221,7 +221,7 @@ def test_load_generate_unload(client, daemon, demo_model_dir, model_root):
     assert 0 < described.warmup_duration.ToNanoseconds() <= described.load_duration.ToNanoseconds()
     assert described.warmup_graphs == 0 and described.warmup_graph_memory_bytes == 0  # the CPU captures no graphs
     (warmed,) = [e for e in daemon.events("model_warmed_up") if e["model"] == "copy"]
-    assert warmed["decode_batches"] == [1, 2, 4, 8, 16, 32]  # every batch bucket up to the 32 KV slots
+    assert warmed["decode_batches"] == [1, 2, 4, 8, 16, 32, 64, 128, 256]  # every bucket up to --max-batch-size
     copy_ids = [t for m in client.generate("copy", "The weather today", max_new_tokens=8) for t in m.token_ids]
     assert copy_ids == run(client, max_new_tokens=8)[1]
     client.unload_model("copy")

@@ -48,12 +48,13 @@ class Stale(CpuPlugin):
     name = "plugin_stale"
 
     def __init__(self):
-        self.first: dict[int, torch.Tensor] = {}
+        self.first: dict[int, tuple] = {}
 
     def forward(self, x, packed):
         if id(packed) not in self.first:
-            self.first[id(packed)] = super().forward(x, packed)
-        return self.first[id(packed)]
+            # Holding the weight keeps its id from being reused by a later weight of another shape.
+            self.first[id(packed)] = (packed, super().forward(x, packed))
+        return self.first[id(packed)][1]
 
 
 class NoWorkWhenWarm(CpuPlugin):
@@ -63,13 +64,14 @@ class NoWorkWhenWarm(CpuPlugin):
     name = "plugin_no_work_when_warm"
 
     def __init__(self):
-        self.seen: dict[tuple, torch.Tensor] = {}
+        self.seen: dict[tuple, tuple] = {}
 
     def forward(self, x, packed):
-        key = (id(packed), x.data_ptr(), tuple(x.shape), x._version)
+        key = (id(packed), id(x), x._version)
         if key not in self.seen:
-            self.seen[key] = super().forward(x, packed)
-        return self.seen[key]
+            # Holding the weight and the input keeps their ids from being reused by other tensors.
+            self.seen[key] = (packed, x, super().forward(x, packed))
+        return self.seen[key][2]
 
 
 class DenseFloat(CpuPlugin):

@@ -229,9 +229,9 @@ def check_kernels(
     or rejected per batch bucket. Starts no server."""
     import json
 
+    from awqd.check_kernels import check_kernels as run_check
+    from awqd.check_kernels import summary, table
     from awqd.kernels import plugins, registry
-    from awqd.kernels.check import check_kernels as run_check
-    from awqd.kernels.check import summary, table
 
     configure_logging("warning", "console")
     if arch is not None and model_path is not None:

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = ROOT / "bench" / "plugins"
 sys.path[:0] = [str(ROOT), str(PLUGIN_DIR)]
 
+from awqd.check_kernels import layer_shapes, statuses  # noqa: E402
 from awqd.kernels import plugins, registry  # noqa: E402
-from awqd.kernels.check import layer_shapes, statuses  # noqa: E402
 from awqd.kernels.selection import select_kernels  # noqa: E402
 from awqd.node.devices import discover  # noqa: E402
 

@@ -14,7 +14,7 @@ three ways, and score every version through awqd's engine with each kernel famil
    each quantized version through awqd's engine with every kernel the device is eligible for, the pure-torch
    reference first. quality.json and quality.md land in --out.
 
-GPU (about 7 minutes on an H200, 4 of them training):  python3 bench/train_tiny.py --out $OUT/quality
+GPU (about 7 minutes on an H200, 3.5 of them training):  python3 bench/train_tiny.py --out $OUT/quality
 CPU dry run (about 2 minutes):                         python bench/train_tiny.py --tiny --out /tmp/tiny-quality
 """
 
@@ -66,6 +66,7 @@ class Settings:
     train_seconds: float
     max_steps: int
     train_bytes: int  # training text read, at most
+    tokenizer_bytes: int  # of which the tokenizer is trained on, at most
     heldout_tokens: int  # held-out tokens scored, at most
     calib_samples: int
     calib_seq_len: int
@@ -73,14 +74,14 @@ class Settings:
 
 
 GPU = Settings(
-    hidden=512, layers=8, heads=8, intermediate=1536, vocab=8192, context=1024, batch=64, seq_len=512, lr=1.5e-3,
-    train_seconds=240.0, max_steps=1_000_000, train_bytes=48 << 20, heldout_tokens=30_000, calib_samples=128,
-    calib_seq_len=512, window=1024,
+    hidden=512, layers=8, heads=8, intermediate=1536, vocab=8192, context=1024, batch=32, seq_len=512, lr=1.5e-3,
+    train_seconds=210.0, max_steps=1_000_000, train_bytes=96 << 20, tokenizer_bytes=16 << 20, heldout_tokens=30_000,
+    calib_samples=128, calib_seq_len=512, window=1024,
 )  # fmt: skip
 TINY = Settings(
     hidden=128, layers=2, heads=4, intermediate=256, vocab=512, context=256, batch=8, seq_len=64, lr=3e-3,
-    train_seconds=60.0, max_steps=300, train_bytes=512 << 10, heldout_tokens=3_000, calib_samples=16,
-    calib_seq_len=64, window=256,
+    train_seconds=60.0, max_steps=300, train_bytes=512 << 10, tokenizer_bytes=512 << 10, heldout_tokens=3_000,
+    calib_samples=16, calib_seq_len=64, window=256,
 )  # fmt: skip
 
 
@@ -405,7 +406,8 @@ def make_trained(settings: Settings, work: Path, device: torch.device) -> tuple[
     splits = stdlib_sources()
     tokenizer_dir = work / "tokenizer"
     train_texts = read_texts(splits["train"], settings.train_bytes)
-    tokenizer = train_tokenizer(tokenizer_dir, settings.vocab, extra_tokens_to=settings.vocab, texts=train_texts)
+    tokenizer_texts = read_texts(splits["train"], settings.tokenizer_bytes)
+    tokenizer = train_tokenizer(tokenizer_dir, settings.vocab, extra_tokens_to=settings.vocab, texts=tokenizer_texts)
     tokens = token_stream(tokenizer, train_texts)
     model = build_model(settings, tokenizer)
     report = train(model, tokens, settings, device)

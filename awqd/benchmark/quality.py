@@ -7,18 +7,22 @@ exp(mean negative log-likelihood) over every predicted token, and each kernel's 
 
 A kernel is pinned by the function that runs each quantized linear, not through the model's shared router, so
 scoring reads only weights: it can run beside the engine serving the same model without changing what the engine
-computes (it only shares the device's time). The reference reads the canonical QuantizedWeight; a model that does
-not hold that layout (on a GPU it usually does not) has it unpacked per call from its AutoAWQ GEMM or GEMV layout,
-which costs time but no memory held beyond the call.
+computes (it only shares the device's time). On a GPU it runs on a stream of its own, so it never waits for the
+engine's stream nor breaks a CUDA graph the engine is capturing.
+
+The reference reads the canonical QuantizedWeight. A model that does not hold that layout (on a GPU it usually does
+not) has it unpacked per call from its AutoAWQ GEMM or GEMV layout, which costs time but no memory beyond the call.
 
 The daemon's QUALITY mode (awqd.benchmark.runner) and `awqd eval` (offline, a checkpoint before it is served) both
 run `measure_quality`.
 """
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -128,6 +132,13 @@ class QualityResults:
     notes: list[str] = field(default_factory=list)
 
 
+def side_stream(device: torch.device) -> Callable[[], AbstractContextManager]:
+    """Enters a CUDA stream of the scoring's own (nothing on the CPU). Work on the legacy default stream would wait
+    for every other stream on the device, and break the CUDA graphs the engine may be capturing beside it."""
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    return lambda: torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 def negative_log_likelihood(decoder: DecoderModel, ids: torch.Tensor, pinned: Pinned) -> float:
     """The summed negative log-likelihood of ids[1:] given the tokens before each, in one window."""
     logits = decoder.score(ids, pinned).float()
@@ -136,7 +147,9 @@ def negative_log_likelihood(decoder: DecoderModel, ids: torch.Tensor, pinned: Pi
 
 def measure_quality(plan: QualityPlan, budget: Budget) -> Generator[Progress, None, QualityResults]:
     """Yields progress after each window; returns one row per kernel (the reference first), fewer if stopped."""
-    ids = torch.tensor(plan.token_ids, device=plan.decoder.device)
+    stream = side_stream(plan.decoder.device)
+    with stream():
+        ids = torch.tensor(plan.token_ids).to(plan.decoder.device)
     windows = spans(len(plan.token_ids), plan.window)
     total = len(plan.candidates) * len(windows)
     results = QualityResults()
@@ -145,15 +158,15 @@ def measure_quality(plan: QualityPlan, budget: Budget) -> Generator[Progress, No
         started = time.perf_counter()
         nll, scored = 0.0, 0
         try:
-            with torch.inference_mode():
-                for index, (start, end) in enumerate(windows):
-                    if budget.exhausted():
-                        results.rows = compared(results.rows)
-                        return results
+            for index, (start, end) in enumerate(windows):
+                if budget.exhausted():
+                    results.rows = compared(results.rows)
+                    return results
+                with stream(), torch.inference_mode():  # entered per window: a generator may resume in another thread
                     nll += negative_log_likelihood(plan.decoder, ids[start:end], Pinned(candidate))
-                    scored += end - start - 1
-                    done += 1
-                    yield Progress("quality", done, total, f"{candidate.name}: window {index + 1}/{len(windows)}")
+                scored += end - start - 1
+                done += 1
+                yield Progress("quality", done, total, f"{candidate.name}: window {index + 1}/{len(windows)}")
         except Exception as error:  # a kernel that fails here is reported, and the others still run
             done += len(windows) - index
             reason = f"{type(error).__name__}: {error}"

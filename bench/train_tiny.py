@@ -158,11 +158,12 @@ def train(model: LlamaForCausalLM, tokens: torch.Tensor, settings: Settings, dev
     generator = torch.Generator().manual_seed(0)
     tokens = tokens.to(device)
     started, step, losses = time.perf_counter(), 0, []
+    warmup = min(50, max(1, settings.max_steps // 10))
     while step < settings.max_steps:
         progress = max(step / settings.max_steps, (time.perf_counter() - started) / settings.train_seconds)
         if progress >= 1.0:
             break
-        lr = settings.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * progress))
+        lr = settings.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
         starts = torch.randint(0, len(tokens) - settings.seq_len - 1, (settings.batch,), generator=generator)

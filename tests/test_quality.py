@@ -149,7 +149,7 @@ def test_a_trained_model_scores_well_below_uniform_and_every_kernel_matches_the_
     """A few dozen steps on stdlib sources, RTN W4 g128 through awqd's packing, then `awqd eval`'s code."""
     train_tiny = load_train_tiny()
     settings = replace(
-        train_tiny.TINY, train_seconds=25.0, max_steps=60, lr=1e-2, train_bytes=192 << 10, tokenizer_bytes=192 << 10
+        train_tiny.TINY, train_seconds=60.0, max_steps=40, lr=1e-2, train_bytes=192 << 10, tokenizer_bytes=192 << 10
     )
     fp16_dir, training, splits = train_tiny.make_trained(settings, tmp_path, CPU)
     tokenizer = train_tiny.PreTrainedTokenizerFast.from_pretrained(fp16_dir)

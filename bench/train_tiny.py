@@ -26,6 +26,7 @@ import platform
 import shutil
 import sys
 import sysconfig
+import tempfile
 import time
 import types
 import zlib
@@ -339,7 +340,7 @@ def checks(fp16_ppl: float, evaluations: dict[str, Evaluation]) -> list[dict]:
         results.append(
             {
                 "claim": "AWQ's gap to fp16 is smaller than RTN's",
-                "holds": awq_gap < rtn_gap,
+                "holds": abs(awq_gap) < abs(rtn_gap),
                 "detail": f"AWQ {100 * awq_gap:+.2f}%, RTN {100 * rtn_gap:+.2f}% (reference kernel)",
             }
         )
@@ -407,6 +408,8 @@ def make_trained(settings: Settings, work: Path, device: torch.device) -> tuple[
     splits = stdlib_sources()
     tokenizer_dir = work / "tokenizer"
     train_texts = read_texts(splits["train"], settings.train_bytes)
+    if sum(map(len, train_texts)) < min(settings.train_bytes, 1 << 20) // 2:
+        raise SystemExit(f"too little standard-library source under {sysconfig.get_paths()['stdlib']} to train on")
     tokenizer_texts = read_texts(splits["train"], settings.tokenizer_bytes)
     tokenizer = train_tokenizer(tokenizer_dir, settings.vocab, extra_tokens_to=settings.vocab, texts=tokenizer_texts)
     tokens = token_stream(tokenizer, train_texts)
@@ -420,7 +423,7 @@ def make_trained(settings: Settings, work: Path, device: torch.device) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="quality.json and quality.md land here")
-    parser.add_argument("--work", type=Path, help="checkpoints land here [default: OUT/checkpoints]")
+    parser.add_argument("--work", type=Path, help="checkpoints land here [default: a temporary directory]")
     parser.add_argument("--tiny", action="store_true", help="CPU-sized settings for a dry run")
     parser.add_argument("--train-seconds", type=float, help="training time budget")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
@@ -430,7 +433,7 @@ def main() -> None:
     if args.train_seconds is not None:
         settings = replace(settings, train_seconds=args.train_seconds)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
-    work = args.work or args.out / "checkpoints"
+    work = args.work or Path(tempfile.mkdtemp(prefix="train-tiny-"))
     if work.exists():
         shutil.rmtree(work)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -480,7 +483,7 @@ def main() -> None:
     result["checks"] = checks(fp16_ppl, evaluations)
     (args.out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "quality.md").write_text(markdown(result, evaluations))
-    step(f"wrote {args.out / 'quality.md'}")
+    step(f"wrote {args.out / 'quality.md'}; checkpoints in {work}")
     print((args.out / "quality.md").read_text())
 
 

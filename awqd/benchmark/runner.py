@@ -288,7 +288,7 @@ def plan_quality(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
     hosted, device = hosted_where_it_runs(host, params, "QUALITY")
     loaded = hosted.loaded
     ids = tokenize(loaded.tokenizer, decode_text(params.text))
-    window = window_size(params.window_tokens, min(loaded.context_length, hosted.scheduler.max_sequence_tokens))
+    window = window_size(params.window_tokens, loaded.context_length)  # scoring uses no KV cache
     names = params.kernels or tuple(device_decisions(host, device).usable_names())
     candidates: dict[str, Candidate] = {ReferenceTorch.name: ReferenceTorch()}
     unavailable = []

@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check kernel-peers docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check kernel-peers quality-check docker-build clean
 
 install: $(STAMP)
 
@@ -89,6 +89,14 @@ bench:
 PEERS_OUT ?= bench/out/kernel-peers
 kernel-peers:
 	python3 bench/kernel_peers.py --out $(PEERS_OUT)
+
+# On a GPU machine: a 35M-parameter Llama trained on Python's stdlib sources, quantized by AutoAWQ, RTN and as
+# compressed-tensors, its held-out perplexity per kernel through awqd's engine (about 7 minutes on an H200; carry
+# the AutoAWQ wheels of GPU-MACHINE.md plus compressed-tensors and its pure-Python dependencies); quality.{json,md}
+# land in $(QUALITY_OUT).
+QUALITY_OUT ?= bench/out/quality
+quality-check:
+	python3 bench/train_tiny.py --out $(QUALITY_OUT)
 
 # The image needs a Docker engine with the NVIDIA runtime; none runs on the development machines.
 docker-build:

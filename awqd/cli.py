@@ -1,4 +1,4 @@
-"""The `awqd` command: serve, quantize, synth."""
+"""The `awqd` command: serve, check-kernels, eval, quantize, synth."""
 
 from pathlib import Path
 from typing import Annotated
@@ -247,6 +247,34 @@ def check_kernels(
     else:
         typer.echo(table(decisions, shapes))
     raise typer.Exit(1 if decisions.degraded else 0)
+
+
+@app.command("eval")
+def eval_command(
+    model_path: Annotated[Path, typer.Option(help="AWQ or compressed-tensors checkpoint directory")],
+    text_file: Annotated[Path, typer.Option(help="UTF-8 text to score (at most 1 MiB, 32768 tokens)")],
+    device: Annotated[str, typer.Option(help="torch device [default: cuda:0 if available, else cpu]")] = "",
+    kernels: Annotated[
+        str, typer.Option(metavar="NAME,...", help="candidates or families [default: all eligible]")
+    ] = "",
+    window: Annotated[int, typer.Option(min=0, help="tokens per window; 0: min(1024, the model's context)")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Perplexity of a checkpoint on a text with each kernel pinned, against the pure-torch reference (offline)."""
+    import dataclasses
+    import json
+
+    from awqd.benchmark.evaluate import evaluate, table
+
+    configure_logging("warning", "console")
+    names = tuple(name.strip() for name in kernels.split(",") if name.strip())
+    try:
+        evaluation = evaluate(model_path, text_file.read_bytes(), device, names, window)
+    except (AwqdError, OSError) as error:
+        typer.echo(f"awqd eval: error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(dataclasses.asdict(evaluation), indent=1) if json_output else table(evaluation))
+    raise typer.Exit(0 if all(row.within_bound for row in evaluation.rows) else 1)
 
 
 @app.command()

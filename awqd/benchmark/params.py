@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass
 
+from awqd.benchmark.quality import decode_text
 from awqd.errors import InvalidArgument
 from awqd.models.synth import ARCHITECTURES
 
-MODES = ("kernel", "single_query", "batch_sweep")
+MODES = ("kernel", "single_query", "batch_sweep", "quality")
 MAX_BATCH_TOKENS = 4096  # 8x the largest decision bucket: beyond it a step is a prefill, not a kernel benchmark
 MAX_BATCH_SIZES = 32
 MAX_KERNELS = 16
@@ -25,11 +26,15 @@ class BenchmarkParams:
     new_tokens: int
     iterations: int  # 0: the daemon's default
     warmup_iterations: int  # 0: the daemon's default
+    text: bytes = b""  # QUALITY: the text to score
+    window_tokens: int = 0  # QUALITY: tokens per window; 0: the default for the model
 
     def validate(self) -> None:
         """Raises InvalidArgument naming the field."""
         if self.mode not in MODES:
-            raise InvalidArgument("mode", f"{self.mode or 'unspecified'}: must be KERNEL, SINGLE_QUERY or BATCH_SWEEP")
+            raise InvalidArgument(
+                "mode", f"{self.mode or 'unspecified'}: must be KERNEL, SINGLE_QUERY, BATCH_SWEEP or QUALITY"
+            )
         if self.iterations > MAX_ITERATIONS:
             raise InvalidArgument("iterations", f"{self.iterations} exceeds the cap of {MAX_ITERATIONS}")
         if self.warmup_iterations > MAX_WARMUP_ITERATIONS:
@@ -40,10 +45,16 @@ class BenchmarkParams:
             raise InvalidArgument("kernels", f"{len(self.kernels)} names exceed the cap of {MAX_KERNELS}")
         if any(not name for name in self.kernels):
             raise InvalidArgument("kernels", "names must not be empty")
+        if self.mode != "quality":
+            for name, value in (("text", self.text), ("window_tokens", self.window_tokens)):
+                if value:
+                    raise InvalidArgument(name, "applies to QUALITY only")
         if self.mode == "kernel":
             self._validate_kernel()
         elif self.mode == "single_query":
             self._validate_single_query()
+        elif self.mode == "quality":
+            self._validate_quality()
         else:
             self._validate_batch_sweep()
 
@@ -98,3 +109,21 @@ class BenchmarkParams:
             raise InvalidArgument("prompt_tokens", "must be at least 1")
         if self.new_tokens < 1:
             raise InvalidArgument("new_tokens", "must be at least 1")
+
+    def _validate_quality(self) -> None:
+        if not self.model:
+            raise InvalidArgument("model", "QUALITY scores a hosted model: name one")
+        if self.architecture:
+            raise InvalidArgument("architecture", "applies to KERNEL mode only; QUALITY runs a hosted model")
+        if "auto" in self.kernels:
+            raise InvalidArgument("kernels", "'auto' is a dispatch, not a kernel; QUALITY pins one kernel at a time")
+        for name, value in (
+            ("batch_sizes", self.batch_sizes),
+            ("prompt_tokens", self.prompt_tokens),
+            ("new_tokens", self.new_tokens),
+            ("iterations", self.iterations),
+            ("warmup_iterations", self.warmup_iterations),
+        ):
+            if value:
+                raise InvalidArgument(name, "does not apply to QUALITY, which scores the text once per kernel")
+        decode_text(self.text)

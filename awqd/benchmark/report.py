@@ -10,7 +10,7 @@ from awqd.state import DeviceState, NodeState
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "correctness", "roofline", "kernel", "single_query" or "batch_sweep"
+    stage: str  # "correctness", "roofline", "kernel", "single_query", "batch_sweep" or "quality"
     completed: int
     total: int
     message: str
@@ -48,6 +48,19 @@ class BatchSweepPoint:
 
 
 @dataclass(frozen=True)
+class QualityResult:
+    kernel: str  # the candidate pinned for every quantized linear
+    family: str
+    perplexity: float  # 0 when not scored (`error` says why)
+    tokens_scored: int
+    delta_vs_reference_percent: float
+    within_bound: bool
+    bound_percent: float
+    seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Verdict:
     fastest: tuple[KernelLatency, ...]
     gemv_over_gemm_speedup: float  # 0 when GEMM or GEMV was not measured
@@ -67,3 +80,4 @@ class Report:
     shapes: tuple[str, ...]
     started_at: datetime
     batch_sweep: tuple[BatchSweepPoint, ...] = ()
+    quality: tuple[QualityResult, ...] = ()

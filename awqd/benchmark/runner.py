@@ -3,8 +3,9 @@
 Planning resolves the request (model, architecture, device, kernels) and raises before anything streams.
 The run holds its device's lock from the first streamed message to the last: a second benchmark on the same
 device is refused with UNAVAILABLE rather than queued, because two benchmarks timing one device at once would
-each measure the other. Generate calls are not locked out: KERNEL mode leaves hosted models alone, and
-SINGLE_QUERY's runs queue on the model's scheduler between live requests.
+each measure the other. Generate calls are not locked out: KERNEL mode leaves hosted models alone,
+SINGLE_QUERY's runs queue on the model's scheduler between live requests, and QUALITY reads only the model's
+weights, pinning its kernel outside the shared router (awqd.benchmark.quality).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from awqd.benchmark.batch_sweep import BatchSweepPlan, measure_batch_sweep
 from awqd.benchmark.budget import Budget
 from awqd.benchmark.kernel import KernelPlan, measure_kernels
 from awqd.benchmark.params import BenchmarkParams
+from awqd.benchmark.quality import QualityPlan, decode_text, measure_quality, tokenize, window_size
 from awqd.benchmark.report import Progress, Report
 from awqd.benchmark.single_query import KernelEntry, SingleQueryPlan, measure_single_query
-from awqd.benchmark.verdict import batch_sweep_verdict, kernel_verdict, single_query_verdict
+from awqd.benchmark.verdict import batch_sweep_verdict, kernel_verdict, quality_verdict, single_query_verdict
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
+from awqd.kernels import registry
+from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.measure import FP16_BASELINE, default_repetitions
 from awqd.kernels.selection import DEFAULT_BUCKETS, DeviceDecisions, device_label, resolve_forced_name
 from awqd.kernels.shapes import decoder_layer_shapes, engine_layer_shapes, shapes_from_config
@@ -67,7 +71,7 @@ class Planned:
     device: DeviceInfo
     shapes: tuple[str, ...]  # "q_proj 4096x4096": layer, out x in
     notes: tuple[str, ...]
-    plan: KernelPlan | SingleQueryPlan | BatchSweepPlan
+    plan: KernelPlan | SingleQueryPlan | BatchSweepPlan | QualityPlan
 
 
 _device_locks: dict[str, threading.Lock] = {}
@@ -97,7 +101,12 @@ def run_benchmark(
     `stop` is set when the caller goes away; `time_remaining` is the gRPC deadline (None: no deadline).
     """
     params.validate()
-    planners = {"kernel": plan_kernel, "single_query": plan_single_query, "batch_sweep": plan_batch_sweep}
+    planners = {
+        "kernel": plan_kernel,
+        "single_query": plan_single_query,
+        "batch_sweep": plan_batch_sweep,
+        "quality": plan_quality,
+    }
     planned = planners[params.mode](host, params)
     return stream(host, planned, Budget(stop, time_remaining))
 
@@ -122,6 +131,7 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
     started_at = datetime.now(UTC)
     roofline_gbps, roofline_source = 0.0, ""
     sweep_points: tuple = ()
+    quality: tuple = ()
     if isinstance(planned.plan, KernelPlan):
         kernels = yield from measure_kernels(planned.plan, budget)
         notes = [*planned.notes, *kernels.notes]
@@ -132,6 +142,10 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
         queries = yield from measure_single_query(planned.plan, budget)
         notes = [*planned.notes, *queries.notes]
         latencies, single_query = (), tuple(queries.rows)
+    elif isinstance(planned.plan, QualityPlan):
+        scores = yield from measure_quality(planned.plan, budget)
+        notes = [*planned.notes, *scores.notes]
+        latencies, single_query, quality = (), (), tuple(scores.rows)
     else:
         sweep = yield from measure_batch_sweep(planned.plan, budget)
         notes = [*planned.notes, *sweep.notes]
@@ -145,6 +159,8 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
         verdict = kernel_verdict(latencies, roofline_gbps, label, notes)
     elif planned.mode == "single_query":
         verdict = single_query_verdict(single_query, label, notes)
+    elif planned.mode == "quality":
+        verdict = quality_verdict(quality, label, notes)
     else:
         verdict = batch_sweep_verdict(sweep_points, label, notes)
     node = host.node_state()
@@ -160,6 +176,7 @@ def measure(host: BenchmarkHost, planned: Planned, budget: Budget) -> Generator[
         shapes=planned.shapes,
         started_at=started_at,
         batch_sweep=sweep_points,
+        quality=quality,
     )
 
 
@@ -263,6 +280,38 @@ def plan_batch_sweep(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
     notes = (f"Sequences ran the model's dispatch; decode steps pad the batch to the buckets {buckets}.",)
     shapes = shape_names(engine_layer_shapes(hosted.loaded.config.to_dict()))
     return Planned("batch_sweep", device, shapes, notes, plan)
+
+
+def plan_quality(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
+    """The text tokenized and capped, and the kernels to pin: the named ones, or every usable candidate whose
+    layout the model holds; the reference always runs first."""
+    hosted, device = hosted_where_it_runs(host, params, "QUALITY")
+    loaded = hosted.loaded
+    ids = tokenize(loaded.tokenizer, decode_text(params.text))
+    window = window_size(params.window_tokens, loaded.context_length)  # scoring uses no KV cache
+    names = params.kernels or tuple(device_decisions(host, device).usable_names())
+    candidates: dict[str, Candidate] = {ReferenceTorch.name: ReferenceTorch()}
+    unavailable = []
+    for name in dict.fromkeys(names):
+        if name == ReferenceTorch.name:
+            continue  # runs first in any case, from whatever layout the model holds
+        entry = kernel_entry(host, hosted, name, explicit=bool(params.kernels))
+        if entry.pinned is None:
+            family = name if registry.is_family(name) else registry.build(name).family
+            unavailable.append((name, family, entry.unavailable))
+        else:
+            candidates.setdefault(entry.pinned.name, entry.pinned)
+    plan = QualityPlan(
+        decoder=hosted.scheduler.runner.model,
+        candidates=tuple(candidates.values()),
+        token_ids=tuple(ids),
+        window=window,
+        unavailable=tuple(unavailable),
+    )
+    windows = -(-(len(ids) - 1) // window)
+    notes = (f"{len(ids)} tokens in {windows} windows of up to {window} tokens; each window's first is context.",)
+    shapes = shape_names(engine_layer_shapes(loaded.config.to_dict()))
+    return Planned("quality", device, shapes, notes, plan)
 
 
 def shape_names(layers: dict[str, tuple[int, int]]) -> tuple[str, ...]:

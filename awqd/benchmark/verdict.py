@@ -3,7 +3,8 @@
 from collections.abc import Sequence
 from itertools import groupby
 
-from awqd.benchmark.report import BatchSweepPoint, KernelLatency, SingleQueryResult, Verdict
+from awqd.benchmark.report import BatchSweepPoint, KernelLatency, QualityResult, SingleQueryResult, Verdict
+from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.measure import FP16_BASELINE
 
 
@@ -82,6 +83,32 @@ def batch_sweep_verdict(points: Sequence[BatchSweepPoint], device_label: str, no
 
 def tokens(count: int) -> str:
     return f"{count} token" if count == 1 else f"{count} tokens"
+
+
+def quality_verdict(rows: Sequence[QualityResult], device_label: str, notes: Sequence[str]) -> Verdict:
+    """The reference's perplexity, and which kernels stay within the bound of it."""
+    scored = [row for row in rows if not row.error]
+    reference = next((row for row in scored if row.kernel == ReferenceTorch.name), None)
+    if reference is None:
+        sentence = f"On {device_label}, the reference kernel did not run, so no kernel could be compared with it."
+        return Verdict((), 0.0, join([sentence], notes))
+    others = [row for row in scored if row is not reference]
+    outside = [f"{row.kernel} ({row.delta_vs_reference_percent:+.3f}%)" for row in others if not row.within_bound]
+    sentences = [
+        f"On {device_label}, reference perplexity {reference.perplexity:.4f} over {reference.tokens_scored} tokens."
+    ]
+    if outside:
+        bound = reference.bound_percent
+        sentences.append(
+            f"{len(outside)} of {len(others)} kernels differ from it by more than {bound}%: {', '.join(outside)}."
+        )
+    elif others:
+        worst = max(others, key=lambda row: abs(row.delta_vs_reference_percent))
+        sentences.append(
+            f"All {len(others)} kernels are within {reference.bound_percent}% of it (largest difference: "
+            f"{worst.kernel}, {worst.delta_vs_reference_percent:+.3f}%)."
+        )
+    return Verdict((), 0.0, join(sentences, notes))
 
 
 def join(sentences: Sequence[str], notes: Sequence[str]) -> str:

@@ -7,6 +7,9 @@ embedding, the RMS norms and lm_head dense. Two entry points share one layer bod
 - prefill: several prompts, each into its own sequence's blocks of the paged KV cache (awqd.engine.kv_cache), in
   one pass over their concatenated tokens (so each linear runs once on all of them), with causal attention within
   each prompt;
+- score: one sequence's logits at every position, teacher-forced, without the KV cache and with each quantized
+  linear run by a caller-given function instead of the shared router: a QUALITY benchmark pins a kernel this way
+  while the engine keeps serving (awqd.benchmark.quality);
 - decode: one token for each of B rows, row i reading and writing the blocks named in row i of the block tables,
   attending over its sequence's positions up to its own. decode only reads and writes static tensors, so it can
   be captured as a CUDA graph (awqd.engine.step).
@@ -15,6 +18,7 @@ The residual adds, norms, rotary, decode attention and gating are awqd.engine.la
 the GPU, torch on the CPU.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +30,17 @@ from awqd.engine.layers.activation import silu_and_mul
 from awqd.engine.layers.attention import AttentionShape, decode_attention, rotate_and_store
 from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
-from awqd.engine.layers.rotary import rotary_tables
+from awqd.engine.layers.rotary import apply_rotary, rotary_tables
 from awqd.errors import CheckpointError
 from awqd.models.loader import LoadedModel
+from awqd.quant.linear import AwqLinear
+
+# Runs one quantized linear on its input; the default is the layer itself, i.e. the model's router.
+Project = Callable[[AwqLinear, torch.Tensor], torch.Tensor]
+
+
+def through_router(linear: AwqLinear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x)
 
 
 @dataclass(frozen=True)
@@ -130,15 +142,27 @@ class DecoderModel:
 
         return self._logits(self._forward(token_ids, attention))
 
-    def _forward(self, token_ids: torch.Tensor, attention) -> torch.Tensor:
+    def score(self, token_ids: torch.Tensor, project: Project) -> torch.Tensor:
+        """Logits [T, vocab] at every position of one sequence token_ids [T] (T <= the context) at positions
+        0..T-1. Reads only the weights: no KV cache, no router, so it may run beside the serving engine."""
+        positions = torch.arange(token_ids.shape[0], device=self.device)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+        def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.attention_shape.split(qkv)
+            return self._causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+
+        return self._logits(self._forward(token_ids, attention, project))
+
+    def _forward(self, token_ids: torch.Tensor, attention, project: Project = through_router) -> torch.Tensor:
         """The decoder layers; returns the final-normed hidden states. Each sublayer's output is added to the
         residual stream inside the next norm's kernel."""
         eps = self.shape.rms_norm_eps
         x, pending = F.embedding(token_ids, self.embed), None
         for index, (input_norm, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(self.layers):
             x, h = add_rms_norm(x, pending, input_norm, eps)
-            x, h = add_rms_norm(x, o_proj(attention(index, qkv_proj(h))), post_norm, eps)
-            pending = down_proj(silu_and_mul(gate_up_proj(h)))
+            x, h = add_rms_norm(x, project(o_proj, attention(index, project(qkv_proj, h))), post_norm, eps)
+            pending = project(down_proj, silu_and_mul(project(gate_up_proj, h)))
         return add_rms_norm(x, pending, self.final_norm, eps)[1]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """A local byte-level BPE tokenizer, trained on the prose awqd ships, for models built without a model hub."""
 
 import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -21,9 +22,11 @@ def shipped_texts() -> list[str]:
     return [line.strip() for entry in files for line in entry.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int, extra_tokens_to: int | None = None) -> PreTrainedTokenizerFast:
-    """Train on the shipped text and save in transformers format (tokenizer.json, tokenizer_config.json,
-    special_tokens_map.json).
+def train_tokenizer(
+    out_dir: Path, vocab_size: int, extra_tokens_to: int | None = None, texts: Iterable[str] | None = None
+) -> PreTrainedTokenizerFast:
+    """Train on `texts` (default: the shipped text) and save in transformers format (tokenizer.json,
+    tokenizer_config.json, special_tokens_map.json).
 
     The shipped text is small, so BPE may stop below `vocab_size`. `extra_tokens_to` pads the vocabulary to
     exactly that many ids with "<extra_N>" entries, so that every id a model of that vocabulary can emit
@@ -41,7 +44,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int, extra_tokens_to: int | None 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(shipped_texts(), trainer)
+    tokenizer.train_from_iterator(shipped_texts() if texts is None else texts, trainer)
     trained_size = tokenizer.get_vocab_size()
     if extra_tokens_to is not None:
         if extra_tokens_to < trained_size:

@@ -252,6 +252,7 @@ BENCHMARK_MODES = {
     pb.BENCHMARK_MODE_KERNEL: "kernel",
     pb.BENCHMARK_MODE_SINGLE_QUERY: "single_query",
     pb.BENCHMARK_MODE_BATCH_SWEEP: "batch_sweep",
+    pb.BENCHMARK_MODE_QUALITY: "quality",
 }
 
 
@@ -267,6 +268,8 @@ def benchmark_params(request: pb.BenchmarkRequest) -> BenchmarkParams:
         new_tokens=request.new_tokens,
         iterations=request.iterations,
         warmup_iterations=request.warmup_iterations,
+        text=request.text,
+        window_tokens=request.window_tokens,
     )
 
 
@@ -292,6 +295,7 @@ def benchmark_report(report: benchmark.Report) -> pb.BenchmarkReport:
         ),
         shapes=list(report.shapes),
         started_at=timestamp(report.started_at),
+        quality=[pb.QualityResult(**dataclasses.asdict(row)) for row in report.quality],
     )
 
 

@@ -218,12 +218,14 @@ class BenchMode(str, Enum):
     kernel = "kernel"
     single_query = "single-query"
     batch_sweep = "batch-sweep"
+    quality = "quality"
 
 
 BENCH_MODES = {
     BenchMode.kernel: awqd_pb2.BENCHMARK_MODE_KERNEL,
     BenchMode.single_query: awqd_pb2.BENCHMARK_MODE_SINGLE_QUERY,
     BenchMode.batch_sweep: awqd_pb2.BENCHMARK_MODE_BATCH_SWEEP,
+    BenchMode.quality: awqd_pb2.BENCHMARK_MODE_QUALITY,
 }
 
 
@@ -234,7 +236,8 @@ def bench(
     model: Annotated[
         str,
         typer.Option(
-            help="Hosted model (single-query, batch-sweep: default the only READY one; or kernel mode on its shapes)."
+            help="Hosted model (single-query, batch-sweep, quality: default the only READY one; or kernel mode on "
+            "its shapes)."
         ),
     ] = "",
     arch: Annotated[str, typer.Option(help='Kernel mode on a named architecture\'s shapes, e.g. "llama-2-7b".')] = "",
@@ -250,6 +253,10 @@ def bench(
     kernels: Annotated[str, typer.Option(metavar="NAME,...", help="Candidates or families; default: all.")] = "",
     iterations: Annotated[int, typer.Option(min=0, help="Timed iterations or runs; 0: the daemon's default.")] = 0,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations or runs; 0: the daemon's default.")] = 0,
+    text_file: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Quality: the UTF-8 text to score (at most 1 MiB).")
+    ] = None,
+    window: Annotated[int, typer.Option(min=0, help="Quality: tokens per window; 0: the daemon's default.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the report, as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(metavar="FILE.png", help="Draw latency vs batch size (kernel).")] = None,
 ) -> None:
@@ -259,8 +266,10 @@ def bench(
             raise typer.BadParameter("draws kernel latencies: use it with --mode kernel", param_hint="--plot")
         _require_plotting()
     generates = mode in (BenchMode.single_query, BenchMode.batch_sweep)
+    if (mode is BenchMode.quality) != (text_file is not None):
+        raise typer.BadParameter("names the text of --mode quality, and only of it", param_hint="--text-file")
     client = _client(ctx)
-    if generates and not model:
+    if (generates or mode is BenchMode.quality) and not model:
         model = _only_ready_model(client)  # as `awqctl generate` does
     request = awqd_pb2.BenchmarkRequest(
         mode=BENCH_MODES[mode],
@@ -273,6 +282,8 @@ def bench(
         new_tokens=new_tokens if generates else 0,
         iterations=iterations,
         warmup_iterations=warmup,
+        text=text_file.read_bytes() if text_file else b"",
+        window_tokens=window,
     )
     report = _run_benchmark(client, request)
     if json_output:

@@ -273,7 +273,28 @@ def print_benchmark(console: Console, report: awqd_pb2.BenchmarkReport) -> None:
         console.print(single_query_table(report))
     if report.batch_sweep:
         console.print(batch_sweep_table(report))
+    if report.quality:
+        console.print(quality_table(report))
     console.print(Text(report.verdict.summary), soft_wrap=True)
+
+
+def quality_table(report: awqd_pb2.BenchmarkReport) -> Table:
+    table = Table("kernel", "family", "perplexity", "tokens", "vs reference", "within bound", "s", title="quality")
+    for row in report.quality:
+        if row.error:
+            _add_row(table, row.kernel, row.family, Text(f"not scored: {row.error}", style="yellow"), "", "", "", "")
+            continue
+        _add_row(
+            table,
+            row.kernel,
+            row.family,
+            f"{row.perplexity:.4f}",
+            str(row.tokens_scored),
+            f"{row.delta_vs_reference_percent:+.3f}%",
+            Text("yes", style="green") if row.within_bound else Text(f"no (> {row.bound_percent}%)", style="red"),
+            f"{row.seconds:.1f}",
+        )
+    return table
 
 
 def batch_sweep_table(report: awqd_pb2.BenchmarkReport) -> Table:

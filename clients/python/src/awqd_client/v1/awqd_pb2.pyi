@@ -63,6 +63,7 @@ class BenchmarkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BENCHMARK_MODE_KERNEL: _ClassVar[BenchmarkMode]
     BENCHMARK_MODE_SINGLE_QUERY: _ClassVar[BenchmarkMode]
     BENCHMARK_MODE_BATCH_SWEEP: _ClassVar[BenchmarkMode]
+    BENCHMARK_MODE_QUALITY: _ClassVar[BenchmarkMode]
 
 class DeviceHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -101,6 +102,7 @@ BENCHMARK_MODE_UNSPECIFIED: BenchmarkMode
 BENCHMARK_MODE_KERNEL: BenchmarkMode
 BENCHMARK_MODE_SINGLE_QUERY: BenchmarkMode
 BENCHMARK_MODE_BATCH_SWEEP: BenchmarkMode
+BENCHMARK_MODE_QUALITY: BenchmarkMode
 DEVICE_HEALTH_UNSPECIFIED: DeviceHealth
 DEVICE_HEALTH_OK: DeviceHealth
 DEVICE_HEALTH_DEGRADED: DeviceHealth
@@ -440,7 +442,7 @@ class KernelUse(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., batch_tokens: _Optional[int] = ..., kernel: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
-    __slots__ = ("mode", "model", "architecture", "device_index", "kernels", "batch_sizes", "prompt_tokens", "new_tokens", "iterations", "warmup_iterations")
+    __slots__ = ("mode", "model", "architecture", "device_index", "kernels", "batch_sizes", "prompt_tokens", "new_tokens", "iterations", "warmup_iterations", "text", "window_tokens")
     MODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +453,8 @@ class BenchmarkRequest(_message.Message):
     NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     mode: BenchmarkMode
     model: str
     architecture: str
@@ -461,7 +465,9 @@ class BenchmarkRequest(_message.Message):
     new_tokens: int
     iterations: int
     warmup_iterations: int
-    def __init__(self, mode: _Optional[_Union[BenchmarkMode, str]] = ..., model: _Optional[str] = ..., architecture: _Optional[str] = ..., device_index: _Optional[int] = ..., kernels: _Optional[_Iterable[str]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., iterations: _Optional[int] = ..., warmup_iterations: _Optional[int] = ...) -> None: ...
+    text: bytes
+    window_tokens: int
+    def __init__(self, mode: _Optional[_Union[BenchmarkMode, str]] = ..., model: _Optional[str] = ..., architecture: _Optional[str] = ..., device_index: _Optional[int] = ..., kernels: _Optional[_Iterable[str]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., iterations: _Optional[int] = ..., warmup_iterations: _Optional[int] = ..., text: _Optional[bytes] = ..., window_tokens: _Optional[int] = ...) -> None: ...
 
 class BenchmarkResponse(_message.Message):
     __slots__ = ("progress", "report")
@@ -484,7 +490,7 @@ class BenchmarkProgress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class BenchmarkReport(_message.Message):
-    __slots__ = ("mode", "device", "node", "kernel_latencies", "single_query", "batch_sweep", "roofline_bandwidth_gbps", "roofline_source", "verdict", "shapes", "started_at")
+    __slots__ = ("mode", "device", "node", "kernel_latencies", "single_query", "batch_sweep", "roofline_bandwidth_gbps", "roofline_source", "verdict", "shapes", "started_at", "quality")
     MODE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -496,6 +502,7 @@ class BenchmarkReport(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     mode: BenchmarkMode
     device: Device
     node: Node
@@ -507,7 +514,30 @@ class BenchmarkReport(_message.Message):
     verdict: BenchmarkVerdict
     shapes: _containers.RepeatedScalarFieldContainer[str]
     started_at: _timestamp_pb2.Timestamp
-    def __init__(self, mode: _Optional[_Union[BenchmarkMode, str]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., kernel_latencies: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., single_query: _Optional[_Iterable[_Union[SingleQueryResult, _Mapping]]] = ..., batch_sweep: _Optional[_Iterable[_Union[BatchSweepPoint, _Mapping]]] = ..., roofline_bandwidth_gbps: _Optional[float] = ..., roofline_source: _Optional[str] = ..., verdict: _Optional[_Union[BenchmarkVerdict, _Mapping]] = ..., shapes: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[QualityResult]
+    def __init__(self, mode: _Optional[_Union[BenchmarkMode, str]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., kernel_latencies: _Optional[_Iterable[_Union[KernelLatency, _Mapping]]] = ..., single_query: _Optional[_Iterable[_Union[SingleQueryResult, _Mapping]]] = ..., batch_sweep: _Optional[_Iterable[_Union[BatchSweepPoint, _Mapping]]] = ..., roofline_bandwidth_gbps: _Optional[float] = ..., roofline_source: _Optional[str] = ..., verdict: _Optional[_Union[BenchmarkVerdict, _Mapping]] = ..., shapes: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quality: _Optional[_Iterable[_Union[QualityResult, _Mapping]]] = ...) -> None: ...
+
+class QualityResult(_message.Message):
+    __slots__ = ("kernel", "family", "perplexity", "tokens_scored", "delta_vs_reference_percent", "within_bound", "bound_percent", "seconds", "error")
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SCORED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_VS_REFERENCE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BOUND_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    kernel: str
+    family: str
+    perplexity: float
+    tokens_scored: int
+    delta_vs_reference_percent: float
+    within_bound: bool
+    bound_percent: float
+    seconds: float
+    error: str
+    def __init__(self, kernel: _Optional[str] = ..., family: _Optional[str] = ..., perplexity: _Optional[float] = ..., tokens_scored: _Optional[int] = ..., delta_vs_reference_percent: _Optional[float] = ..., within_bound: _Optional[bool] = ..., bound_percent: _Optional[float] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class KernelLatency(_message.Message):
     __slots__ = ("kernel", "batch_tokens", "median_ms", "p10_ms", "p90_ms", "effective_bandwidth_gbps", "speedup_vs_fp16", "cuda_graph")

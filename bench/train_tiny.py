@@ -464,25 +464,27 @@ def main() -> None:
         step("compressed-tensors written")
     fp16_ppl = fp16_perplexity(fp16_dir, ids, settings.window, device)
     step(f"fp16 perplexity {fp16_ppl:.4f}")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     evaluations = {}
     for name, path in versions.items():
         evaluations[name] = evaluate(path, text.encode(), args.device, window=settings.window)
         step(f"{name} scored")
-    result = {
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "settings": asdict(settings),
-        "parameters": training["parameters"],
-        "training": training,
-        "heldout": {"files": heldout_files, "tokens": len(ids), "bytes": len(text.encode())},
-        "window": settings.window,
-        "fp16_perplexity": fp16_ppl,
-        "evaluations": {name: asdict(e) for name, e in evaluations.items()},
-        "seconds": time.perf_counter() - started,
-    }
-    result["checks"] = checks(fp16_ppl, evaluations)
-    (args.out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "quality.md").write_text(markdown(result, evaluations))
+        # Written after each version, so a run cut short keeps what it scored.
+        result = {
+            "device_name": device_name,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "settings": asdict(settings),
+            "parameters": training["parameters"],
+            "training": training,
+            "heldout": {"files": heldout_files, "tokens": len(ids), "bytes": len(text.encode())},
+            "window": settings.window,
+            "fp16_perplexity": fp16_ppl,
+            "evaluations": {name: asdict(e) for name, e in evaluations.items()},
+            "seconds": time.perf_counter() - started,
+            "checks": checks(fp16_ppl, evaluations),
+        }
+        (args.out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "quality.md").write_text(markdown(result, evaluations))
     step(f"wrote {args.out / 'quality.md'}; checkpoints in {work}")
     print((args.out / "quality.md").read_text())
 

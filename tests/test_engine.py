@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from awqd.config import EngineSettings
+from awqd.config import EngineSettings, ServeConfig
 from awqd.engine.build import build_engine
 from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, allocate, plan_kv_cache
 from awqd.engine.model import DecoderModel, ModelShape
@@ -391,6 +391,21 @@ def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_mod
         assert scheduler.queue_depth == 0
     finally:
         scheduler.close()
+
+
+def test_preemption_flags_are_checked_before_serving():
+    from typer.testing import CliRunner
+
+    from awqd.cli import app
+
+    with pytest.raises(InvalidArgument) as policy:
+        ServeConfig(engine=EngineSettings(preemption="evict"))
+    assert policy.value.field == "--preemption" and "swap or recompute" in policy.value.reason
+    with pytest.raises(InvalidArgument) as space:
+        ServeConfig(engine=EngineSettings(swap_space_gib=-1))
+    assert space.value.field == "--swap-space-gib"
+    refused = CliRunner().invoke(app, ["serve", "--preemption", "evict", "--metrics-listen", "off"])
+    assert refused.exit_code == 2 and "--preemption: must be swap or recompute" in refused.output
 
 
 def test_full_queue_is_refused_with_a_retry_hint_and_waiting_too_long_expires(demo_model_dir):

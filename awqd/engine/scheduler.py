@@ -50,6 +50,7 @@ import structlog
 import torch
 
 from awqd import metrics
+from awqd.config import PREEMPTION_POLICIES
 from awqd.engine.kv_cache import BlockTables, SwapSpace, blocks_for
 from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, Job, Sequence, summary
@@ -97,7 +98,7 @@ class Scheduler:
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name)
         self._preemptions_counted = {
-            mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, mode) for mode in ("swap", "recompute")
+            mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, mode) for mode in PREEMPTION_POLICIES
         }
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
         self._thread.start()

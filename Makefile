@@ -72,7 +72,7 @@ warmup-check:
 
 # On a GPU machine: the paged KV cache in one process: 64/128/256 concurrent streams (P=128, N=128, greedy), CUDA
 # graph vs eager tokens at batch 1/16/32 (also eager vs eager, and with one deterministic kernel pinned), preemption
-# on a cut cache; paged-check.{json,md} land in $(PAGED_OUT).
+# by swap and by recompute on a cut cache against the unpreempted tokens; paged-check.{json,md} land in $(PAGED_OUT).
 PAGED_OUT ?= bench/out/paged
 paged-check:
 	python3 bench/paged_check.py --out $(PAGED_OUT)

@@ -140,6 +140,22 @@ def serve(
             "shortens the pause a prefill puts on running streams, higher admits a burst of requests sooner",
         ),
     ] = 8192,
+    preemption: Annotated[
+        str,
+        typer.Option(
+            envvar="AWQD_PREEMPTION",
+            help="when the KV cache runs out of blocks, the newest running request is preempted: swap its blocks to "
+            "host memory (it resumes decoding with the same bits) or recompute them by prefilling it again; swap "
+            "falls back to recompute when --swap-space-gib is full",
+        ),
+    ] = "swap",
+    swap_space_gib: Annotated[
+        float,
+        typer.Option(
+            envvar="AWQD_SWAP_SPACE_GIB",
+            help="host memory per model for swapped-out KV blocks (pinned on GPUs), capped at the KV cache's size",
+        ),
+    ] = 4.0,
     cuda_graphs: Annotated[
         bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
     ] = True,
@@ -193,6 +209,8 @@ def serve(
                 max_queued_requests=max_queued_requests,
                 queue_timeout_s=queue_timeout,
                 prefill_tokens_per_step=prefill_tokens_per_step,
+                preemption=preemption,
+                swap_space_gib=swap_space_gib,
                 cuda_graphs=cuda_graphs,
                 batch_invariant=batch_invariant,
             ),

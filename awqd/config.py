@@ -7,6 +7,7 @@ from pathlib import Path
 from awqd.errors import InvalidArgument
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PREEMPTION_POLICIES = ("swap", "recompute")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class EngineSettings:
     # (attention runs per prompt; the linears' activations grow with the total), and 256 prompts of 128 tokens are
     # admitted in 4 boundaries, not 16. Lower it to shorten the stall a prefill puts on the running decodes.
     prefill_tokens_per_step: int = 8192
+    # When the KV cache runs out of blocks, the newest running sequence is preempted. "swap": its blocks wait in host
+    # memory and come back bit for bit, so it decodes on with no prefill; "recompute": it is prefilled again over its
+    # prompt and generated tokens. Swap falls back to recompute when the swap space is full.
+    preemption: str = "swap"
+    swap_space_gib: float = 4.0  # host memory per model for swapped-out blocks (pinned on GPUs), capped at the cache
     cuda_graphs: bool = True
     batch_invariant: bool = False  # one fixed-tile GEMM and lm_head at every batch size (awqd.engine.layers)
 
@@ -102,6 +108,10 @@ class ServeConfig:
                 raise InvalidArgument(flag, f"must be at least 1, got {value}")
         if engine.queue_timeout_s <= 0:
             raise InvalidArgument("--queue-timeout", f"must be above 0 seconds, got {engine.queue_timeout_s}")
+        if engine.preemption not in PREEMPTION_POLICIES:
+            raise InvalidArgument("--preemption", f"must be swap or recompute, got {engine.preemption!r}")
+        if engine.swap_space_gib < 0:
+            raise InvalidArgument("--swap-space-gib", f"must be at least 0, got {engine.swap_space_gib}")
 
     @property
     def resolved_model_root(self) -> Path:

@@ -10,8 +10,9 @@ STREAMS_IN_FLIGHT = Gauge("awqd_streams_in_flight", "Generate and Benchmark stre
 GENERATED_TOKENS = Counter("awqd_generated_tokens", "Tokens streamed to callers", ["model"])
 KV_CACHE_PREEMPTIONS = Counter(
     "awqd_kv_cache_preemptions",
-    "Running sequences that gave their KV-cache blocks back, to be prefilled again when blocks free up",
-    ["model"],
+    "Running sequences that gave their KV-cache blocks back when blocks ran out, by how they resume: mode swap (their "
+    "blocks wait in host memory and are copied back) or recompute (they are prefilled again)",
+    ["model", "mode"],
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "awqd_time_to_first_token_seconds",

@@ -14,8 +14,16 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
    every bucket (the batch-invariant awqd GEMM: fixed tile, no atomics; a mismatch there is a graph or paging
    bug). The kernels each comparison's steps used are listed. Jobs are queued together before the scheduler
    admits any, so both engines group the prefills and decode batches the same way;
-4. preemption: 32 streams on a KV cache cut to half what they need (so the newest are preempted and recomputed),
-   token for token against the same 32 streams on the full cache, and how many preemptions it took.
+4. preemption: 32 streams on a KV cache cut to half what they need, so the newest are preempted, once with
+   --preemption swap (their blocks wait in host memory and come back bit for bit; no prefill) and once with
+   --preemption recompute (prefilled again over prompt and generated tokens), each token for token against the same
+   32 streams on a full cache (run twice: a reference that differs from itself would make the check meaningless),
+   with the preemptions by mode and the prefills each run took. Every prompt is prefilled alone, one per step
+   boundary (--prefill-tokens-per-step = the prompt length), so prefill row counts are the same in every run and only
+   preemption (and the decode batch sizes it changes) separates them. It runs twice: with the selected kernels, and
+   with the fixed deterministic kernel pinned and --batch-invariant (lm_head too), where the decode batch size
+   cannot change a row's bits: a swap divergence there is a swap bug, one only with the selected kernels is the
+   per-bucket kernels'.
 
 Every step has a time limit (bench/engine_check.py's watchdog): a step that overruns or fails is recorded, and
 paged-check.json and paged-check.md are written to --out whatever happens. One engine lives at a time: each
@@ -23,6 +31,7 @@ phase's engine is closed and unreferenced, and its memory given back, before the
 
 A dry run on the CPU: `python3 bench/paged_check.py --out /tmp/pc --device cpu --arch tiny --streams 4,8
 --tokens 40 --equality-batches 1,4` (a small model, small levels: it checks the script, not the speed).
+`--phases preemption` runs only phase 4 (after the model and kernel selection).
 """
 
 import argparse
@@ -191,9 +200,8 @@ class Equality:
     graph_fixed: dict[int, list[list[int]]] = dataclasses.field(default_factory=dict)
 
 
-def graph_phase(results, loaded, router, settings, levels, args, equality: Equality, preemption_ids) -> list:
-    """The CUDA-graph engine: concurrency levels, the graph side of the comparisons, the unpreempted reference."""
-    unpreempted = []
+def graph_phase(results, loaded, router, settings, levels, args, equality: Equality) -> None:
+    """The CUDA-graph engine: concurrency levels and the graph side of the comparisons."""
     # The outer step records an engine that cannot be built; the inner steps time and record each measurement.
     with step(results, "graph_engine", 2400), running(loaded, router, settings) as scheduler:
         results.data["kv_cache"] = kv_cache_summary(scheduler)
@@ -216,10 +224,6 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
             runner = scheduler.runner
             results.data["captured_graphs"] = sorted(f"{pin or 'auto'}@{bucket}" for pin, bucket in runner.graphs)
             results.data["graph_capture_failures"] = len(runner.eager_keys)
-        with step(results, "unpreempted_reference", 300):
-            unpreempted = token_lists(run_jobs(scheduler, preemption_ids, greedy(args.tokens)))
-            results.data["unpreempted_preemptions"] = scheduler.preemptions
-    return unpreempted
 
 
 def eager_phase(results, loaded, router, settings, equality: Equality) -> None:
@@ -242,19 +246,52 @@ def eager_phase(results, loaded, router, settings, equality: Equality) -> None:
                 checks[batch]["graph_vs_eager_fixed_kernel"] = compare(equality.graph_fixed[batch], token_lists(fixed))
 
 
-def preemption_phase(results, loaded, router, settings, args, bytes_per_token, preemption_ids, unpreempted) -> None:
+def preemption_run(loaded, router, settings: EngineSettings, ids, tokens: int, pinned, runs: int = 1) -> dict:
+    """One engine, the streams submitted together `runs` times: each run's tokens, and the preemptions by mode and
+    the prefills they all took. Returns with the engine closed and unreferenced."""
+    with running(loaded, router, settings) as scheduler:
+        outcomes = [together(scheduler, ids, tokens, pinned) for _ in range(runs)]
+        finished = [f for outcome in outcomes for _, f in outcome]
+        return {
+            "tokens": [token_lists(outcome) for outcome in outcomes],
+            "kv_cache": kv_cache_summary(scheduler),
+            "swap_space_blocks": scheduler.swap.tables.blocks,
+            "swap_space_bytes": scheduler.swap.bytes,
+            "preemptions": {mode: scheduler.preempted_by[mode] for mode in ("swap", "recompute")},
+            "prefills": sum(use.steps for f in finished for use in f.kernels if use.phase == "prefill"),
+            "all_complete": all(f.completion_tokens == tokens for f in finished),
+        }
+
+
+def preemption_phase(results, loaded, router, settings, args, bytes_per_token, ids, fixed) -> None:
+    """Per kernel setup: the unpreempted reference on a full cache, then swap and recompute on a cache cut to half.
+    One engine at a time, each freed inside its step; the cut cache is sized from the memory free once the reference
+    engine is gone."""
     device = loaded.device
-    with step(results, "preemption", 600):
-        needed = PREEMPTION_STREAMS * blocks_for(args.prompt_tokens + args.tokens) * BLOCK_TOKENS
-        with running(loaded, router, cut_settings(settings, device, needed // 2, bytes_per_token)) as small:
-            preempted = run_jobs(small, preemption_ids, greedy(args.tokens))
-            results.data["preemption"] = {
-                "kv_cache": kv_cache_summary(small),
-                "tokens_needed": needed,
-                "preemptions": small.preemptions,
-                "all_complete": all(f.completion_tokens == args.tokens for _, f in preempted),
-                "vs_unpreempted": compare(unpreempted, token_lists(preempted)),
-            }
+    one_by_one = dataclasses.replace(settings, prefill_tokens_per_step=args.prompt_tokens)
+    needed = PREEMPTION_STREAMS * blocks_for(args.prompt_tokens + args.tokens) * BLOCK_TOKENS
+    data = results.data["preemption"] = {"streams": PREEMPTION_STREAMS, "tokens_needed": needed, "setups": {}}
+    setups = {"selected_kernels": ("the selected kernels", one_by_one, None)}
+    if fixed is not None:
+        invariant = dataclasses.replace(one_by_one, batch_invariant=True)
+        setups["fixed_kernel"] = (f"{fixed.name} pinned, --batch-invariant", invariant, fixed)
+    for key, (kernels, base, pinned) in setups.items():
+        entry = data["setups"][key] = {"kernels": kernels}
+        with step(results, f"preemption_reference_{key}", 600):
+            reference = preemption_run(loaded, router, base, ids, args.tokens, pinned, runs=2)
+            expected = reference.pop("tokens")
+            reference["vs_itself"] = compare(expected[0], expected[1])
+            entry["reference"] = reference
+            free_engines(device)
+        if "reference" not in entry:
+            continue
+        for mode in ("swap", "recompute"):
+            with step(results, f"preemption_{mode}_{key}", 600):
+                cut = cut_settings(dataclasses.replace(base, preemption=mode), device, needed // 2, bytes_per_token)
+                run = preemption_run(loaded, router, cut, ids, args.tokens, pinned)
+                run["vs_unpreempted"] = compare(expected[0], run.pop("tokens")[0])
+                entry[mode] = run
+                free_engines(device)
 
 
 def main() -> int:
@@ -270,6 +307,9 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=engine_check.PROMPT_TOKENS)
     parser.add_argument("--prefill-tokens-per-step", type=int, default=EngineSettings.prefill_tokens_per_step)
     parser.add_argument("--tokens", type=int, default=engine_check.NEW_TOKENS, help="new tokens per stream")
+    parser.add_argument(
+        "--phases", default="graph,eager,preemption", help="the phases to run: graph (1-3), eager (3), preemption (4)"
+    )
     args = parser.parse_args()
     levels = [int(n) for n in args.streams.split(",")]
     batches = [int(n) for n in args.equality_batches.split(",")]
@@ -318,15 +358,17 @@ def main() -> int:
     bytes_per_token = ModelShape.from_config(loaded.config).kv_bytes_per_token(loaded.model.dtype)
 
     # One engine at a time: each phase's engine is closed and unreferenced when its function returns.
-    unpreempted = graph_phase(results, loaded, router, settings, levels, args, equality, preemption_ids)
+    phases = set(args.phases.split(","))
+    if "graph" in phases:
+        graph_phase(results, loaded, router, settings, levels, args, equality)
     with step(results, "free_graph_engine", 120):
         free_engines(device)
-    if equality.graph:
+    if "eager" in phases and equality.graph:
         eager_phase(results, loaded, router, settings, equality)
     with step(results, "free_eager_engine", 120):
         free_engines(device)
-    if unpreempted:
-        preemption_phase(results, loaded, router, settings, args, bytes_per_token, preemption_ids, unpreempted)
+    if "preemption" in phases:
+        preemption_phase(results, loaded, router, settings, args, bytes_per_token, preemption_ids, fixed)
 
     results.write()
     return 0 if not results.data["errors"] else 1
@@ -368,19 +410,37 @@ def markdown(data: dict) -> str:
                 f"- {name.replace('_', ' ')}, batch {batch}: {check['identical']} of {check['sequences']} identical "
                 f"({check['distinct_tokens']} distinct token ids); first divergences: {check['first_divergence']}"
             )
-    if "preemption" in data:
-        pre = data["preemption"]
-        check = pre["vs_unpreempted"]
+    pre = data.get("preemption", {})
+    for entry in pre.get("setups", {}).values():
+        if "reference" not in entry:
+            continue
+        reference = entry["reference"]
         lines.append(
-            f"- Preemption: {PREEMPTION_STREAMS} streams on a cache of {pre['kv_cache']['capacity_tokens']} tokens "
-            f"(they need {pre['tokens_needed']}): {pre['preemptions']} preemptions, all complete: "
-            f"{pre['all_complete']}; {check['identical']} of {check['sequences']} identical to the unpreempted run "
-            f"(first divergences: {check['first_divergence']})"
+            f"- Preemption with {entry['kernels']}: {pre['streams']} streams needing {pre['tokens_needed']} KV-cache "
+            f"tokens, each prompt prefilled alone. Unpreempted reference on "
+            f"{reference['kv_cache']['capacity_tokens']} tokens: {reference['preemptions']} preemptions, "
+            f"{_identical(reference['vs_itself'])} against a second run of itself"
         )
+        for mode in ("swap", "recompute"):
+            if mode in entry:
+                run = entry[mode]
+                lines.append(
+                    f"  - `--preemption {mode}` on {run['kv_cache']['capacity_tokens']} tokens (swap space "
+                    f"{run['swap_space_blocks']} blocks, {run['swap_space_bytes'] / 2**30:.2f} GiB): preemptions "
+                    f"{run['preemptions']}, {run['prefills']} prefills, all complete: {run['all_complete']}; "
+                    f"{_identical(run['vs_unpreempted'])} to the unpreempted run"
+                )
     lines.append(f"- Step seconds: {data.get('steps', {})}")
     for error in data.get("errors", []):
         lines.append(f"- **Error:** {error}")
     return "\n".join(lines) + "\n"
+
+
+def _identical(check: dict) -> str:
+    return (
+        f"{check['identical']} of {check['sequences']} identical ({check['distinct_tokens']} distinct token ids; "
+        f"first divergences: {check['first_divergence']})"
+    )
 
 
 if __name__ == "__main__":

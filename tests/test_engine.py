@@ -15,10 +15,10 @@ import time
 import pytest
 import torch
 
-from awqd.config import EngineSettings
+from awqd.config import EngineSettings, ServeConfig
 from awqd.engine.build import build_engine
 from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, allocate, plan_kv_cache
-from awqd.engine.model import DecoderModel
+from awqd.engine.model import DecoderModel, ModelShape
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
 from awqd.errors import InvalidArgument, ResourceExhausted
@@ -315,15 +315,34 @@ def test_request_that_cannot_fit_the_kv_cache_is_refused(demo_model_dir):
         scheduler.close()
 
 
-def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(demo_model_dir):
-    """Eight blocks of KV cache for four sequences that need four each: decode runs out of blocks, the newest are
-    preempted and recomputed, and every stream still gets its own tokens (greedy, and seeded sampling)."""
+def preemption_engine(demo_model_dir, preemption: str, swap_blocks: int | None = None):
+    """Eight blocks of KV cache; with `swap_blocks`, a swap space of exactly that many blocks (else the default,
+    capped at the cache's eight)."""
     router = reference_router()
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    settings = EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS, max_batch_size=8)
+    settings = EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS, max_batch_size=8, preemption=preemption)
+    if swap_blocks is not None:
+        block_bytes = BLOCK_TOKENS * ModelShape.from_config(loaded.config).kv_bytes_per_token(loaded.model.dtype)
+        settings = dataclasses.replace(settings, swap_space_gib=swap_blocks * block_bytes / 2**30)
     scheduler = build_engine("demo", loaded, router, settings)
+    assert scheduler.runner.cache.plan.blocks == 8
+    expected_swap_blocks = 0 if preemption == "recompute" else 8 if swap_blocks is None else swap_blocks
+    assert scheduler.swap.tables.blocks == expected_swap_blocks
+    return scheduler
+
+
+@pytest.mark.parametrize(
+    ("preemption", "swap_blocks"),
+    [("swap", None), ("recompute", None), ("swap", 2)],
+    ids=["swap", "recompute", "swap-space-full-falls-back-to-recompute"],
+)
+def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(demo_model_dir, preemption, swap_blocks):
+    """Eight blocks of KV cache for four sequences that need four each: decode runs out of blocks, the newest are
+    preempted, and every stream still gets its own tokens (greedy, and seeded sampling). Swapped-out ones resume
+    decoding with no prefill; recomputed ones are prefilled again. With two host blocks, the first preempted (two
+    blocks written) fills the swap space, and the second falls back to recompute."""
+    scheduler = preemption_engine(demo_model_dir, preemption, swap_blocks)
     try:
-        assert scheduler.runner.cache.plan.blocks == 8
         prompts = [[token + index for token in range(20, 40)] for index in range(4)]
         requests = [params(40), params(40), params(40, temperature=0.9, top_k=40, seed=77), params(40)]
         alone = [run_alone(scheduler, p, r)[0] for p, r in zip(prompts, requests, strict=True)]
@@ -331,20 +350,30 @@ def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(d
         jobs = [Job(request, prompt, pinned=None) for prompt, request in zip(prompts, requests, strict=True)]
         submit_together(scheduler, jobs)
         together = [tokens_of(job) for job in jobs]
-        assert scheduler.preemptions > 0, "the cache was meant to run out of blocks"
+        swapped, recomputed = scheduler.preempted_by["swap"], scheduler.preempted_by["recompute"]
+        assert scheduler.preemptions == swapped + recomputed > 0, "the cache was meant to run out of blocks"
+        if preemption == "recompute":
+            assert swapped == 0
+        elif swap_blocks is None:
+            assert recomputed == 0
+        else:
+            assert swapped > 0 and recomputed > 0
         assert [tokens for tokens, _ in together] == alone
         assert all(finished.completion_tokens == len(tokens) for tokens, finished in together)
         prefills = sum(use.steps for _, finished in together for use in finished.kernels if use.phase == "prefill")
-        assert prefills == len(jobs) + scheduler.preemptions, "each preemption is one more prefill"
-        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
+        assert prefills == len(jobs) + recomputed, "a recompute is one more prefill; a swap-in is none"
+        assert scheduler.blocks.used_blocks == 0 and scheduler.swap.tables.used_blocks == 0
+        assert scheduler.queue_depth == 0
     finally:
         scheduler.close()
 
 
-def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_model_dir):
-    router = reference_router()
-    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=8 * BLOCK_TOKENS))
+@pytest.mark.parametrize("preemption", ["swap", "recompute"])
+def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_model_dir, preemption):
+    """Four sequences of 120 tokens on a cache that holds one: the newest is preempted first, and waits (swapped out,
+    in swap mode) until the oldest is done. Cancelled meanwhile, it ends at once, and its device and host blocks are
+    free."""
+    scheduler = preemption_engine(demo_model_dir, preemption)
     try:
         jobs = [Job(params(100), [token + index for token in range(20, 40)], pinned=None) for index in range(4)]
         submit_together(scheduler, jobs)
@@ -352,14 +381,25 @@ def test_a_preempted_sequence_can_be_cancelled_and_its_blocks_come_back(demo_mod
         while scheduler.preemptions == 0:
             assert time.monotonic() < deadline, "the cache was meant to run out of blocks"
             time.sleep(0.005)
+        assert (scheduler.swap.tables.used_blocks > 0) == (preemption == "swap")
         newest = jobs[-1]  # the first one preempted
         newest.cancelled.set()
         tokens, finished = tokens_of(newest)
         assert finished.finish_reason == "cancelled" and finished.completion_tokens == len(tokens) < 100
         assert all(tokens_of(job)[1].finish_reason == "length" for job in jobs[:-1])
-        assert scheduler.blocks.used_blocks == 0 and scheduler.queue_depth == 0
+        assert scheduler.blocks.used_blocks == 0 and scheduler.swap.tables.used_blocks == 0
+        assert scheduler.queue_depth == 0
     finally:
         scheduler.close()
+
+
+def test_preemption_settings_are_checked():
+    with pytest.raises(InvalidArgument) as policy:
+        ServeConfig(engine=EngineSettings(preemption="evict"))
+    assert policy.value.field == "--preemption" and "swap or recompute" in policy.value.reason
+    with pytest.raises(InvalidArgument) as space:
+        ServeConfig(engine=EngineSettings(swap_space_gib=-1))
+    assert space.value.field == "--swap-space-gib"
 
 
 def test_full_queue_is_refused_with_a_retry_hint_and_waiting_too_long_expires(demo_model_dir):

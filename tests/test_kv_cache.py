@@ -1,21 +1,53 @@
-"""The paged KV cache's block tables (awqd.engine.kv_cache.BlockTables): properties under random sequences of joins,
-growth, leaves and preemptions, as the scheduler drives them. The scheduler's own use of them (preemption on the
-real model) is in test_engine.py."""
+"""The paged KV cache's block tables (awqd.engine.kv_cache.BlockTables) and swap space (SwapSpace): properties under
+random sequences of joins, growth, leaves, preemptions, swap-outs and swap-ins, as the scheduler drives them. The
+scheduler's own use of them (preemption on the real model) is in test_engine.py."""
 
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, BlockTables, blocks_for, plan_kv_cache
+from awqd.engine.kv_cache import (
+    BLOCK_TOKENS,
+    PADDING_BLOCK,
+    BlockTables,
+    KvCache,
+    KvCachePlan,
+    SwapSpace,
+    allocate,
+    blocks_for,
+    plan_kv_cache,
+    plan_swap_blocks,
+)
 
 OWNERS = 6
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["join", "grow", "leave", "preempt"]),
+        st.sampled_from(["join", "grow", "leave", "preempt", "swap_out", "swap_in"]),
         st.integers(0, OWNERS - 1),
         st.integers(1, 6 * BLOCK_TOKENS),
     ),
     max_size=80,
 )
+
+
+def small_cache(blocks: int) -> KvCache:
+    plan = KvCachePlan(blocks, blocks * BLOCK_TOKENS, 0, "a test")
+    return allocate(plan, num_layers=2, num_kv_heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
+
+
+def stamp(cache: KvCache, tables: BlockTables, owner: int) -> None:
+    """Writes into each of the owner's blocks, in every layer, k and v values that say whose block it is and where."""
+    for index, block in enumerate(tables.table(owner)):
+        for layer in range(len(cache.k)):
+            cache.k[layer][block] = owner * 1000 + index * 10 + layer
+            cache.v[layer][block] = -(owner * 1000 + index * 10 + layer)
+
+
+def assert_stamped(cache: KvCache, tables: BlockTables, owner: int) -> None:
+    for index, block in enumerate(tables.table(owner)):
+        for layer in range(len(cache.k)):
+            assert torch.all(cache.k[layer][block] == owner * 1000 + index * 10 + layer), "k came back changed"
+            assert torch.all(cache.v[layer][block] == -(owner * 1000 + index * 10 + layer)), "v came back changed"
 
 
 def assert_consistent(tables: BlockTables, lengths: dict[int, int]) -> None:
@@ -29,17 +61,33 @@ def assert_consistent(tables: BlockTables, lengths: dict[int, int]) -> None:
     assert tables.used_blocks == len(owned) and tables.free_blocks == tables.blocks - len(owned)
 
 
+def assert_swap_consistent(swap: SwapSpace, tables: BlockTables, lengths: dict[int, int], swapped: dict[int, int]):
+    """A swapped-out owner holds the host blocks its written tokens need and no device block; a running one holds no
+    host block; no host block is held twice."""
+    held = [block for owner in range(OWNERS) for block in swap.tables.table(owner)]
+    assert len(held) == len(set(held)), "a host block is held twice"
+    assert all(1 <= block <= swap.tables.blocks for block in held)
+    for owner in range(OWNERS):
+        assert len(swap.tables.table(owner)) == (blocks_for(swapped[owner]) if owner in swapped else 0)
+        assert not (owner in swapped and tables.table(owner)), "a swapped-out owner holds device blocks"
+    assert swap.tables.used_blocks == len(held)
+
+
 @settings(max_examples=300, deadline=None)
-@given(blocks=st.integers(1, 24), ops=operations)
-def test_no_block_is_leaked_or_double_owned(blocks, ops):
+@given(blocks=st.integers(1, 24), host_blocks=st.integers(0, 24), ops=operations)
+def test_no_block_is_leaked_or_double_owned(blocks, host_blocks, ops):
     tables = BlockTables(blocks)
+    cache = small_cache(blocks)
+    swap = SwapSpace(cache, host_blocks)
     lengths: dict[int, int] = {}  # tokens each running owner's table covers
+    swapped: dict[int, int] = {}  # tokens each swapped-out owner's host blocks hold
     for op, owner, tokens in ops:
-        if op == "join" and owner not in lengths:
+        if op == "join" and owner not in lengths and owner not in swapped:
             fits = blocks_for(tokens) <= tables.free_blocks
             assert tables.grow(owner, tokens) == fits
             if fits:
                 lengths[owner] = tokens
+                stamp(cache, tables, owner)
         elif op == "grow" and owner in lengths:
             target = lengths[owner] + tokens
             fits = blocks_for(target) - blocks_for(lengths[owner]) <= tables.free_blocks
@@ -48,16 +96,39 @@ def test_no_block_is_leaked_or_double_owned(blocks, ops):
             if fits:
                 lengths[owner] = target
                 assert tables.table(owner)[: len(before)] == before, "growing never moves a position's block"
+                stamp(cache, tables, owner)
             else:
                 assert tables.table(owner) == before, "a failed grow takes nothing"
-        elif op in ("leave", "preempt"):
+        elif op == "leave":  # ends, running or swapped out (a cancelled preempted sequence)
             assert tables.release(owner) == (blocks_for(lengths.pop(owner)) if owner in lengths else 0)
+            assert swap.release(owner) == (blocks_for(swapped.pop(owner)) if owner in swapped else 0)
+        elif op == "preempt" and owner in lengths:  # by recompute: the device blocks go, nothing is kept
+            assert tables.release(owner) == blocks_for(lengths.pop(owner))
+        elif op == "swap_out" and owner in lengths:  # by swap, or by recompute where the swap space is full
+            fits = len(tables.table(owner)) <= swap.tables.free_blocks
+            assert swap.swap_out(owner, tables.table(owner)) == fits
+            if fits:
+                swapped[owner] = lengths[owner]
+            else:
+                assert not swap.holds(owner), "a swap-out that does not fit takes nothing"
+            tables.release(owner)
+            del lengths[owner]
+        elif op == "swap_in" and owner in swapped:
+            if tables.grow(owner, swapped[owner]):
+                swap.swap_in(owner, tables.table(owner))
+                lengths[owner] = swapped.pop(owner)
+                assert_stamped(cache, tables, owner)  # in new device blocks, with the same bits
+                # (no decode runs here, so the blocks keep what they had when stamped before the swap-out)
+            else:
+                assert not tables.table(owner), "a failed grow takes nothing"
         assert_consistent(tables, lengths)
+        assert_swap_consistent(swap, tables, lengths, swapped)
     # What is free is really free: one new owner can take all of it, and then every block is owned exactly once.
     assert tables.grow("last", tables.free_blocks * BLOCK_TOKENS)
     every = [block for owner in [*range(OWNERS), "last"] for block in tables.table(owner)]
     assert sorted(every) == list(range(1, blocks + 1))
     assert not tables.grow("one more", 1)
+    assert swap.tables.free_blocks == host_blocks - sum(blocks_for(tokens) for tokens in swapped.values())
 
 
 def test_capacity_is_the_budget_in_whole_blocks():
@@ -70,3 +141,40 @@ def test_capacity_is_the_budget_in_whole_blocks():
     assert plan.max_seq_len == 512 and plan.max_blocks_per_seq == 512 // BLOCK_TOKENS
     small = plan_kv_cache(100, 512, torch.device("cpu"), 0.9, 4 * BLOCK_TOKENS + 5)
     assert small.blocks == 4 and small.max_seq_len == 4 * BLOCK_TOKENS  # the cache, not the context, bounds it
+
+
+def test_swap_space_is_the_budget_in_whole_blocks_capped_at_the_cache():
+    plan = plan_kv_cache(bytes_per_token=1024, context_length=512, device=torch.device("cpu"), fraction=0.9,
+                         cpu_tokens=64 * BLOCK_TOKENS)  # fmt: skip
+    block_bytes = BLOCK_TOKENS * 1024
+    assert plan_swap_blocks(plan, 1024, 10 * block_bytes / 2**30) == 10
+    assert plan_swap_blocks(plan, 1024, 10.5 * block_bytes / 2**30) == 10
+    assert plan_swap_blocks(plan, 1024, 4.0) == plan.blocks == 64  # no more host blocks than device blocks
+    assert plan_swap_blocks(plan, 1024, 0.0) == 0
+    swap = SwapSpace(small_cache(4), 3)
+    assert swap.bytes == 2 * 2 * 3 * 1 * BLOCK_TOKENS * 2 * 4  # k and v, 2 layers, 3 blocks, float32
+    assert not swap.swap_out("owner", [])  # nothing written: nothing to keep
+
+
+def test_swapped_blocks_come_back_bit_for_bit_through_a_fragmented_swap_space():
+    """Host blocks freed in the middle of the pool are handed out again, so a sequence's host blocks can be
+    non-consecutive rows: each run of rows is copied to and from its own place, and no one else's is touched."""
+    cache, tables = small_cache(12), BlockTables(12)
+    swap = SwapSpace(cache, 8)
+    for owner, tokens in enumerate([2 * BLOCK_TOKENS, BLOCK_TOKENS, 2 * BLOCK_TOKENS, 3 * BLOCK_TOKENS]):
+        assert tables.grow(owner, tokens)
+        stamp(cache, tables, owner)
+    for owner in range(3):
+        assert swap.swap_out(owner, tables.table(owner))
+        tables.release(owner)
+    assert tables.grow(0, 2 * BLOCK_TOKENS)
+    swap.swap_in(0, tables.table(0))  # frees host rows 0 and 1, between nothing and owner 1's row 2
+    assert swap.swap_out(3, tables.table(3))
+    tables.release(3)
+    assert [block - 1 for block in swap.tables.table(3)] == [0, 1, 5], "the test meant a fragmented swap space"
+    for owner in (3, 1, 2):
+        assert tables.grow(owner, len(swap.tables.table(owner)) * BLOCK_TOKENS)
+        swap.swap_in(owner, tables.table(owner))
+    for owner in range(4):
+        assert_stamped(cache, tables, owner)
+    assert swap.tables.used_blocks == 0 and swap.tables.free_blocks == 8

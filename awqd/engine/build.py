@@ -3,7 +3,7 @@
 import structlog
 
 from awqd.config import EngineSettings
-from awqd.engine.kv_cache import allocate, plan_kv_cache
+from awqd.engine.kv_cache import SwapSpace, allocate, plan_kv_cache, plan_swap_blocks
 from awqd.engine.model import DecoderModel
 from awqd.engine.scheduler import AdmissionLimits, Scheduler
 from awqd.engine.step import StepRunner
@@ -16,8 +16,9 @@ log = structlog.get_logger("awqd.engine")
 def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings: EngineSettings) -> Scheduler:
     model = DecoderModel(loaded, settings.batch_invariant)
     shape = model.shape
+    bytes_per_token = shape.kv_bytes_per_token(model.dtype)
     plan = plan_kv_cache(
-        shape.kv_bytes_per_token(model.dtype),
+        bytes_per_token,
         loaded.context_length,
         loaded.device,
         settings.kv_cache_fraction,
@@ -25,6 +26,8 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
     )
     cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, loaded.device)
     runner = StepRunner(model, cache, router, settings.cuda_graphs, settings.max_batch_size)
+    swap_gib = settings.swap_space_gib if settings.preemption == "swap" else 0.0
+    swap = SwapSpace(cache, plan_swap_blocks(plan, bytes_per_token, swap_gib))
     log.info(
         "kv_cache_allocated",
         model=name,
@@ -34,11 +37,14 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         capacity_tokens=plan.capacity_tokens,
         bytes=plan.bytes,
         budget=plan.source,
+        preemption=settings.preemption,
+        swap_blocks=swap.tables.blocks,
+        swap_bytes=swap.bytes,
         cuda_graphs=runner.cuda_graphs,
         batch_buckets=list(runner.batch_buckets),
     )
     limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s, settings.prefill_tokens_per_step)
-    return Scheduler(name, runner, loaded.tokenizer, eos_ids(loaded), limits)
+    return Scheduler(name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits)
 
 
 def eos_ids(loaded: LoadedModel) -> frozenset[int]:

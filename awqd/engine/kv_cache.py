@@ -7,6 +7,9 @@ and given back at once when it ends or is preempted; BlockTables is the only cod
 
 Block 0 is never handed out: it is the padding block. Decode pads its batch to a bucket, and the padding rows (and
 the unused tail of every row of the device-side table) point at block 0, so they write and read only there.
+
+SwapSpace is where a preempted sequence's blocks wait in host memory (preemption by swap, awqd.engine.scheduler):
+its own BlockTables over a host pool, and the copies out of the device cache and back into it.
 """
 
 from collections.abc import Hashable
@@ -116,3 +119,80 @@ class BlockTables:
         table = self._tables.pop(owner, [])
         self._free.extend(reversed(table))
         return len(table)
+
+
+def plan_swap_blocks(plan: KvCachePlan, bytes_per_token: int, swap_space_gib: float) -> int:
+    """Host blocks `swap_space_gib` holds, capped at the device cache's blocks: what is swapped out was in the device
+    cache, so a larger pool would rarely fill (and, pinned, would hold host memory nothing uses)."""
+    return min(int(swap_space_gib * 2**30) // (BLOCK_TOKENS * bytes_per_token), plan.blocks)
+
+
+class SwapSpace:
+    """Host memory for the KV blocks of sequences preempted by swap: one pool, [k/v, layer, block, kv_heads,
+    BLOCK_TOKENS, head_dim], allocated with the cache and pinned when the cache is on a GPU, so both copies are
+    asynchronous DMA ordered on the scheduler's stream with the steps around them.
+
+    A pool rather than one buffer per preempted sequence: pinning host memory is slow and can stall the device, so it
+    happens once, at load, and never on a preemption; and the budget is a block count, checked like the device's.
+    Which host blocks a sequence holds is a BlockTables too; a sequence holds host blocks only while it is swapped
+    out, and device blocks only while it is not.
+    """
+
+    def __init__(self, cache: KvCache, blocks: int):
+        self.cache = cache
+        self.tables = BlockTables(blocks)
+        first = cache.k[0]
+        self.device = first.device
+        shape = (2, len(cache.k), blocks, *first.shape[1:])
+        self.host = torch.empty(shape, dtype=first.dtype, pin_memory=self.device.type == "cuda" and blocks > 0)
+
+    @property
+    def bytes(self) -> int:
+        return self.host.numel() * self.host.element_size()
+
+    def holds(self, owner: Hashable) -> bool:
+        return bool(self.tables.table(owner))
+
+    def swap_out(self, owner: Hashable, device_blocks: list[int]) -> bool:
+        """Copies every layer's k and v of `device_blocks` into host blocks the owner now holds. False, with nothing
+        taken or copied, if too few host blocks are free. The device blocks may be handed out again at once: the
+        copy is ordered before anything later on the stream writes them."""
+        if not device_blocks or not self.tables.grow(owner, len(device_blocks) * BLOCK_TOKENS):
+            return False
+        index = torch.tensor(device_blocks, dtype=torch.int64).to(self.device, non_blocking=True)
+        runs = self._host_runs(owner)
+        for side, layers in enumerate((self.cache.k, self.cache.v)):
+            for layer, blocks in enumerate(layers):
+                gathered, host = blocks.index_select(0, index), self.host[side, layer]
+                for start, row, length in runs:
+                    host[row : row + length].copy_(gathered[start : start + length], non_blocking=True)
+        return True
+
+    def swap_in(self, owner: Hashable, device_blocks: list[int]) -> None:
+        """Copies the owner's host blocks back into the first of `device_blocks`, bit for bit, and frees them."""
+        held = len(self.tables.table(owner))
+        index = torch.tensor(device_blocks[:held], dtype=torch.int64).to(self.device, non_blocking=True)
+        runs = self._host_runs(owner)
+        for side, layers in enumerate((self.cache.k, self.cache.v)):
+            for layer, blocks in enumerate(layers):
+                staged, host = torch.empty_like(blocks[:held]), self.host[side, layer]
+                for start, row, length in runs:
+                    staged[start : start + length].copy_(host[row : row + length], non_blocking=True)
+                blocks.index_copy_(0, index, staged)
+        self.tables.release(owner)
+
+    def release(self, owner: Hashable) -> int:
+        """Frees the owner's host blocks without copying them back (a swapped-out sequence that ends)."""
+        return self.tables.release(owner)
+
+    def _host_runs(self, owner: Hashable) -> list[tuple[int, int, int]]:
+        """The owner's host blocks as runs of consecutive pool rows: (index in its table, first row, length), so a
+        layer's copy is one transfer per run rather than one per block."""
+        runs: list[list[int]] = []
+        for index, block in enumerate(self.tables.table(owner)):
+            row = block - 1  # BlockTables numbers blocks from 1 (0 is the device's padding block)
+            if runs and runs[-1][1] + runs[-1][2] == row:
+                runs[-1][2] += 1
+            else:
+                runs.append([index, row, 1])
+        return [(index, row, length) for index, row, length in runs]

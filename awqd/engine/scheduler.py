@@ -7,18 +7,28 @@ At each step boundary the scheduler
 2. admits preempted sequences, then waiting requests, in order, while the batch has rows (--max-batch-size) and
    the paged KV cache (awqd.engine.kv_cache) has the blocks each one's prefill and next token need, up to
    --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
-   stalled for long; it prefills them all in one eager forward pass; if that pass fails, only the requests it
-   held fail;
+   stalled for long; it copies the swapped-out ones' blocks back from host memory, and prefills the rest in one
+   eager forward pass; if that pass (or a copy) fails, only the requests it held fail;
 3. gives each running sequence the block its next position needs, preempting when blocks run out (below), runs
    one decode step for every running sequence together (row i is the i-th admitted), samples on the device,
    copies the new ids to the host once, and streams them; finished sequences leave the batch at once.
 
-Preemption policy: recompute. When a running sequence needs a block and none is free, the most recently admitted
-running sequence gives all its blocks back and goes to the front of the queue with its prompt and the tokens it
-has generated. When blocks free up it is prefilled again over all of them, and goes on from the next token: its
-stream stays open, and a greedy request's tokens are those it would have produced unpreempted. Preempted sequences
-resume before any waiting request and never expire in the queue. A request that could not fit the cache even alone
-is refused at submit (INVALID_ARGUMENT on max_new_tokens), so every accepted request completes or gets an error.
+Preemption policy (--preemption, default swap). When a running sequence needs a block and none is free, the most
+recently admitted running sequence gives all its blocks back and goes to the front of the queue; its stream stays
+open. How it resumes:
+- swap: before its blocks are freed, the k and v they hold for its positions so far (every layer) are copied into
+  host memory (awqd.engine.kv_cache.SwapSpace, --swap-space-gib per model). When blocks free up it gets new ones,
+  the copy comes back bit for bit, and it goes on decoding from its next position with no prefill: position, last
+  token and sampling step live in the Sequence, so its tokens, greedy or seeded, are those it would have produced
+  unpreempted. Decode reads block ids from a table the runner rewrites every step, so the CUDA graphs need nothing.
+- recompute: it is prefilled again over its prompt and the tokens it has generated, and goes on from the next
+  token. On the CPU its tokens are unchanged; on a GPU the prefill's kernels can round the generated positions' k
+  and v differently from the decode steps that first wrote them, which can flip a near-tie greedy token later.
+Swap falls back to recompute when the swap space has too few free blocks (or is 0); --preemption recompute uses no
+swap space. The scheduler's preempted_by and awqd_kv_cache_preemptions_total{mode} count each mode.
+Preempted sequences resume before any waiting request and never expire in the queue; cancelling one frees its
+host blocks too. A request that could not fit the cache even alone is refused at submit (INVALID_ARGUMENT on
+max_new_tokens), so every accepted request completes or gets an error.
 
 A request that pins a kernel (GenerateRequest.kernel, a Benchmark run) batches only with requests that pin the
 same one: the router's pin applies to the whole step. When the queue's head pins differently from the running
@@ -40,7 +50,8 @@ import structlog
 import torch
 
 from awqd import metrics
-from awqd.engine.kv_cache import BlockTables, blocks_for
+from awqd.config import PREEMPTION_POLICIES
+from awqd.engine.kv_cache import BlockTables, SwapSpace, blocks_for
 from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, Job, Sequence, summary
 from awqd.engine.step import StepRunner
@@ -60,16 +71,25 @@ class AdmissionLimits:
 
 
 class Scheduler:
-    def __init__(self, name: str, runner: StepRunner, tokenizer, eos_ids: frozenset[int], limits: AdmissionLimits):
+    def __init__(
+        self,
+        name: str,
+        runner: StepRunner,
+        swap: SwapSpace,
+        tokenizer,
+        eos_ids: frozenset[int],
+        limits: AdmissionLimits,
+    ):
         self.name = name
         self.runner = runner
+        self.swap = swap
         self.router: KernelRouter = runner.router
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.limits = limits
         self.max_sequence_tokens = runner.cache.plan.max_seq_len
         self.blocks = BlockTables(runner.cache.plan.blocks)
-        self.preemptions = 0
+        self.preempted_by: collections.Counter[str] = collections.Counter()  # preemptions by mode: swap, recompute
         self._waiting: collections.deque[Job] = collections.deque()
         self._preempted: collections.deque[Sequence] = collections.deque()  # they resume before any waiting job
         self._running: list[Sequence] = []  # in admission order; decode row i is the i-th
@@ -77,9 +97,15 @@ class Scheduler:
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name)
-        self._preemptions_counted = metrics.KV_CACHE_PREEMPTIONS.labels(name)
+        self._preemptions_counted = {
+            mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, mode) for mode in PREEMPTION_POLICIES
+        }
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
         self._thread.start()
+
+    @property
+    def preemptions(self) -> int:
+        return self.preempted_by.total()
 
     @property
     def queue_depth(self) -> int:
@@ -143,7 +169,10 @@ class Scheduler:
                     # too, and the router keeps their pin while any of them runs.
                     self._running.extend(admitted)
                     self._end_cancelled()
-                    self._prefill([seq for seq in admitted if seq in self._running])
+                    admitted = [seq for seq in admitted if seq in self._running]
+                    swapped = [seq for seq in admitted if self.swap.holds(seq)]
+                    self._swap_in(swapped)
+                    self._prefill([seq for seq in admitted if seq not in swapped])
                     if self._running:
                         self._decode()
                 except Exception as error:  # a bug must not end the thread and strand every caller
@@ -155,6 +184,7 @@ class Scheduler:
         now = time.perf_counter()
         for seq in [seq for seq in self._preempted if seq.job.cancelled.is_set()]:
             self._preempted.remove(seq)
+            self.swap.release(seq)
             self._finished(seq.job, seq.finish("cancelled"))
         for job in list(self._waiting):
             if job.cancelled.is_set():
@@ -177,18 +207,18 @@ class Scheduler:
         batch_pin = batch[0].pin if batch else None
         while (self._preempted or self._waiting) and len(batch) < self.runner.max_rows:
             head = self._preempted[0] if self._preempted else self._waiting[0]
-            job, ids = (head.job, head.prefill_ids) if isinstance(head, Sequence) else (head, head.prompt_ids)
+            job, ids, positions = self._resume_plan(head)
             if batch_pin is not None and job.pin != batch_pin:
                 break  # the head pins another kernel: let the running batch drain first
             if any(other.exclusive for other in batch) or (job.exclusive and batch):
                 break  # an exclusive run has the model to itself
             if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
-            if blocks_for(len(ids) + 1) > self.blocks.free_blocks:
+            if blocks_for(positions) > self.blocks.free_blocks:
                 break  # the head waits for blocks; nothing overtakes it
             (self._preempted if isinstance(head, Sequence) else self._waiting).popleft()
             seq = head if isinstance(head, Sequence) else Sequence(job, self.tokenizer, self.eos_ids)
-            self.blocks.grow(seq, len(ids) + 1)
+            self.blocks.grow(seq, positions)
             admitted.append(seq)
             prompt_tokens += len(ids)
             batch_pin = job.pin
@@ -196,6 +226,16 @@ class Scheduler:
         if admitted:
             self._pin(admitted[0].job)
         return admitted
+
+    def _resume_plan(self, head: Job | Sequence) -> tuple[Job, list[int], int]:
+        """The queue head's job, the ids its prefill runs, and the positions its blocks must cover for its prefill and
+        next decode step. A swapped-out sequence runs no prefill: its k/v for positions 0..position-1 come back from
+        host memory and the next decode step writes its position."""
+        if not isinstance(head, Sequence):
+            return head, head.prompt_ids, len(head.prompt_ids) + 1
+        if self.swap.holds(head):
+            return head.job, [], head.position + 1
+        return head.job, head.prefill_ids, len(head.prefill_ids) + 1
 
     def _pin(self, job: Job) -> None:
         if job.pinned is not None:
@@ -226,6 +266,15 @@ class Scheduler:
             if self._accept(seq, token):
                 self._release(seq)
 
+    def _swap_in(self, group: list[Sequence]) -> None:
+        """Copies each swapped-out sequence's blocks back into the ones admission gave it; it then decodes on as if
+        never preempted. A copy that fails fails only its sequence."""
+        for seq in group:
+            try:
+                self.swap.swap_in(seq, self.blocks.table(seq))
+            except Exception as error:
+                self._fail([seq], error)
+
     def _decode(self) -> None:
         self._grow_or_preempt()
         sequences = list(self._running)
@@ -250,8 +299,7 @@ class Scheduler:
 
     def _grow_or_preempt(self) -> None:
         """Gives every running sequence the block its next position needs, oldest first. When none is free, the most
-        recently admitted sequence is preempted (recompute): it gives all its blocks back and goes to the front of
-        the queue, to be prefilled again over its prompt and the tokens it has generated. The oldest always fits:
+        recently admitted sequence is preempted (swap, or recompute: the module docstring). The oldest always fits:
         submit refuses what could not fit the cache alone."""
         index = 0
         while index < len(self._running):
@@ -262,12 +310,17 @@ class Scheduler:
                 self._preempt(self._running[-1])
 
     def _preempt(self, seq: Sequence) -> None:
+        """Swaps the sequence's written positions (0..position-1) out to host memory if the swap space has room,
+        else leaves it to be recomputed; either way its device blocks are free at once and it heads the queue. The
+        copy comes first: if it fails, the sequence is still running and fails with the batch."""
+        written = self.blocks.table(seq)[: blocks_for(seq.position)]
+        mode = "swap" if self.swap.swap_out(seq, written) else "recompute"
         self._running.remove(seq)
         freed = self.blocks.release(seq)
         self._preempted.appendleft(seq)
-        self.preemptions += 1
-        self._preemptions_counted.inc()
-        log.info("sequence_preempted", model=self.name, freed_blocks=freed, tokens=len(seq.prefill_ids))
+        self.preempted_by[mode] += 1
+        self._preemptions_counted[mode].inc()
+        log.info("sequence_preempted", model=self.name, mode=mode, freed_blocks=freed, tokens=seq.position)
 
     def _accept(self, seq: Sequence, token: int) -> bool:
         done = seq.accept(token)
@@ -293,10 +346,11 @@ class Scheduler:
             seq.job.events.put(error)
 
     def _leave(self, seq: Sequence) -> None:
-        """The sequence leaves the batch, and its blocks are free at once."""
+        """The sequence leaves the batch, and its blocks (and any it holds in the swap space) are free at once."""
         if seq in self._running:
             self._running.remove(seq)
         self.blocks.release(seq)
+        self.swap.release(seq)
         if not self._running:
             self.router.unpin()
 

@@ -119,8 +119,9 @@ class Sequence:
 
     @property
     def prefill_ids(self) -> list[int]:
-        """What a prefill must run to put the sequence back where it is: the prompt, and after a preemption the
-        generated tokens too. Its output samples the token after them."""
+        """What a prefill must run to put the sequence back where it is: the prompt, and after a preemption by
+        recompute the generated tokens too. Its output samples the token after them. (Swapped out, the sequence needs
+        none: position, last_token and the sampling step, len(token_times), are all it resumes decoding from.)"""
         return self.job.prompt_ids + self.generated
 
     def finish(self, reason: str = "") -> Finished:

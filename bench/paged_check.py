@@ -300,6 +300,7 @@ def main() -> int:
     parser.add_argument("--arch", default="llama-2-7b")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--selection-budget", type=float, default=150.0)
+    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
     parser.add_argument("--kv-cache-fraction", type=float, default=0.9)
     parser.add_argument("--streams", default="64,128,256")
     parser.add_argument("--equality-batches", default="1,16,32")
@@ -333,9 +334,8 @@ def main() -> int:
         synthesize(args.arch, checkpoint, version="GEMM")
         info = next(d for d in discover().devices if d.torch_device == str(device))
         config = open_checkpoint(checkpoint).config
-        decisions = select_kernels(
-            info, list(engine_layer_shapes(config).values()), 128, work / "cache", budget_s=args.selection_budget
-        )
+        shapes, cache_dir = list(engine_layer_shapes(config).values()), args.cache_dir or work / "cache"
+        decisions = select_kernels(info, shapes, 128, cache_dir, budget_s=args.selection_budget)
         results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
         router = KernelRouter(decisions.dispatch())
         fixed = deterministic_kernel(device, decisions)

@@ -112,10 +112,7 @@ def _cpus(count: int) -> list[DeviceInfo]:
     name, memory = _cpu_name(), _meminfo_bytes("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
     if count <= 1:
         return [DeviceInfo(0, "cpu", "cpu", name, None, memory, "cpu", None)]
-    return [
-        DeviceInfo(i, "cpu", f"cpu-{i}", name, None, memory, f"cpu:{i}", None)
-        for i in range(count)
-    ]
+    return [DeviceInfo(i, "cpu", f"cpu-{i}", name, None, memory, f"cpu:{i}", None) for i in range(count)]
 
 
 def memory_free_bytes(device: DeviceInfo) -> int:

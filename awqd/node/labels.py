@@ -68,7 +68,8 @@ def per_gpu_labels(gpus: Sequence[DeviceInfo], decisions: Mapping[str, DeviceDec
     if not uniform:
         for torch_device, chosen in choices.items():
             index = torch_device.partition(":")[2] or "0"
-            labels.update({f"awq.gpu{index}.kernel.bs{t}": name for t, name in zip(LABELED_TOKENS, chosen, strict=True)})
+            for tokens, name in zip(LABELED_TOKENS, chosen, strict=True):
+                labels[f"awq.gpu{index}.kernel.bs{tokens}"] = name
     return labels
 
 

@@ -33,6 +33,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -131,7 +132,9 @@ class Scheduler:
         return not self._waiting and not self._preempted and not self._running
 
     def _run(self) -> None:
-        with torch.inference_mode():
+        device = self.runner.model.device
+        # The engine's device is this thread's current device: Triton launches, and CUDA-graph captures, on it.
+        with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
             while True:
                 with self._condition:
                     while self._idle() and not self._closed:

@@ -1,6 +1,7 @@
 """The hosted models: load, unload, look up, route, and their life-cycle states. Each model is a set of replicas,
 one engine per device it is placed on (awqd.models.replicas)."""
 
+import contextlib
 import gc
 import threading
 import time
@@ -124,6 +125,7 @@ class ModelManager:
         self.devices = tuple(devices)  # what placements may name; empty: any torch device (in-process tests)
         self._models: dict[str, HostedModel] = {}
         self._lock = threading.Lock()
+        self._route_lock = threading.Lock()  # a pick sees the requests queued by the picks before it
 
     def resolve_path(self, path: str) -> Path:
         """Paths are relative to the model root or absolute inside it; '..' is refused outright."""
@@ -171,11 +173,14 @@ class ModelManager:
         started = time.perf_counter()
         log.info("model_loading", model=replica.model, path=str(replica.path), device=replica.device, kernel=kernel)
         scheduler = loaded = router = None
+        device = torch.device(replica.device)
         try:
             dispatch, held = self.planner.plan(replica.device, kernel)
             router = KernelRouter(dispatch)
-            loaded = load_model(replica.path, torch.device(replica.device), router, extra_candidates=held, fuse=True)
-            scheduler = build_engine(replica.model, loaded, router, self.engine)
+            # Replicas load side by side, one thread each: each thread works on its own device.
+            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                loaded = load_model(replica.path, device, router, extra_candidates=held, fuse=True)
+                scheduler = build_engine(replica.model, loaded, router, self.engine)
             replica.warmup = warm_up(replica.model, scheduler)
         except Exception as error:
             if scheduler is not None:
@@ -276,21 +281,21 @@ class ModelManager:
 
     def submit(self, hosted: HostedModel, job: Job) -> Replica:
         """Queues the job on the least-loaded ready replica. One that started unloading (or failed) since it was
-        picked refuses the job, and the next is tried."""
+        picked refuses the job, and the next is tried. One pick at a time, so each sees the jobs queued before."""
         refused: list[Replica] = []
-        while True:
-            replica = least_loaded([r for r in hosted.replicas if r not in refused])
-            if replica is None:
-                raise Unavailable(
-                    f"no replica of model {hosted.name!r} is ready (" + (hosted.error or "all are unloading") + ")"
-                )
-            try:
-                replica.scheduler.submit(job)
-            except Unavailable:
-                refused.append(replica)
-                continue
-            replica.routed += 1
-            return replica
+        with self._route_lock:
+            while True:
+                replica = least_loaded([r for r in hosted.replicas if r not in refused])
+                if replica is None:
+                    reason = hosted.error or "all are unloading"
+                    raise Unavailable(f"no replica of model {hosted.name!r} is ready ({reason})")
+                try:
+                    replica.scheduler.submit(job)
+                except Unavailable:
+                    refused.append(replica)
+                    continue
+                replica.routed += 1
+                return replica
 
     def list(self) -> list[HostedModel]:
         return sorted(self._models.values(), key=lambda m: m.name)

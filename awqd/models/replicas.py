@@ -33,7 +33,7 @@ class ModelState(StrEnum):
     FAILED = "failed"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two replicas are never the same engine
 class Replica:
     """One engine of a hosted model, on one device."""
 

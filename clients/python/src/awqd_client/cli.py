@@ -142,7 +142,7 @@ def load(
     path: Annotated[str, typer.Argument(help="Checkpoint directory, inside the daemon's model root.")],
     device: Annotated[
         str,
-        typer.Option(help='Placement: "cuda:0", "cuda:0,cuda:2" or "all" (one replica each); default GPU 0 or the CPU.'),
+        typer.Option(help='Placement: "cuda:0", "cuda:0,cuda:2" or "all" (a replica each); default GPU 0 or CPU.'),
     ] = "",
     kernel: Annotated[str, typer.Option(help='"auto", a family (gemm, gemv, gemv_fast) or a candidate.')] = "auto",
     json_output: JsonFlag = False,

@@ -98,10 +98,8 @@ class Daemon:
         addressable = [device for device in self.discovery.devices if device.torch_device]  # others: Describe warns
         groups: dict[tuple, list[DeviceInfo]] = defaultdict(list)
         for device in addressable:
-            key = (device.kind, device.name, device.compute_capability)
-            groups[(*key, tuple(shapes.get(device.torch_device, ())), group_sizes.get(device.torch_device))].append(
-                device
-            )
+            hosted = (tuple(shapes.get(device.torch_device, ())), group_sizes.get(device.torch_device))
+            groups[(device.kind, device.name, device.compute_capability, *hosted)].append(device)
 
         def decide_group(members: list[DeviceInfo]) -> None:
             leader, *followers = members

@@ -203,7 +203,9 @@ def main() -> None:
         victim = hosted.replicas[-1]
 
         def kill() -> None:
-            time.sleep(1.0)  # every stream is queued or running by now
+            deadline = time.monotonic() + 60
+            while victim.scheduler.load().running == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)  # kill it with sequences in flight
             victim.scheduler.runner.decode = crash
 
         report = run_streams(daemon, streams_per_device * replicas, new_tokens, during=kill)

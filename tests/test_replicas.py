@@ -17,6 +17,7 @@ from awqd.engine.sequence import Finished, Job
 from awqd.errors import InvalidArgument, NotFound, Unavailable
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.selection import select_kernels
 from awqd.models.demo import DEMO_NAME
 from awqd.models.manager import ModelManager
 from awqd.models.replicas import ModelState, resolve_placement
@@ -54,6 +55,20 @@ def test_placement_names_devices_or_all_and_errors_name_the_field():
     with pytest.raises(InvalidArgument, match="stands alone") as caught:
         ModelSpec.parse("m=path@all,cuda:0")
     assert caught.value.field == "--model m"
+
+
+def test_an_identical_device_revalidates_the_shared_measurement(tmp_path):
+    first, second = discover(2).devices[:2]
+    shapes = [(128, 128), (64, 128), (128, 64)]
+    measured = select_kernels(first, shapes, 64, tmp_path, budget_s=30.0, buckets=(1, 512))
+    assert measured.source == "measured" and any(note.startswith("saved to") for note in measured.notes)
+    shared = select_kernels(second, shapes, 64, tmp_path, budget_s=30.0, buckets=(1, 512), shared_from=first.uuid)
+    assert "re-validating the decisions measured on cpu-0 (same fingerprint)" in shared.notes
+    assert shared.fingerprint == measured.fingerprint and shared.device_uuid == "cpu-1"
+    if shared.source == "cache_validated":  # a loaded CI host may re-time the ordering differently and re-measure
+        assert [d.kernel for d in shared.decisions] == [d.kernel for d in measured.decisions]
+    else:
+        assert any(note.startswith("re-measuring") for note in shared.notes), shared.notes
 
 
 class ReferencePlanner:

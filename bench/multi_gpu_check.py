@@ -4,8 +4,8 @@ The daemon's own code (awqd.daemon.Daemon: discovery, kernel selection, placemen
 way, on a Llama-2-7B-shaped synthetic AWQ checkpoint placed @all (one replica per GPU):
 
 1. boot: wall time to ready, and per GPU the kernel-selection source (measured, or the shared measurement
-   re-validated), its duration and its decode/prefill choices; then the same selection with every GPU measuring
-   on its own, side by side (no sharing), for the boot time sharing saves;
+   re-validated), its duration and its decode/prefill choices (and, as the last step, the same selection with
+   every GPU measuring on its own, side by side, no cache: the boot time sharing saves);
 2. throughput: 32 x N concurrent streams over the N replicas (least-loaded routing), aggregate tokens/s and how
    many requests each replica took;
 3. failure: 32 x N streams again, and one replica's engine killed under load (its decode step raises an error
@@ -184,11 +184,6 @@ def main() -> None:
         return
     hosted = daemon.models.ready(MODEL)
     replicas = len(hosted.replicas)
-    if not args.skip_unshared:
-        opened = open_checkpoint(checkpoint)
-        shapes = list(engine_layer_shapes(opened.config).values())
-        group_size = opened.quant_config.group_size
-        step("selection_unshared", lambda: unshared_selection(daemon, shapes, group_size, args.budget))
 
     def throughput() -> dict:
         before = routed(daemon)
@@ -242,6 +237,11 @@ def main() -> None:
             "efficiency": aggregate["tokens_per_s"] / (replicas * single["tokens_per_s"]),
         }
     daemon.close()
+    if not args.skip_unshared:  # last: selection installs its tuning tables, which the engines above used
+        opened = open_checkpoint(checkpoint)
+        shapes = list(engine_layer_shapes(opened.config).values())
+        group_size = opened.quant_config.group_size
+        step("selection_unshared", lambda: unshared_selection(daemon, shapes, group_size, args.budget))
     write(args.out, results)
 
 

@@ -20,8 +20,10 @@ recorded and the script writes what it has (multi-gpu-check.json and .md in --ou
 """
 
 import argparse
+import atexit
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -136,7 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"started_at": datetime.now(UTC).isoformat(), "host": platform.node(), "steps": {}, "errors": []}
-    work = Path(tempfile.mkdtemp(prefix="awqd-multi-gpu-"))
+    work = Path(tempfile.mkdtemp(prefix="awqd-multi-gpu-"))  # the checkpoint and the caches; removed at exit
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     streams_per_device, new_tokens = (4, 16) if args.dry_run else (STREAMS_PER_GPU, NEW_TOKENS)
 
     def step(name: str, action) -> None:

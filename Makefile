@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check warmup-check paged-check kernel-peers quality-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check multi-gpu-check warmup-check paged-check kernel-peers quality-check docker-build clean
 
 install: $(STAMP)
 
@@ -63,6 +63,13 @@ gpu-check:
 ENGINE_OUT ?= bench/out/engine
 engine-check:
 	python3 bench/engine_check.py --out $(ENGINE_OUT)
+
+# On a multi-GPU machine: a 7B-shaped model @all (one replica per GPU): boot and kernel decisions per GPU (shared
+# measurement vs each GPU measuring), 32 x N streams against N x one GPU, one replica killed under load;
+# multi-gpu-check.{json,md} land in $(MULTI_GPU_OUT). `--dry-run` checks the script on the CPU.
+MULTI_GPU_OUT ?= bench/out/multi-gpu
+multi-gpu-check:
+	python3 bench/multi_gpu_check.py --out $(MULTI_GPU_OUT)
 
 # On a GPU machine: boot-to-SERVING cold and warm with the warm-up's share, then 64 clients from the moment of
 # SERVING (under 9 minutes on an H200); warmup-check.{json,md}, Describe and the daemon logs land in $(WARMUP_OUT).

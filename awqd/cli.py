@@ -20,8 +20,20 @@ def serve(
     ] = Path("/var/cache/awqd"),
     model: Annotated[
         list[str] | None,
-        typer.Option(envvar="AWQD_MODELS", help="NAME=PATH[@DEVICE] to host; repeatable (env: space-separated)"),
+        typer.Option(
+            envvar="AWQD_MODELS",
+            help="NAME=PATH[@PLACEMENT] to host, PLACEMENT being a device (cuda:1), a list (cuda:0,cuda:2) or 'all' "
+            "(one replica per GPU); repeatable (env: space-separated)",
+        ),
     ] = None,
+    cpu_devices: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_CPU_DEVICES",
+            hidden=True,
+            help="tests and development only: list the host CPU as N devices cpu:0..cpu:N-1, to run replicas",
+        ),
+    ] = 1,
     model_root: Annotated[
         Path | None,
         typer.Option(envvar="AWQD_MODEL_ROOT", help="model paths must lie under it [default: CACHE_DIR/models]"),
@@ -182,6 +194,7 @@ def serve(
             model_root=model_root,
             models=tuple(ModelSpec.parse(spec) for item in model or () for spec in item.split()),
             demo_model=demo_model,
+            cpu_devices=cpu_devices,
             kernel=kernel,
             selection_budget_s=selection_budget,
             candidate_plugins=tuple(plugin_specs(candidate_plugin)),

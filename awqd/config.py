@@ -10,9 +10,12 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PREEMPTION_POLICIES = ("swap", "recompute")
 
 
+PLACE_EVERYWHERE = "all"  # one replica on every GPU (every CPU device on a node without GPUs)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """One `--model NAME=PATH[@DEVICE]`."""
+    """One `--model NAME=PATH[@PLACEMENT]`; PLACEMENT is "" (the default device), "all", or devices joined by ','."""
 
     name: str
     path: str
@@ -22,11 +25,27 @@ class ModelSpec:
     def parse(cls, text: str) -> "ModelSpec":
         name, sep, rest = text.partition("=")
         if not sep or not rest:
-            raise InvalidArgument("--model", f"expected NAME=PATH[@DEVICE], got {text!r}")
+            raise InvalidArgument("--model", f"expected NAME=PATH[@PLACEMENT], got {text!r}")
         path, _, device = rest.partition("@")
         if not MODEL_NAME.match(name):
             raise InvalidArgument("--model", f"model name {name!r} must be letters, digits, '.', '_' or '-'")
+        parse_placement(device, field=f"--model {name}")
         return cls(name=name, path=path, device=device)
+
+
+def parse_placement(text: str, field: str = "device") -> tuple[str, ...]:
+    """The devices a placement names, in order: () for the default device, ("all",) for every one. Whether each
+    device exists is checked where the devices are known (awqd.models.replicas)."""
+    if not text:
+        return ()
+    devices = tuple(part.strip() for part in text.split(","))
+    if any(not device for device in devices):
+        raise InvalidArgument(field, f"placement {text!r} has an empty device; write e.g. cuda:0,cuda:2 or all")
+    if PLACE_EVERYWHERE in devices and len(devices) > 1:
+        raise InvalidArgument(field, f"placement {text!r}: {PLACE_EVERYWHERE!r} stands alone")
+    if len(set(devices)) != len(devices):
+        raise InvalidArgument(field, f"placement {text!r} names a device twice: one engine per device")
+    return devices
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,7 @@ class ServeConfig:
     model_root: Path | None = None  # defaults to <cache_dir>/models
     models: tuple[ModelSpec, ...] = ()
     demo_model: bool = True  # serve the embedded demo model when no --model is given
+    cpu_devices: int = 1  # tests and development only: the host CPU listed as N devices (awqd.node.devices)
     kernel: str = "auto"
     candidate_plugins: tuple[str, ...] = ()  # MODULE:CLASS kernel candidates from outside awqd (docs/plugins.md)
     selection_budget_s: float = 150.0  # an H200 checks, tunes and times 11 candidates x 10 buckets in ~105 s
@@ -96,6 +116,8 @@ class ServeConfig:
             )
         if self.max_prompt_tokens < 1:
             raise InvalidArgument("--max-prompt-tokens", f"must be at least 1, got {self.max_prompt_tokens}")
+        if not 1 <= self.cpu_devices <= 64:
+            raise InvalidArgument("--cpu-devices", f"must be 1-64, got {self.cpu_devices}")
         engine = self.engine
         if not 0 < engine.kv_cache_fraction <= 1:
             raise InvalidArgument("--kv-cache-fraction", f"must be in (0, 1], got {engine.kv_cache_fraction}")

@@ -48,7 +48,7 @@ class Daemon:
         self.config = config
         self.started_at = datetime.now(UTC)
         self.hostname = socket.gethostname()
-        self.discovery = discover()
+        self.discovery = discover(config.cpu_devices)
         self.components = component_versions(self.discovery)
         self.decisions: dict[str, DeviceDecisions] = {}  # by torch device
         loaded = plugins.activate(config.candidate_plugins, registry.CANDIDATES)
@@ -57,8 +57,10 @@ class Daemon:
                 log.warning("candidate_plugin_unusable", plugin=plugin.spec, error=plugin.error)
         self.ready = threading.Event()
         gpus = [d for d in self.discovery.devices if d.kind == "cuda" and d.torch_device]
-        self.default_device = gpus[0].torch_device if gpus else "cpu"
-        self.models = ModelManager(config.resolved_model_root, self.default_device, self, config.engine)
+        self.default_device = (gpus or list(self.discovery.devices))[0].torch_device
+        self.models = ModelManager(
+            config.resolved_model_root, self.default_device, self, config.engine, self.discovery.devices
+        )
         log.info(
             "devices_discovered",
             devices=[f"{d.index}:{d.kind}:{d.name}" for d in self.discovery.devices],
@@ -75,12 +77,7 @@ class Daemon:
         shapes, group_sizes = self._hosted_shapes(specs)
         self._keep_triton_builds()
         export_cache_dir(self.config.cache_dir)  # kernel libraries keep their tuning there (awqd/kernels/cache_dir.py)
-        # Each device's selection runs in its own worker process, so the devices are decided side by side: a GPU
-        # node's boot waits for its slowest device, not for the sum (the host CPU took 97 s beside an H200's 93 s).
-        addressable = [device for device in self.discovery.devices if device.torch_device]  # others: Describe warns
-        with ThreadPoolExecutor(max_workers=max(1, len(addressable)), thread_name_prefix="select") as pool:
-            decided = pool.map(lambda device: self._select(device, shapes, group_sizes), addressable)
-            self.decisions.update(zip((device.torch_device for device in addressable), decided, strict=True))
+        self._select_all(shapes, group_sizes)
         for spec in specs:
             try:
                 self.models.load(spec.name, Path(spec.path), spec.device, self.config.kernel)
@@ -91,7 +88,39 @@ class Daemon:
         self.ready.set()
         log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
 
-    def _select(self, device: DeviceInfo, shapes: dict[str, list], group_sizes: dict[str, int]) -> DeviceDecisions:
+    def _select_all(self, shapes: dict[str, list], group_sizes: dict[str, int]) -> None:
+        """Kernel selection on every device, side by side: each device's runs in its own worker process, so a GPU
+        node's boot waits for its slowest device, not for the sum (the host CPU took 97 s beside an H200's 93 s).
+
+        Identical devices (same model, capability and hosted shapes, hence the same decision-cache fingerprint)
+        share one measurement: the first measures, the others then re-validate its decisions (correctness, graph
+        replay and a re-timed ordering: seconds, not the --selection-budget a measurement may take)."""
+        addressable = [device for device in self.discovery.devices if device.torch_device]  # others: Describe warns
+        groups: dict[tuple, list[DeviceInfo]] = defaultdict(list)
+        for device in addressable:
+            hosted = (tuple(shapes.get(device.torch_device, ())), group_sizes.get(device.torch_device))
+            groups[(device.kind, device.name, device.compute_capability, *hosted)].append(device)
+
+        def decide_group(members: list[DeviceInfo]) -> None:
+            leader, *followers = members
+            self.decisions[leader.torch_device] = self._select(leader, shapes, group_sizes)
+            shared = self.decisions[leader.torch_device].source in ("measured", "cache_validated")
+            shared_from = leader.uuid if shared else ""
+            with ThreadPoolExecutor(max_workers=max(1, len(followers)), thread_name_prefix="revalidate") as pool:
+                decided = pool.map(lambda device: self._select(device, shapes, group_sizes, shared_from), followers)
+                self.decisions.update(zip((device.torch_device for device in followers), decided, strict=True))
+
+        with ThreadPoolExecutor(max_workers=max(1, len(groups)), thread_name_prefix="select") as pool:
+            list(pool.map(decide_group, groups.values()))
+        log.info(
+            "devices_decided",
+            seconds={device: round(d.duration_s, 3) for device, d in self.decisions.items()},
+            sources={device: d.source for device, d in self.decisions.items()},
+        )
+
+    def _select(
+        self, device: DeviceInfo, shapes: dict[str, list], group_sizes: dict[str, int], shared_from: str = ""
+    ) -> DeviceDecisions:
         return select_kernels(
             device,
             shapes.get(device.torch_device) or default_shapes(),
@@ -100,6 +129,7 @@ class Daemon:
             budget_s=self.config.selection_budget_s,
             forced=None if self.config.kernel in AUTO else self.config.kernel,
             graph_batch=self.config.engine.max_batch_size if self.config.engine.cuda_graphs else 0,
+            shared_from=shared_from,
         )
 
     def _keep_triton_builds(self) -> None:
@@ -150,11 +180,17 @@ class Daemon:
             except Exception as error:
                 log.warning("model_shapes_unreadable", model=spec.name, error=str(error))
                 continue
-            device = spec.device or self.default_device
-            layers[device][tuple(engine_layer_shapes(checkpoint.config).values())] = None
-            group_sizes.setdefault(device, checkpoint.quant_config.group_size)
+            for device in self._placed(spec):
+                layers[device][tuple(engine_layer_shapes(checkpoint.config).values())] = None
+                group_sizes.setdefault(device, checkpoint.quant_config.group_size)
         shapes = {device: [shape for layer in found for shape in layer] for device, found in layers.items()}
         return shapes, group_sizes
+
+    def _placed(self, spec: ModelSpec) -> list[str]:
+        try:
+            return self.models.placement(spec.device, f"--model {spec.name}")
+        except Exception:  # announce() already listed the model as failed, saying why
+            return []
 
     # KernelPlanner, for the model manager.
     def plan(self, torch_device: str, kernel: str) -> tuple[Dispatch, list[Candidate]]:
@@ -209,7 +245,7 @@ class Daemon:
                 "(--max-prompt-tokens)",
             )
         job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
-        hosted.scheduler.submit(job)
+        self.models.submit(hosted, job)  # the least-loaded ready replica (awqd.models.replicas)
         return job
 
     def node_state(self) -> NodeState:

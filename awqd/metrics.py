@@ -1,28 +1,30 @@
 """The Prometheus counters and histograms updated on the hot path (status interceptor, stream limit, model workers).
 
 The scrape endpoint and the metrics read from the daemon at scrape time are in awqd/server/metrics.py.
+Per-engine series carry the model and the torch device its engine runs on (one engine per device a model is placed
+on, awqd.models.replicas).
 """
 
 from prometheus_client import Counter, Gauge, Histogram
 
 RPC_REQUESTS = Counter("awqd_rpc_requests", "Finished RPCs by full method name and status code", ["method", "code"])
 STREAMS_IN_FLIGHT = Gauge("awqd_streams_in_flight", "Generate and Benchmark streams running now")
-GENERATED_TOKENS = Counter("awqd_generated_tokens", "Tokens streamed to callers", ["model"])
+GENERATED_TOKENS = Counter("awqd_generated_tokens", "Tokens streamed to callers", ["model", "device"])
 KV_CACHE_PREEMPTIONS = Counter(
     "awqd_kv_cache_preemptions",
     "Running sequences that gave their KV-cache blocks back when blocks ran out, by how they resume: mode swap (their "
     "blocks wait in host memory and are copied back) or recompute (they are prefilled again)",
-    ["model", "mode"],
+    ["model", "device", "mode"],
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "awqd_time_to_first_token_seconds",
     "From the request's arrival (queueing included) to its first generated token",
-    ["model"],
+    ["model", "device"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 INTER_TOKEN_LATENCY = Histogram(
     "awqd_inter_token_latency_seconds",
     "Gap between consecutive generated tokens of one request",
-    ["model"],
+    ["model", "device"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5),
 )

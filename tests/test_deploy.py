@@ -223,6 +223,14 @@ def test_daemonset_runs_only_on_gpu_nodes():
     assert pod["priorityClassName"] == manifests()["PriorityClass"]["metadata"]["name"]
 
 
+def test_gpu_requests_take_every_gpu_of_the_nodes_they_run_on():
+    patch = yaml.safe_load((KUBERNETES / "components/gpu-resource-requests/daemonset-patch.yaml").read_text())
+    pod = patch["spec"]["template"]["spec"]
+    requested = pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    # A DaemonSet asks the same count everywhere: it runs only where that is the node's whole GPU count.
+    assert pod["nodeSelector"]["nvidia.com/gpu.count"] == str(requested) == "8"
+
+
 def test_node_labels_component_writes_into_nfd_features_dir():
     patch = yaml.safe_load((KUBERNETES / "components/node-labels/daemonset-patch.yaml").read_text())
     container = awqd_container(patch)

@@ -19,7 +19,7 @@ from awqd.errors import InvalidArgument
 from awqd.kernels.measure import CorrectnessCheck, KernelTiming
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision, select_kernels
 from awqd.node.devices import DeviceInfo
-from awqd.node.labels import MAX_FILE_BYTES, feature_labels, publish_feature_file, write_feature_file
+from awqd.node.labels import MAX_FILE_BYTES, check_label, feature_labels, publish_feature_file, write_feature_file
 from awqd_client.client import AwqdClient
 
 from daemon_process import DaemonProcess
@@ -112,7 +112,26 @@ def test_gpu_labels_describe_the_first_gpu():
         NFD_PREFIX + "awq.kernel.source": "measured",
         NFD_PREFIX + "awq.kernel.bs1": "autoawq_gemv_cuda",
         NFD_PREFIX + "awq.kernel.bs512": "dequant_cublas",
+        NFD_PREFIX + "awq.gpu.count": "1",
+        NFD_PREFIX + "awq.kernel.uniform": "true",
     }
+
+
+def test_gpus_that_chose_differently_are_labelled_each():
+    l40s = DeviceInfo(2, "cuda", "GPU-77aa", "NVIDIA L40S", (8, 9), 48_000_000_000, "cuda:1", 1)
+    other = h200_decisions()
+    other.decisions[0].kernel = "dequant_cublas"
+    uniform = feature_labels([CPU, H200, l40s], {"cuda:0": h200_decisions(), "cuda:1": h200_decisions()})
+    assert uniform[NFD_PREFIX + "awq.gpu.count"] == "2" and uniform[NFD_PREFIX + "awq.kernel.uniform"] == "true"
+    assert not any(".gpu0." in name or ".gpu1." in name for name in uniform)
+    mixed = feature_labels([CPU, H200, l40s], {"cuda:0": h200_decisions(), "cuda:1": other})
+    assert mixed[NFD_PREFIX + "awq.kernel.uniform"] == "false"
+    assert mixed[NFD_PREFIX + "awq.kernel.bs1"] == "autoawq_gemv_cuda"  # the first GPU's, as before
+    assert mixed[NFD_PREFIX + "awq.gpu0.kernel.bs1"] == "autoawq_gemv_cuda"
+    assert mixed[NFD_PREFIX + "awq.gpu1.kernel.bs1"] == "dequant_cublas"
+    assert mixed[NFD_PREFIX + "awq.gpu1.kernel.bs512"] == "dequant_cublas"
+    for name, value in mixed.items():
+        check_label(name, value)
 
 
 def test_cpu_node_labels_come_from_real_selection():

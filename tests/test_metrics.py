@@ -57,11 +57,11 @@ def test_metrics_during_and_after_generate(daemon):
         calls = [stub.Generate(request) for _ in range(2)]  # the second waits in the model's queue
         deadline = time.monotonic() + 30
         during = scrape(daemon)
-        while value(during, "awqd_queue_depth", model=DEMO) < 1:
+        while value(during, "awqd_queue_depth", model=DEMO, device="cpu") < 1:
             assert time.monotonic() < deadline, "the second Generate never queued"
             during = scrape(daemon)
         assert value(during, "awqd_streams_in_flight") == 2
-        assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO) > 0  # the running one's
+        assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") > 0  # the running one's
         completions = [list(call)[-1].completion for call in calls]
     after = scrape(daemon)
 
@@ -71,22 +71,24 @@ def test_metrics_during_and_after_generate(daemon):
     assert grew("awqd_rpc_requests_total", method=GENERATE, code="OK") == 2
     generated = sum(c.usage.completion_tokens for c in completions)
     assert generated > 0
-    assert grew("awqd_generated_tokens_total", model=DEMO) == generated
-    assert grew("awqd_time_to_first_token_seconds_count", model=DEMO) == 2
+    assert grew("awqd_generated_tokens_total", model=DEMO, device="cpu") == generated
+    assert grew("awqd_time_to_first_token_seconds_count", model=DEMO, device="cpu") == 2
     # One gap between consecutive sampled tokens; an end-of-sequence token is sampled but not streamed.
     gaps = sum(c.usage.completion_tokens - 1 + (c.finish_reason == pb.FINISH_REASON_EOS) for c in completions)
-    assert grew("awqd_inter_token_latency_seconds_count", model=DEMO) == gaps
+    assert grew("awqd_inter_token_latency_seconds_count", model=DEMO, device="cpu") == gaps
     # The histograms hold exactly the times each completion reports.
     ttft_ms = sum(c.timings.time_to_first_token_ms for c in completions)
-    assert grew("awqd_time_to_first_token_seconds_sum", model=DEMO) * 1000 == pytest.approx(ttft_ms, rel=1e-6)
+    ttft_s = grew("awqd_time_to_first_token_seconds_sum", model=DEMO, device="cpu")
+    assert ttft_s * 1000 == pytest.approx(ttft_ms, rel=1e-6)
     decode_ms = sum(c.timings.ms_per_output_token * (c.usage.completion_tokens - 1) for c in completions)
     if all(c.finish_reason == pb.FINISH_REASON_LENGTH for c in completions):
-        assert grew("awqd_inter_token_latency_seconds_sum", model=DEMO) * 1000 == pytest.approx(decode_ms, rel=1e-6)
-    assert value(after, "awqd_queue_depth", model=DEMO) == 0
+        decode_s = grew("awqd_inter_token_latency_seconds_sum", model=DEMO, device="cpu")
+        assert decode_s * 1000 == pytest.approx(decode_ms, rel=1e-6)
+    assert value(after, "awqd_queue_depth", model=DEMO, device="cpu") == 0
     # The default CPU budget, 16384 tokens in 16-token blocks, all free again.
-    assert value(after, "awqd_kv_cache_tokens", model=DEMO) == 16384
-    assert value(after, "awqd_kv_cache_blocks", model=DEMO) == 1024
-    assert value(after, "awqd_kv_cache_blocks_in_use", model=DEMO) == 0
+    assert value(after, "awqd_kv_cache_tokens", model=DEMO, device="cpu") == 16384
+    assert value(after, "awqd_kv_cache_blocks", model=DEMO, device="cpu") == 1024
+    assert value(after, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") == 0
     assert value(after, "awqd_streams_in_flight") == 0
 
 

@@ -43,6 +43,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -96,9 +97,10 @@ class Scheduler:
         self._closed = False
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
-        self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name)
+        self.device = str(runner.model.device)  # the metrics' device label: one engine per device
+        self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name, self.device)
         self._preemptions_counted = {
-            mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, mode) for mode in PREEMPTION_POLICIES
+            mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, self.device, mode) for mode in PREEMPTION_POLICIES
         }
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
         self._thread.start()
@@ -156,7 +158,9 @@ class Scheduler:
         return not self._waiting and not self._preempted and not self._running
 
     def _run(self) -> None:
-        with torch.inference_mode():
+        device = self.runner.model.device
+        # The engine's device is this thread's current device: Triton launches, and CUDA-graph captures, on it.
+        with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
             while True:
                 with self._condition:
                     while self._idle() and not self._closed:
@@ -356,7 +360,7 @@ class Scheduler:
 
     def _finished(self, job: Job, event: Finished) -> None:
         """Records the metrics and the log line first, so a caller that sees the summary also sees them."""
-        _observe_latencies(self.name, event)
+        _observe_latencies(self.name, self.device, event)
         log.info(
             "generation_finished",
             model=self.name,
@@ -368,11 +372,45 @@ class Scheduler:
         )
         job.events.put(event)
 
+    # For replica routing and health (awqd.models.replicas): read-only snapshots, and the end of a stopped engine.
+    def load(self) -> "EngineLoad":
+        """What this engine still has to do, as a racy snapshot (good enough to route by)."""
+        with self._condition:
+            waiting, preempted, running = list(self._waiting), list(self._preempted), list(self._running)
+        tokens = sum(len(job.prompt_ids) + job.params.max_new_tokens for job in waiting)
+        tokens += sum(len(seq.prefill_ids) + seq.remaining_tokens for seq in preempted)
+        tokens += sum(seq.remaining_tokens for seq in running)
+        return EngineLoad(len(waiting) + len(preempted), len(running), tokens, self.blocks.free_blocks)
 
-def _observe_latencies(model: str, finished: Finished) -> None:
+    def wait_stopped(self) -> None:
+        """Returns once the scheduler thread has ended: after close(), or when it died."""
+        self._thread.join()
+
+    def abandon(self, error: Exception) -> None:
+        """Ends every request still queued, preempted or running with `error`, and refuses new ones. Only for an
+        engine whose thread has stopped: nothing else would end those requests."""
+        with self._condition:
+            self._closed = True
+            jobs = [*self._waiting, *(seq.job for seq in (*self._preempted, *self._running))]
+            self._waiting.clear()
+            self._preempted.clear()
+            self._running.clear()
+        for job in jobs:
+            job.events.put(error)
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    queued: int  # requests waiting, preempted ones included
+    running: int  # sequences in the decode batch
+    tokens: int  # queued prompts and generations, plus what running and preempted sequences have left
+    free_blocks: int  # KV-cache headroom
+
+
+def _observe_latencies(model: str, device: str, finished: Finished) -> None:
     times = finished.token_times_ms
     if times:
-        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(times[0] / 1000)
-    inter_token = metrics.INTER_TOKEN_LATENCY.labels(model)
+        metrics.TIME_TO_FIRST_TOKEN.labels(model, device).observe(times[0] / 1000)
+    inter_token = metrics.INTER_TOKEN_LATENCY.labels(model, device)
     for earlier, later in pairwise(times):
         inter_token.observe((later - earlier) / 1000)

@@ -202,10 +202,13 @@ def select_kernels(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     forced: str | None = None,
     graph_batch: int = DEFAULT_GRAPH_BATCH,
+    shared_from: str = "",
 ) -> DeviceDecisions:
     """Decide the kernel per bucket for `device`. Never raises: failures become capability rules and notes.
 
-    `graph_batch` is the largest decode batch the engine replays as a CUDA graph (0 when graphs are off)."""
+    `graph_batch` is the largest decode batch the engine replays as a CUDA graph (0 when graphs are off).
+    `shared_from` names an identical device (same fingerprint) decided just before: when this device has no cached
+    decisions of its own, that device's are re-validated here instead of measuring again."""
     started = time.perf_counter()
     shapes, buckets = [tuple(s) for s in shapes], sorted(set(buckets))
     graph_buckets = graph_buckets_for(device, buckets, graph_batch)
@@ -226,6 +229,7 @@ def select_kernels(
             parts,
             isolated,
             graph_buckets,
+            shared_from,
         )
     except Exception as error:  # selection must never keep a device from serving
         log.exception("kernel_selection_failed", device=device.uuid)
@@ -337,6 +341,7 @@ def select_measured_or_cached(
     parts: dict[str, str],
     isolated: IsolatedDevice,
     graph_buckets: list[int],
+    shared_from: str = "",
 ) -> DeviceDecisions:
     notes: list[str] = []
     if not any(report.supported for report in reports):
@@ -353,6 +358,9 @@ def select_measured_or_cached(
         if cache_dir is not None:
             cached, load_notes = cache.load(cache_dir, device.uuid, fingerprint, parts)
             notes += load_notes
+            if cached is None and shared_from:
+                cached, shared_notes = cache.load(cache_dir, shared_from, fingerprint, parts)
+                notes += shared_notes or [f"re-validating the decisions measured on {shared_from} (same fingerprint)"]
             if cached is not None:
                 validated = validate_cached(cached, device, reports, plan)
                 if validated is not None:

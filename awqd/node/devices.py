@@ -1,6 +1,11 @@
 """Discover the node's execution devices: the CPU, then each GPU NVML sees, matched to torch's CUDA devices by UUID.
 
 No driver and no GPU are normal outcomes: discovery reports them in words and never raises.
+
+For tests and development only, `cpu_devices` > 1 (--cpu-devices, AWQD_CPU_DEVICES) lists the CPU that many times,
+as cpu:0 .. cpu:N-1: torch places them all on the one host CPU, so replicas, placement and routing run for real
+with real engines, but they share the host's cores and RAM. Their UUIDs are cpu-0 .. cpu-N-1; they keep the CPU's
+name, so they share one kernel measurement as identical GPUs do.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ NVML_LIBRARY = "libnvidia-ml.so.1"  # what pynvml loads on Linux; named so "not 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    index: int  # 0 is the CPU, then GPUs in NVML order
+    index: int  # 0 is the CPU (0..N-1 for N simulated CPU devices), then GPUs in NVML order
     kind: str  # "cpu" | "cuda"
     uuid: str  # NVML UUID, "cpu" for the CPU
     name: str
@@ -85,22 +90,12 @@ class _TorchReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def discover() -> Discovery:
+def discover(cpu_devices: int = 1) -> Discovery:
     nvml = _probe_nvml()
     cuda = _probe_torch(nvml_sees_gpus=bool(nvml.gpus))
-    gpus, match_warnings = _match(nvml, cuda)
-    cpu = DeviceInfo(
-        index=0,
-        kind="cpu",
-        uuid="cpu",
-        name=_cpu_name(),
-        compute_capability=None,
-        memory_total_bytes=_meminfo_bytes("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES"),
-        torch_device="cpu",
-        nvml_index=None,
-    )
+    gpus, match_warnings = _match(nvml, cuda, first_index=max(1, cpu_devices))
     return Discovery(
-        devices=(cpu, *gpus),
+        devices=(*_cpus(cpu_devices), *gpus),
         nvml_available=nvml.available,
         nvml_error=nvml.error,
         nvml_device_count=nvml.device_count,
@@ -110,6 +105,14 @@ def discover() -> Discovery:
         driver_version=nvml.driver_version,
         cuda_driver_version=nvml.cuda_driver_version,
     )
+
+
+def _cpus(count: int) -> list[DeviceInfo]:
+    """The host CPU, or `count` simulated CPU devices (tests and development only; see the module docstring)."""
+    name, memory = _cpu_name(), _meminfo_bytes("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
+    if count <= 1:
+        return [DeviceInfo(0, "cpu", "cpu", name, None, memory, "cpu", None)]
+    return [DeviceInfo(i, "cpu", f"cpu-{i}", name, None, memory, f"cpu:{i}", None) for i in range(count)]
 
 
 def memory_free_bytes(device: DeviceInfo) -> int:
@@ -234,7 +237,7 @@ def _torch_cuda_init_error() -> str:
     return "torch.cuda.is_available() returned False"
 
 
-def _match(nvml: _NvmlReport, cuda: _TorchReport) -> tuple[list[DeviceInfo], list[str]]:
+def _match(nvml: _NvmlReport, cuda: _TorchReport, first_index: int = 1) -> tuple[list[DeviceInfo], list[str]]:
     """Pair NVML GPUs with torch devices by UUID; torch-only GPUs follow the NVML ones."""
     findings: list[str] = []
     if nvml.gpus and cuda.cuda_available and nvml.device_count != cuda.device_count:
@@ -261,7 +264,7 @@ def _match(nvml: _NvmlReport, cuda: _TorchReport) -> tuple[list[DeviceInfo], lis
                 f"GPU {gpu.index} ({gpu.name}, {gpu.uuid}) is not visible to torch{_visible_devices_note()}"
             )
         torch_device = f"cuda:{partner.index}" if partner is not None else ""
-        devices.append(_gpu_device(len(devices) + 1, gpu, torch_device, nvml_index=gpu.index))
+        devices.append(_gpu_device(first_index + len(devices), gpu, torch_device, nvml_index=gpu.index))
 
     for gpu in cuda.gpus:
         if gpu.index in matched:
@@ -270,7 +273,7 @@ def _match(nvml: _NvmlReport, cuda: _TorchReport) -> tuple[list[DeviceInfo], lis
             findings.append(
                 f"torch device cuda:{gpu.index} ({gpu.name}, {gpu.uuid or 'no UUID'}) is not among NVML's GPUs"
             )
-        devices.append(_gpu_device(len(devices) + 1, gpu, f"cuda:{gpu.index}", nvml_index=None))
+        devices.append(_gpu_device(first_index + len(devices), gpu, f"cuda:{gpu.index}", nvml_index=None))
     return devices, findings
 
 

@@ -32,7 +32,8 @@ DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*
 
 
 def feature_labels(devices: Sequence[DeviceInfo], decisions: Mapping[str, DeviceDecisions]) -> dict[str, str]:
-    """Labels for the first GPU torch can use (the CPU on a node without one), keyed by full label name.
+    """Labels for the first GPU torch can use (the CPU on a node without one), keyed by full label name; on a node
+    whose GPUs chose differently (mixed models, or a GPU that fell back), each GPU's choices too.
 
     `decisions` is keyed by torch device, as Daemon.decisions is.
     """
@@ -52,7 +53,31 @@ def feature_labels(devices: Sequence[DeviceInfo], decisions: Mapping[str, Device
         labels["awq.kernel.source"] = chosen.source
         for tokens in LABELED_TOKENS:
             labels[f"awq.kernel.bs{tokens}"] = dispatch.candidate_for(tokens).name
+    labels.update(per_gpu_labels(gpus, decisions))
     return {f"{NAMESPACE}/{name}": value for name, value in labels.items()}
+
+
+def per_gpu_labels(gpus: Sequence[DeviceInfo], decisions: Mapping[str, DeviceDecisions]) -> dict[str, str]:
+    """awq.gpu.count, awq.kernel.uniform, and when the GPUs' choices differ, awq.gpuN.kernel.bsT per GPU (N is the
+    torch index, as in cuda:N)."""
+    if not gpus:
+        return {}
+    choices = {gpu.torch_device: _choices(decisions[gpu.torch_device]) for gpu in gpus}
+    uniform = len(set(choices.values())) == 1
+    labels = {"awq.gpu.count": str(len(gpus)), "awq.kernel.uniform": str(uniform).lower()}
+    if not uniform:
+        for torch_device, chosen in choices.items():
+            index = torch_device.partition(":")[2] or "0"
+            for tokens, name in zip(LABELED_TOKENS, chosen, strict=True):
+                labels[f"awq.gpu{index}.kernel.bs{tokens}"] = name
+    return labels
+
+
+def _choices(decisions: DeviceDecisions) -> tuple[str, ...]:
+    if not decisions.decisions:
+        return ("none",) * len(LABELED_TOKENS)
+    dispatch = decisions.dispatch()
+    return tuple(dispatch.candidate_for(tokens).name for tokens in LABELED_TOKENS)
 
 
 def check_label(name: str, value: str) -> None:

@@ -11,6 +11,7 @@ from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, TokenDelta
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
 from awqd.models.manager import HostedModel
+from awqd.models.replicas import Replica
 from awqd.state import DeviceState, NodeState
 from awqd_client.v1 import awqd_pb2 as pb
 
@@ -149,7 +150,9 @@ def device(state: DeviceState) -> pb.Device:
 
 def describe(state: NodeState, models: list[HostedModel]) -> pb.DescribeResponse:
     return pb.DescribeResponse(
-        node=node(state), devices=[device(d) for d in state.devices], models=[model(m) for m in models]
+        node=node(state),
+        devices=[device(d) for d in state.devices],
+        models=[model(m, {d.info.torch_device: d.info.uuid for d in state.devices}) for m in models],
     )
 
 
@@ -167,11 +170,32 @@ FINISH_REASONS = {
 }
 
 
-def model(hosted: HostedModel) -> pb.Model:
+def replica(replica: Replica, device_uuid: str) -> pb.ModelReplica:
+    message = pb.ModelReplica(
+        device=replica.device,
+        device_uuid=device_uuid,
+        state=MODEL_STATES[replica.state],
+        error=replica.error,
+        requests_routed=replica.routed,
+        load_duration=duration(replica.load_seconds),
+    )
+    load = replica.load()
+    if load is not None:
+        message.queued_requests, message.running_requests, message.load_tokens = load.queued, load.running, load.tokens
+    if replica.scheduler is not None:
+        message.kv_cache_blocks = replica.scheduler.blocks.blocks
+        message.kv_cache_blocks_in_use = replica.scheduler.blocks.used_blocks
+    if replica.warmup is not None:
+        message.warmup_duration.CopyFrom(duration(replica.warmup.duration_s))
+    return message
+
+
+def model(hosted: HostedModel, device_uuids: dict[str, str] | None = None) -> pb.Model:
     message = pb.Model(
         name=hosted.name,
         path=str(hosted.path),
-        device=hosted.device,
+        device=",".join(hosted.devices),
+        replicas=[replica(r, (device_uuids or {}).get(r.device, "")) for r in hosted.replicas],
         state=MODEL_STATES[hosted.state],
         error=hosted.error,
         kernel=hosted.kernel,

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from awqd.errors import InvalidArgument
+from awqd.models.replicas import ModelState
 from awqd.node.devices import memory_free_bytes
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("awqd")
 
-MODEL_STATES = ("loading", "ready", "failed")
+MODEL_STATES = tuple(ModelState)
 
 
 class DaemonCollector(Collector):
@@ -32,28 +33,29 @@ class DaemonCollector(Collector):
         self.daemon = daemon
 
     def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        engine = ["model", "device"]  # one engine per device a model is placed on
         queue_depth = GaugeMetricFamily(
-            "awqd_queue_depth", "Generate requests waiting for room in their model's KV cache", labels=["model"]
+            "awqd_queue_depth", "Generate requests waiting for room in their engine's KV cache", labels=engine
         )
         model_state = GaugeMetricFamily(
             "awqd_model_state", "1 for the state each hosted model is in, 0 for the others", labels=["model", "state"]
         )
-        kv_blocks = GaugeMetricFamily(
-            "awqd_kv_cache_blocks", "KV-cache blocks sequences can hold, per model", labels=["model"]
-        )
+        kv_blocks = GaugeMetricFamily("awqd_kv_cache_blocks", "KV-cache blocks sequences can hold", labels=engine)
         kv_blocks_in_use = GaugeMetricFamily(
-            "awqd_kv_cache_blocks_in_use", "KV-cache blocks held by running sequences", labels=["model"]
+            "awqd_kv_cache_blocks_in_use", "KV-cache blocks held by running sequences", labels=engine
         )
         kv_tokens = GaugeMetricFamily(
-            "awqd_kv_cache_tokens", "KV-cache capacity in tokens (blocks x tokens per block)", labels=["model"]
+            "awqd_kv_cache_tokens", "KV-cache capacity in tokens (blocks x tokens per block)", labels=engine
         )
         for hosted in self.daemon.models.list():
-            if hosted.scheduler is not None:
-                scheduler = hosted.scheduler
-                queue_depth.add_metric([hosted.name], scheduler.queue_depth)
-                kv_blocks.add_metric([hosted.name], scheduler.blocks.blocks)
-                kv_blocks_in_use.add_metric([hosted.name], scheduler.blocks.used_blocks)
-                kv_tokens.add_metric([hosted.name], scheduler.runner.cache.plan.capacity_tokens)
+            for replica in list(hosted.replicas):
+                if replica.scheduler is None:
+                    continue
+                scheduler, labels = replica.scheduler, [hosted.name, replica.device]
+                queue_depth.add_metric(labels, scheduler.queue_depth)
+                kv_blocks.add_metric(labels, scheduler.blocks.blocks)
+                kv_blocks_in_use.add_metric(labels, scheduler.blocks.used_blocks)
+                kv_tokens.add_metric(labels, scheduler.runner.cache.plan.capacity_tokens)
             for state in MODEL_STATES:
                 model_state.add_metric([hosted.name, state], float(hosted.state == state))
         yield from (queue_depth, model_state, kv_blocks, kv_blocks_in_use, kv_tokens)

@@ -140,7 +140,10 @@ def load(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The name requests will use.")],
     path: Annotated[str, typer.Argument(help="Checkpoint directory, inside the daemon's model root.")],
-    device: Annotated[str, typer.Option(help='Torch device, e.g. "cuda:0" or "cpu"; default GPU 0 or the CPU.')] = "",
+    device: Annotated[
+        str,
+        typer.Option(help='Placement: "cuda:0", "cuda:0,cuda:2" or "all" (a replica each); default GPU 0 or CPU.'),
+    ] = "",
     kernel: Annotated[str, typer.Option(help='"auto", a family (gemm, gemv, gemv_fast) or a candidate.')] = "auto",
     json_output: JsonFlag = False,
 ) -> None:
@@ -150,7 +153,10 @@ def load(
 
 
 @app.command()
-def unload(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The hosted model's name.")]) -> None:
+def unload(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The hosted model's name, or MODEL@DEVICE for one replica.")],
+) -> None:
     """Unload a model and free its memory."""
     _client(ctx).unload_model(name)
     print(f"unloaded {name}")

@@ -46,6 +46,8 @@ def print_describe(console: Console, response: awqd_pb2.DescribeResponse) -> Non
         if device.decisions:
             console.print(decisions_table(device))
     console.print(models_table(response.models))
+    if any(len(model.replicas) > 1 for model in response.models):
+        console.print(replicas_table(response.models))
 
 
 def node_panel(node: awqd_pb2.Node) -> RenderableType:
@@ -195,6 +197,29 @@ def models_table(models: Iterable[awqd_pb2.Model]) -> Table:
             warmup_summary(model),
             Text(model.error, style="red"),
         )
+    return table
+
+
+def replicas_table(models: Iterable[awqd_pb2.Model]) -> Table:
+    """One row per engine of the models placed on several devices."""
+    columns = ("model", "device", "state", "queued", "running", "load tokens", "kv blocks", "routed", "error")
+    table = Table(*columns, title="replicas")
+    for model in models:
+        for replica in model.replicas if len(model.replicas) > 1 else ():
+            state = label(awqd_pb2.ModelState, replica.state)
+            style = {"ready": "green", "failed": "red"}.get(state, "yellow")
+            _add_row(
+                table,
+                model.name,
+                replica.device,
+                Text(state, style=style),
+                str(replica.queued_requests),
+                str(replica.running_requests),
+                str(replica.load_tokens),
+                f"{replica.kv_cache_blocks_in_use}/{replica.kv_cache_blocks}",
+                str(replica.requests_routed),
+                Text(replica.error, style="red"),
+            )
     return table
 
 

@@ -302,7 +302,7 @@ class KernelSelection(_message.Message):
     def __init__(self, source: _Optional[_Union[DecisionSource, str]] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fingerprint: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., copy_bandwidth_gbps: _Optional[float] = ..., worker_startup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_restarts: _Optional[int] = ..., graph_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use")
+    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use", "replicas")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,7 @@ class Model(_message.Message):
     KV_CACHE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BLOCKS_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     architecture: str
@@ -349,7 +350,36 @@ class Model(_message.Message):
     kv_cache_blocks: int
     kv_cache_block_tokens: int
     kv_cache_blocks_in_use: int
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_block_tokens: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ModelReplica]
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_block_tokens: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ModelReplica, _Mapping]]] = ...) -> None: ...
+
+class ModelReplica(_message.Message):
+    __slots__ = ("device", "device_uuid", "state", "error", "queued_requests", "running_requests", "load_tokens", "kv_cache_blocks", "kv_cache_blocks_in_use", "requests_routed", "load_duration", "warmup_duration")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    LOAD_DURATION_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    device_uuid: str
+    state: ModelState
+    error: str
+    queued_requests: int
+    running_requests: int
+    load_tokens: int
+    kv_cache_blocks: int
+    kv_cache_blocks_in_use: int
+    requests_routed: int
+    load_duration: _duration_pb2.Duration
+    warmup_duration: _duration_pb2.Duration
+    def __init__(self, device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., queued_requests: _Optional[int] = ..., running_requests: _Optional[int] = ..., load_tokens: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., requests_routed: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QuantConfig(_message.Message):
     __slots__ = ("w_bit", "group_size", "zero_point", "packing")

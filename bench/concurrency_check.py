@@ -80,7 +80,8 @@ def main() -> int:
 
     log_path = args.out / "daemon.log"
     with log_path.open("w") as log:
-        daemon = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log, env=daemon_env(code_root), cwd=code_root)
+        env = daemon_env(code_root)
+        daemon = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=code_root)
         try:
             started = time.perf_counter()
             result = subprocess.run(

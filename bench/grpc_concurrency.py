@@ -38,8 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "python" / "src"))
 
-from awqd_client.v1 import awqd_pb2 as pb  # noqa: E402
-from awqd_client.v1 import awqd_pb2_grpc  # noqa: E402
+from awqd_client.v1 import awqd_pb2 as pb
+from awqd_client.v1 import awqd_pb2_grpc
 
 TOKEN_RANGE = (100, 2000)  # inside the demo model's and every synthetic architecture's vocabulary
 
@@ -55,9 +55,7 @@ class Stream:
     @property
     def lost(self) -> bool:
         """Ended OK, yet without a Completion, or with fewer or more tokens than the Completion counts."""
-        return self.code == "OK" and (
-            self.completion is None or self.completion.usage.completion_tokens != self.tokens
-        )
+        return self.code == "OK" and (self.completion is None or self.completion.usage.completion_tokens != self.tokens)
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -150,9 +148,7 @@ def summary(streams: list[Stream]) -> dict:
         "inter_token_p99_ms": rounded(percentile(inter_token_ms, 0.99), 3),
         "client_ms_per_token": rounded(client_ms, 4),
         "server_ms_per_token": rounded(server_ms, 4),
-        "overhead_us_per_token": rounded(
-            statistics.fmean((c - s) * 1000 for c, s in paired) if paired else None, 1
-        ),
+        "overhead_us_per_token": rounded(statistics.fmean((c - s) * 1000 for c, s in paired) if paired else None, 1),
     }
 
 
@@ -224,7 +220,9 @@ def markdown(data: dict) -> str:
         "inter-token p99 ms | server ms/token | overhead µs/token | statuses | lost |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = list(data["levels"]) + ([{**data["hold"], "level": f"{data['hold']['level']} (held)"}] if "hold" in data else [])
+    rows = list(data["levels"])
+    if "hold" in data:
+        rows.append({**data["hold"], "level": f"{data['hold']['level']} (held)"})
     for row in rows:
         lines.append(
             f"| {row['level']} | {row['tokens_per_s']} | {row['ttft_p50_ms']} | {row['ttft_p99_ms']} | "

@@ -16,8 +16,8 @@ from awqd.daemon import Daemon
 from awqd.errors import AwqdError
 from awqd.server import SERVICE_NAME
 from awqd.server.auth import Authorizer
-from awqd.server.interceptor import StatusInterceptor
 from awqd.server.events import EventBridge
+from awqd.server.interceptor import StatusInterceptor
 from awqd.server.limits import StreamLimit
 from awqd.server.metrics import serve_metrics
 from awqd.server.servicer import AwqdServicer

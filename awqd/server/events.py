@@ -7,6 +7,7 @@ queue of the stream it belongs to, which that stream's RPC awaits.
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 
@@ -33,10 +34,8 @@ class EventBridge:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed (the server stopped): no stream reads on
             self._loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:
-            pass  # the loop has closed (the server stopped): no stream is left to read the event
 
     def _deliver(self) -> None:
         with self._lock:

@@ -53,8 +53,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--before", action="store_true", help="the old thread-per-stream server: raise its caps")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the demo model, small levels and lengths")
-    parser.add_argument("--boot-timeout", type=float, default=420.0, help="seconds to wait for SERVING")
-    parser.add_argument("--client-timeout", type=float, default=420.0, help="seconds the client may run")
+    # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
+    parser.add_argument("--boot-timeout", type=float, default=360.0, help="seconds to wait for SERVING")
+    parser.add_argument("--client-timeout", type=float, default=150.0, help="seconds the client may run once SERVING")
+    parser.add_argument("--call-timeout", type=float, default=120.0, help="each call's deadline, seconds")
     parser.add_argument("serve_args", nargs="*", help="more `awqd serve` flags, after --")
     args = parser.parse_args()
     code_root, work = args.code_root.resolve(), args.work.resolve()
@@ -87,7 +89,8 @@ def main() -> int:
             result = subprocess.run(
                 [
                     sys.executable, str(BENCH / "grpc_concurrency.py"), "--target", target, "--model", model,
-                    "--warmup", "--wait-ready", str(args.boot_timeout), "--out", str(args.out), *client,
+                    "--warmup", "--wait-ready", str(args.boot_timeout), "--timeout", str(args.call_timeout),
+                    "--out", str(args.out), *client,
                 ],
                 timeout=args.boot_timeout + args.client_timeout, check=False,
             )  # fmt: skip

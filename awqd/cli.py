@@ -63,7 +63,14 @@ def serve(
     max_new_tokens: Annotated[
         int, typer.Option(envvar="AWQD_MAX_NEW_TOKENS", help="largest max_new_tokens a request may ask for")
     ] = 2048,
-    max_workers: Annotated[int, typer.Option(envvar="AWQD_MAX_WORKERS", help="gRPC worker threads")] = 32,
+    max_workers: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_MAX_WORKERS",
+            help="threads for the calls that block (LoadModel, UnloadModel, Describe, Benchmark steps); streams "
+            "need none",
+        ),
+    ] = 32,
     feature_file: Annotated[
         Path | None,
         typer.Option(
@@ -112,7 +119,7 @@ def serve(
             envvar="AWQD_MAX_CONCURRENT_STREAMS",
             help="Generate and Benchmark streams in flight at once; more get RESOURCE_EXHAUSTED",
         ),
-    ] = 16,
+    ] = 4096,
     max_prompt_tokens: Annotated[
         int, typer.Option(envvar="AWQD_MAX_PROMPT_TOKENS", help="longest prompt, in tokens, a request may send")
     ] = 8192,
@@ -136,7 +143,7 @@ def serve(
             envvar="AWQD_MAX_QUEUED_REQUESTS",
             help="requests waiting for room in the KV cache, per model; more get RESOURCE_EXHAUSTED with a retry hint",
         ),
-    ] = 64,
+    ] = 1024,
     queue_timeout: Annotated[
         float,
         typer.Option(

@@ -55,7 +55,7 @@ class EngineSettings:
     kv_cache_fraction: float = 0.9  # of the device's free memory after the weights (CUDA)
     kv_cache_tokens: int = 16384  # KV-cache tokens on the CPU
     max_batch_size: int = 256  # sequences one decode step runs together (its rows), if the KV cache holds them
-    max_queued_requests: int = 64  # waiting for room in the KV cache, per model
+    max_queued_requests: int = 1024  # waiting for room in the KV cache, per model
     queue_timeout_s: float = 30.0  # longest wait for room in the KV cache
     # Prompt tokens one step boundary prefills together. 8192, the default --max-prompt-tokens: one prompt that long
     # is prefilled in one pass anyway, so packing shorter ones up to the same total needs no more activation memory
@@ -85,7 +85,7 @@ class ServeConfig:
     single_layout: bool = False
     grace_period_s: float = 30.0
     max_new_tokens_cap: int = 2048
-    max_workers: int = 32
+    max_workers: int = 32  # threads for the daemon calls that block (LoadModel, Describe, ...), not streams
     feature_file: Path | None = None  # NFD features.d file for node labels; None: no labels
     log_level: str = "info"
     log_format: str = "json"
@@ -97,7 +97,7 @@ class ServeConfig:
     admin_token: str = field(default="", repr=False)
     reflection: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_streams: int = 16  # Generate and Benchmark streams in flight, daemon-wide
+    max_concurrent_streams: int = 4096  # Generate and Benchmark streams in flight, daemon-wide
     max_prompt_tokens: int = 8192
     engine: EngineSettings = field(default_factory=EngineSettings)
 
@@ -108,12 +108,12 @@ class ServeConfig:
             raise InvalidArgument("--tls-client-ca", "client certificates need TLS: give --tls-cert and --tls-key")
         if self.max_message_bytes < 1024:
             raise InvalidArgument("--max-message-bytes", f"must be at least 1024, got {self.max_message_bytes}")
-        if not 1 <= self.max_concurrent_streams < self.max_workers:
-            # Each stream holds a worker thread; unary calls and health checks need one left over.
-            raise InvalidArgument(
-                "--max-concurrent-streams",
-                f"must be at least 1 and below --max-workers ({self.max_workers}), got {self.max_concurrent_streams}",
-            )
+        for flag, value in (
+            ("--max-concurrent-streams", self.max_concurrent_streams),
+            ("--max-workers", self.max_workers),
+        ):
+            if value < 1:
+                raise InvalidArgument(flag, f"must be at least 1, got {value}")
         if self.max_prompt_tokens < 1:
             raise InvalidArgument("--max-prompt-tokens", f"must be at least 1, got {self.max_prompt_tokens}")
         if not 1 <= self.cpu_devices <= 64:

@@ -1,5 +1,5 @@
-"""One request as the engine runs it: the Job the RPC thread waits on, and the Sequence that owns KV-cache blocks
-while it runs.
+"""One request as the engine runs it: the Job its caller reads events from, and the Sequence that owns KV-cache
+blocks while it runs.
 
 The Sequence turns each sampled token into what the caller sees: incremental text, stop sequences with held-back
 text, end-of-sequence, max_new_tokens; and at the end one Finished with usage, timings and the kernels used per
@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from awqd.engine.detokenize import IncrementalDecoder, StopMatcher
@@ -48,6 +48,40 @@ class Finished:
     token_times_ms: tuple[float, ...] = ()  # each sampled token's time after the request arrived, eos included
 
 
+Event = TokenDelta | Finished | Exception
+
+
+class JobEvents:
+    """A job's events in order, from the engine's thread: queued for a caller that blocks on them (Job.results, the
+    benchmarks), or handed to a listener as they come once one is attached (the asyncio server, which must not
+    hold a thread per stream)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._listener: Callable[[Event], None] | None = None
+        self._lock = threading.Lock()
+
+    def put(self, event: Event) -> None:
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._queue.put(event)
+                    return
+        self._listener(event)
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next queued event; queue.Empty after timeout seconds. Not for a job with a listener."""
+        return self._queue.get(timeout=timeout)
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Hands every later event to listener as the engine puts it, on the engine's thread, so it must not block.
+        The events queued so far go first, on the caller's thread."""
+        with self._lock:
+            while not self._queue.empty():
+                listener(self._queue.get_nowait())
+            self._listener = listener
+
+
 @dataclass
 class Job:
     params: GenerateParams
@@ -56,14 +90,14 @@ class Job:
     exclusive: bool = False  # runs alone, with nothing batched beside it (a SINGLE_QUERY benchmark run)
     received_at: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    events: "queue.Queue[TokenDelta | Finished | Exception]" = field(default_factory=queue.Queue)
+    events: JobEvents = field(default_factory=JobEvents)
 
     @property
     def pin(self) -> str:
         return self.pinned.name if self.pinned is not None else ""
 
     def results(self) -> Iterator[TokenDelta | Finished]:
-        """What the RPC thread streams: every delta, then Finished, or the error that ended the job."""
+        """For a caller that blocks: every delta, then Finished, or the error that ended the job."""
         while True:
             event = self.events.get()
             if isinstance(event, Exception):

@@ -1,10 +1,10 @@
 """The server's life cycle: bind (TLS or plaintext), serve health, reflection and metrics, boot, drain on SIGTERM."""
 
+import asyncio
 import os
 import signal
 import sys
-import threading
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import structlog
@@ -16,6 +16,7 @@ from awqd.daemon import Daemon
 from awqd.errors import AwqdError
 from awqd.server import SERVICE_NAME
 from awqd.server.auth import Authorizer
+from awqd.server.events import EventBridge
 from awqd.server.interceptor import StatusInterceptor
 from awqd.server.limits import StreamLimit
 from awqd.server.metrics import serve_metrics
@@ -28,10 +29,6 @@ log = structlog.get_logger("awqd")
 
 def serve(config: ServeConfig) -> int:
     """Runs until SIGTERM or SIGINT; returns the process exit code."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda received, _frame: _request_stop(stop, received))
-
     credentials = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
@@ -44,19 +41,44 @@ def serve(config: ServeConfig) -> int:
         log.warning("tokens_without_tls", reason="bearer tokens travel in plaintext; serve TLS with --tls-cert")
 
     daemon = Daemon(config)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+    code = asyncio.run(_serve(config, daemon, credentials, authorizer))
+    if code == 0 and not daemon.ready.is_set():
+        # Boot is abandonable work (kernel timing, model loading); a torch op still running in it would abort
+        # the interpreter's shutdown, so leave without waiting for it.
+        log.info("stopped", boot="abandoned")
+        sys.stderr.flush()
+        os._exit(0)
+    if code == 0:
+        log.info("stopped")
+    return code
+
+
+async def _serve(
+    config: ServeConfig,
+    daemon: Daemon,
+    credentials: grpc.ServerCredentials | None,
+    authorizer: Authorizer,
+) -> int:
+    """The gRPC server on this thread's asyncio loop: one loop serves every stream, with no thread per stream."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _request_stop, stop, signum)
+
+    # Daemon calls that block (LoadModel, UnloadModel, Describe, a benchmark's steps) run here, never on the loop.
+    blocking = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
+    server = grpc.aio.server(
         interceptors=[StatusInterceptor(authorizer, StreamLimit(config.max_concurrent_streams))],
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ],
     )
-    awqd_pb2_grpc.add_AwqdServiceServicer_to_server(AwqdServicer(daemon), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    awqd_pb2_grpc.add_AwqdServiceServicer_to_server(AwqdServicer(daemon, EventBridge(loop), blocking), server)
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME, *device_services(daemon)):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     if config.reflection:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -72,7 +94,7 @@ def serve(config: ServeConfig) -> int:
         log.error("bind_failed", listen=config.listen, error=str(error))
         return 2
     serve_metrics(config.metrics_listen, daemon)
-    server.start()
+    await server.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
         "listening",
@@ -81,40 +103,34 @@ def serve(config: ServeConfig) -> int:
         tls="mutual" if config.tls_client_ca else "server" if credentials else "off",
         auth="tokens" if authorizer.enabled else "off",
         reflection=config.reflection,
+        max_concurrent_streams=config.max_concurrent_streams,
     )
 
-    def boot() -> None:
-        daemon.boot()
-        if not stop.is_set():
-            for service in ("", SERVICE_NAME):
-                health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-            for service, torch_device in device_services(daemon).items():
-                decisions = daemon.decisions.get(torch_device)
-                serving = decisions is not None and not decisions.degraded
-                health_servicer.set(
-                    service,
-                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING,
-                )
-
-    boot_thread = threading.Thread(target=boot, name="boot", daemon=True)
-    boot_thread.start()
-    # A signal may be delivered to any thread, and Python runs its handler only when the main thread runs
-    # bytecode: an untimed wait could sleep through SIGTERM, so wake up regularly.
-    while not stop.wait(timeout=0.2):
-        pass
+    # Boot runs on its own thread, which the daemon may leave behind on SIGTERM (see serve).
+    booted = loop.run_in_executor(ThreadPoolExecutor(max_workers=1, thread_name_prefix="boot"), daemon.boot)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((booted, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if booted.done():
+        await _report_serving(health_servicer, daemon)
+    await stopping
 
     log.info("draining", grace_period_s=config.grace_period_s)
-    health_servicer.enter_graceful_shutdown()
-    server.stop(config.grace_period_s).wait()
-    daemon.close()
-    if boot_thread.is_alive():
-        # Boot is abandonable work (kernel timing, model loading); a torch op still running in it would abort
-        # the interpreter's shutdown, so leave without waiting for it.
-        log.info("stopped", boot="abandoned")
-        sys.stderr.flush()
-        os._exit(0)
-    log.info("stopped")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_period_s)
+    blocking.shutdown(wait=False, cancel_futures=True)
+    await asyncio.to_thread(daemon.close)  # the loop runs on, so the models' last events still reach the bridge
     return 0
+
+
+async def _report_serving(health_servicer: health.aio.HealthServicer, daemon: Daemon) -> None:
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    for service, torch_device in device_services(daemon).items():
+        decisions = daemon.decisions.get(torch_device)
+        serving = decisions is not None and not decisions.degraded
+        await health_servicer.set(
+            service, health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
 
 def device_services(daemon: Daemon) -> dict[str, str]:
@@ -123,6 +139,6 @@ def device_services(daemon: Daemon) -> dict[str, str]:
     return {f"{SERVICE_NAME}/{d.torch_device}": d.torch_device for d in daemon.discovery.devices if d.torch_device}
 
 
-def _request_stop(stop: threading.Event, signum: int) -> None:
+def _request_stop(stop: asyncio.Event, signum: int) -> None:
     log.info("signal_received", signal=signal.Signals(signum).name)
     stop.set()

@@ -4,8 +4,10 @@ Authorization and the stream limit run inside the same wrapper, so a refused cal
 its status code like any other.
 """
 
+import asyncio
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 
 import grpc
@@ -19,68 +21,78 @@ from awqd.server.limits import StreamLimit
 log = structlog.get_logger("awqd.rpc")
 
 
-class StatusInterceptor(grpc.ServerInterceptor):
+class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps AwqdError to its status code, anything else to INTERNAL, and logs one line per RPC."""
 
     def __init__(self, authorizer: Authorizer | None = None, streams: StreamLimit | None = None):
         self.authorizer = authorizer or Authorizer()
         self.streams = streams
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
         if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(method, handler.unary_unary))
+            return handler._replace(unary_unary=self._wrap_call(method, handler.unary_unary))
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(method, handler.unary_stream))
+            # A stream is an async generator (awq.v1's), or a coroutine that writes its messages (health's Watch).
+            behavior = handler.unary_stream
+            wrap = self._wrap_stream if inspect.isasyncgenfunction(behavior) else self._wrap_call
+            return handler._replace(unary_stream=wrap(method, behavior))
         return handler
 
-    def _wrap_unary(self, method: str, behavior: Callable) -> Callable:
-        def wrapped(request, context: grpc.ServicerContext):
+    def _wrap_call(self, method: str, behavior: Callable) -> Callable:
+        async def wrapped(request, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
-                return behavior(request, context)
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # the handler ended the call itself
+                raise
             except Exception as error:
                 code, message = _status_for(method, error)
-                _abort(context, code, message, error)
+                await _abort(context, code, message, error)
             finally:
                 _log_rpc(method, code, started, context)
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: Callable) -> Callable:
-        def wrapped(request, context: grpc.ServicerContext) -> Iterator:
+        async def wrapped(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
                 with self.streams.slot(method) if self.streams else nullcontext():
-                    yield from behavior(request, context)
-            except GeneratorExit:
-                # grpc closes the generator when the client has cancelled or the deadline has passed.
+                    async for response in behavior(request, context):
+                        yield response
+            except (asyncio.CancelledError, GeneratorExit):
+                # The client cancelled or its deadline passed: grpc cancels the call's task, or closes the generator.
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as error:
                 code, message = _status_for(method, error)
-                _abort(context, code, message, error)
+                await _abort(context, code, message, error)
             finally:
-                if code is grpc.StatusCode.OK and not context.is_active():
+                if code is grpc.StatusCode.OK and context.cancelled():
                     code = grpc.StatusCode.CANCELLED
                 _log_rpc(method, code, started, context)
 
         return wrapped
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
     """Ends the call; a retry hint (ResourceExhausted.retry_after_ms) travels as `retry-after-ms` trailing metadata."""
     retry_after_ms = getattr(error, "retry_after_ms", None)
     if retry_after_ms is not None:
         context.set_trailing_metadata((("retry-after-ms", str(retry_after_ms)),))
-    context.abort(code, message)
+    await context.abort(code, message)
 
 
 def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -90,7 +102,7 @@ def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
-def _log_rpc(method: str, code: grpc.StatusCode, started: float, context: grpc.ServicerContext) -> None:
+def _log_rpc(method: str, code: grpc.StatusCode, started: float, context: grpc.aio.ServicerContext) -> None:
     RPC_REQUESTS.labels(method, code.name).inc()
     log.info(
         "rpc",

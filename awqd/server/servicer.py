@@ -1,39 +1,70 @@
-"""awq.v1.AwqdService: translates requests into daemon calls and results into messages, nothing more."""
+"""awq.v1.AwqdService: translates requests into daemon calls and results into messages, nothing more.
 
+It runs on the server's asyncio loop. Generate streams the engine's events through the EventBridge; daemon calls
+that can block (loading a model, unloading one, reading device memory, a benchmark's measurements) run on the
+bounded `blocking` executor, so the loop never waits on them.
+"""
+
+import asyncio
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 from awqd.daemon import Daemon
 from awqd.server import messages
+from awqd.server.events import EventBridge
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
+T = TypeVar("T")
+
 
 class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
-    def __init__(self, daemon: Daemon):
+    def __init__(self, daemon: Daemon, events: EventBridge, blocking: Executor):
         self.daemon = daemon
+        self.events = events
+        self.blocking = blocking
 
-    def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
-        return messages.describe(self.daemon.node_state(), self.daemon.models.list())
+    async def _off_loop(self, call: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.blocking, call, *args)
 
-    def Generate(self, request: pb.GenerateRequest, context):
+    async def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
+        return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.models.list()))
+
+    async def Generate(self, request: pb.GenerateRequest, context):
         job = self.daemon.generate(messages.generate_params(request))
-        context.add_callback(job.cancelled.set)
-        for event in job.results():
+        context.add_done_callback(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
+        async for event in self.events.stream(job):
             yield messages.generate_response(event)
 
-    def Benchmark(self, request: pb.BenchmarkRequest, context):
+    async def Benchmark(self, request: pb.BenchmarkRequest, context):
         stop = threading.Event()
-        context.add_callback(stop.set)  # the client cancelled or its deadline passed
-        for event in self.daemon.benchmark(messages.benchmark_params(request), stop, context.time_remaining):
+        context.add_done_callback(lambda _: stop.set())
+        time_remaining = deadline_clock(context.time_remaining())
+        params = messages.benchmark_params(request)
+        events = await self._off_loop(self.daemon.benchmark, params, stop, time_remaining)
+        while (event := await self._off_loop(next, events, None)) is not None:
             yield messages.benchmark_response(event)
 
-    def LoadModel(self, request: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
-        hosted = self.daemon.load_model(request.name, request.path, request.device, request.kernel)
+    async def LoadModel(self, request: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
+        hosted = await self._off_loop(
+            self.daemon.load_model, request.name, request.path, request.device, request.kernel
+        )
         return pb.LoadModelResponse(model=messages.model(hosted))
 
-    def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
-        self.daemon.models.unload(request.name)
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
+        await self._off_loop(self.daemon.models.unload, request.name)  # waits for the model's requests to end
         return pb.UnloadModelResponse()
 
-    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[messages.model(m) for m in self.daemon.models.list()])
+
+
+def deadline_clock(remaining_s: float | None) -> Callable[[], float | None]:
+    """Seconds left until the call's deadline (None: no deadline), readable from any thread."""
+    if remaining_s is None:
+        return lambda: None
+    ends_at = time.monotonic() + remaining_s
+    return lambda: ends_at - time.monotonic()

@@ -1,0 +1,55 @@
+"""Engine events into the asyncio loop, so thousands of Generate streams need no thread each.
+
+The engine's scheduler threads hand every job's events to one EventBridge. It wakes the loop once per burst (a
+decode step streams a token to every running sequence), not once per event; on the loop, each event goes to the
+queue of the stream it belongs to, which that stream's RPC awaits.
+"""
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+from awqd.engine.sequence import Event, Finished, Job, TokenDelta
+
+
+class EventBridge:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: collections.deque[tuple[asyncio.Queue[Event], Event]] = collections.deque()
+        self._wake_pending = False
+
+    def stream(self, job: Job) -> AsyncIterator[TokenDelta | Finished]:
+        """On the loop: the job's deltas, then Finished, or the error that ended it raised."""
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        job.events.listen(lambda event: self._put(inbox, event))
+        return _read(inbox)
+
+    def _put(self, inbox: asyncio.Queue[Event], event: Event) -> None:
+        """On an engine thread: queues the event, and wakes the loop unless a wake-up is already on its way."""
+        with self._lock:
+            self._pending.append((inbox, event))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop has closed (the server stopped): no stream reads on
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, collections.deque()
+            self._wake_pending = False
+        for inbox, event in batch:
+            inbox.put_nowait(event)
+
+
+async def _read(inbox: asyncio.Queue[Event]) -> AsyncIterator[TokenDelta | Finished]:
+    while True:
+        event = await inbox.get()
+        if isinstance(event, Exception):
+            raise event
+        yield event
+        if isinstance(event, Finished):
+            return

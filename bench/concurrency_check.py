@@ -1,0 +1,114 @@
+"""Boots `python -m awqd serve` from a given code root and runs bench/grpc_concurrency.py against it.
+
+    python3 bench/concurrency_check.py --code-root DIR --work WORK --out OUT [--before] [--dry-run]
+
+--code-root is the awqd checkout the daemon runs (its PYTHONPATH): this one, or a `git worktree` of an older
+commit for the "before" numbers. The client (bench/grpc_concurrency.py) always comes from this checkout, so both
+runs are measured by the same script. WORK holds the synthetic Llama-2-7B-shaped checkpoint (made once with
+`awqd synth`) and the daemon's cache directory: a second run on the same WORK re-validates the first run's kernel
+decisions instead of measuring again, so both runs serve on the same kernels.
+
+--before raises the old server's caps so that it can take the levels at all: its streams each hold a gRPC worker
+thread, and --max-concurrent-streams had to stay below --max-workers.
+
+--dry-run is the CPU run (a minute or two): the embedded demo model, levels 1,8,32, 32+32 tokens, 64 held streams.
+Writes OUT/grpc-concurrency.{json,md} and OUT/daemon.log; stops the daemon with SIGTERM, as an operator would.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from warmup_check import free_port  # noqa: E402
+
+BEFORE_CAPS = ("--max-workers", "1100", "--max-concurrent-streams", "1050", "--max-queued-requests", "1024")
+
+
+def daemon_env(code_root: Path) -> dict[str, str]:
+    paths = [str(code_root), str(code_root / "clients" / "python" / "src"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+
+
+def synthesize(code_root: Path, checkpoint: Path) -> None:
+    if (checkpoint / "config.json").exists():
+        return
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "awqd", "synth", "--arch", "llama-2-7b", "--out", str(checkpoint)],
+        check=True, env=daemon_env(code_root), cwd=code_root, timeout=600,
+    )  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--code-root", type=Path, required=True, help="the awqd checkout the daemon runs")
+    parser.add_argument("--work", type=Path, required=True, help="checkpoint and cache directory, kept between runs")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--before", action="store_true", help="the old thread-per-stream server: raise its caps")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: the demo model, small levels and lengths")
+    # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
+    parser.add_argument("--boot-timeout", type=float, default=360.0, help="seconds to wait for SERVING")
+    parser.add_argument("--client-timeout", type=float, default=150.0, help="seconds the client may run once SERVING")
+    parser.add_argument("--call-timeout", type=float, default=120.0, help="each call's deadline, seconds")
+    parser.add_argument("serve_args", nargs="*", help="more `awqd serve` flags, after --")
+    args = parser.parse_args()
+    code_root, work = args.code_root.resolve(), args.work.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    serve = [
+        sys.executable, "-m", "awqd", "serve", "--listen", target, "--cache-dir", str(work / "cache"),
+        "--metrics-listen", "off",
+    ]  # fmt: skip
+    if args.dry_run:
+        model = "awqd-demo"
+        serve += ["--selection-budget", "3"]
+        client = ["--levels", "1,8,32", "--hold", "64", "--prompt-tokens", "32", "--new-tokens", "32"]
+    else:
+        model = "synth"
+        synthesize(code_root, work / "models" / "llama-2-7b")
+        serve += ["--model-root", str(work / "models"), "--model", f"{model}=llama-2-7b"]
+        client = ["--levels", "1,32,56,64,128,256", "--hold", "1000", "--prompt-tokens", "128", "--new-tokens", "128"]
+    serve += [*(BEFORE_CAPS if args.before else ()), *args.serve_args]
+
+    log_path = args.out / "daemon.log"
+    with log_path.open("w") as log:
+        env = daemon_env(code_root)
+        daemon = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=code_root)
+        try:
+            started = time.perf_counter()
+            result = subprocess.run(
+                [
+                    sys.executable, str(BENCH / "grpc_concurrency.py"), "--target", target, "--model", model,
+                    "--warmup", "--wait-ready", str(args.boot_timeout), "--timeout", str(args.call_timeout),
+                    "--out", str(args.out), *client,
+                ],
+                timeout=args.boot_timeout + args.client_timeout, check=False,
+            )  # fmt: skip
+            print(f"concurrency_check: client exited {result.returncode} after {time.perf_counter() - started:.0f} s")
+        except subprocess.TimeoutExpired:
+            print("concurrency_check: the client ran out of time; what it measured is in --out", file=sys.stderr)
+            result = None
+        finally:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait(timeout=30)
+    print(f"concurrency_check: daemon exited {daemon.returncode}; its log: {log_path}")
+    return 0 if result is not None and result.returncode == 0 and daemon.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Many concurrent Generate streams from an independent client: `python3 bench/grpc_concurrency.py --target H:P`.
+
+The client is built from the raw generated stubs (awqd_client.v1.awqd_pb2 / awqd_pb2_grpc) and grpc alone: no
+torch, no awqd, not awqd_client's wrapper. Every stream runs on one asyncio loop (grpc.aio), so the client does not
+spend a thread per stream and measures the server rather than itself.
+
+Per concurrency level (--levels), all the level's streams start at once, each a greedy request of --prompt-tokens
+prompt token ids (drawn with a fixed seed per stream, so two runs send the same work) and --new-tokens new tokens.
+With --warmup, an untimed round at the same level runs first. Then per level:
+- aggregate tok/s counted at the client: tokens received / (last token's arrival - first request sent);
+- TTFT p50/p99 at the client (request sent -> first token), and the client's TTFT minus the server's own;
+- inter-token time p50/p99 at the client;
+- the server's own ms per token (Completion.timings.ms_per_output_token), and the streaming overhead per token:
+  the client's mean inter-token time minus the server's ms per token, per stream, averaged (microseconds);
+- the statuses: OK, or each gRPC code, and "lost" streams (OK without a Completion, or tokens that disagree with
+  its usage). A stream never hangs: --timeout gives every call a deadline, so it ends with a status.
+--hold N opens N streams at once after the levels: every one must complete or end with an explicit status.
+
+Writes grpc-concurrency.json and grpc-concurrency.md under --out. Needs a running daemon (bench/concurrency_check.py
+starts one); --wait-ready S waits up to S seconds for its health check to answer SERVING.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "python" / "src"))
+
+from awqd_client.v1 import awqd_pb2 as pb
+from awqd_client.v1 import awqd_pb2_grpc
+
+TOKEN_RANGE = (100, 2000)  # inside the demo model's and every synthetic architecture's vocabulary
+
+
+@dataclass
+class Stream:
+    sent_at: float = 0.0
+    arrivals: list[float] = field(default_factory=list)  # one entry per token received
+    tokens: int = 0
+    completion: pb.Completion | None = None
+    code: str = ""  # "OK" or the gRPC status name
+
+    @property
+    def lost(self) -> bool:
+        """Ended OK, yet without a Completion, or with fewer or more tokens than the Completion counts."""
+        return self.code == "OK" and (self.completion is None or self.completion.usage.completion_tokens != self.tokens)
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        # Separate connections (a local subchannel pool each), so one TCP connection does not carry every stream.
+        self.channels = [
+            grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(args.channels)
+        ]
+        self.stubs = [awqd_pb2_grpc.AwqdServiceStub(channel) for channel in self.channels]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+    def request(self, index: int) -> pb.GenerateRequest:
+        rng = random.Random(index)
+        ids = [rng.randrange(*TOKEN_RANGE) for _ in range(self.args.prompt_tokens)]
+        return pb.GenerateRequest(
+            model=self.args.model, prompt_token_ids=ids, max_new_tokens=self.args.new_tokens, temperature=0.0
+        )
+
+    async def one(self, index: int) -> Stream:
+        stream = Stream()
+        request = self.request(index)
+        stream.sent_at = time.perf_counter()
+        call = self.stubs[index % len(self.stubs)].Generate(request, timeout=self.args.timeout)
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                if message.token_ids:
+                    now = time.perf_counter()
+                    stream.arrivals.extend([now] * len(message.token_ids))
+                    stream.tokens += len(message.token_ids)
+                if message.HasField("completion"):
+                    stream.completion = message.completion
+            stream.code = "OK"
+        except grpc.aio.AioRpcError as error:
+            stream.code = error.code().name
+        return stream
+
+    async def round(self, streams: int) -> list[Stream]:
+        return list(await asyncio.gather(*(self.one(index) for index in range(streams))))
+
+
+def summary(streams: list[Stream]) -> dict:
+    codes: dict[str, int] = {}
+    for stream in streams:
+        codes[stream.code] = codes.get(stream.code, 0) + 1
+    arrivals = [t for s in streams for t in s.arrivals]
+    tokens = len(arrivals)
+    span = (max(arrivals) - min(s.sent_at for s in streams)) if arrivals else 0.0
+    ttft_ms = [(s.arrivals[0] - s.sent_at) * 1000 for s in streams if s.arrivals]
+    ttft_gap_ms = [
+        (s.arrivals[0] - s.sent_at) * 1000 - s.completion.timings.time_to_first_token_ms
+        for s in streams
+        if s.arrivals and s.completion is not None
+    ]
+    inter_token_ms = [(later - earlier) * 1000 for s in streams for earlier, later in pairwise(s.arrivals)]
+    # Per stream, over the same tokens: the client's mean gap between its first and last token, and the server's.
+    paired = [
+        ((s.arrivals[-1] - s.arrivals[0]) * 1000 / (len(s.arrivals) - 1), s.completion.timings.ms_per_output_token)
+        for s in streams
+        if s.completion is not None and len(s.arrivals) > 1 and s.completion.timings.ms_per_output_token > 0
+    ]
+    client_ms = statistics.fmean(c for c, _ in paired) if paired else None
+    server_ms = statistics.fmean(s for _, s in paired) if paired else None
+    return {
+        "streams": len(streams),
+        "codes": codes,
+        "lost": sum(s.lost for s in streams),
+        "tokens": tokens,
+        "seconds": round(span, 3),
+        "tokens_per_s": round(tokens / span, 1) if span else None,
+        "ttft_p50_ms": rounded(percentile(ttft_ms, 0.5), 1),
+        "ttft_p99_ms": rounded(percentile(ttft_ms, 0.99), 1),
+        "ttft_client_minus_server_p50_ms": rounded(percentile(ttft_gap_ms, 0.5), 3),
+        "inter_token_p50_ms": rounded(percentile(inter_token_ms, 0.5), 3),
+        "inter_token_p99_ms": rounded(percentile(inter_token_ms, 0.99), 3),
+        "client_ms_per_token": rounded(client_ms, 4),
+        "server_ms_per_token": rounded(server_ms, 4),
+        "overhead_us_per_token": rounded(statistics.fmean((c - s) * 1000 for c, s in paired) if paired else None, 1),
+    }
+
+
+async def wait_ready(target: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} did not answer SERVING within {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+async def describe(client: Client) -> dict:
+    try:
+        answer = await client.stubs[0].Describe(pb.DescribeRequest(), timeout=30)
+    except grpc.aio.AioRpcError as error:
+        return {"error": f"{error.code().name}: {error.details()}"}
+    return {
+        "awqd_version": answer.node.awqd_version,
+        "hostname": answer.node.hostname,
+        "devices": [d.name for d in answer.devices],
+        "models": {m.name: {"device": m.device, "kv_cache_tokens": m.kv_cache_tokens} for m in answer.models},
+    }
+
+
+async def run(args: argparse.Namespace, results: dict, write) -> None:
+    if args.wait_ready:
+        await wait_ready(args.target, args.wait_ready)
+    client = Client(args)
+    try:
+        results["server"] = await describe(client)
+        for level in args.levels:
+            if args.warmup:
+                await client.round(level)
+            started = time.perf_counter()
+            row = {"level": level, **summary(await client.round(level))}
+            row["wall_s"] = round(time.perf_counter() - started, 3)
+            results["levels"].append(row)
+            print(json.dumps(row), flush=True)
+            write()
+        if args.hold:
+            started = time.perf_counter()
+            results["hold"] = {"level": args.hold, **summary(await client.round(args.hold))}
+            results["hold"]["wall_s"] = round(time.perf_counter() - started, 3)
+            print(json.dumps(results["hold"]), flush=True)
+    finally:
+        await client.close()
+
+
+def markdown(data: dict) -> str:
+    settings = data["settings"]
+    server = data.get("server", {})
+    lines = [
+        f"# Concurrent gRPC streams: {settings['target']}, model {settings['model']}",
+        "",
+        f"P={settings['prompt_tokens']} prompt tokens, N={settings['new_tokens']} new tokens, greedy; "
+        f"{settings['channels']} client connections, one asyncio loop (bench/grpc_concurrency.py, raw stubs). "
+        f"Server: awqd {server.get('awqd_version', '?')} on {', '.join(server.get('devices', [])) or '?'}. "
+        f"Started {data['started_at']}.",
+        "",
+        "| concurrent streams | aggregate tok/s (client) | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
+        "inter-token p99 ms | server ms/token | overhead µs/token | statuses | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = list(data["levels"])
+    if "hold" in data:
+        rows.append({**data["hold"], "level": f"{data['hold']['level']} (held)"})
+    for row in rows:
+        lines.append(
+            f"| {row['level']} | {row['tokens_per_s']} | {row['ttft_p50_ms']} | {row['ttft_p99_ms']} | "
+            f"{row['inter_token_p50_ms']} | {row['inter_token_p99_ms']} | {row['server_ms_per_token']} | "
+            f"{row['overhead_us_per_token']} | {row['codes']} | {row['lost']} |"
+        )
+    for error in data.get("errors", []):
+        lines.append(f"- **Error:** {error}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", default="127.0.0.1:50051")
+    parser.add_argument("--model", default="synth")
+    parser.add_argument("--levels", default="1,32,56,64,128,256", help="comma-separated concurrent stream counts")
+    parser.add_argument("--hold", type=int, default=0, help="after the levels, hold this many streams at once")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--warmup", action="store_true", help="an untimed round before each level")
+    parser.add_argument("--channels", type=int, default=4, help="client connections the streams are spread over")
+    parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each call, seconds")
+    parser.add_argument("--wait-ready", type=float, default=0.0, help="first wait this long for health SERVING")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.levels = [int(level) for level in args.levels.split(",") if level]
+    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    results: dict = {"started_at": datetime.now(UTC).isoformat(), "settings": settings, "levels": [], "errors": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        (args.out / "grpc-concurrency.json").write_text(json.dumps(results, indent=2))
+        (args.out / "grpc-concurrency.md").write_text(markdown(results))
+
+    try:
+        asyncio.run(run(args, results, write))
+    except Exception as error:
+        results["errors"].append(f"{type(error).__name__}: {error}")
+    results["finished_at"] = datetime.now(UTC).isoformat()
+    write()
+    print(markdown(results))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

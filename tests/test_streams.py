@@ -1,0 +1,144 @@
+"""Many streams on one asyncio loop: the engine-to-loop bridge, and 500 concurrent Generate streams through gRPC."""
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+import grpc
+import pytest
+
+from awqd.engine.request import GenerateParams
+from awqd.engine.sequence import Finished, Job, TokenDelta
+from awqd.errors import ResourceExhausted
+from awqd.server.events import EventBridge
+from awqd_client.v1 import awqd_pb2 as pb
+from awqd_client.v1 import awqd_pb2_grpc
+
+from daemon_process import serving
+
+DEMO = "awqd-demo"
+
+
+def job() -> Job:
+    params = GenerateParams(
+        model=DEMO, prompt="hi", prompt_token_ids=(), max_new_tokens=3, temperature=0.0, top_p=None, top_k=0,
+        seed=None, stop=(), kernel="",
+    )  # fmt: skip
+    return Job(params=params, prompt_ids=[1], pinned=None)
+
+
+def finished(tokens: int) -> Finished:
+    return Finished("length", 1, tokens, 0.0, 0.0, 0.0, 0.0, ())
+
+
+def test_events_put_before_and_after_listening_arrive_once_in_order():
+    events = job().events
+    events.put(TokenDelta("a", (1,)))
+    seen = []
+    events.listen(seen.append)
+    events.put(TokenDelta("b", (2,)))
+    assert [event.text for event in seen] == ["a", "b"]
+
+
+def test_a_blocking_reader_still_gets_the_events():
+    blocking = job()
+    for event in (TokenDelta("a", (1,)), finished(1)):
+        blocking.events.put(event)
+    assert [type(event) for event in blocking.results()] == [TokenDelta, Finished]
+
+
+def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
+    async def scenario() -> tuple[list[list[str]], int]:
+        loop = asyncio.get_running_loop()
+        bridge = EventBridge(loop)
+        wakeups = 0
+        schedule = loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            nonlocal wakeups
+            wakeups += 1
+            return schedule(callback, *args)
+
+        loop.call_soon_threadsafe = counting
+        jobs = [job() for _ in range(50)]
+        streams = [bridge.stream(each) for each in jobs]
+
+        def engine_step() -> None:  # one decode step's tokens for every stream, then each one's summary
+            for token in (1, 2):
+                for each in jobs:
+                    each.events.put(TokenDelta(str(token), (token,)))
+            for each in jobs:
+                each.events.put(finished(2))
+
+        async def read(stream) -> list[str]:
+            return [event.text if isinstance(event, TokenDelta) else "end" async for event in stream]
+
+        readers = asyncio.gather(*(read(stream) for stream in streams))
+        thread = threading.Thread(target=engine_step)
+        thread.start()
+        texts = await asyncio.wait_for(readers, timeout=10)
+        thread.join()
+        return texts, wakeups
+
+    texts, wakeups = asyncio.run(scenario())
+    assert texts == [["1", "2", "end"]] * 50
+    assert 1 <= wakeups < 150, f"{wakeups} loop wake-ups for 150 events"
+
+
+def test_bridge_raises_the_error_that_ended_a_job():
+    async def scenario() -> None:
+        bridge = EventBridge(asyncio.get_running_loop())
+        failing = job()
+        stream = bridge.stream(failing)
+        failing.events.put(TokenDelta("a", (1,)))
+        failing.events.put(ResourceExhausted("queue full", retry_after_ms=70))
+        assert (await anext(stream)).text == "a"
+        with pytest.raises(ResourceExhausted):
+            await anext(stream)
+
+    asyncio.run(scenario())
+
+
+STREAMS = 500
+NEW_TOKENS = 4
+BOUND_S = 150  # two slow cores take ~20 s; the bound is for a hung stream, not for speed
+
+
+def test_500_concurrent_streams_all_complete_or_end_with_a_status(demo_model_dir, awqd_cache_dir, tmp_path):
+    with serving(awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3") as daemon:
+
+        async def one(stub, index: int) -> tuple[str, int, pb.Completion | None]:
+            request = pb.GenerateRequest(
+                model=DEMO, prompt_token_ids=[100 + index % 1000, 7, 42], max_new_tokens=NEW_TOKENS
+            )
+            tokens, completion = 0, None
+            try:
+                async for message in stub.Generate(request, timeout=BOUND_S - 30):
+                    tokens += len(message.token_ids)
+                    if message.HasField("completion"):
+                        completion = message.completion
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, tokens, None
+            return "OK", tokens, completion
+
+        async def storm() -> list[tuple[str, int, pb.Completion | None]]:
+            async with grpc.aio.insecure_channel(daemon.target) as channel:
+                stub = awqd_pb2_grpc.AwqdServiceStub(channel)
+                return await asyncio.wait_for(asyncio.gather(*(one(stub, i) for i in range(STREAMS))), BOUND_S)
+
+        started = time.monotonic()
+        outcomes = asyncio.run(storm())
+        elapsed = time.monotonic() - started
+        codes = Counter(code for code, _, _ in outcomes)
+        print(f"\n{STREAMS} streams in {elapsed:.1f} s: {dict(codes)}")
+        assert len(outcomes) == STREAMS
+        # An explicit refusal is allowed (a slow machine may run past --queue-timeout); nothing else is.
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+        for code, tokens, completion in outcomes:
+            if code == "OK":
+                assert completion is not None, "a stream ended OK without its Completion"
+                assert completion.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+                assert completion.usage.completion_tokens == tokens
+        assert codes["OK"] >= STREAMS // 2, codes
+        assert daemon.health() == 1

@@ -1,6 +1,7 @@
 """From a fused loaded model to a serving scheduler: the decoder, its paged KV cache, the step runner."""
 
 import structlog
+import torch
 
 from awqd.config import EngineSettings
 from awqd.engine.kv_cache import SwapSpace, allocate, plan_kv_cache, plan_swap_blocks
@@ -14,6 +15,11 @@ log = structlog.get_logger("awqd.engine")
 
 
 def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings: EngineSettings) -> Scheduler:
+    if loaded.device.type == "cuda":
+        # Prefill attends over each prompt at its own length. cuDNN's attention builds a plan per new length, which
+        # warm-up cannot cover for every length; flash and memory-efficient attention need none. (Process-wide: torch
+        # keeps the backend switches per process.)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = DecoderModel(loaded, settings.batch_invariant)
     shape = model.shape
     bytes_per_token = shape.kv_bytes_per_token(model.dtype)

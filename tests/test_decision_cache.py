@@ -27,7 +27,10 @@ def read_cache(cache_dir: Path) -> dict:
     return json.loads(cache.cache_path(cache_dir, "cpu").read_text())
 
 
-def test_first_boot_writes_and_second_boot_validates_faster(tmp_path):
+def test_first_boot_writes_and_second_boot_validates_faster(tmp_path, monkeypatch):
+    # A busy 2-core host re-times a CPU kernel by more than the 25% margin at times, and the second boot then
+    # re-measures, as it should. This test is about the cache path; the timing rule is tested on its own below.
+    monkeypatch.setitem(NOISE_MARGINS, "cpu", 10.0)
     first = boot(tmp_path)
     assert first.source == "measured"
     stored = read_cache(tmp_path)

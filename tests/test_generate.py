@@ -140,6 +140,17 @@ def test_deadline_stops_the_generation(client, daemon):
     assert event["completion_tokens"] < MAX_NEW_TOKENS_CAP
 
 
+def test_many_expired_deadlines_leave_the_daemon_serving(client, daemon):
+    """A call that its deadline ended has no context left to read: reading it (its peer, for the log line) once
+    crashed the whole process within a few such calls."""
+    for _ in range(40):
+        with pytest.raises(AwqdError) as raised:
+            run(client, max_new_tokens=MAX_NEW_TOKENS_CAP, timeout=0.02)
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert daemon.process.poll() is None
+    assert run(client, max_new_tokens=4)[2].usage.completion_tokens > 0
+
+
 def test_concurrent_streams_on_one_model_all_complete(daemon):
     results: list[list[int]] = [[] for _ in range(4)]
 

@@ -44,7 +44,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_call(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext):
-            started = time.perf_counter()
+            started, peer = time.perf_counter(), context.peer()  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -59,13 +59,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code, message = _status_for(method, error)
                 await _abort(context, code, message, error)
             finally:
-                _log_rpc(method, code, started, context)
+                _log_rpc(method, code, started, peer)
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            started = time.perf_counter()
+            started, peer = time.perf_counter(), context.peer()  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -82,7 +82,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if code is grpc.StatusCode.OK and context.cancelled():
                     code = grpc.StatusCode.CANCELLED
-                _log_rpc(method, code, started, context)
+                _log_rpc(method, code, started, peer)
 
         return wrapped
 
@@ -102,12 +102,12 @@ def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
-def _log_rpc(method: str, code: grpc.StatusCode, started: float, context: grpc.aio.ServicerContext) -> None:
+def _log_rpc(method: str, code: grpc.StatusCode, started: float, peer: str) -> None:
     RPC_REQUESTS.labels(method, code.name).inc()
     log.info(
         "rpc",
         method=method,
         code=code.name,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        peer=context.peer(),
+        peer=peer,
     )

@@ -9,18 +9,9 @@ from awqd.kernels.selection import DeviceDecisions, select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.synth import ARCHITECTURES
-from awqd.node.devices import DeviceInfo, discover
+from awqd.node.devices import find_device
 
 DEFAULT_GROUP_SIZE = 128
-
-
-def find_device(torch_device: str) -> DeviceInfo:
-    devices = [d for d in discover().devices if d.torch_device]
-    for device in devices:
-        if device.torch_device == torch_device or (torch_device == "cuda" and device.kind == "cuda"):
-            return device
-    known = ", ".join(d.torch_device for d in devices)
-    raise InvalidArgument("--device", f"no device {torch_device!r} here; known: {known}")
 
 
 def layer_shapes(arch: str | None, model_path: Path | None) -> tuple[list[tuple[int, int]], int]:

@@ -23,7 +23,6 @@ from awqd.benchmark.quality import (
     window_size,
 )
 from awqd.benchmark.report import Progress, QualityResult
-from awqd.check_kernels import find_device
 from awqd.engine.model import DecoderModel
 from awqd.errors import InvalidArgument
 from awqd.kernels import registry
@@ -32,6 +31,7 @@ from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.selection import device_eligibility
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_config, load_model, load_tokenizer
+from awqd.node.devices import find_device
 from awqd.quant.linear import KernelRouter
 
 

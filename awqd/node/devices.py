@@ -23,6 +23,8 @@ from typing import TypeVar
 import pynvml
 import torch
 
+from awqd.errors import InvalidArgument
+
 T = TypeVar("T")
 
 NVML_LIBRARY = "libnvidia-ml.so.1"  # what pynvml loads on Linux; named so "not found" says what was looked for
@@ -335,3 +337,12 @@ def _sysconf_bytes(pages_name: str) -> int:
         return os.sysconf(pages_name) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
         return 0
+
+
+def find_device(torch_device: str) -> DeviceInfo:
+    devices = [d for d in discover().devices if d.torch_device]
+    for device in devices:
+        if device.torch_device == torch_device or (torch_device == "cuda" and device.kind == "cuda"):
+            return device
+    known = ", ".join(d.torch_device for d in devices)
+    raise InvalidArgument("--device", f"no device {torch_device!r} here; known: {known}")

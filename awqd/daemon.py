@@ -30,6 +30,7 @@ from awqd.kernels.cache_dir import export_cache_dir
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
 from awqd.kernels.selection import DeviceDecisions, candidate_reports, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
+from awqd.kernels.triton import compilations
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
 from awqd.models.manager import HostedModel, ModelManager
@@ -76,6 +77,8 @@ class Daemon:
         specs = [spec for spec in specs if self._checkpoint_ready(spec)]
         shapes, group_sizes = self._hosted_shapes(specs)
         self._keep_triton_builds()
+        if any(device.kind == "cuda" for device in self.discovery.devices):
+            compilations.watch()  # a compilation after warm-up is logged: a shape warm-up missed
         export_cache_dir(self.config.cache_dir)  # kernel libraries keep their tuning there (awqd/kernels/cache_dir.py)
         self._select_all(shapes, group_sizes)
         for spec in specs:

@@ -28,3 +28,9 @@ INTER_TOKEN_LATENCY = Histogram(
     ["model", "device"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5),
 )
+TRITON_COMPILATIONS = Counter(
+    "awqd_triton_compilations",
+    "Triton kernel specialisations compiled (or loaded from the disk cache) in the daemon process, by phase: warm-up, "
+    "or serving (after warm-up: a specialisation warm-up missed, or a pinned kernel's first use)",
+    ["phase"],
+)

@@ -72,6 +72,7 @@ DRY_RUN = Settings("tiny", 8, 5.0, 32, 32, 3.0, 120.0, 300.0)
 class Request:
     sent_at: float  # seconds after SERVING
     prompt_tokens: int
+    client: int
     arrivals: list[float] = field(default_factory=list)  # each streamed message's tokens, seconds after SERVING
     tokens: list[int] = field(default_factory=list)
     code: str = ""  # "OK" or the status name
@@ -190,7 +191,7 @@ def soak(daemon: Daemon, settings: Settings, serving_at: float) -> list[Request]
             prompt = rng.randint(settings.prompt_tokens // 2, settings.prompt_tokens * 3 // 2)
             new_tokens = rng.randint(settings.new_tokens // 2, settings.new_tokens * 3 // 2)
             ids = [rng.randrange(*TOKEN_RANGE) for _ in range(prompt)]
-            record = Request(sent_at=time.perf_counter() - serving_at, prompt_tokens=prompt)
+            record = Request(sent_at=time.perf_counter() - serving_at, prompt_tokens=prompt, client=index)
             requests[index].append(record)
             call = stub.Generate(
                 pb.GenerateRequest(model=MODEL, prompt_token_ids=ids, max_new_tokens=new_tokens),
@@ -252,7 +253,35 @@ def soak_record(records: list[Request], settings: Settings) -> dict:
         ],
         "resource_exhausted": sum(1 for r in records if r.code == "RESOURCE_EXHAUSTED"),
         "first_window_over_second": round(windows[0]["tokens_per_s"] / later, 3) if later else None,
+        "first_wave_ttft_ms": first_wave_ttft(records),
     }
+
+
+def first_wave_ttft(records: list[Request]) -> dict:
+    """TTFT of each client's first request, all sent the moment SERVING was reported: the wave warm-up is for."""
+    firsts: dict[int, Request] = {}
+    for record in records:
+        firsts.setdefault(record.client, record)
+    ttft = sorted((r.arrivals[0] - r.sent_at) * 1000 for r in firsts.values() if r.arrivals)
+    if not ttft:
+        return {}
+    return {"requests": len(ttft), "p50": round(statistics.median(ttft), 1), "max": round(ttft[-1], 1)}
+
+
+def log_findings(log_path: Path) -> dict:
+    """From a daemon's JSON log: warm-up's slowest steps, and the Triton compilations after SERVING (each one a
+    specialisation warm-up missed, which stalled the request that met it)."""
+    slowest, compiled = {}, []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "model_warmed_up":
+            slowest = event.get("slowest_steps", {})
+        elif event.get("event") == "triton_kernel_compiled" and event.get("phase") == "serving":
+            compiled.append(f"{event.get('kernel')} {event.get('specialization', '')[:120]}")
+    return {"warmup_slowest_steps": slowest, "compiled_while_serving": compiled}
 
 
 def run(args: argparse.Namespace, settings: Settings, results: Results) -> None:
@@ -282,6 +311,8 @@ def run(args: argparse.Namespace, settings: Settings, results: Results) -> None:
                 results.data["soak"] = soak_record(records, settings)
         finally:
             daemon.stop()
+            if results.data["boots"] and results.data["boots"][-1]["boot"] == label:
+                results.data["boots"][-1].update(log_findings(args.out / f"daemon-{label}.log"))
             results.write()
 
 
@@ -376,7 +407,15 @@ def markdown(data: dict) -> str:
             "",
             "Tokens/s by 10 s: "
             + ", ".join(f"{row['from_s']:.0f}s: {row['tokens_per_s']}" for row in soak_data["timeline"]),
+            "",
+            f"Each client's first request (sent at SERVING): TTFT {soak_data['first_wave_ttft_ms']} ms.",
         ]
+    for boot in boots:
+        if "warmup_slowest_steps" in boot:
+            lines.append(
+                f"- {boot['boot']} boot: warm-up's slowest steps {boot['warmup_slowest_steps']}; Triton compilations "
+                f"after SERVING: {len(boot['compiled_while_serving'])} {boot['compiled_while_serving'][:5]}"
+            )
     for boot in boots:
         if boot["model_error"]:
             lines.append(f"- **Model failed on the {boot['boot']} boot:** {boot['model_error']}")

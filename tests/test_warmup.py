@@ -7,15 +7,18 @@ import threading
 
 import pytest
 
+from awqd import metrics
 from awqd.config import EngineSettings
+from awqd.engine.kv_cache import blocks_for
 from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
-from awqd.engine.warmup import prefill_sizes
+from awqd.engine.warmup import burst_lengths, prefill_sizes
 from awqd.errors import FailedPrecondition, ResourceExhausted, Unavailable, WarmupFailed
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.triton import compilations
 from awqd.models.manager import ModelManager
 
 
@@ -52,6 +55,18 @@ def test_prefill_sizes_cover_each_bucket_at_both_specialisations_within_capacity
     assert prefill_sizes((1, 16384), 8192) == (1, 8191, 8192)
 
 
+def test_the_burst_is_the_largest_admission_step_as_prompts_of_mixed_lengths():
+    lengths = burst_lengths(8192, rows=256, max_len=4095, free_blocks=10_000)
+    assert sum(lengths) == 8192 and len(lengths) == 64  # a wave of 64 clients' ~128-token prompts
+    assert min(lengths) == 64 and max(lengths) == 192 and len(set(lengths)) > 32
+    # Capped by the batch rows, by the longest sequence, and by the KV cache's free blocks.
+    assert len(burst_lengths(8192, rows=8, max_len=4095, free_blocks=10_000)) == 8
+    assert max(burst_lengths(8192, rows=2, max_len=1000, free_blocks=10_000)) <= 1000
+    fitted = burst_lengths(8192, rows=256, max_len=4095, free_blocks=300)
+    assert sum(blocks_for(n) for n in fitted) <= 300 and len(fitted) > 1
+    assert burst_lengths(100, rows=256, max_len=4095, free_blocks=10_000) == [100]  # too small for a burst
+
+
 def test_a_model_still_loading_answers_unavailable_with_a_retry_hint(manager, demo_model_dir):
     manager.announce("demo", demo_model_dir, "", "auto")  # as boot lists it before its load and warm-up
     with pytest.raises(Unavailable, match="still loading") as refused:
@@ -64,7 +79,10 @@ def test_a_loaded_model_is_ready_only_once_warm(manager, demo_model_dir):
     assert hosted.state == "ready"
     report = hosted.warmup
     assert report is not None and report.finished_at >= report.started_at and report.duration_s > 0
-    assert report.prefill_tokens == (1, 7, 8, 63, 64)
+    # The dispatch buckets at both specialisations, then the burst: the largest admission step as many prompts.
+    assert report.prefill_tokens[:5] == (1, 7, 8, 63, 64) and len(report.prefill_tokens) == 6
+    burst = report.prefill_tokens[-1]
+    assert 3000 < burst <= 4096 and any(f"prefill of {burst} tokens as " in what for what, _ in report.slowest)
     assert report.decode_batches == (1, 2, 4, 8) == hosted.scheduler.runner.batch_buckets
     assert report.graphs == 0 and report.graph_memory_bytes == 0  # no CUDA graphs on the CPU
     assert any("on the CPU" in note for note in report.notes)
@@ -96,3 +114,22 @@ def test_a_kv_cache_below_one_block_fails_the_load_with_the_reason(tmp_path, dem
         assert manager.list()[0].state == "failed"
     finally:
         manager.close()
+
+
+def test_triton_compilations_are_counted_by_phase_so_one_after_warm_up_stands_out():
+    from triton import knobs
+
+    before = knobs.runtime.jit_post_compile_hook
+    try:
+        assert compilations.watch() and knobs.runtime.jit_post_compile_hook is compilations.compiled
+    finally:
+        knobs.runtime.jit_post_compile_hook = before
+
+    def count(phase: str) -> float:
+        return metrics.TRITON_COMPILATIONS.labels(phase)._value.get()
+
+    warm, serving = count("warm-up"), count("serving")
+    with compilations.warming_up():
+        compilations.compiled(fn="gemm_kernel", key="sig-a", is_manual_warmup=False, already_compiled=False)
+    compilations.compiled(fn="gemm_kernel", key="sig-b", is_manual_warmup=False, already_compiled=False)
+    assert (count("warm-up") - warm, count("serving") - serving) == (1, 1)

@@ -5,6 +5,9 @@
    argument specialisation. A step's kernel and its tuned configuration are picked by the step's bucket, and
    Triton specialises a row count by whether it is divisible by 16, so each dispatch bucket b is run at b and at
    b - 1 tokens: every kernel the table names, at every bucket, in both specialisations.
+   Then the largest step admission makes, a burst: --prefill-tokens-per-step tokens as many prompts of mixed
+   lengths, as a wave of clients arriving together would be admitted. Its first run pays once for what the
+   bucket sizes leave lazy at large row counts (library kernels' configurations, the allocator's growth).
 2. Decode at every batch bucket up to the KV-cache slot count, unpinned: each bucket's first step runs eagerly
    (compiling its kernels) and its CUDA graph is captured right after (awqd.engine.step). A request that pins a
    kernel still captures that pin's graphs on its first steps.
@@ -25,16 +28,20 @@ from datetime import UTC, datetime
 import structlog
 import torch
 
+from awqd.engine.kv_cache import blocks_for
 from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.step import StepRunner
 from awqd.errors import WarmupFailed
+from awqd.kernels.triton import compilations
 
 log = structlog.get_logger("awqd.engine")
 
 GENERATION_PROMPT = "The weather today"
 GENERATION_TOKENS = 8
+SLOWEST_REPORTED = 3
+BURST_PROMPT_TOKENS = 128  # a burst prompt's mean length; lengths spread from half of it to one and a half times
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class WarmupReport:
     prefill_tokens: tuple[int, ...]  # the prefill step sizes run
     decode_batches: tuple[int, ...]  # the decode batch buckets run
     notes: tuple[str, ...]
+    slowest: tuple[tuple[str, float], ...] = ()  # the slowest steps and their seconds, slowest first
 
 
 def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
@@ -54,15 +62,17 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     runner = scheduler.runner
     started_at, started = datetime.now(UTC), time.perf_counter()
     notes: list[str] = []
+    timings: list[tuple[str, float]] = []
     runner.router.unpin()
     device = runner.model.device
     # The device guard makes the capture stream the model's device's, whichever device this thread last used.
-    with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        prefill_tokens = _warm_prefill(scheduler)
-        reserved_before = _reserved_after_emptying(device)
-        decode_batches = _warm_decode(runner, notes)
-        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
-    _generate_once(name, scheduler)
+    with compilations.warming_up():
+        with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+            prefill_tokens = _warm_prefill(scheduler, timings)
+            reserved_before = _reserved_after_emptying(device)
+            decode_batches = _warm_decode(runner, notes, timings)
+            graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
+        _generate_once(name, scheduler, timings)
     finished = time.perf_counter()
     if not runner.cuda_graphs:
         notes.append(
@@ -77,6 +87,7 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
         prefill_tokens=prefill_tokens,
         decode_batches=decode_batches,
         notes=tuple(notes),
+        slowest=tuple(sorted(timings, key=lambda timing: -timing[1])[:SLOWEST_REPORTED]),
     )
     log.info(
         "model_warmed_up",
@@ -87,6 +98,7 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
         prefill_tokens=list(prefill_tokens),
         decode_batches=list(decode_batches),
         notes=list(report.notes),
+        slowest_steps={what: round(seconds, 3) for what, seconds in report.slowest},
     )
     return report
 
@@ -97,32 +109,58 @@ def prefill_sizes(dispatch_buckets: tuple[int, ...], limit: int) -> tuple[int, .
     return tuple(sorted({n for b in dispatch_buckets for n in (min(b, limit) - 1, min(b, limit)) if n >= 1}))
 
 
-def _warm_prefill(scheduler: Scheduler) -> tuple[int, ...]:
+def burst_lengths(total: int, rows: int, max_len: int, free_blocks: int) -> list[int]:
+    """The burst step's prompt lengths: about `total` tokens in at most `rows` prompts of mixed lengths (half to one
+    and a half times BURST_PROMPT_TOKENS, none over max_len), as many as the KV cache's free blocks hold."""
+    count = min(rows, max(1, total // BURST_PROMPT_TOKENS, -(-total // max_len)))
+    total = min(total, count * max_len)
+    mean = total / count
+    lengths = [min(max_len, max(1, round(mean * (0.5 + index / max(1, count - 1))))) for index in range(count)]
+    for index in range(count * max_len):  # rounding and clipping: move the sum onto total, one token at a time
+        missing = total - sum(lengths)
+        if not missing:
+            break
+        row = index % count
+        lengths[row] = min(max_len, max(1, lengths[row] + (1 if missing > 0 else -1)))
+    while lengths and sum(map(blocks_for, lengths)) > free_blocks:
+        lengths.remove(max(lengths))
+    return lengths
+
+
+def _warm_prefill(scheduler: Scheduler, timings: list[tuple[str, float]]) -> tuple[int, ...]:
     runner, plan = scheduler.runner, scheduler.runner.cache.plan
     limit = min(scheduler.limits.prefill_tokens, plan.capacity_tokens)
     sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), limit)
-    vocab = runner.model.shape.vocab_size
     for total in sizes:
         # A step longer than one sequence may hold runs as several prompts, as admission would.
         full, rest = divmod(total, plan.max_seq_len)
-        lengths = [plan.max_seq_len] * full + ([rest] if rest else [])
-        prompts = [[token % vocab for token in range(length)] for length in lengths]
-        owners = [("warm-up", index) for index in range(len(prompts))]
-        with _step(f"prefill of {total} tokens") as what:
-            try:
-                if not all(scheduler.blocks.grow(owner, length) for owner, length in zip(owners, lengths, strict=True)):
-                    raise WarmupFailed(f"{what}: the KV cache has too few free blocks")
-                logits, _ = runner.prefill(prompts, [scheduler.blocks.table(owner) for owner in owners])
-                _check_finite(logits, what)
-            finally:
-                for owner in owners:
-                    scheduler.blocks.release(owner)
+        _prefill(scheduler, [plan.max_seq_len] * full + ([rest] if rest else []), timings)
+    burst = burst_lengths(limit, runner.max_rows, plan.max_seq_len - 1, scheduler.blocks.free_blocks)
+    if len(burst) > 1:
+        _prefill(scheduler, burst, timings)
+        sizes = tuple(sorted({*sizes, sum(burst)}))
     return sizes
 
 
-def _warm_decode(runner: StepRunner, notes: list[str]) -> tuple[int, ...]:
+def _prefill(scheduler: Scheduler, lengths: list[int], timings: list[tuple[str, float]]) -> None:
+    runner, vocab = scheduler.runner, scheduler.runner.model.shape.vocab_size
+    prompts = [[token % vocab for token in range(length)] for length in lengths]
+    owners = [("warm-up", index) for index in range(len(prompts))]
+    prompts_named = f" as {len(lengths)} prompts" if len(lengths) > 1 else ""
+    with _step(f"prefill of {sum(lengths)} tokens{prompts_named}", timings) as what:
+        try:
+            if not all(scheduler.blocks.grow(owner, length) for owner, length in zip(owners, lengths, strict=True)):
+                raise WarmupFailed(f"{what}: the KV cache has too few free blocks")
+            logits, _ = runner.prefill(prompts, [scheduler.blocks.table(owner) for owner in owners])
+            _check_finite(logits, what)
+        finally:
+            for owner in owners:
+                scheduler.blocks.release(owner)
+
+
+def _warm_decode(runner: StepRunner, notes: list[str], timings: list[tuple[str, float]]) -> tuple[int, ...]:
     for batch in runner.batch_buckets:
-        with _step(f"decode of {batch} rows") as what:
+        with _step(f"decode of {batch} rows", timings) as what:
             # Rows that own no blocks read and write only the padding block.
             logits, _ = runner.decode([0] * batch, [0] * batch, [[]] * batch)
             _check_finite(logits, what)
@@ -134,14 +172,14 @@ def _warm_decode(runner: StepRunner, notes: list[str]) -> tuple[int, ...]:
     return runner.batch_buckets
 
 
-def _generate_once(name: str, scheduler: Scheduler) -> Finished:
+def _generate_once(name: str, scheduler: Scheduler, timings: list[tuple[str, float]]) -> Finished:
     """One greedy request through the scheduler thread, as a client's would run."""
     # A sequence holds at least one KV block (16 positions), more than the warm-up's prompt and tokens need.
     prompt_ids = scheduler.tokenizer(GENERATION_PROMPT)["input_ids"][: scheduler.max_sequence_tokens // 2]
     new_tokens = min(GENERATION_TOKENS, scheduler.max_sequence_tokens - len(prompt_ids))
     params = GenerateParams(name, "", tuple(prompt_ids), new_tokens, 0.0, None, 0, None, (), "")
     job = Job(params=params, prompt_ids=list(prompt_ids), pinned=None)
-    with _step("the warm-up generation"):
+    with _step("the warm-up generation", timings):
         scheduler.submit(job)
         finished = list(job.results())[-1]
     if not isinstance(finished, Finished) or finished.completion_tokens < 1:
@@ -150,10 +188,12 @@ def _generate_once(name: str, scheduler: Scheduler) -> Finished:
 
 
 @contextmanager
-def _step(what: str) -> Iterator[str]:
-    """Turns any failure inside into WarmupFailed naming the step."""
+def _step(what: str, timings: list[tuple[str, float]]) -> Iterator[str]:
+    """Times the step, and turns any failure inside into WarmupFailed naming it."""
+    started = time.perf_counter()
     try:
         yield what
+        timings.append((what, time.perf_counter() - started))
     except WarmupFailed:
         raise
     except torch.cuda.OutOfMemoryError as error:

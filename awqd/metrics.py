@@ -30,7 +30,8 @@ INTER_TOKEN_LATENCY = Histogram(
 )
 TRITON_COMPILATIONS = Counter(
     "awqd_triton_compilations",
-    "Triton kernel specialisations compiled (or loaded from the disk cache) in the daemon process, by phase: warm-up, "
-    "or serving (after warm-up: a specialisation warm-up missed, or a pinned kernel's first use)",
+    "Triton kernel specialisations compiled (or loaded from the disk cache) in the daemon process, by phase: load (a "
+    "model's packing and warm-up) or serving (outside every load: a specialisation warm-up missed, or a pinned "
+    "kernel's first use)",
     ["phase"],
 )

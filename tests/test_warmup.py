@@ -128,8 +128,8 @@ def test_triton_compilations_are_counted_by_phase_so_one_after_warm_up_stands_ou
     def count(phase: str) -> float:
         return metrics.TRITON_COMPILATIONS.labels(phase)._value.get()
 
-    warm, serving = count("warm-up"), count("serving")
-    with compilations.warming_up():
+    load, serving = count("load"), count("serving")
+    with compilations.loading():
         compilations.compiled(fn="gemm_kernel", key="sig-a", is_manual_warmup=False, already_compiled=False)
     compilations.compiled(fn="gemm_kernel", key="sig-b", is_manual_warmup=False, already_compiled=False)
-    assert (count("warm-up") - warm, count("serving") - serving) == (1, 1)
+    assert (count("load") - load, count("serving") - serving) == (1, 1)

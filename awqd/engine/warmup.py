@@ -34,7 +34,6 @@ from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.step import StepRunner
 from awqd.errors import WarmupFailed
-from awqd.kernels.triton import compilations
 
 log = structlog.get_logger("awqd.engine")
 
@@ -66,13 +65,12 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     runner.router.unpin()
     device = runner.model.device
     # The device guard makes the capture stream the model's device's, whichever device this thread last used.
-    with compilations.warming_up():
-        with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            prefill_tokens = _warm_prefill(scheduler, timings)
-            reserved_before = _reserved_after_emptying(device)
-            decode_batches = _warm_decode(runner, notes, timings)
-            graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
-        _generate_once(name, scheduler, timings)
+    with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        prefill_tokens = _warm_prefill(scheduler, timings)
+        reserved_before = _reserved_after_emptying(device)
+        decode_batches = _warm_decode(runner, notes, timings)
+        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
+    _generate_once(name, scheduler, timings)
     finished = time.perf_counter()
     if not runner.cuda_graphs:
         notes.append(

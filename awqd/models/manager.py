@@ -30,6 +30,7 @@ from awqd.errors import (
     Unavailable,
 )
 from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.triton import compilations
 from awqd.models.loader import LoadedModel, load_model
 from awqd.models.replicas import ModelState, Replica, alias, least_loaded, model_state, resolve_placement
 from awqd.node.devices import DeviceInfo
@@ -177,11 +178,12 @@ class ModelManager:
         try:
             dispatch, held = self.planner.plan(replica.device, kernel)
             router = KernelRouter(dispatch)
-            # Replicas load side by side, one thread each: each thread works on its own device.
-            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                loaded = load_model(replica.path, device, router, extra_candidates=held, fuse=True)
-                scheduler = build_engine(replica.model, loaded, router, self.engine)
-            replica.warmup = warm_up(replica.model, scheduler)
+            with compilations.loading():  # packing and warm-up compile; once ready, the model should not
+                # Replicas load side by side, one thread each: each thread works on its own device.
+                with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                    loaded = load_model(replica.path, device, router, extra_candidates=held, fuse=True)
+                    scheduler = build_engine(replica.model, loaded, router, self.engine)
+                replica.warmup = warm_up(replica.model, scheduler)
         except Exception as error:
             if scheduler is not None:
                 scheduler.close()

@@ -1,7 +1,8 @@
 """Triton compilations in the serving process, counted and logged by phase.
 
-A warmed-up engine compiles nothing more for its traffic, so a compilation in phase "serving" names a kernel
-specialisation that warm-up missed (the request that met it waited for the compiler). Pinned kernels (a Benchmark
+Loading a model compiles (its packing kernels, then warm-up every kernel its traffic will use), so a compilation in
+phase "serving", outside every model load, names a kernel specialisation that warm-up missed (the request that met
+it waited for the compiler). Pinned kernels (a Benchmark
 run, a request's `kernel`) may legitimately compile while serving. Compilations in the kernel-selection workers
 happen in their own processes and are not seen here.
 """
@@ -17,7 +18,7 @@ from awqd import metrics
 log = structlog.get_logger("awqd.kernels")
 
 _lock = threading.Lock()
-_warm_ups = 0  # warm-ups running now: compilations meanwhile are theirs
+_loads = 0  # model loads (warm-up included) running now: compilations meanwhile are theirs
 
 
 def watch() -> bool:
@@ -33,19 +34,19 @@ def watch() -> bool:
 
 
 @contextlib.contextmanager
-def warming_up() -> Iterator[None]:
-    global _warm_ups
+def loading() -> Iterator[None]:
+    global _loads
     with _lock:
-        _warm_ups += 1
+        _loads += 1
     try:
         yield
     finally:
         with _lock:
-            _warm_ups -= 1
+            _loads -= 1
 
 
 def compiled(*, fn, key, is_manual_warmup: bool = False, **_) -> None:
     """Triton's post-compile hook: one compiled (or disk-cache loaded) specialisation of kernel `fn`."""
-    phase = "warm-up" if _warm_ups else "serving"
+    phase = "load" if _loads else "serving"
     metrics.TRITON_COMPILATIONS.labels(phase).inc()
     log.info("triton_kernel_compiled", kernel=getattr(fn, "name", str(fn)), phase=phase, specialization=str(key)[:300])

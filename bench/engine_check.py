@@ -68,6 +68,7 @@ CONCURRENCY = (1, 8, 32)
 EQUALITY_PROMPTS = 8
 EQUALITY_TOKENS = 64
 STEP_TIMING_BUCKETS = (1, 8, 32)
+PREFILL_CHECK_LENGTHS = (37, 100, 128, 300)  # prompts alone: padded to 48, 128, 128 and 384 tokens
 GRAPH_VS_EAGER_BATCHES = (1, 16, 32)
 STEP_TIMING_REPLAYS = 50
 PROFILE_ROWS = 25
@@ -113,9 +114,9 @@ def step(results: Results, name: str, limit_s: float):
         results.write()
 
 
-def prompt(vocab_size: int, seed: int) -> list[int]:
+def prompt(vocab_size: int, seed: int, tokens: int = PROMPT_TOKENS) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(100, vocab_size, (PROMPT_TOKENS,), generator=generator).tolist()
+    return torch.randint(100, vocab_size, (tokens,), generator=generator).tolist()
 
 
 def greedy(max_new_tokens: int, kernel: str = "auto") -> GenerateParams:
@@ -221,6 +222,31 @@ def decode_step_gpu_ms(scheduler, vocab_size: int) -> dict:
         end.synchronize()
         timings[bucket] = start.elapsed_time(end) / STEP_TIMING_REPLAYS
     return timings
+
+
+def prefill_graph_vs_eager(scheduler, vocab_size: int) -> list[dict]:
+    """A prompt alone as served (padded to its bucket, replayed as a CUDA graph) against the same prompt prefilled
+    eagerly at its own length: the logits' relative error and whether the greedy token agrees, per length."""
+    runner, served = scheduler.runner, scheduler.runner.prefill_buckets
+    rows = []
+    for length in PREFILL_CHECK_LENGTHS:
+        ids, tables = prompt(vocab_size, 700 + length, length), idle_tables(1, length)
+        runner.prefill([ids], tables)  # eager, then captured
+        replayed = runner.prefill([ids], tables)[0].float()
+        runner.prefill_buckets = ()
+        try:
+            eager = runner.prefill([ids], tables)[0].float()
+        finally:
+            runner.prefill_buckets = served
+        rows.append(
+            {
+                "prompt_tokens": length,
+                "padded_to": next((b for b in served if b >= length), None),
+                "relative_error": float((replayed - eager).norm() / eager.norm()),
+                "same_greedy_token": bool(torch.equal(replayed.argmax(-1), eager.argmax(-1))),
+            }
+        )
+    return rows
 
 
 def profile_decode_step(scheduler, out: Path) -> str:
@@ -351,6 +377,13 @@ def main() -> int:
             continue
         with step(results, f"single_query_{family}", 120):
             results.data["single_query"].append(single_query(scheduler, vocab_size, pinned, RUNS))
+    with step(results, "single_query_eager_prefill", 120):
+        # The same engine with a lone prompt's prefill run eagerly at its length (no padding, no graph).
+        served, scheduler.runner.prefill_buckets = scheduler.runner.prefill_buckets, ()
+        try:
+            results.data["single_query_eager_prefill"] = single_query(scheduler, vocab_size, None, RUNS)
+        finally:
+            scheduler.runner.prefill_buckets = served
 
     results.data["concurrency"] = []
     for streams in CONCURRENCY:
@@ -360,6 +393,8 @@ def main() -> int:
     if on_gpu:
         with step(results, "decode_step_gpu_ms", 120):
             results.data["decode_step_gpu_ms"] = decode_step_gpu_ms(scheduler, vocab_size)
+        with step(results, "prefill_graph_vs_eager", 120):
+            results.data["prefill_graph_vs_eager"] = prefill_graph_vs_eager(scheduler, vocab_size)
 
     prompts = [prompt(vocab_size, 100 + seed) for seed in range(EQUALITY_PROMPTS)]
     with step(results, "greedy_batched_vs_alone", 180):
@@ -456,6 +491,7 @@ def markdown(data: dict) -> str:
             f"{row['ms_per_token_p50']:.2f} | {', '.join(row['kernels_used'])} |"
         )
     for key, label in (
+        ("single_query_eager_prefill", "with a lone prompt's prefill eager"),
         ("eager_single_query", "without CUDA graphs"),
         ("batch_invariant_single_query", "--batch-invariant"),
     ):
@@ -499,6 +535,12 @@ def markdown(data: dict) -> str:
         lines.append(f"- Layer kernels vs torch on this GPU: {kernels['cases']} cases, failures: {kernels['failures']}")
     if "decode_step_gpu_ms" in data:
         lines.append(f"- GPU ms of one captured decode step, by batch bucket: {data['decode_step_gpu_ms']}")
+    for row in data.get("prefill_graph_vs_eager", []):
+        lines.append(
+            f"- A {row['prompt_tokens']}-token prompt alone, padded to {row['padded_to']} and replayed, against eager "
+            f"at its length: logits relative error {row['relative_error']:.2e}, same greedy token: "
+            f"{row['same_greedy_token']}"
+        )
     if "kv_cache" in data:
         lines.append(f"- KV cache: {data['kv_cache']}; graphs captured: {data.get('captured_graphs', '?')}")
     if "decisions" in data:

@@ -17,7 +17,7 @@ import torch
 
 from awqd.config import EngineSettings, ServeConfig
 from awqd.engine.build import build_engine
-from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, allocate, plan_kv_cache
+from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, BlockTables, allocate, plan_kv_cache
 from awqd.engine.model import DecoderModel, ModelShape
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
@@ -455,3 +455,36 @@ def test_unload_drains_queued_and_running_requests(demo_model_dir):
     assert all(tokens_of(job)[1].completion_tokens == 10 for job in jobs)
     closer.join(timeout=60)
     assert not closer.is_alive()
+
+
+def test_a_prompt_alone_padded_to_its_bucket_prefills_as_unpadded_and_pads_only_into_the_padding_block(
+    demo_model_dir,
+):
+    """What a GPU engine captures and replays for a prompt that comes alone, run eagerly: the same code, no capture."""
+    scheduler = switching_engine(demo_model_dir, max_batch_size=4)
+    try:
+        runner, cache = scheduler.runner, scheduler.runner.cache
+        assert runner.prefill_buckets == ()  # the CPU pads nothing unless told to
+        prompt, table = list(range(300, 337)), [5, 9, 2]  # 37 tokens: blocks 5 and 9 full, 5 positions of block 2
+        with torch.inference_mode():
+            eager, eager_kernel = runner.prefill([prompt], [table])
+            eager_kv = [layer.clone() for layer in cache.k + cache.v]
+            for layer in cache.k + cache.v:
+                layer.zero_()
+            runner.prefill_buckets = (16, 48, 64)
+            padded, padded_kernel = runner.prefill([prompt], [table])
+        assert (eager_kernel.bucket, padded_kernel.bucket) == (
+            runner.step_kernel(37).bucket,
+            runner.step_kernel(48).bucket,
+        )
+        torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
+        for before, after in zip(eager_kv, cache.k + cache.v, strict=True):
+            for block, positions in ((5, 16), (9, 16), (2, 5)):
+                torch.testing.assert_close(
+                    after[block, :, :positions], before[block, :, :positions], rtol=1e-5, atol=1e-5
+                )
+            assert not after[2, :, 5:].any()  # the 11 padding rows wrote nothing into the prompt's own block ...
+            untouched = [b for b in range(after.shape[0]) if b not in (5, 9, 2, PADDING_BLOCK)]
+            assert not after[untouched].any()  # ... nor into any block but the padding block
+    finally:
+        scheduler.close()

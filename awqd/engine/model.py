@@ -110,11 +110,26 @@ class DecoderModel:
         router picks by that total. Only attention looks at where one prompt ends and the next begins.
         """
         lengths = [prompt.shape[0] for prompt in prompts]
-        # Each row's prompt and its position within it, built on the host and copied once.
-        rows = torch.tensor(
-            [(index, position) for index, length in enumerate(lengths) for position in range(length)]
-        ).to(self.device, non_blocking=True)
-        sequences, positions = rows[:, 0].contiguous(), rows[:, 1].contiguous()
+        # Each row's prompt and its position within it, and each prompt's last row, built on the host and copied once.
+        rows = [(index, position) for index, length in enumerate(lengths) for position in range(length)]
+        last_rows = torch.tensor(lengths).cumsum(0) - 1
+        host = torch.cat([torch.tensor(rows).T.flatten(), last_rows]).to(self.device, non_blocking=True)
+        sequences, positions, last_rows = host.split([len(rows), len(rows), len(lengths)])
+        return self.prefill_rows(torch.cat(prompts), sequences, positions, lengths, last_rows, tables, cache)
+
+    def prefill_rows(
+        self,
+        token_ids: torch.Tensor,
+        sequences: torch.Tensor,
+        positions: torch.Tensor,
+        lengths: list[int],
+        last_rows: torch.Tensor,
+        tables: torch.Tensor,
+        cache: KvCache,
+    ) -> torch.Tensor:
+        """prefill() on rows laid out by the caller: row r is token_ids[r] at positions[r] of prompt sequences[r]
+        (whose blocks are tables[sequences[r]]); lengths are the prompts' row counts in order; returns the logits of
+        rows last_rows. Only device tensors are read, so a step of one (padded) prompt can be captured as a graph."""
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
@@ -125,9 +140,7 @@ class DecoderModel:
             outputs = [self._causal_attention(*segment) for segment in segments]
             return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
-        hidden = self._forward(torch.cat(prompts), attention)
-        last_rows = torch.tensor(lengths, device=self.device).cumsum(0) - 1
-        return self._logits(hidden[last_rows])
+        return self._logits(self._forward(token_ids, attention)[last_rows])
 
     def decode(
         self, token_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, cache: KvCache

@@ -1,4 +1,5 @@
-"""The engine's forward steps: prefill eagerly, decode as a CUDA graph per (kernel pin, batch bucket).
+"""The engine's forward steps: decode as a CUDA graph per (kernel pin, batch bucket); prefill of one prompt as a
+CUDA graph per (kernel pin, prompt-length bucket), and of several prompts eagerly.
 
 Decode rows are compact: row i is whichever sequence the scheduler put in place i, and its token, position and
 block table (awqd.engine.kv_cache) are copied into static buffers of max_rows rows before each step. Decode pads
@@ -7,6 +8,12 @@ count, so a graph captured for a bucket holds the kernel the decision table name
 pin is part of the graph's key). Padding rows point at the padding block, position 0, which no sequence owns.
 Decode attention reads each row's length and blocks from those buffers on the device, so one graph serves a
 bucket at every position and block assignment.
+
+A prompt that arrives alone (the single-query case, where time to first token is the prompt's one forward pass)
+is padded to a prompt-length bucket (PREFILL_BUCKETS, 1.5x apart, up to 512 tokens): its rows are the bucket's
+rows, the padding rows write their k/v only to the padding block and their logits are not read. Eagerly, a prefill
+launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. Several
+prompts admitted together stay eager, at their exact total: they are throughput, not latency.
 
 A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
 that shape); later steps replay it. Warm-up (awqd.engine.warmup) runs that first step for every unpinned bucket
@@ -33,8 +40,12 @@ class StepKernel:
     kernel: str
 
 
+PREFILL_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded lengths of a prompt that comes alone
+PADDING_SEQUENCE = 1  # a padded prefill's table row of padding blocks
+
+
 @dataclass
-class CapturedDecode:
+class Captured:
     graph: torch.cuda.CUDAGraph
     logits: torch.Tensor  # the graph's output, rewritten by each replay
 
@@ -51,8 +62,19 @@ class StepRunner:
         self.positions = torch.zeros(max_rows, dtype=torch.int64, device=model.device)
         table_shape = (max_rows, cache.plan.max_blocks_per_seq)
         self.tables = torch.full(table_shape, PADDING_BLOCK, dtype=torch.int32, device=model.device)
-        self.graphs: dict[tuple[str, int], CapturedDecode] = {}
+        self.graphs: dict[tuple[str, int], Captured] = {}  # decode, by (pin, batch bucket)
         self.eager_keys: dict[tuple[str, int], Exception] = {}  # keys whose capture failed, and why
+        # A prompt prefilled alone is padded to a bucket where graphs are captured; elsewhere padding would only cost.
+        fitting = tuple(bucket for bucket in PREFILL_BUCKETS if bucket < cache.plan.max_seq_len)
+        self.prefill_buckets = fitting if self.cuda_graphs else ()
+        self.prefill_graphs: dict[tuple[str, int], Captured] = {}  # by (pin, prompt-length bucket)
+        self.prefill_eager_keys: dict[tuple[str, int], Exception] = {}
+        longest = max(fitting, default=0)
+        self.prefill_ids = torch.zeros(longest, dtype=torch.int64, device=model.device)
+        self.prefill_sequences = torch.zeros(longest, dtype=torch.int64, device=model.device)
+        self.prefill_positions = torch.arange(longest, dtype=torch.int64, device=model.device)
+        self.prefill_last = torch.zeros(1, dtype=torch.int64, device=model.device)
+        self.prefill_tables = torch.full((2, table_shape[1]), PADDING_BLOCK, dtype=torch.int32, device=model.device)
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def batch_bucket(self, rows: int) -> int:
@@ -65,6 +87,8 @@ class StepRunner:
         """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
         last position, and the kernel that ran (picked by the prompts' total token count)."""
         lengths = [len(prompt) for prompt in prompts]
+        if len(prompts) == 1 and lengths[0] <= max(self.prefill_buckets, default=0):
+            return self._prefill_padded(prompts[0], tables[0])
         ids = torch.tensor([token for prompt in prompts for token in prompt], dtype=torch.int64)
         ids = ids.to(self.model.device, non_blocking=True)
         device_tables = padded_tables(tables, len(tables)).to(self.model.device, non_blocking=True)
@@ -85,34 +109,64 @@ class StepRunner:
         self.positions[:padded].copy_(host[1], non_blocking=True)
         # Only the columns in use: a row reads no column past its own position's block.
         self.tables[:padded, : host_tables.shape[1]].copy_(host_tables, non_blocking=True)
-        pin = self.router.pinned.name if self.router.pinned is not None else ""
-        key = (pin, padded)
-        captured = self.graphs.get(key)
-        if captured is not None:
-            captured.graph.replay()
-            logits = captured.logits
-        else:
-            logits = self._decode_rows(padded)
-            if self.cuda_graphs and key not in self.eager_keys:
-                self._capture(key)
+        logits = self._run("decode", padded, self.graphs, self.eager_keys, lambda: self._decode_rows(padded))
         return logits[:rows], self.step_kernel(padded)
 
-    def _capture(self, key: tuple[str, int]) -> None:
-        pin, padded = key
+    def _prefill_padded(self, prompt: list[int], table: list[int]) -> tuple[torch.Tensor, StepKernel]:
+        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured."""
+        length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
+        sequences = [0] * length + [PADDING_SEQUENCE] * (padded - length)
+        host = torch.tensor([*prompt, *[0] * (padded - length), *sequences, length - 1], dtype=torch.int64)
+        host_table = padded_tables([table], 1)
+        if self.cuda_graphs:
+            host, host_table = host.pin_memory(), host_table.pin_memory()
+        ids, sequences, last = host.split([padded, padded, 1])
+        self.prefill_ids[:padded].copy_(ids, non_blocking=True)
+        self.prefill_sequences[:padded].copy_(sequences, non_blocking=True)
+        self.prefill_last.copy_(last, non_blocking=True)
+        self.prefill_tables[0].fill_(PADDING_BLOCK)
+        self.prefill_tables[0, : host_table.shape[1]].copy_(host_table[0], non_blocking=True)
+        graphs, failures = self.prefill_graphs, self.prefill_eager_keys
+        logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
+        return logits, self.step_kernel(padded)
+
+    def _run(self, phase: str, size: int, graphs: dict, failures: dict, forward) -> torch.Tensor:
+        """Replays the (pin, size) graph if there is one; else runs eagerly, then captures it (with CUDA graphs)."""
+        pin = self.router.pinned.name if self.router.pinned is not None else ""
+        key = (pin, size)
+        captured = graphs.get(key)
+        if captured is not None:
+            captured.graph.replay()
+            return captured.logits
+        logits = forward()
+        if self.cuda_graphs and key not in failures:
+            self._capture(phase, key, graphs, failures, forward)
+        return logits
+
+    def _capture(self, phase: str, key: tuple[str, int], graphs: dict, failures: dict, forward) -> None:
+        pin, size = key
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: other models' scheduler threads keep running their own steps while this one captures.
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                logits = self._decode_rows(padded)
+                logits = forward()
         except Exception as error:  # e.g. a kernel that synchronizes: this key stays eager
-            self.eager_keys[key] = error.with_traceback(None)  # no frames kept alive: they hold capture tensors
-            log.warning("cuda_graph_capture_failed", pin=pin or "auto", batch=padded, error=str(error))
+            failures[key] = error.with_traceback(None)  # no frames kept alive: they hold capture tensors
+            log.warning("cuda_graph_capture_failed", phase=phase, pin=pin or "auto", size=size, error=str(error))
             return
-        self.graphs[key] = CapturedDecode(graph, logits)
-        log.info("cuda_graph_captured", pin=pin or "auto", batch=padded, graphs=len(self.graphs))
+        graphs[key] = Captured(graph, logits)
+        log.info("cuda_graph_captured", phase=phase, pin=pin or "auto", size=size, graphs=len(graphs))
 
     def _decode_rows(self, padded: int) -> torch.Tensor:
         return self.model.decode(self.tokens[:padded], self.positions[:padded], self.tables[:padded], self.cache)
+
+    def _prefill_rows(self, padded: int) -> torch.Tensor:
+        ids, sequences, positions = (
+            t[:padded] for t in (self.prefill_ids, self.prefill_sequences, self.prefill_positions)
+        )
+        return self.model.prefill_rows(
+            ids, sequences, positions, [padded], self.prefill_last, self.prefill_tables, self.cache
+        )
 
 
 def padded_tables(tables: list[list[int]], rows: int) -> torch.Tensor:

@@ -1,13 +1,15 @@
 """Warm-up: everything a built engine would otherwise do lazily on its first traffic, done before it turns ready.
 
-1. Prefill at the token counts the kernel dispatch distinguishes. Prefill runs eagerly on dynamic shapes, so
-   there is no graph to capture; what is lazy is Triton's compilation, once per kernel, launch configuration and
-   argument specialisation. A step's kernel and its tuned configuration are picked by the step's bucket, and
-   Triton specialises a row count by whether it is divisible by 16, so each dispatch bucket b is run at b and at
-   b - 1 tokens: every kernel the table names, at every bucket, in both specialisations.
+1. Prefill of several prompts at the token counts the kernel dispatch distinguishes. It runs eagerly on dynamic
+   shapes, so there is no graph to capture; what is lazy is Triton's compilation, once per kernel, launch
+   configuration and argument specialisation. A step's kernel and its tuned configuration are picked by the step's
+   bucket, and Triton specialises a row count by whether it is divisible by 16, so each dispatch bucket b is run at
+   b and at b - 1 tokens, as two prompts: every kernel the table names, at every bucket, in both specialisations.
    Then the largest step admission makes, a burst: --prefill-tokens-per-step tokens as many prompts of mixed
    lengths, as a wave of clients arriving together would be admitted. Its first run pays once for what the
    bucket sizes leave lazy at large row counts (library kernels' configurations, the allocator's growth).
+   Then one prompt at every prompt-length bucket: a prompt that comes alone is padded to one and replayed as a
+   CUDA graph (awqd.engine.step), captured here after its first, eager, step.
 2. Decode at every batch bucket up to the KV-cache slot count, unpinned: each bucket's first step runs eagerly
    (compiling its kernels) and its CUDA graph is captured right after (awqd.engine.step). A request that pins a
    kernel still captures that pin's graphs on its first steps.
@@ -48,9 +50,9 @@ class WarmupReport:
     started_at: datetime
     finished_at: datetime
     duration_s: float
-    graphs: int  # decode CUDA graphs held after warm-up
+    graphs: int  # CUDA graphs held after warm-up: decode and single-prompt prefill
     graph_memory_bytes: int  # device memory the captures added (the graphs' pool), after emptying the cache
-    prefill_tokens: tuple[int, ...]  # the prefill step sizes run
+    prefill_tokens: tuple[int, ...]  # the prefill step sizes run, eager and padded
     decode_batches: tuple[int, ...]  # the decode batch buckets run
     notes: tuple[str, ...]
     slowest: tuple[tuple[str, float], ...] = ()  # the slowest steps and their seconds, slowest first
@@ -66,10 +68,11 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     device = runner.model.device
     # The device guard makes the capture stream the model's device's, whichever device this thread last used.
     with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        prefill_tokens = _warm_prefill(scheduler, timings)
         reserved_before = _reserved_after_emptying(device)
+        prefill_tokens = _warm_prefill(scheduler, notes, timings)
         decode_batches = _warm_decode(runner, notes, timings)
-        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if runner.graphs else 0
+        graphs = len(runner.graphs) + len(runner.prefill_graphs)
+        graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if graphs else 0
     _generate_once(name, scheduler, timings)
     finished = time.perf_counter()
     if not runner.cuda_graphs:
@@ -80,7 +83,7 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
         started_at=started_at,
         finished_at=datetime.now(UTC),
         duration_s=finished - started,
-        graphs=len(runner.graphs),
+        graphs=graphs,
         graph_memory_bytes=graph_memory,
         prefill_tokens=prefill_tokens,
         decode_batches=decode_batches,
@@ -125,19 +128,23 @@ def burst_lengths(total: int, rows: int, max_len: int, free_blocks: int) -> list
     return lengths
 
 
-def _warm_prefill(scheduler: Scheduler, timings: list[tuple[str, float]]) -> tuple[int, ...]:
+def _warm_prefill(scheduler: Scheduler, notes: list[str], timings: list[tuple[str, float]]) -> tuple[int, ...]:
     runner, plan = scheduler.runner, scheduler.runner.cache.plan
     limit = min(scheduler.limits.prefill_tokens, plan.capacity_tokens)
     sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), limit)
     for total in sizes:
-        # A step longer than one sequence may hold runs as several prompts, as admission would.
+        # Two prompts (one if a token), or as many as a step longer than one sequence may hold, as admission would.
         full, rest = divmod(total, plan.max_seq_len)
-        _prefill(scheduler, [plan.max_seq_len] * full + ([rest] if rest else []), timings)
+        lengths = [plan.max_seq_len] * full + ([rest] if rest else [])
+        _prefill(scheduler, [total // 2, total - total // 2] if len(lengths) == 1 and total > 1 else lengths, timings)
     burst = burst_lengths(limit, runner.max_rows, plan.max_seq_len - 1, scheduler.blocks.free_blocks)
     if len(burst) > 1:
         _prefill(scheduler, burst, timings)
         sizes = tuple(sorted({*sizes, sum(burst)}))
-    return sizes
+    for bucket in runner.prefill_buckets:
+        _prefill(scheduler, [bucket], timings)
+        _check_capture(runner.prefill_eager_keys.get(("", bucket)), f"{bucket}-token prefill", notes)
+    return tuple(sorted({*sizes, *runner.prefill_buckets}))
 
 
 def _prefill(scheduler: Scheduler, lengths: list[int], timings: list[tuple[str, float]]) -> None:
@@ -162,12 +169,16 @@ def _warm_decode(runner: StepRunner, notes: list[str], timings: list[tuple[str, 
             # Rows that own no blocks read and write only the padding block.
             logits, _ = runner.decode([0] * batch, [0] * batch, [[]] * batch)
             _check_finite(logits, what)
-        failure = runner.eager_keys.get(("", batch))
-        if isinstance(failure, torch.cuda.OutOfMemoryError):
-            raise WarmupFailed(f"capturing the {batch}-row decode CUDA graph: out of device memory: {failure}")
-        if failure is not None:
-            notes.append(f"decode at {batch} rows stays eager: its CUDA graph capture failed: {failure}")
+        _check_capture(runner.eager_keys.get(("", batch)), f"{batch}-row decode", notes)
     return runner.batch_buckets
+
+
+def _check_capture(failure: Exception | None, what: str, notes: list[str]) -> None:
+    """A capture out of device memory fails warm-up; any other failure leaves that step eager, noted."""
+    if isinstance(failure, torch.cuda.OutOfMemoryError):
+        raise WarmupFailed(f"capturing the {what} CUDA graph: out of device memory: {failure}")
+    if failure is not None:
+        notes.append(f"{what} stays eager: its CUDA graph capture failed: {failure}")
 
 
 def _generate_once(name: str, scheduler: Scheduler, timings: list[tuple[str, float]]) -> Finished:

@@ -27,9 +27,10 @@ DTYPES = ("float16", "bfloat16")
 BATCHES = {
     "awqd_triton_gemv": {(64, 128): (1,), (96, 256): (1, 3), (128, 512): (1,)},
     "awqd_triton_gemm": {(64, 128): (1, 16), (96, 256): (1, 3, 16, 40), (128, 512): (1, 16)},
+    "awqd_triton_skinny": {(64, 128): (1, 17), (96, 256): (1, 3, 16, 17, 33), (128, 512): (1, 33)},
     "awqd_triton_dequant_cublas": {(64, 128): (1,), (96, 256): (1, 40), (128, 512): (16,)},
 }
-TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm")  # the dequantize kernel has nothing to tune
+TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")  # the dequantize kernel has nothing to tune
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -56,6 +57,17 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
         from awqd.kernels.triton.dequant import DequantConfig
 
         return [((96, 256), 32, 3, DequantConfig(16, 64, 4)), ((128, 512), 64, 5, DequantConfig(64, 512, 8))]
+    if kernel == "awqd_triton_skinny":
+        from awqd.kernels.triton.skinny import SkinnyConfig
+
+        # TMA and pointer loads; split-K 1, uneven 3 and 4; BLOCK_K above the group (capped), N and M tails.
+        return [
+            ((96, 256), 32, 3, SkinnyConfig(16, 64, 128, 3, 4, 2)),
+            ((96, 256), 64, 17, SkinnyConfig(32, 64, 64, 1, 4, 2, tma=False)),
+            ((128, 512), 128, 33, SkinnyConfig(64, 32, 64, 4, 4, 3)),
+            ((128, 512), 32, 5, SkinnyConfig(16, 256, 32, 3, 8, 2, tma=False)),
+            ((64, 128), 128, 40, SkinnyConfig(16, 128, 128, 1, 4, 2)),
+        ]
     from awqd.kernels.triton.gemm import GemmConfig
 
     return [

@@ -19,6 +19,7 @@ Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +47,10 @@ SKINNY_MAX_ROWS = 128  # the regime this kernel is for; above it the GEMM's larg
 PROGRAMS_PER_SM = 2  # the default tiles' shared memory (stages x tiles) lets two programs share an SM
 MAX_SPLIT_K = 16
 MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
-# Split-K partials are written and read once in fp32 (8 bytes per output per slice): keep them within this
-# fraction of the int4 weight bytes the kernel streams.
-MAX_PARTIAL_FRACTION = 0.25
+# Split-K partials are written and read once in fp32 (8 bytes per output per slice), mostly within L2: keep them
+# within the int4 weight bytes the kernel streams (at 64 tokens and N = 4096 that still allows split-K 4).
+MAX_PARTIAL_FRACTION = 1.0
+MIN_WAVE_FILL = 0.85
 
 
 def block_m_for(rows: int) -> int:
@@ -80,21 +82,31 @@ def use_tma(device: torch.device) -> bool:
     return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
 
 
+def wave_fill(programs: int, sms: int) -> float:
+    """How evenly `programs` equal programs spread over the SMs: 1.0 when every SM gets as many as the busiest."""
+    waves = programs / sms
+    return waves / math.ceil(waves)
+
+
 def skinny_split_k(rows: int, packed: AwqdW4, block_m: int, block_n: int, block_k: int, device: torch.device) -> int:
-    """The smallest power of two that gives every SM PROGRAMS_PER_SM programs, within the step and partial bounds."""
+    """The smallest power of two that gives the SMs about PROGRAMS_PER_SM programs each, evenly (MIN_WAVE_FILL),
+    within the step and partial bounds; failing that, the allowed split that spreads the programs most evenly."""
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(packed.out_features, block_n)
     k_steps = triton.cdiv(packed.in_features, block_k)
-    weight_bytes = packed.out_features * packed.in_features // 2
-    partial_bytes_per_slice = 8 * rows * packed.out_features
-    split = 1
-    while (
-        tiles * split < PROGRAMS_PER_SM * sm_count(device)
-        and split * 2 <= MAX_SPLIT_K
-        and k_steps >= split * 2 * MIN_STEPS_PER_SLICE
-        and split * 2 * partial_bytes_per_slice <= MAX_PARTIAL_FRACTION * weight_bytes
-    ):
-        split *= 2
-    return split
+    partial_budget = MAX_PARTIAL_FRACTION * packed.out_features * packed.in_features // 2
+    sms = sm_count(device)
+    allowed = [
+        split
+        for split in (2**power for power in range(MAX_SPLIT_K.bit_length()))
+        if split == 1
+        or (k_steps >= split * MIN_STEPS_PER_SLICE and split * 8 * rows * packed.out_features <= partial_budget)
+    ]
+    enough = [
+        split
+        for split in allowed
+        if tiles * split >= MIN_WAVE_FILL * PROGRAMS_PER_SM * sms and wave_fill(tiles * split, sms) >= MIN_WAVE_FILL
+    ]
+    return enough[0] if enough else max(allowed, key=lambda split: (wave_fill(tiles * split, sms), -split))
 
 
 @triton.jit

@@ -30,7 +30,8 @@ BATCHES = {
     "awqd_triton_skinny": {(64, 128): (1, 17), (96, 256): (1, 3, 16, 17, 33), (128, 512): (1, 33)},
     "awqd_triton_dequant_cublas": {(64, 128): (1,), (96, 256): (1, 40), (128, 512): (16,)},
 }
-TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")  # the dequantize kernel has nothing to tune
+# The dequantize kernel has nothing to tune.
+TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 

@@ -25,7 +25,8 @@ def test_default_split_k_fills_the_sms_within_its_bounds(monkeypatch, rows, out_
     assert split in (1, 2, 4, 8, 16)
     k_steps = in_features // tile.block_k
     assert split == 1 or k_steps >= split * skinny.MIN_STEPS_PER_SLICE
-    assert split * 8 * rows * out_features <= skinny.MAX_PARTIAL_FRACTION * out_features * in_features // 2 or split == 1
+    partial_bytes, weight_bytes = split * 8 * rows * out_features, out_features * in_features // 2
+    assert split == 1 or partial_bytes <= skinny.MAX_PARTIAL_FRACTION * weight_bytes
     programs = -(-rows // tile.block_m) * -(-out_features // tile.block_n) * split
     if rows <= 16:  # the decode regime: every shape gets at least one program per SM, spread evenly
         assert programs >= H200_SMS

@@ -218,8 +218,8 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     if config.tma:
         x_src = TensorDescriptor(x, list(x.shape), list(x.stride()), [config.block_m, config.block_k])
-        qweight = packed.qweight
-        w_src = TensorDescriptor(qweight, list(qweight.shape), list(qweight.stride()), [config.block_n, config.block_k // 8])
+        w = packed.qweight
+        w_src = TensorDescriptor(w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // 8])
     else:
         x_src, w_src = x, packed.qweight
     tiles = triton.cdiv(rows, config.block_m) * triton.cdiv(packed.out_features, config.block_n)

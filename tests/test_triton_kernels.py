@@ -61,13 +61,15 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_skinny":
         from awqd.kernels.triton.skinny import SkinnyConfig
 
-        # TMA and pointer loads; split-K 1, uneven 3 and 4; BLOCK_K above the group (capped), N and M tails.
+        # TMA and pointer loads; split-K 1, uneven 3, 4 and more slices than K steps; BLOCK_K above the group
+        # (capped); N and M tails.
         return [
             ((96, 256), 32, 3, SkinnyConfig(16, 64, 128, 3, 4, 2)),
             ((96, 256), 64, 17, SkinnyConfig(32, 64, 64, 1, 4, 2, tma=False)),
             ((128, 512), 128, 33, SkinnyConfig(64, 32, 64, 4, 4, 3)),
             ((128, 512), 32, 5, SkinnyConfig(16, 256, 32, 3, 8, 2, tma=False)),
-            ((64, 128), 128, 40, SkinnyConfig(16, 128, 128, 1, 4, 2)),
+            ((64, 128), 128, 40, SkinnyConfig(16, 128, 128, 3, 4, 2)),  # one K step: two empty slices
+            ((64, 128), 64, 2, SkinnyConfig(16, 64, 64, 4, 4, 2, tma=False)),
         ]
     from awqd.kernels.triton.gemm import GemmConfig
 

@@ -110,6 +110,15 @@ def skinny_split_k(rows: int, packed: AwqdW4, block_m: int, block_n: int, block_
 
 
 @triton.jit
+def load_step(w_rows, x_rows, n_mask, m_mask, k0, word, k):
+    """The pointer path's loads of one K step: the [BLOCK_N, BLOCK_K / 8] int32 weight words (16-byte vectors
+    along K) and the [BLOCK_M, BLOCK_K] activations; rows past N or M read as zero."""
+    w = tl.load(w_rows + (k0 // 8 + word)[None, :], mask=n_mask[:, None], other=0)
+    x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
+    return w, x
+
+
+@triton.jit
 def awqd_w4_skinny_kernel(
     x_src,  # a [M, K] tensor descriptor (USE_TMA) or pointer
     w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
@@ -154,8 +163,9 @@ def awqd_w4_skinny_kernel(
         k = tl.arange(0, BLOCK_K)
         x_rows = x_src + m.to(tl.int64)[:, None] * K
         w_rows = w_src + n[:, None] * (K // 8)
+        w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(k_start, K - BLOCK_K), word, k)
 
-    # The last step's look-ahead reads the slice's last group again (in bounds, unused) rather than masking.
+    # Look-aheads past the slice (or an empty slice's) re-read K's last step: in bounds and unused, so no masks.
     sz_next = tl.load(sz_rows + tl.minimum(k_start, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
     for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
@@ -163,12 +173,12 @@ def awqd_w4_skinny_kernel(
         next_k = k0 + BLOCK_K
         sz_next = tl.load(sz_rows + tl.minimum(next_k, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
         # K is a multiple of the group size and so of BLOCK_K: every step is whole, only rows need masks.
-        if USE_TMA:  # rows past the tensor's edge come back zero
+        if USE_TMA:  # staged num_stages deep by the pipeliner; rows past the tensor's edge come back zero
             w = w_src.load([n0, k0 // 8])
             x = x_src.load([m0, k0])
-        else:
-            w = tl.load(w_rows + (k0 // 8 + word)[None, :], mask=n_mask[:, None], other=0)
-            x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
+        else:  # one step ahead by hand: pointer loads feeding the unpack are not pipelined
+            w, x = w_next, x_next
+            w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(next_k, K - BLOCK_K), word, k)
 
         scale, zero_plus_1024 = split_scale_zero(sz)  # [BLOCK_N] each: this step's one group per row
         z = zero_plus_1024[:, None]

@@ -10,11 +10,13 @@ into the accumulator. That is sum_k x_k (q_k - z) s, the layout's semantics, wit
 dequantizing to fp16 first; and q - z is exact in bf16 too.
 
 Memory, not math, bounds this regime, so the kernel's job is to keep enough bytes in flight per SM (an H200 needs
-~40 KB): with TMA (Hopper) the weight and activation tiles are tensor-descriptor loads that Triton's software
-pipeliner stages num_stages deep through shared memory; without it (USE_TMA off, or GPUs before sm_90, where
-Triton lowers descriptors to plain loads) they are pointer loads. The per-row (scale, zero) word of the next step
-is loaded one step ahead by hand. Split-K (splitk.py: fp32 partials, a deterministic reduce, no atomics) fills the
-SMs when N alone gives too few tiles; it is bounded so that the partials stay small next to the weights.
+~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages
+num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
+weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
+steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand. The unpacked
+tile still passes once through shared memory on its way to the MMA operand layout (Triton's layout conversion).
+Split-K (splitk.py: fp32 partials, a deterministic reduce, no atomics) fills the SMs when N alone gives too few
+tiles, bounded so that the partials stay small next to the weights.
 Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight tile run together.
 """
 
@@ -44,7 +46,7 @@ class SkinnyConfig:
 
 
 SKINNY_MAX_ROWS = 128  # the regime this kernel is for; above it the GEMM's larger M tiles win
-PROGRAMS_PER_SM = 2  # the default tiles' shared memory (stages x tiles) lets two programs share an SM
+PROGRAMS_PER_SM = 2  # the default tiles' registers and shared memory let two or three programs share an SM
 MAX_SPLIT_K = 16
 MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
 # Split-K partials are written and read once in fp32 (8 bytes per output per slice), mostly within L2: keep them
@@ -58,22 +60,29 @@ def block_m_for(rows: int) -> int:
 
 
 def default_tile(rows: int) -> SkinnyConfig:
-    """Tiles by reasoning, before any measurement: 128 weight rows x 128 columns is 8 KB of int4 per step; four
-    stages keep ~32 KB in flight per program and two programs share an SM (shared memory 48-96 KB each)."""
-    return SkinnyConfig(block_m_for(rows), 128, 128, 0, 4, 4, tma=True)
+    """Tiles by reasoning and sm_90 compiles (ptxas register counts), before any measurement: 128 weight rows x 128
+    columns is 8 KB of int4 per step. Up to 32 tokens, 4 warps (127-167 registers) and 4 stages (73-90 KB of shared
+    memory) let 2-3 programs share an SM with 16-24 KB each in flight; at 64 tokens the per-step fp32 product doubles
+    the registers, so 8 warps and 3 stages."""
+    block_m = block_m_for(rows)
+    if block_m <= 32:
+        return SkinnyConfig(block_m, 128, 128, 0, 4, 4)
+    return SkinnyConfig(block_m, 128, 128, 0, 8, 3)
 
 
 def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
-    """What boot-time tuning times at a bucket: a handful of tiles around the default, split-K left to the shape."""
+    """What boot-time tuning times at a bucket: a handful of tiles around the default, split-K left to the shape.
+    The pointer-load tile has 8 warps: with 4 its two register-held look-ahead steps need ~250 registers."""
     if bucket > SKINNY_MAX_ROWS:
         return ()
-    block_m = block_m_for(bucket)
+    default = default_tile(bucket)
+    block_m, warps, stages = default.block_m, default.num_warps, default.num_stages
     return (
-        SkinnyConfig(block_m, 128, 128, 0, 4, 4),
-        SkinnyConfig(block_m, 64, 128, 0, 4, 4),
-        SkinnyConfig(block_m, 128, 64, 0, 4, 6),
-        SkinnyConfig(block_m, 256, 64, 0, 8, 4),
-        SkinnyConfig(block_m, 128, 128, 0, 4, 3, tma=False),
+        default,
+        SkinnyConfig(block_m, 64, 128, 0, 4, stages),
+        SkinnyConfig(block_m, 128, 64, 0, warps, stages + 2),
+        SkinnyConfig(block_m, 256, 64, 0, 8, stages),
+        SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False),
     )
 
 
@@ -128,6 +137,7 @@ def awqd_w4_skinny_kernel(
     M,
     N,
     K,
+    K_WORDS,  # K / 8, its own argument so that Triton sees its divisibility by 16: 16-byte weight loads
     GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -162,8 +172,10 @@ def awqd_w4_skinny_kernel(
         word = tl.arange(0, WORDS)
         k = tl.arange(0, BLOCK_K)
         x_rows = x_src + m.to(tl.int64)[:, None] * K
-        w_rows = w_src + n[:, None] * (K // 8)
+        w_rows = w_src + n[:, None] * K_WORDS
         w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(k_start, K - BLOCK_K), word, k)
+        ahead = tl.minimum(k_start + BLOCK_K, K - BLOCK_K)
+        w_after, x_after = load_step(w_rows, x_rows, n_mask, m_mask, ahead, word, k)
 
     # Look-aheads past the slice (or an empty slice's) re-read K's last step: in bounds and unused, so no masks.
     sz_next = tl.load(sz_rows + tl.minimum(k_start, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
@@ -176,9 +188,11 @@ def awqd_w4_skinny_kernel(
         if USE_TMA:  # staged num_stages deep by the pipeliner; rows past the tensor's edge come back zero
             w = w_src.load([n0, k0 // 8])
             x = x_src.load([m0, k0])
-        else:  # one step ahead by hand: pointer loads feeding the unpack are not pipelined
+        else:  # two steps ahead by hand, in registers: pointer loads feeding the unpack are not pipelined
             w, x = w_next, x_next
-            w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(next_k, K - BLOCK_K), word, k)
+            w_next, x_next = w_after, x_after
+            ahead = tl.minimum(next_k + BLOCK_K, K - BLOCK_K)
+            w_after, x_after = load_step(w_rows, x_rows, n_mask, m_mask, ahead, word, k)
 
         scale, zero_plus_1024 = split_scale_zero(sz)  # [BLOCK_N] each: this step's one group per row
         z = zero_plus_1024[:, None]
@@ -242,6 +256,7 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
         rows,
         packed.out_features,
         packed.in_features,
+        packed.in_features // 8,
         GROUP_SIZE=packed.group_size,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,

@@ -32,6 +32,7 @@ BATCHES = {
 }
 # The dequantize kernel has nothing to tune.
 TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")
+MISALIGNED_INPUT_KERNELS = ("awqd_triton_skinny",)  # its TMA loads need 16-byte aligned activations
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -136,6 +137,14 @@ def run_matrix(kernel: str) -> None:
     weight = case_weight(96, 256, 64, True, bias=True, seed=seed)
     x = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
     check("[96x256] g64 3-D input [2, 5, 256]", weight, candidate.prepare(weight, cpu), x)
+    if kernel in MISALIGNED_INPUT_KERNELS:  # a view 2 bytes into a buffer: no tensor descriptor can start there
+        buffer = torch.randn(3 * 256 + 1, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+        check(
+            "[96x256] g64 activations not 16-byte aligned",
+            weight,
+            candidate.prepare(weight, cpu),
+            buffer[1:].view(3, 256),
+        )
     for (out_features, in_features), group_size, batch, config in forced_configs(kernel):
         seed += 1
         weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
@@ -225,7 +234,8 @@ def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_resu
     results = matrix_results[kernel]
     batch_cases = sum(len(batches) for batches in BATCHES[kernel].values()) * len(GROUP_SIZES) * 2 * len(DTYPES)
     many_rows = len(DTYPES) if kernel == "awqd_triton_gemv" else 0
-    expected_cases = batch_cases + many_rows + 1 + len(forced_configs(kernel)) * len(DTYPES) + 5
+    misaligned = int(kernel in MISALIGNED_INPUT_KERNELS)
+    expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + 5
     assert len(results) == expected_cases
     failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
     assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)

@@ -21,6 +21,7 @@ Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight
 """
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,7 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
     )
 
 
+@functools.cache
 def use_tma(device: torch.device) -> bool:
     """TMA exists from sm_90 (Hopper); under the interpreter descriptors are emulated, so both paths are tested."""
     return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
@@ -239,6 +241,8 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
 
     rows = x.shape[0]
     config = resolve(config or default_tile(rows), rows, packed, x.device)
+    if x.data_ptr() % 16:  # a tensor descriptor needs a 16-byte aligned base (a view into a larger buffer may not be)
+        config = dataclasses.replace(config, tma=False)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     if config.tma:
         x_src = TensorDescriptor(x, list(x.shape), list(x.stride()), [config.block_m, config.block_k])

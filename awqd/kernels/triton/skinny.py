@@ -46,7 +46,7 @@ class SkinnyConfig:
     tma: bool = True
 
 
-SKINNY_MAX_ROWS = 128  # the regime this kernel is for; above it the GEMM's larger M tiles win
+SKINNY_MAX_ROWS = 128  # the regime it is built and tuned for; above it, it runs its default tile untuned
 PROGRAMS_PER_SM = 2  # the default tiles' registers and shared memory let two or three programs share an SM
 MAX_SPLIT_K = 16
 MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue

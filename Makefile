@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 CACHE_DIR ?= .cache/awqd
 IMAGE ?= awqd:dev
 
-.PHONY: install run test lint proto proto-check gpu-check engine-check multi-gpu-check warmup-check paged-check kernel-peers quality-check docker-build clean
+.PHONY: install run test lint proto proto-check gpu-check engine-check multi-gpu-check warmup-check paged-check kernel-peers skinny-tune quality-check docker-build clean
 
 install: $(STAMP)
 
@@ -96,6 +96,12 @@ bench:
 PEERS_OUT ?= bench/out/kernel-peers
 kernel-peers:
 	python3 bench/kernel_peers.py --out $(PEERS_OUT)
+
+# On a GPU machine: awqd's skinny-batch kernel swept on the fused Llama-2-7B shapes at 1-128 tokens beside fp16
+# cuBLAS, awqd's GEMV and GEMM and tinygemm (under 4 minutes on an H200); skinny-tune.{json,md} land in $(SKINNY_OUT).
+SKINNY_OUT ?= bench/out/skinny-tune
+skinny-tune:
+	python3 bench/skinny_tune.py $(SKINNY_OUT)
 
 # On a GPU machine: a 35M-parameter Llama trained on Python's stdlib sources, quantized by AutoAWQ, RTN and as
 # compressed-tensors, its held-out perplexity per kernel through awqd's engine (about 7 minutes on an H200; carry

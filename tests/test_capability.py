@@ -58,7 +58,13 @@ def expected_supported(capability: tuple[int, int] | None, awq_ext: bool, triton
     if awq_ext and has_awq_ext_sass and capability >= (8, 0):
         supported.add("autoawq_gemv_fast_cuda")
     if triton and capability >= (8, 0):
-        supported |= {"autoawq_gemm_triton", "awqd_triton_gemm", "awqd_triton_gemv", "awqd_triton_dequant_cublas"}
+        supported |= {
+            "autoawq_gemm_triton",
+            "awqd_triton_gemm",
+            "awqd_triton_skinny",
+            "awqd_triton_gemv",
+            "awqd_triton_dequant_cublas",
+        }
     return supported
 
 

@@ -27,9 +27,12 @@ DTYPES = ("float16", "bfloat16")
 BATCHES = {
     "awqd_triton_gemv": {(64, 128): (1,), (96, 256): (1, 3), (128, 512): (1,)},
     "awqd_triton_gemm": {(64, 128): (1, 16), (96, 256): (1, 3, 16, 40), (128, 512): (1, 16)},
+    "awqd_triton_skinny": {(64, 128): (1, 17), (96, 256): (1, 3, 16, 17, 33), (128, 512): (1, 33)},
     "awqd_triton_dequant_cublas": {(64, 128): (1,), (96, 256): (1, 40), (128, 512): (16,)},
 }
-TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm")  # the dequantize kernel has nothing to tune
+# The dequantize kernel has nothing to tune.
+TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")
+MISALIGNED_INPUT_KERNELS = ("awqd_triton_skinny",)  # its TMA loads need 16-byte aligned activations
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -56,6 +59,19 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
         from awqd.kernels.triton.dequant import DequantConfig
 
         return [((96, 256), 32, 3, DequantConfig(16, 64, 4)), ((128, 512), 64, 5, DequantConfig(64, 512, 8))]
+    if kernel == "awqd_triton_skinny":
+        from awqd.kernels.triton.skinny import SkinnyConfig
+
+        # TMA and pointer loads; split-K 1, uneven 3, 4 and more slices than K steps; BLOCK_K above the group
+        # (capped); N and M tails.
+        return [
+            ((96, 256), 32, 3, SkinnyConfig(16, 64, 128, 3, 4, 2)),
+            ((96, 256), 64, 17, SkinnyConfig(32, 64, 64, 1, 4, 2, tma=False)),
+            ((128, 512), 128, 33, SkinnyConfig(64, 32, 64, 4, 4, 3)),
+            ((128, 512), 32, 5, SkinnyConfig(16, 256, 32, 3, 8, 2, tma=False)),
+            ((64, 128), 128, 40, SkinnyConfig(16, 128, 128, 3, 4, 2)),  # one K step: two empty slices
+            ((64, 128), 64, 2, SkinnyConfig(16, 64, 64, 4, 4, 2, tma=False)),
+        ]
     from awqd.kernels.triton.gemm import GemmConfig
 
     return [
@@ -121,6 +137,14 @@ def run_matrix(kernel: str) -> None:
     weight = case_weight(96, 256, 64, True, bias=True, seed=seed)
     x = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
     check("[96x256] g64 3-D input [2, 5, 256]", weight, candidate.prepare(weight, cpu), x)
+    if kernel in MISALIGNED_INPUT_KERNELS:  # a view 2 bytes into a buffer: no tensor descriptor can start there
+        buffer = torch.randn(3 * 256 + 1, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+        check(
+            "[96x256] g64 activations not 16-byte aligned",
+            weight,
+            candidate.prepare(weight, cpu),
+            buffer[1:].view(3, 256),
+        )
     for (out_features, in_features), group_size, batch, config in forced_configs(kernel):
         seed += 1
         weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
@@ -210,7 +234,8 @@ def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_resu
     results = matrix_results[kernel]
     batch_cases = sum(len(batches) for batches in BATCHES[kernel].values()) * len(GROUP_SIZES) * 2 * len(DTYPES)
     many_rows = len(DTYPES) if kernel == "awqd_triton_gemv" else 0
-    expected_cases = batch_cases + many_rows + 1 + len(forced_configs(kernel)) * len(DTYPES) + 5
+    misaligned = int(kernel in MISALIGNED_INPUT_KERNELS)
+    expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + 5
     assert len(results) == expected_cases
     failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
     assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)

@@ -10,8 +10,9 @@ requirement it names imports. The rules encode what the shipped binaries contain
 - AutoAWQ's Triton GEMM is compiled at run time by Triton, whose README lists NVIDIA GPUs of compute
   capability 8.0+ as supported hardware (7.0+ until Triton 3.x). Whether the installed Triton can target a
   very new GPU (Blackwell needs Triton >= 3.3) is left to the correctness check, which reports the error.
-- awqd's own Triton kernels (GEMV and tensor-core GEMM on the awqd_w4 layout) follow the same Triton rule; the
-  GEMM's bf16 tl.dot also needs bf16 tensor-core MMA, which starts at 8.0 (Ampere).
+- awqd's own Triton kernels (GEMV, tensor-core GEMM and skinny-batch kernel on the awqd_w4 layout) follow the same
+  Triton rule; the bf16 tl.dot of the GEMM and the skinny kernel also needs bf16 tensor-core MMA, which starts at
+  8.0 (Ampere). The skinny kernel's TMA loads need sm_90; below it the kernel uses pointer loads.
 - torch's own kernels (the reference and dequantize + cuBLAS) run where the torch build's arch list
   (`torch.cuda.get_arch_list()`) has SASS for the device's major version or PTX at or below it.
 - torch's int4 matmul (tinygemm, aten/src/ATen/native/cuda/int4mm.cu) is compiled only for __CUDA_ARCH__ >= 800
@@ -139,6 +140,18 @@ CAPABILITY_TABLE: tuple[CapabilityRule, ...] = (
         cuda_min=TRITON_MIN_CAPABILITY,
         cuda_sass=None,
         supported_because="awqd's Triton tensor-core GEMM (fp16/bf16 tl.dot), compiled by Triton for this GPU",
+        below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only, where bf16 MMA also starts",
+    ),
+    CapabilityRule(
+        name="awqd_triton_skinny",
+        family="gemm",
+        layout="awqd_w4",
+        requires=(TORCH_CUDA, TRITON),
+        runs_on_cpu=False,
+        cuda_min=TRITON_MIN_CAPABILITY,
+        cuda_sass=None,
+        supported_because="awqd's Triton skinny-batch kernel (fp16/bf16 tl.dot; TMA loads from sm_90), compiled by "
+        "Triton for this GPU",
         below_min_because="Triton supports NVIDIA GPUs of compute capability 8.0+ only, where bf16 MMA also starts",
     ),
     CapabilityRule(

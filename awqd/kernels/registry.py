@@ -12,6 +12,7 @@ from awqd.kernels.candidates.autoawq_gemv_fast_cuda import AutoawqGemvFastCuda
 from awqd.kernels.candidates.awqd_triton_dequant_cublas import AwqdTritonDequantCublas
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm
 from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
+from awqd.kernels.candidates.awqd_triton_skinny import AwqdTritonSkinny
 from awqd.kernels.candidates.dequant_cublas import DequantCublas
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.fbgemm_bf16i4_rowwise import FbgemmBf16i4Rowwise
@@ -32,6 +33,7 @@ CANDIDATES: dict[str, type[Candidate]] = {
         AutoawqGemvFastCuda,
         AwqdTritonGemm,
         AwqdTritonGemv,
+        AwqdTritonSkinny,
         AwqdTritonDequantCublas,
         DequantCublas,
         DequantMatmulCpu,

@@ -1,0 +1,21 @@
+"""awqd's own Triton kernel for skinny batches on the awqd_w4 layout (awqd/kernels/triton/skinny.py): 1 to 128
+tokens, each weight tile unpacked once and multiplied against every token on the tensor cores."""
+
+import functools
+
+from awqd.kernels.triton.candidate import AwqdW4Candidate, TritonKernel
+
+
+@functools.cache
+def skinny_kernel() -> TritonKernel:
+    from awqd.kernels.triton import skinny  # imports triton: only when this candidate is used
+
+    return TritonKernel(skinny.skinny, skinny.SkinnyConfig, skinny.tuning_space)
+
+
+class AwqdTritonSkinny(AwqdW4Candidate):
+    name = "awqd_triton_skinny"
+    family = "gemm"
+
+    def kernel(self) -> TritonKernel:
+        return skinny_kernel()

@@ -1,0 +1,278 @@
+"""awqd's W4A16 kernel for skinny batches (1 to ~64 tokens): each weight tile is read and unpacked once per program
+and multiplied against all of its tokens on the tensor cores, so the cost is nearly flat in M.
+
+The product is computed transposed, out.T = W @ x.T, as in gemm.py: the unpacked weight tile [BLOCK_N, BLOCK_K]
+is the MMA's A operand from registers, the few activation rows (padded to BLOCK_M >= 16) the B operand.
+Per K step a program covers at most one quantization group per weight row (BLOCK_K <= group size), so the scale
+and zero are one value per row: the tile is unpacked to the exact small integers q - z (1024 + q minus 1024 + z in
+fp16, unpack.py), the tensor cores form sum_k (q_k - z) x_k in fp32, and the step's fp32 result is scaled by s
+into the accumulator. That is sum_k x_k (q_k - z) s, the layout's semantics, with one rounding fewer than
+dequantizing to fp16 first; and q - z is exact in bf16 too.
+
+Memory, not math, bounds this regime, so the kernel's job is to keep enough bytes in flight per SM (an H200 needs
+~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages
+num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
+weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
+steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand. The unpacked
+tile still passes once through shared memory on its way to the MMA operand layout (Triton's layout conversion).
+Split-K (splitk.py: fp32 partials, a deterministic reduce, no atomics) fills the SMs when N alone gives too few
+tiles, bounded so that the partials stay small next to the weights.
+Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight tile run together.
+"""
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from awqd.kernels.triton.gemm import dot_in_fp32
+from awqd.kernels.triton.layout import AwqdW4, interpreting
+from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, sm_count
+from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
+
+
+@dataclass(frozen=True)
+class SkinnyConfig:
+    block_m: int
+    block_n: int
+    block_k: int  # capped at the group size at launch: one (scale, zero) per row per step
+    split_k: int  # 0: chosen by shape at launch (skinny_split_k)
+    num_warps: int
+    num_stages: int
+    tma: bool = True
+
+
+SKINNY_MAX_ROWS = 128  # the regime it is built and tuned for; above it, it runs its default tile untuned
+PROGRAMS_PER_SM = 2  # the default tiles' registers and shared memory let two or three programs share an SM
+MAX_SPLIT_K = 16
+MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
+# Split-K partials are written and read once in fp32 (8 bytes per output per slice), mostly within L2: keep them
+# within the int4 weight bytes the kernel streams (at 64 tokens and N = 4096 that still allows split-K 4).
+MAX_PARTIAL_FRACTION = 1.0
+MIN_WAVE_FILL = 0.85
+
+
+def block_m_for(rows: int) -> int:
+    return 16 if rows <= 16 else 32 if rows <= 32 else 64
+
+
+def default_tile(rows: int) -> SkinnyConfig:
+    """Tiles by reasoning and sm_90 compiles (ptxas register counts), before any measurement: 128 weight rows x 128
+    columns is 8 KB of int4 per step. Up to 32 tokens, 4 warps (127-167 registers) and 4 stages (73-90 KB of shared
+    memory) let 2-3 programs share an SM with 16-24 KB each in flight; at 64 tokens the per-step fp32 product doubles
+    the registers, so 8 warps and 3 stages."""
+    block_m = block_m_for(rows)
+    if block_m <= 32:
+        return SkinnyConfig(block_m, 128, 128, 0, 4, 4)
+    return SkinnyConfig(block_m, 128, 128, 0, 8, 3)
+
+
+def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
+    """What boot-time tuning times at a bucket: a handful of tiles around the default, split-K left to the shape.
+    The pointer-load tile has 8 warps: with 4 its two register-held look-ahead steps need ~250 registers."""
+    if bucket > SKINNY_MAX_ROWS:
+        return ()
+    default = default_tile(bucket)
+    block_m, warps, stages = default.block_m, default.num_warps, default.num_stages
+    return (
+        default,
+        SkinnyConfig(block_m, 64, 128, 0, 4, stages),
+        SkinnyConfig(block_m, 128, 64, 0, warps, stages + 2),
+        SkinnyConfig(block_m, 256, 64, 0, 8, stages),
+        SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False),
+    )
+
+
+@functools.cache
+def use_tma(device: torch.device) -> bool:
+    """TMA exists from sm_90 (Hopper); under the interpreter descriptors are emulated, so both paths are tested."""
+    return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def wave_fill(programs: int, sms: int) -> float:
+    """How evenly `programs` equal programs spread over the SMs: 1.0 when every SM gets as many as the busiest."""
+    waves = programs / sms
+    return waves / math.ceil(waves)
+
+
+def skinny_split_k(rows: int, packed: AwqdW4, block_m: int, block_n: int, block_k: int, device: torch.device) -> int:
+    """The smallest power of two that gives the SMs about PROGRAMS_PER_SM programs each, evenly (MIN_WAVE_FILL),
+    within the step and partial bounds; failing that, the allowed split that spreads the programs most evenly."""
+    tiles = triton.cdiv(rows, block_m) * triton.cdiv(packed.out_features, block_n)
+    k_steps = triton.cdiv(packed.in_features, block_k)
+    partial_budget = MAX_PARTIAL_FRACTION * packed.out_features * packed.in_features // 2
+    sms = sm_count(device)
+    allowed = [
+        split
+        for split in (2**power for power in range(MAX_SPLIT_K.bit_length()))
+        if split == 1
+        or (k_steps >= split * MIN_STEPS_PER_SLICE and split * 8 * rows * packed.out_features <= partial_budget)
+    ]
+    enough = [
+        split
+        for split in allowed
+        if tiles * split >= MIN_WAVE_FILL * PROGRAMS_PER_SM * sms and wave_fill(tiles * split, sms) >= MIN_WAVE_FILL
+    ]
+    return enough[0] if enough else max(allowed, key=lambda split: (wave_fill(tiles * split, sms), -split))
+
+
+@triton.jit
+def load_step(w_rows, x_rows, n_mask, m_mask, k0, word, k):
+    """The pointer path's loads of one K step: the [BLOCK_N, BLOCK_K / 8] int32 weight words (16-byte vectors
+    along K) and the [BLOCK_M, BLOCK_K] activations; rows past N or M read as zero."""
+    w = tl.load(w_rows + (k0 // 8 + word)[None, :], mask=n_mask[:, None], other=0)
+    x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
+    return w, x
+
+
+@triton.jit
+def awqd_w4_skinny_kernel(
+    x_src,  # a [M, K] tensor descriptor (USE_TMA) or pointer
+    w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
+    scale_zero_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    K_WORDS,  # K / 8, its own argument so that Triton sees its divisibility by 16: 16-byte weight loads
+    GROUP_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    USE_ASM: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    tl.static_assert(GROUP_SIZE % BLOCK_K == 0, "a K step must stay within one quantization group")
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m_tiles = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % m_tiles
+    pid_n = pid // m_tiles
+    WORDS: tl.constexpr = BLOCK_K // 8
+    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
+    operand_dtype: tl.constexpr = tl.float32 if DOT_IN_FP32 else tl.bfloat16 if IS_BF16 else tl.float16
+
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    m = m0 + tl.arange(0, BLOCK_M)
+    n = n0 + tl.arange(0, BLOCK_N)
+    m_mask = m < M
+    n_mask = n < N
+    groups = K // GROUP_SIZE
+    sz_rows = scale_zero_ptr + n * groups
+    if not USE_TMA:
+        word = tl.arange(0, WORDS)
+        k = tl.arange(0, BLOCK_K)
+        x_rows = x_src + m.to(tl.int64)[:, None] * K
+        w_rows = w_src + n[:, None] * K_WORDS
+        w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(k_start, K - BLOCK_K), word, k)
+        ahead = tl.minimum(k_start + BLOCK_K, K - BLOCK_K)
+        w_after, x_after = load_step(w_rows, x_rows, n_mask, m_mask, ahead, word, k)
+
+    # Look-aheads past the slice (or an empty slice's) re-read K's last step: in bounds and unused, so no masks.
+    sz_next = tl.load(sz_rows + tl.minimum(k_start, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
+    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        sz = sz_next
+        next_k = k0 + BLOCK_K
+        sz_next = tl.load(sz_rows + tl.minimum(next_k, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
+        # K is a multiple of the group size and so of BLOCK_K: every step is whole, only rows need masks.
+        if USE_TMA:  # staged num_stages deep by the pipeliner; rows past the tensor's edge come back zero
+            w = w_src.load([n0, k0 // 8])
+            x = x_src.load([m0, k0])
+        else:  # two steps ahead by hand, in registers: pointer loads feeding the unpack are not pipelined
+            w, x = w_next, x_next
+            w_next, x_next = w_after, x_after
+            ahead = tl.minimum(next_k + BLOCK_K, K - BLOCK_K)
+            w_after, x_after = load_step(w_rows, x_rows, n_mask, m_mask, ahead, word, k)
+
+        scale, zero_plus_1024 = split_scale_zero(sz)  # [BLOCK_N] each: this step's one group per row
+        z = zero_plus_1024[:, None]
+        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
+        q_minus_z = join_words(
+            (q0 - z).to(operand_dtype),
+            (q1 - z).to(operand_dtype),
+            (q2 - z).to(operand_dtype),
+            (q3 - z).to(operand_dtype),
+            (q4 - z).to(operand_dtype),
+            (q5 - z).to(operand_dtype),
+            (q6 - z).to(operand_dtype),
+            (q7 - z).to(operand_dtype),
+            BLOCK_N,
+            BLOCK_K,
+        )  # [BLOCK_N, BLOCK_K]: integers -15..15, exact in fp16 and bf16
+        if DOT_IN_FP32:
+            step = tl.dot(q_minus_z, tl.trans(x.to(tl.float32)), input_precision="ieee")
+        else:
+            step = tl.dot(q_minus_z, tl.trans(x))
+        acc += step * scale.to(tl.float32)[:, None]
+
+    offsets = m.to(tl.int64)[None, :] * N + n[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[:, None]
+        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_ptr + pid_k.to(tl.int64) * M * N + offsets, acc, mask=mask)
+
+
+def resolve(config: SkinnyConfig, rows: int, packed: AwqdW4, device: torch.device) -> SkinnyConfig:
+    """The launch's concrete tile: BLOCK_K within a group, split-K by shape where the config leaves it open, and
+    pointer loads where the device has no TMA."""
+    block_k = min(config.block_k, packed.group_size)
+    split_k = config.split_k or skinny_split_k(rows, packed, config.block_m, config.block_n, block_k, device)
+    return dataclasses.replace(config, block_k=block_k, split_k=split_k, tma=config.tma and use_tma(device))
+
+
+def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) -> torch.Tensor:
+    """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = x.shape[0]
+    config = resolve(config or default_tile(rows), rows, packed, x.device)
+    if x.data_ptr() % 16:  # a tensor descriptor needs a 16-byte aligned base (a view into a larger buffer may not be)
+        config = dataclasses.replace(config, tma=False)
+    target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
+    if config.tma:
+        x_src = TensorDescriptor(x, list(x.shape), list(x.stride()), [config.block_m, config.block_k])
+        w = packed.qweight
+        w_src = TensorDescriptor(w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // 8])
+    else:
+        x_src, w_src = x, packed.qweight
+    tiles = triton.cdiv(rows, config.block_m) * triton.cdiv(packed.out_features, config.block_n)
+    awqd_w4_skinny_kernel[(tiles, config.split_k)](
+        x_src,
+        w_src,
+        packed.scale_zero,
+        packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
+        target,
+        rows,
+        packed.out_features,
+        packed.in_features,
+        packed.in_features // 8,
+        GROUP_SIZE=packed.group_size,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        SPLIT_K=config.split_k,
+        NUM_STAGES=config.num_stages,
+        HAS_BIAS=packed.bias is not None,
+        IS_BF16=x.dtype == torch.bfloat16,
+        USE_TMA=config.tma,
+        USE_ASM=not interpreting(),
+        DOT_IN_FP32=dot_in_fp32(x.dtype),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return finish_split_k(target, packed.bias, out)

@@ -48,7 +48,7 @@ GROUP_SIZE = 128
 TARGET_MS = {1: 0.040, 2: 0.060, 4: 0.060, 8: 0.060, 16: 0.060, 32: 0.080, 64: 0.080, 128: 0.110}
 ROTATION_CACHE_MULTIPLE = 3  # one rotation over the weight copies streams 3x the L2
 GEMV_MAX_BATCH = 16  # linear in M: beyond this it only costs bench time
-REPETITIONS = {"gpu": (3, 20), "cpu": (1, 2)}  # (warm-up, timed) passes per timing
+REPETITIONS = {"cuda": (3, 20), "cpu": (1, 2)}  # (warm-up, timed) passes per timing
 DEADLINE_S = 120  # no new batch starts after this; compile (<= COMPILE_BUDGET_S) comes on top
 COMPILE_BUDGET_S = 90
 # The full sweep: (BLOCK_N, BLOCK_K, warps) x (TMA, stages) x split-K (the shape's default and twice or half it).

@@ -105,6 +105,7 @@ class Scheduler:
         self.max_sequence_tokens = runner.cache.plan.max_seq_len
         self.blocks = BlockTables(runner.cache.plan.blocks)
         self.preempted_by: collections.Counter[str] = collections.Counter()  # preemptions by mode: swap, recompute
+        self.steps_ahead = 0  # decode steps launched before the previous step's tokens were streamed
         self._waiting: collections.deque[Job] = collections.deque()
         self._preempted: collections.deque[Sequence] = collections.deque()  # they resume before any waiting job
         self._running: list[Sequence] = []  # in admission order; decode row i is the i-th
@@ -330,10 +331,12 @@ class Scheduler:
             sampling = SamplingBatch.build(
                 [seq.sampling for seq in rows], [len(seq.token_times) + ahead for seq in rows], logits.device
             )
-            return InFlightStep.start(rows, choose_tokens(logits, sampling), kernel, started)
+            step = InFlightStep.start(rows, choose_tokens(logits, sampling), kernel, started)
         except Exception as error:
             self._fail(rows, error)
             return None
+        self.steps_ahead += ahead
+        return step
 
     def _drain(self) -> None:
         """Waits for the step in flight, if any, and streams its tokens."""

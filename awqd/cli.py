@@ -183,7 +183,8 @@ def serve(
         typer.Option(
             envvar="AWQD_OVERLAP_DECODE",
             help="launch each decode step before streaming the previous step's tokens, so the host's per-token work "
-            "(detokenizing, stop strings, messages) runs while the GPU computes; the tokens are the same either way",
+            "(detokenizing, stop strings, messages) runs while the GPU computes; the same tokens either way (bit "
+            "for bit with --batch-invariant); off is a benchmark's baseline",
         ),
     ] = True,
     batch_invariant: Annotated[

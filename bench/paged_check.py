@@ -6,7 +6,8 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
 1. the KV cache the engine planned: blocks, tokens, bytes, and the decode batch buckets;
 2. concurrency: 64, 128 and 256 streams submitted together, each level warmed up first (its graphs captured):
    aggregate tokens/s, TTFT p50/p99, inter-token p50/p99, and preemptions (there should be none: 256 x 256
-   tokens fit the cache many times over);
+   tokens fit the cache many times over); each level twice, without and with overlapped decode (--overlap-decode:
+   the host streams a step's tokens while the next step runs), on the same engine;
 3. CUDA-graph decode against eager decode: the same prompts at batch 1, 16 and 32, 64 new tokens, token for
    token, three ways: with the selected kernels, eager against eager with the selected kernels (a kernel whose
    split-K sums with atomics, such as AutoAWQ's Triton GEMM, differs from run to run: a graph-vs-eager mismatch
@@ -209,9 +210,12 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
         results.write()
         results.data["concurrency"] = []
         for streams in levels:
-            with step(results, f"concurrency_{streams}", 300):
-                ids = prompts(loaded.config.vocab_size, streams, args.prompt_tokens)
-                results.data["concurrency"].append(concurrency(scheduler, ids, args.tokens))
+            for overlap in (False, True):  # the same engine and graphs, without and with overlapped decode
+                with step(results, f"concurrency_{streams}" + ("" if overlap else "_no_overlap"), 300):
+                    scheduler.overlap_decode = overlap
+                    ids = prompts(loaded.config.vocab_size, streams, args.prompt_tokens)
+                    results.data["concurrency"].append({**concurrency(scheduler, ids, args.tokens), "overlap": overlap})
+        scheduler.overlap_decode = settings.overlap_decode
         with step(results, "graph_decode", 300):
             used = results.data.setdefault("kernels_used", {})
             for batch, ids in equality.ids.items():
@@ -390,13 +394,14 @@ def markdown(data: dict) -> str:
     if data.get("concurrency"):
         lines += [
             "",
-            "| streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms "
-            "| preemptions | all complete |",
-            "|---|---|---|---|---|---|---|---|",
+            "| streams | overlap | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
+            "inter-token p99 ms | preemptions | all complete |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in data["concurrency"]:
             lines.append(
-                f"| {row['streams']} | {row['tokens_per_s']:.0f} | {row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} "
+                f"| {row['streams']} | {'on' if row.get('overlap', True) else 'off'} | {row['tokens_per_s']:.0f} "
+                f"| {row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} "
                 f"| {row['inter_token_p50_ms']:.2f} | {row['inter_token_p99_ms']:.2f} | {row['preemptions']} "
                 f"| {row['all_complete']} |"
             )

@@ -9,6 +9,7 @@ import random
 import time
 
 import pytest
+from test_engine import CPU, params, random_prompts, reference_router, run_alone, submit_together
 from transformers import AutoTokenizer
 
 from awqd.config import EngineSettings
@@ -17,7 +18,6 @@ from awqd.engine.detokenize import IncrementalDecoder, text_decoder
 from awqd.engine.kv_cache import BLOCK_TOKENS
 from awqd.engine.sequence import Finished, Job, TokenDelta
 from awqd.models.loader import load_model
-from test_engine import CPU, params, random_prompts, reference_router, run_alone, submit_together
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,9 @@ def engines(loaded):
     model, router = loaded
     settings = EngineSettings(kv_cache_tokens=4096, max_batch_size=8)
     overlapped = build_engine("demo", model, router, settings)
-    sequential = build_engine("demo", model, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=8,
-                                                                    overlap_decode=False))
+    sequential = build_engine(
+        "demo", model, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=8, overlap_decode=False)
+    )
     assert overlapped.overlap_decode and not sequential.overlap_decode
     try:
         yield overlapped, sequential

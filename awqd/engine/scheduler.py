@@ -21,8 +21,11 @@ sequence, stop, cancellation) was still computed in step N+1: that token is disc
 and its blocks are freed once step N+1 has completed, since that step writes its next position. One that reaches
 max_new_tokens at step N is known ahead and left out of step N+1. Every boundary the lookahead cannot express
 drains first (waits for the step in flight and streams its tokens), then goes on as without overlap: admission
-(swap-in, prefill, a new pin or an exclusive run) and a block that is not free (preemption). So the tokens, greedy
-or seeded, and everything a caller sees are those of the same run without overlap.
+(swap-in, prefill, a new pin or an exclusive run) and a block that is not free (preemption). So what a caller sees
+is what the same run without overlap gives: the same tokens, greedy or seeded, each row's position and sampling
+step advancing once per streamed token. (One caveat on GPUs: a step that still carries rows that just ended can fall
+in a larger batch bucket, so another kernel may run it, as with any change to the batch; --batch-invariant removes
+that too.)
 
 Preemption policy (--preemption, default swap). When a running sequence needs a block and none is free, the most
 recently admitted running sequence gives all its blocks back and goes to the front of the queue; its stream stays

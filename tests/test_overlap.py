@@ -183,3 +183,33 @@ def test_text_decoder_and_incremental_decoder_give_transformers_text(demo_model_
         if len(text) > len(prefix) and not text.endswith("\ufffd"):
             prefix_offset, read_offset, expected = read_offset, count, text[len(prefix) :]
         assert decoder.push(token) == expected
+
+
+def test_a_failing_decode_step_under_overlap_fails_its_rows_after_the_step_before_streams(engines, monkeypatch):
+    """A decode step that raises at its launch fails the sequences it held, each after every token of the steps
+    before it; their blocks come back and the engine serves on."""
+    overlapped, _ = engines
+    prompts = random_prompts(3, seed=51)
+    alone = [run_alone(overlapped, prompt, params(200))[0] for prompt in prompts]
+    jobs = [Job(params(200), prompt, pinned=None) for prompt in prompts]
+    submit_together(overlapped, jobs)
+    firsts = [next(job.results()).token_ids for job in jobs]
+    model, launches = overlapped.runner.model, []
+    decode = model.decode
+
+    def failing_decode(*args):
+        launches.append(len(launches))
+        if len(launches) > 4:  # a few steps launched ahead, then a fault
+            raise RuntimeError("injected fault in a decode step")
+        return decode(*args)
+
+    monkeypatch.setattr(model, "decode", failing_decode)
+    for job, first, expected in zip(jobs, firsts, alone, strict=True):
+        streamed = list(first)
+        with pytest.raises(RuntimeError, match="injected fault in a decode step"):
+            for event in job.results():
+                streamed += event.token_ids
+        assert 1 < len(streamed) < 200 and streamed == expected[: len(streamed)]
+    monkeypatch.undo()
+    wait_blocks_free(overlapped)
+    assert run_alone(overlapped, [5, 6, 7], params(3))[1].completion_tokens == 3

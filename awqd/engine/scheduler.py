@@ -311,7 +311,14 @@ class Scheduler:
         if previous is None:
             self._grow_or_preempt()
         rows = self._rows_after(int(previous is not None))
-        self._in_flight = self._launch(rows, previous) if rows else None
+        try:
+            launched = self._launch(rows, previous) if rows else None
+        except Exception as error:
+            # The step before streams first, as without overlap; then this step's rows fail, and only they.
+            self._drain()
+            self._fail([seq for seq in rows if seq in self._running], error)
+            return
+        self._in_flight = launched
         if previous is not None:
             self._complete(previous)
         if not self.overlap_decode:
@@ -321,23 +328,18 @@ class Scheduler:
         """The next step's rows, with `ahead` tokens in flight: those that may still need a token after them."""
         return [seq for seq in self._running if seq.remaining_tokens > ahead]
 
-    def _launch(self, rows: list[Sequence], previous: InFlightStep | None) -> InFlightStep | None:
+    def _launch(self, rows: list[Sequence], previous: InFlightStep | None) -> InFlightStep:
         """Launches one decode step for rows and its sampling, on the device; nothing waits for it. With a step in
-        flight, each row's input is its id from that step and its position, and sampling step, are one further on.
-        If the launch fails, exactly these rows fail."""
+        flight, each row's input is its id from that step and its position, and sampling step, are one further on."""
         ahead = int(previous is not None)
         started = time.perf_counter()
-        try:
-            tokens = previous.ids_for(rows) if previous is not None else [seq.last_token for seq in rows]
-            positions = [seq.position + ahead for seq in rows]
-            logits, kernel = self.runner.decode(tokens, positions, [self.blocks.table(seq) for seq in rows])
-            sampling = SamplingBatch.build(
-                [seq.sampling for seq in rows], [len(seq.token_times) + ahead for seq in rows], logits.device
-            )
-            step = InFlightStep.start(rows, choose_tokens(logits, sampling), kernel, started)
-        except Exception as error:
-            self._fail(rows, error)
-            return None
+        tokens = previous.ids_for(rows) if previous is not None else [seq.last_token for seq in rows]
+        positions = [seq.position + ahead for seq in rows]
+        logits, kernel = self.runner.decode(tokens, positions, [self.blocks.table(seq) for seq in rows])
+        sampling = SamplingBatch.build(
+            [seq.sampling for seq in rows], [len(seq.token_times) + ahead for seq in rows], logits.device
+        )
+        step = InFlightStep.start(rows, choose_tokens(logits, sampling), kernel, started)
         self.steps_ahead += ahead
         return step
 

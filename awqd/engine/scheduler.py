@@ -305,12 +305,13 @@ class Scheduler:
         in flight (overlap), or of this one (no overlap). A block the lookahead needs that is not free drains first:
         preemption picks its victims from what the batch is after the step in flight."""
         previous = self._in_flight
-        if previous is not None and not all(self.blocks.grow(seq, seq.position + 2) for seq in self._rows_after(1)):
+        rows = self._rows_after(1) if previous is not None else []
+        if previous is not None and not all(self.blocks.grow(seq, seq.position + 2) for seq in rows):
             self._drain()
             previous = None
         if previous is None:
             self._grow_or_preempt()
-        rows = self._rows_after(int(previous is not None))
+            rows = self._rows_after(0)
         try:
             launched = self._launch(rows, previous) if rows else None
         except Exception as error:

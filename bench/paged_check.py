@@ -9,12 +9,13 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
    tokens fit the cache many times over); each level twice, without and with overlapped decode (--overlap-decode:
    the host streams a step's tokens while the next step runs), on the same engine;
 3. CUDA-graph decode against eager decode: the same prompts at batch 1, 16 and 32, 64 new tokens, token for
-   token, three ways: with the selected kernels, eager against eager with the selected kernels (a kernel whose
-   split-K sums with atomics, such as AutoAWQ's Triton GEMM, differs from run to run: a graph-vs-eager mismatch
-   that eager-vs-eager shows too is the kernel's, not the graph's), and with one deterministic kernel pinned at
-   every bucket (the batch-invariant awqd GEMM: fixed tile, no atomics; a mismatch there is a graph or paging
-   bug). The kernels each comparison's steps used are listed. Jobs are queued together before the scheduler
-   admits any, so both engines group the prefills and decode batches the same way;
+   token, three ways (and, on the graph engine, overlapped decode against sequential decode): with the selected
+   kernels, eager against eager with the selected kernels (a kernel whose split-K sums with atomics, such as
+   AutoAWQ's Triton GEMM, differs from run to run: a graph-vs-eager mismatch that eager-vs-eager shows too is the
+   kernel's, not the graph's), and with one deterministic kernel pinned at every bucket (the batch-invariant awqd
+   GEMM: fixed tile, no atomics; a mismatch there is a graph or paging bug). The kernels each comparison's steps
+   used are listed. Jobs are queued together before the scheduler admits any, so both engines group the prefills
+   and decode batches the same way;
 4. preemption: 32 streams on a KV cache cut to half what they need, so the newest are preempted, once with
    --preemption swap (their blocks wait in host memory and come back bit for bit; no prefill) and once with
    --preemption recompute (prefilled again over prompt and generated tokens), each token for token against the same
@@ -211,16 +212,19 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
         results.data["concurrency"] = []
         for streams in levels:
             for overlap in (False, True):  # the same engine and graphs, without and with overlapped decode
-                with step(results, f"concurrency_{streams}" + ("" if overlap else "_no_overlap"), 300):
-                    scheduler.overlap_decode = overlap
+                name = f"concurrency_{streams}" + ("" if overlap else "_no_overlap")
+                with step(results, name, 300), overlapping(scheduler, overlap):
                     ids = prompts(loaded.config.vocab_size, streams, args.prompt_tokens)
                     results.data["concurrency"].append({**concurrency(scheduler, ids, args.tokens), "overlap": overlap})
-        scheduler.overlap_decode = settings.overlap_decode
         with step(results, "graph_decode", 300):
             used = results.data.setdefault("kernels_used", {})
             for batch, ids in equality.ids.items():
                 outcomes = together(scheduler, ids, equality.tokens)
                 equality.graph[batch], used[f"graph_auto@{batch}"] = token_lists(outcomes), kernels_used(outcomes)
+                with overlapping(scheduler, False):
+                    sequential = token_lists(together(scheduler, ids, equality.tokens))
+                overlap_checks = results.data.setdefault("overlap_vs_no_overlap", {})
+                overlap_checks[batch] = compare(equality.graph[batch], sequential)
                 if equality.fixed is not None:
                     outcomes = together(scheduler, ids, equality.tokens, equality.fixed)
                     equality.graph_fixed[batch] = token_lists(outcomes)
@@ -228,6 +232,16 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
             runner = scheduler.runner
             results.data["captured_graphs"] = sorted(f"{pin or 'auto'}@{bucket}" for pin, bucket in runner.graphs)
             results.data["graph_capture_failures"] = len(runner.eager_keys)
+
+
+@contextlib.contextmanager
+def overlapping(scheduler, on: bool):
+    """The engine with overlapped decode on or off (read at each step), as before afterwards."""
+    before, scheduler.overlap_decode = scheduler.overlap_decode, on
+    try:
+        yield
+    finally:
+        scheduler.overlap_decode = before
 
 
 def eager_phase(results, loaded, router, settings, equality: Equality) -> None:
@@ -415,6 +429,10 @@ def markdown(data: dict) -> str:
                 f"- {name.replace('_', ' ')}, batch {batch}: {check['identical']} of {check['sequences']} identical "
                 f"({check['distinct_tokens']} distinct token ids); first divergences: {check['first_divergence']}"
             )
+    for batch, check in data.get("overlap_vs_no_overlap", {}).items():
+        lines.append(
+            f"- overlapped vs sequential decode (graphs, selected kernels), batch {batch}: {_identical(check)}"
+        )
     pre = data.get("preemption", {})
     for entry in pre.get("setups", {}).values():
         if "reference" not in entry:

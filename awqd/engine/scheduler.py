@@ -116,6 +116,7 @@ class Scheduler:
         self._closed = False
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
+        self._completed_at = 0.0  # when the last decode step's ids reached the host
         self.device = str(runner.model.device)  # the metrics' device label: one engine per device
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name, self.device)
         self._preemptions_counted = {
@@ -361,7 +362,10 @@ class Scheduler:
         finally:
             for seq in step.release_after:
                 self.blocks.release(seq)
-        step_ms = (time.perf_counter() - step.started) * 1000
+        # From its launch, or, launched behind another step, from when that one completed.
+        now = time.perf_counter()
+        step_ms = (now - max(step.started, self._completed_at)) * 1000
+        self._completed_at = now
         self._step_ms = step_ms if not self._step_ms else 0.9 * self._step_ms + 0.1 * step_ms
         running = set(self._running)
         for seq, token in zip(step.rows, tokens, strict=True):

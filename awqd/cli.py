@@ -178,6 +178,15 @@ def serve(
     cuda_graphs: Annotated[
         bool, typer.Option(envvar="AWQD_CUDA_GRAPHS", help="replay decode steps as CUDA graphs on GPUs")
     ] = True,
+    overlap_decode: Annotated[
+        bool,
+        typer.Option(
+            envvar="AWQD_OVERLAP_DECODE",
+            help="launch each decode step before streaming the previous step's tokens, so the host's per-token work "
+            "(detokenizing, stop strings, messages) runs while the GPU computes; the same tokens either way (bit "
+            "for bit with --batch-invariant); off is a benchmark's baseline",
+        ),
+    ] = True,
     batch_invariant: Annotated[
         bool,
         typer.Option(
@@ -232,6 +241,7 @@ def serve(
                 preemption=preemption,
                 swap_space_gib=swap_space_gib,
                 cuda_graphs=cuda_graphs,
+                overlap_decode=overlap_decode,
                 batch_invariant=batch_invariant,
             ),
         )

@@ -68,6 +68,9 @@ class EngineSettings:
     preemption: str = "swap"
     swap_space_gib: float = 4.0  # host memory per model for swapped-out blocks (pinned on GPUs), capped at the cache
     cuda_graphs: bool = True
+    # Launch each decode step before streaming the previous one's tokens, so the host's per-token work runs while the
+    # GPU computes (awqd.engine.scheduler). Off: every step waits for the previous one's host work, as a baseline.
+    overlap_decode: bool = True
     batch_invariant: bool = False  # one fixed-tile GEMM and lm_head at every batch size (awqd.engine.layers)
 
 

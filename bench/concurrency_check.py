@@ -1,6 +1,7 @@
 """Boots `python -m awqd serve` from a given code root and runs bench/grpc_concurrency.py against it.
 
     python3 bench/concurrency_check.py --code-root DIR --work WORK --out OUT [--before] [--dry-run]
+        [--compare-overlap] [--levels L1,L2] [--hold N] [-- SERVE_FLAGS...]
 
 --code-root is the awqd checkout the daemon runs (its PYTHONPATH): this one, or a `git worktree` of an older
 commit for the "before" numbers. The client (bench/grpc_concurrency.py) always comes from this checkout, so both
@@ -11,11 +12,17 @@ decisions instead of measuring again, so both runs serve on the same kernels.
 --before raises the old server's caps so that it can take the levels at all: its streams each hold a gRPC worker
 thread, and --max-concurrent-streams had to stay below --max-workers.
 
+--compare-overlap boots the daemon twice in one invocation, first with --no-overlap-decode (OUT/no-overlap/), then
+with overlapped decode (OUT/overlap/), and writes OUT/compare-overlap.md: the same levels side by side. Its default
+levels are 64,256 with no held round, so that both boots fit one 10-minute GPU command on a WORK whose kernel
+decisions are measured already (a second boot re-validates them).
+
 --dry-run is the CPU run (a minute or two): the embedded demo model, levels 1,8,32, 32+32 tokens, 64 held streams.
 Writes OUT/grpc-concurrency.{json,md} and OUT/daemon.log; stops the daemon with SIGTERM, as an operator would.
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +60,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--before", action="store_true", help="the old thread-per-stream server: raise its caps")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the demo model, small levels and lengths")
+    parser.add_argument("--compare-overlap", action="store_true", help="two daemons: --no-overlap-decode, then on")
+    parser.add_argument("--levels", help="comma-separated concurrent stream counts (default: by mode)")
+    parser.add_argument("--hold", type=int, help="streams held at once after the levels (default: by mode; 0: none)")
     # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
     parser.add_argument("--boot-timeout", type=float, default=360.0, help="seconds to wait for SERVING")
     parser.add_argument("--client-timeout", type=float, default=150.0, help="seconds the client may run once SERVING")
@@ -72,15 +82,32 @@ def main() -> int:
     if args.dry_run:
         model = "awqd-demo"
         serve += ["--selection-budget", "3"]
-        client = ["--levels", "1,8,32", "--hold", "64", "--prompt-tokens", "32", "--new-tokens", "32"]
+        levels, hold = "1,8,32", 64
+        client = ["--prompt-tokens", "32", "--new-tokens", "32"]
     else:
         model = "synth"
         synthesize(code_root, work / "models" / "llama-2-7b")
         serve += ["--model-root", str(work / "models"), "--model", f"{model}=llama-2-7b"]
-        client = ["--levels", "1,32,56,64,128,256", "--hold", "1000", "--prompt-tokens", "128", "--new-tokens", "128"]
+        levels, hold = "1,32,56,64,128,256", 1000
+        client = ["--prompt-tokens", "128", "--new-tokens", "128"]
+    if args.compare_overlap:
+        levels, hold = ("8,32" if args.dry_run else "64,256"), 0
+    client += ["--levels", args.levels or levels, "--hold", str(hold if args.hold is None else args.hold)]
     serve += [*(BEFORE_CAPS if args.before else ()), *args.serve_args]
+    if not args.compare_overlap:
+        return run_daemon(args, code_root, serve, model, client, args.out)
+    runs = {"no-overlap": [*serve, "--no-overlap-decode"], "overlap": serve}
+    codes = {name: run_daemon(args, code_root, flags, model, client, args.out / name) for name, flags in runs.items()}
+    (args.out / "compare-overlap.md").write_text(comparison(args.out, list(runs)))
+    print((args.out / "compare-overlap.md").read_text())
+    return max(codes.values())
 
-    log_path = args.out / "daemon.log"
+
+def run_daemon(args, code_root: Path, serve: list[str], model: str, client: list[str], out: Path) -> int:
+    """Boots the daemon, runs the client against it into `out`, stops the daemon; 0 when both ended cleanly."""
+    out.mkdir(parents=True, exist_ok=True)
+    target = serve[serve.index("--listen") + 1]
+    log_path = out / "daemon.log"
     with log_path.open("w") as log:
         env = daemon_env(code_root)
         daemon = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=code_root)
@@ -90,7 +117,7 @@ def main() -> int:
                 [
                     sys.executable, str(BENCH / "grpc_concurrency.py"), "--target", target, "--model", model,
                     "--warmup", "--wait-ready", str(args.boot_timeout), "--timeout", str(args.call_timeout),
-                    "--out", str(args.out), *client,
+                    "--out", str(out), *client,
                 ],
                 timeout=args.boot_timeout + args.client_timeout, check=False,
             )  # fmt: skip
@@ -108,6 +135,30 @@ def main() -> int:
                     daemon.wait(timeout=30)
     print(f"concurrency_check: daemon exited {daemon.returncode}; its log: {log_path}")
     return 0 if result is not None and result.returncode == 0 and daemon.returncode == 0 else 1
+
+
+def comparison(out: Path, runs: list[str]) -> str:
+    """One table of both runs' levels: the run without overlapped decode, then the one with it."""
+    columns = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "inter_token_p50_ms", "server_ms_per_token", "codes")
+    lines = [
+        "# Overlapped decode: the same daemon and levels with --no-overlap-decode and with overlap",
+        "",
+        "| streams | run | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | server ms/token | "
+        "statuses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    results = {}
+    for run in runs:
+        path = out / run / "grpc-concurrency.json"
+        results[run] = json.loads(path.read_text()) if path.exists() else {"levels": [], "errors": ["no results"]}
+    levels = sorted({row["level"] for data in results.values() for row in data["levels"]})
+    for level in levels:
+        for run, data in results.items():
+            row = next((row for row in data["levels"] if row["level"] == level), None)
+            cells = [str(row[column]) for column in columns] if row else ["-"] * len(columns)
+            lines.append(f"| {level} | {run} | {' | '.join(cells)} |")
+    lines += [f"- **{run} error:** {error}" for run, data in results.items() for error in data.get("errors", [])]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -6,14 +6,16 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
 1. the KV cache the engine planned: blocks, tokens, bytes, and the decode batch buckets;
 2. concurrency: 64, 128 and 256 streams submitted together, each level warmed up first (its graphs captured):
    aggregate tokens/s, TTFT p50/p99, inter-token p50/p99, and preemptions (there should be none: 256 x 256
-   tokens fit the cache many times over);
+   tokens fit the cache many times over); each level twice, without and with overlapped decode (--overlap-decode:
+   the host streams a step's tokens while the next step runs), on the same engine;
 3. CUDA-graph decode against eager decode: the same prompts at batch 1, 16 and 32, 64 new tokens, token for
-   token, three ways: with the selected kernels, eager against eager with the selected kernels (a kernel whose
-   split-K sums with atomics, such as AutoAWQ's Triton GEMM, differs from run to run: a graph-vs-eager mismatch
-   that eager-vs-eager shows too is the kernel's, not the graph's), and with one deterministic kernel pinned at
-   every bucket (the batch-invariant awqd GEMM: fixed tile, no atomics; a mismatch there is a graph or paging
-   bug). The kernels each comparison's steps used are listed. Jobs are queued together before the scheduler
-   admits any, so both engines group the prefills and decode batches the same way;
+   token, three ways (and, on the graph engine, overlapped decode against sequential decode): with the selected
+   kernels, eager against eager with the selected kernels (a kernel whose split-K sums with atomics, such as
+   AutoAWQ's Triton GEMM, differs from run to run: a graph-vs-eager mismatch that eager-vs-eager shows too is the
+   kernel's, not the graph's), and with one deterministic kernel pinned at every bucket (the batch-invariant awqd
+   GEMM: fixed tile, no atomics; a mismatch there is a graph or paging bug). The kernels each comparison's steps
+   used are listed. Jobs are queued together before the scheduler admits any, so both engines group the prefills
+   and decode batches the same way;
 4. preemption: 32 streams on a KV cache cut to half what they need, so the newest are preempted, once with
    --preemption swap (their blocks wait in host memory and come back bit for bit; no prefill) and once with
    --preemption recompute (prefilled again over prompt and generated tokens), each token for token against the same
@@ -209,14 +211,20 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
         results.write()
         results.data["concurrency"] = []
         for streams in levels:
-            with step(results, f"concurrency_{streams}", 300):
-                ids = prompts(loaded.config.vocab_size, streams, args.prompt_tokens)
-                results.data["concurrency"].append(concurrency(scheduler, ids, args.tokens))
+            for overlap in (False, True):  # the same engine and graphs, without and with overlapped decode
+                name = f"concurrency_{streams}" + ("" if overlap else "_no_overlap")
+                with step(results, name, 300), overlapping(scheduler, overlap):
+                    ids = prompts(loaded.config.vocab_size, streams, args.prompt_tokens)
+                    results.data["concurrency"].append({**concurrency(scheduler, ids, args.tokens), "overlap": overlap})
         with step(results, "graph_decode", 300):
             used = results.data.setdefault("kernels_used", {})
             for batch, ids in equality.ids.items():
                 outcomes = together(scheduler, ids, equality.tokens)
                 equality.graph[batch], used[f"graph_auto@{batch}"] = token_lists(outcomes), kernels_used(outcomes)
+                with overlapping(scheduler, False):
+                    sequential = token_lists(together(scheduler, ids, equality.tokens))
+                overlap_checks = results.data.setdefault("overlap_vs_no_overlap", {})
+                overlap_checks[batch] = compare(equality.graph[batch], sequential)
                 if equality.fixed is not None:
                     outcomes = together(scheduler, ids, equality.tokens, equality.fixed)
                     equality.graph_fixed[batch] = token_lists(outcomes)
@@ -224,6 +232,16 @@ def graph_phase(results, loaded, router, settings, levels, args, equality: Equal
             runner = scheduler.runner
             results.data["captured_graphs"] = sorted(f"{pin or 'auto'}@{bucket}" for pin, bucket in runner.graphs)
             results.data["graph_capture_failures"] = len(runner.eager_keys)
+
+
+@contextlib.contextmanager
+def overlapping(scheduler, on: bool):
+    """The engine with overlapped decode on or off (read at each step), as before afterwards."""
+    before, scheduler.overlap_decode = scheduler.overlap_decode, on
+    try:
+        yield
+    finally:
+        scheduler.overlap_decode = before
 
 
 def eager_phase(results, loaded, router, settings, equality: Equality) -> None:
@@ -390,13 +408,14 @@ def markdown(data: dict) -> str:
     if data.get("concurrency"):
         lines += [
             "",
-            "| streams | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms "
-            "| preemptions | all complete |",
-            "|---|---|---|---|---|---|---|---|",
+            "| streams | overlap | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
+            "inter-token p99 ms | preemptions | all complete |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in data["concurrency"]:
             lines.append(
-                f"| {row['streams']} | {row['tokens_per_s']:.0f} | {row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} "
+                f"| {row['streams']} | {'on' if row.get('overlap', True) else 'off'} | {row['tokens_per_s']:.0f} "
+                f"| {row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} "
                 f"| {row['inter_token_p50_ms']:.2f} | {row['inter_token_p99_ms']:.2f} | {row['preemptions']} "
                 f"| {row['all_complete']} |"
             )
@@ -410,6 +429,10 @@ def markdown(data: dict) -> str:
                 f"- {name.replace('_', ' ')}, batch {batch}: {check['identical']} of {check['sequences']} identical "
                 f"({check['distinct_tokens']} distinct token ids); first divergences: {check['first_divergence']}"
             )
+    for batch, check in data.get("overlap_vs_no_overlap", {}).items():
+        lines.append(
+            f"- overlapped vs sequential decode (graphs, selected kernels), batch {batch}: {_identical(check)}"
+        )
     pre = data.get("preemption", {})
     for entry in pre.get("setups", {}).values():
         if "reference" not in entry:

@@ -47,10 +47,11 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         swap_blocks=swap.tables.blocks,
         swap_bytes=swap.bytes,
         cuda_graphs=runner.cuda_graphs,
+        overlap_decode=settings.overlap_decode,
         batch_buckets=list(runner.batch_buckets),
     )
     limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s, settings.prefill_tokens_per_step)
-    return Scheduler(name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits)
+    return Scheduler(name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits, settings.overlap_decode)
 
 
 def eos_ids(loaded: LoadedModel) -> frozenset[int]:

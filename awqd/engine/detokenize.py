@@ -1,27 +1,55 @@
 """Incremental detokenization and stop-sequence handling for streamed text."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+
+def text_decoder(tokenizer) -> Callable[[list[int]], str]:
+    """tokenizer.decode(ids, skip_special_tokens=True) as a function of ids. For a fast tokenizer that keeps
+    transformers' own decode, that is its Rust backend's decode plus the optional space clean-up: the same text
+    without transformers' per-call overhead (about 3/4 of a short decode's time), which the engine pays twice per
+    streamed token."""
+    kind = type(tokenizer)
+    if (
+        isinstance(tokenizer, PreTrainedTokenizerFast)
+        and kind.decode is PreTrainedTokenizerBase.decode
+        and kind._decode is PreTrainedTokenizerFast._decode
+    ):
+        backend = tokenizer._tokenizer
+        if tokenizer.clean_up_tokenization_spaces:
+            return lambda ids: tokenizer.clean_up_tokenization(backend.decode(ids, skip_special_tokens=True))
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @dataclass
 class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas without splitting multi-byte characters.
 
-    It re-decodes only a short window: byte-level tokenizers can need a few tokens to finish one character.
+    It re-decodes only a short window: byte-level tokenizers can need a few tokens to finish one character. The
+    window's settled part (prefix) is decoded once per window, not once per token.
     """
 
     tokenizer: object
     ids: list[int] = field(default_factory=list)
     prefix_offset: int = 0
     read_offset: int = 0
+    prefix: str | None = None  # the text of ids[prefix_offset:read_offset], once decoded
+
+    def __post_init__(self) -> None:
+        self.decode = text_decoder(self.tokenizer)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
-        text = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix) :]
+        if self.prefix is None:
+            self.prefix = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset :])
+        if len(text) > len(self.prefix) and not text.endswith("\ufffd"):
+            delta = text[len(self.prefix) :]
+            self.prefix_offset, self.read_offset, self.prefix = self.read_offset, len(self.ids), None
+            return delta
         return ""
 
 

@@ -13,6 +13,20 @@ At each step boundary the scheduler
    one decode step for every running sequence together (row i is the i-th admitted), samples on the device,
    copies the new ids to the host once, and streams them; finished sequences leave the batch at once.
 
+Overlapped decode (--overlap-decode, the default; awqd.engine.inflight): in the steady state, where the same rows
+(less those that finished) decode again, step N+1 is launched before the host reads step N's ids. Its input ids are
+step N's, gathered on the device; its positions, block grants and sampling steps count step N's token as accepted.
+The host streams step N's tokens while step N+1 runs on the GPU. A sequence that finished at step N (end of
+sequence, stop, cancellation) was still computed in step N+1: that token is discarded, never streamed or counted,
+and its blocks are freed once step N+1 has completed, since that step writes its next position. One that reaches
+max_new_tokens at step N is known ahead and left out of step N+1. Every boundary the lookahead cannot express
+drains first (waits for the step in flight and streams its tokens), then goes on as without overlap: admission
+(swap-in, prefill, a new pin or an exclusive run) and a block that is not free (preemption). So what a caller sees
+is what the same run without overlap gives: the same tokens, greedy or seeded, each row's position and sampling
+step advancing once per streamed token. (One caveat on GPUs: a step that still carries rows that just ended can fall
+in a larger batch bucket, so another kernel may run it, as with any change to the batch; --batch-invariant removes
+that too.)
+
 Preemption policy (--preemption, default swap). When a running sequence needs a block and none is free, the most
 recently admitted running sequence gives all its blocks back and goes to the front of the queue; its stream stays
 open. How it resumes:
@@ -52,6 +66,7 @@ import torch
 
 from awqd import metrics
 from awqd.config import PREEMPTION_POLICIES
+from awqd.engine.inflight import InFlightStep
 from awqd.engine.kv_cache import BlockTables, SwapSpace, blocks_for
 from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, Job, Sequence, summary
@@ -80,6 +95,7 @@ class Scheduler:
         tokenizer,
         eos_ids: frozenset[int],
         limits: AdmissionLimits,
+        overlap_decode: bool = True,
     ):
         self.name = name
         self.runner = runner
@@ -88,15 +104,19 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.limits = limits
+        self.overlap_decode = overlap_decode
         self.max_sequence_tokens = runner.cache.plan.max_seq_len
         self.blocks = BlockTables(runner.cache.plan.blocks)
         self.preempted_by: collections.Counter[str] = collections.Counter()  # preemptions by mode: swap, recompute
+        self.steps_ahead = 0  # decode steps launched before the previous step's tokens were streamed
         self._waiting: collections.deque[Job] = collections.deque()
         self._preempted: collections.deque[Sequence] = collections.deque()  # they resume before any waiting job
         self._running: list[Sequence] = []  # in admission order; decode row i is the i-th
+        self._in_flight: InFlightStep | None = None  # the decode step launched and not yet streamed
         self._closed = False
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
+        self._completed_at = 0.0  # when the last decode step's ids reached the host
         self.device = str(runner.model.device)  # the metrics' device label: one engine per device
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name, self.device)
         self._preemptions_counted = {
@@ -155,7 +175,7 @@ class Scheduler:
         return int(min(max(remaining * step_ms, RETRY_HINT_MS[0]), RETRY_HINT_MS[1]))
 
     def _idle(self) -> bool:
-        return not self._waiting and not self._preempted and not self._running
+        return not self._waiting and not self._preempted and not self._running and self._in_flight is None
 
     def _run(self) -> None:
         device = self.runner.model.device
@@ -172,12 +192,14 @@ class Scheduler:
                     # Admitted sequences join the batch before anything else, so every error below reaches them
                     # too, and the router keeps their pin while any of them runs.
                     self._running.extend(admitted)
+                    if admitted:
+                        self._drain()  # the lookahead cannot add rows: they start from the step after it
                     self._end_cancelled()
                     admitted = [seq for seq in admitted if seq in self._running]
                     swapped = [seq for seq in admitted if self.swap.holds(seq)]
                     self._swap_in(swapped)
                     self._prefill([seq for seq in admitted if seq not in swapped])
-                    if self._running:
+                    if self._running or self._in_flight is not None:
                         self._decode()
                 except Exception as error:  # a bug must not end the thread and strand every caller
                     self._fail(list(self._running), error)
@@ -280,24 +302,76 @@ class Scheduler:
                 self._fail([seq], error)
 
     def _decode(self) -> None:
-        self._grow_or_preempt()
-        sequences = list(self._running)
-        tokens = [seq.last_token for seq in sequences]
-        positions = [seq.position for seq in sequences]
-        started = time.perf_counter()
+        """Launches the running batch's next decode step, then streams the tokens of the step before it, if one is
+        in flight (overlap), or of this one (no overlap). A block the lookahead needs that is not free drains first:
+        preemption picks its victims from what the batch is after the step in flight."""
+        previous = self._in_flight
+        rows = self._rows_after(1) if previous is not None else []
+        if previous is not None and not all(self.blocks.grow(seq, seq.position + 2) for seq in rows):
+            self._drain()
+            previous = None
+        if previous is None:
+            self._grow_or_preempt()
+            rows = self._rows_after(0)
         try:
-            logits, kernel = self.runner.decode(tokens, positions, [self.blocks.table(seq) for seq in sequences])
-            sampling = SamplingBatch.build(
-                [seq.sampling for seq in sequences], [len(seq.token_times) for seq in sequences], logits.device
-            )
-            chosen = choose_tokens(logits, sampling).tolist()  # the step's one device -> host copy
+            launched = self._launch(rows, previous) if rows else None
         except Exception as error:
-            self._fail(sequences, error)
+            # The step before streams first, as without overlap; then this step's rows fail, and only they.
+            self._drain()
+            self._fail([seq for seq in rows if seq in self._running], error)
             return
-        step_ms = (time.perf_counter() - started) * 1000
+        self._in_flight = launched
+        if previous is not None:
+            self._complete(previous)
+        if not self.overlap_decode:
+            self._drain()
+
+    def _rows_after(self, ahead: int) -> list[Sequence]:
+        """The next step's rows, with `ahead` tokens in flight: those that may still need a token after them."""
+        return [seq for seq in self._running if seq.remaining_tokens > ahead]
+
+    def _launch(self, rows: list[Sequence], previous: InFlightStep | None) -> InFlightStep:
+        """Launches one decode step for rows and its sampling, on the device; nothing waits for it. With a step in
+        flight, each row's input is its id from that step and its position, and sampling step, are one further on."""
+        ahead = int(previous is not None)
+        started = time.perf_counter()
+        tokens = previous.ids_for(rows) if previous is not None else [seq.last_token for seq in rows]
+        positions = [seq.position + ahead for seq in rows]
+        logits, kernel = self.runner.decode(tokens, positions, [self.blocks.table(seq) for seq in rows])
+        sampling = SamplingBatch.build(
+            [seq.sampling for seq in rows], [len(seq.token_times) + ahead for seq in rows], logits.device
+        )
+        step = InFlightStep.start(rows, choose_tokens(logits, sampling), kernel, started)
+        self.steps_ahead += ahead
+        return step
+
+    def _drain(self) -> None:
+        """Waits for the step in flight, if any, and streams its tokens."""
+        step, self._in_flight = self._in_flight, None
+        if step is not None:
+            self._complete(step)
+
+    def _complete(self, step: InFlightStep) -> None:
+        """Waits for the step's ids (the step's one device -> host copy) and streams them. Rows whose sequence left
+        the batch after the launch (cancelled, failed) are skipped; so is the token a row computed past its end."""
+        try:
+            tokens = step.tokens()
+        except Exception as error:
+            self._fail([seq for seq in step.rows if seq in self._running], error)
+            return
+        finally:
+            for seq in step.release_after:
+                self.blocks.release(seq)
+        # From its launch, or, launched behind another step, from when that one completed.
+        now = time.perf_counter()
+        step_ms = (now - max(step.started, self._completed_at)) * 1000
+        self._completed_at = now
         self._step_ms = step_ms if not self._step_ms else 0.9 * self._step_ms + 0.1 * step_ms
-        for seq, token in zip(sequences, chosen, strict=True):
-            seq.count_step("decode", kernel)
+        running = set(self._running)
+        for seq, token in zip(step.rows, tokens, strict=True):
+            if seq not in running:
+                continue
+            seq.count_step("decode", step.kernel)
             if self._accept(seq, token):
                 self._release(seq)
 
@@ -350,10 +424,14 @@ class Scheduler:
             seq.job.events.put(error)
 
     def _leave(self, seq: Sequence) -> None:
-        """The sequence leaves the batch, and its blocks (and any it holds in the swap space) are free at once."""
+        """The sequence leaves the batch, and its blocks (and any it holds in the swap space) are free at once, or,
+        when the step in flight writes its next position, once that step has completed."""
         if seq in self._running:
             self._running.remove(seq)
-        self.blocks.release(seq)
+        if self._in_flight is not None and seq in self._in_flight.index:
+            self._in_flight.release_after.append(seq)
+        else:
+            self.blocks.release(seq)
         self.swap.release(seq)
         if not self._running:
             self.router.unpin()

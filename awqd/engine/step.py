@@ -95,17 +95,21 @@ class StepRunner:
         return self.model.prefill(list(ids.split(lengths)), device_tables, self.cache), self.step_kernel(sum(lengths))
 
     def decode(
-        self, tokens: list[int], positions: list[int], tables: list[list[int]]
+        self, tokens: list[int] | torch.Tensor, positions: list[int], tables: list[list[int]]
     ) -> tuple[torch.Tensor, StepKernel]:
         """Row i feeds tokens[i] at positions[i] of the sequence whose blocks are tables[i]; returns logits [rows,
-        vocab] and the kernel that ran."""
-        rows = len(tokens)
+        vocab] and the kernel that ran. tokens may be a device tensor (the previous step's sampled ids, with
+        overlapped decode): then nothing waits for it."""
+        rows = len(positions)
         padded = self.batch_bucket(rows)
-        host = torch.tensor([tokens + [0] * (padded - rows), positions + [0] * (padded - rows)], dtype=torch.int64)
+        host_tokens = [0] * padded if isinstance(tokens, torch.Tensor) else tokens + [0] * (padded - rows)
+        host = torch.tensor([host_tokens, positions + [0] * (padded - rows)], dtype=torch.int64)
         host_tables = padded_tables(tables, padded)
         if self.cuda_graphs:
             host, host_tables = host.pin_memory(), host_tables.pin_memory()
         self.tokens[:padded].copy_(host[0], non_blocking=True)
+        if isinstance(tokens, torch.Tensor):
+            self.tokens[:rows].copy_(tokens)  # stream-ordered after the step that sampled them
         self.positions[:padded].copy_(host[1], non_blocking=True)
         # Only the columns in use: a row reads no column past its own position's block.
         self.tables[:padded, : host_tables.shape[1]].copy_(host_tables, non_blocking=True)

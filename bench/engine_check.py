@@ -296,6 +296,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="llama-2-7b")
     parser.add_argument("--selection-budget", type=float, default=150.0)
+    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     parser.add_argument(
@@ -336,7 +337,11 @@ def main() -> int:
         info = next(d for d in discover().devices if d.torch_device == str(device))
         config = open_checkpoint(checkpoint).config
         decisions = select_kernels(
-            info, list(engine_layer_shapes(config).values()), 128, work / "cache", budget_s=args.selection_budget
+            info,
+            list(engine_layer_shapes(config).values()),
+            128,
+            args.cache_dir or work / "cache",
+            budget_s=args.selection_budget,
         )
         results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
         dispatch = decisions.dispatch()

@@ -46,7 +46,7 @@ def serve(
     ] = "auto",
     selection_budget: Annotated[
         float, typer.Option(envvar="AWQD_SELECTION_BUDGET", help="seconds of on-boot kernel benchmarking per device")
-    ] = 150.0,
+    ] = 240.0,
     candidate_plugin: Annotated[
         list[str] | None,
         typer.Option(
@@ -265,7 +265,7 @@ def check_kernels(
     candidate_plugin: Annotated[
         list[str] | None, typer.Option(help="MODULE:CLASS plugin candidate; repeatable (and as for serve)")
     ] = None,
-    budget: Annotated[float, typer.Option(help="seconds of selection, as --selection-budget")] = 150.0,
+    budget: Annotated[float, typer.Option(help="seconds of selection, as --selection-budget")] = 240.0,
     graph_batch: Annotated[
         int, typer.Option(help="largest decode batch replayed as a CUDA graph (serve's --max-batch-size); 0: none")
     ] = 64,

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
+from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for, store_transposed
 from awqd.kernels.triton.unpack import dequantize_tile, load_words
 
 
@@ -157,14 +157,7 @@ def awqd_w4_gemm_kernel(
         else:
             acc = tl.dot(weights, tl.trans(x), acc)
 
-    offsets = m.to(tl.int64)[None, :] * N + n[:, None]
-    mask = n_mask[:, None] & m_mask[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[:, None]
-        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptr + pid_k.to(tl.int64) * M * N + offsets, acc, mask=mask)
+    store_transposed(out_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K, HAS_BIAS)
 
 
 def gemm(x: torch.Tensor, packed: AwqdW4, config: GemmConfig | None = None) -> torch.Tensor:

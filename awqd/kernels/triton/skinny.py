@@ -31,7 +31,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.gemm import dot_in_fp32
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, sm_count
+from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, sm_count, store_transposed
 from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
 
@@ -217,14 +217,7 @@ def awqd_w4_skinny_kernel(
             step = tl.dot(q_minus_z, tl.trans(x))
         acc += step * scale.to(tl.float32)[:, None]
 
-    offsets = m.to(tl.int64)[None, :] * N + n[:, None]
-    mask = n_mask[:, None] & m_mask[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[:, None]
-        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptr + pid_k.to(tl.int64) * M * N + offsets, acc, mask=mask)
+    store_transposed(out_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K, HAS_BIAS)
 
 
 def resolve(config: SkinnyConfig, rows: int, packed: AwqdW4, device: torch.device) -> SkinnyConfig:

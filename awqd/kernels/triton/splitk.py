@@ -38,6 +38,22 @@ def k_slice(K, pid_k, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     return k_start, tl.minimum(K, k_start + slice_k)
 
 
+@triton.jit
+def store_transposed(
+    out_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr
+):
+    """A transposed product's tile acc [BLOCK_N, BLOCK_M] (rows m, columns n of out [M, N]): cast with the bias
+    added, or, under split-K, K slice pid_k's fp32 partial sums (output_buffers)."""
+    offsets = m.to(tl.int64)[None, :] * N + n[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0)[:, None]
+        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_ptr + pid_k.to(tl.int64) * M * N + offsets, acc, mask=mask)
+
+
 def output_buffers(
     rows: int, cols: int, split_k: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """The daemon's state: what it discovered, what it decided, what it hosts. The gRPC layer only translates it.
 
-Boot order: the demo model (if needed) -> the hosted models' layer shapes -> kernel selection on every device
--> model loading, each model warmed up before it turns ready (awqd.engine.warmup). The health check turns SERVING
+Boot order: the demo model (if needed) -> the hosted models' layer shapes -> kernel selection on every GPU, the
+default device and every device a model is placed on (another device waits for a model loaded there) -> model
+loading, each model warmed up before it turns ready (awqd.engine.warmup). The health check turns SERVING
 only after all of it, so a ready pod serves at full speed from its first request.
 """
 
@@ -52,6 +53,8 @@ class Daemon:
         self.discovery = discover(config.cpu_devices)
         self.components = component_versions(self.discovery)
         self.decisions: dict[str, DeviceDecisions] = {}  # by torch device
+        self.deferred: set[str] = set()  # devices whose selection waits for a model placed on them
+        self._deferred_lock = threading.Lock()
         loaded = plugins.activate(config.candidate_plugins, registry.CANDIDATES)
         for plugin in loaded:
             if plugin.error:
@@ -80,7 +83,7 @@ class Daemon:
         if any(device.kind == "cuda" for device in self.discovery.devices):
             compilations.watch()  # a compilation after warm-up is logged: a shape warm-up missed
         export_cache_dir(self.config.cache_dir)  # kernel libraries keep their tuning there (awqd/kernels/cache_dir.py)
-        self._select_all(shapes, group_sizes)
+        self._select_all(shapes, group_sizes, self._selected_at_boot(shapes))
         for spec in specs:
             try:
                 self.models.load(spec.name, Path(spec.path), spec.device, self.config.kernel)
@@ -91,16 +94,48 @@ class Daemon:
         self.ready.set()
         log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
 
-    def _select_all(self, shapes: dict[str, list], group_sizes: dict[str, int]) -> None:
+    def _selected_at_boot(self, shapes: dict[str, list]) -> list[DeviceInfo]:
+        """Every GPU (the node's labels list their decisions), the default device, and any device a model is placed
+        on. Another device hosting nothing, the host CPU of a GPU node, waits for a model: measuring it at boot took
+        as long as the GPU's selection on an H200 node, for a device that serves nothing."""
+        addressable = [device for device in self.discovery.devices if device.torch_device]  # others: Describe warns
+        now = [
+            device
+            for device in addressable
+            if device.kind == "cuda" or device.torch_device in shapes or device.torch_device == self.default_device
+        ]
+        self.deferred = {device.torch_device for device in addressable if device not in now}
+        if self.deferred:
+            log.info("selection_deferred", devices=sorted(self.deferred), reason="no model is placed on them")
+        return now
+
+    def _select_deferred(self, devices: list[str], checkpoint: Path) -> None:
+        """Selection for the deferred devices among `devices`, on the shapes of the checkpoint about to load there."""
+        with self._deferred_lock:
+            pending = [device for device in self.discovery.devices if device.torch_device in self.deferred]
+            pending = [device for device in pending if device.torch_device in devices]
+            if not pending:
+                return
+            try:
+                opened = open_checkpoint(checkpoint)
+                layers = list(engine_layer_shapes(opened.config).values())
+                shapes = {device.torch_device: layers for device in pending}
+                group_sizes = {device.torch_device: opened.quant_config.group_size for device in pending}
+            except Exception as error:  # the load reports the checkpoint's fault; select on the default shapes
+                log.warning("model_shapes_unreadable", path=str(checkpoint), error=str(error))
+                shapes, group_sizes = {}, {}
+            self._select_all(shapes, group_sizes, pending)
+            self.deferred -= {device.torch_device for device in pending}
+
+    def _select_all(self, shapes: dict[str, list], group_sizes: dict[str, int], devices: list[DeviceInfo]) -> None:
         """Kernel selection on every device, side by side: each device's runs in its own worker process, so a GPU
         node's boot waits for its slowest device, not for the sum (the host CPU took 97 s beside an H200's 93 s).
 
         Identical devices (same model, capability and hosted shapes, hence the same decision-cache fingerprint)
         share one measurement: the first measures, the others then re-validate its decisions (correctness, graph
         replay and a re-timed ordering: seconds, not the --selection-budget a measurement may take)."""
-        addressable = [device for device in self.discovery.devices if device.torch_device]  # others: Describe warns
         groups: dict[tuple, list[DeviceInfo]] = defaultdict(list)
-        for device in addressable:
+        for device in devices:
             hosted = (tuple(shapes.get(device.torch_device, ())), group_sizes.get(device.torch_device))
             groups[(device.kind, device.name, device.compute_capability, *hosted)].append(device)
 
@@ -218,6 +253,8 @@ class Daemon:
         if decisions is None:
             if not self.ready.is_set():
                 raise Unavailable(f"kernel selection for {torch_device} is still running")
+            if torch_device in self.deferred:
+                raise FailedPrecondition(f"kernel selection for {torch_device} waits for a model to be loaded there")
             raise FailedPrecondition(f"no kernel decisions for device {torch_device}")
         if decisions.degraded:
             raise FailedPrecondition(f"device {torch_device} is degraded: {decisions.degraded}")
@@ -226,7 +263,9 @@ class Daemon:
     def load_model(self, name: str, path: str, device: str, kernel: str) -> HostedModel:
         if not self.ready.is_set():
             raise Unavailable("awqd is still booting: kernel selection has not finished")
-        return self.models.load(name, self.models.resolve_path(path), device, kernel)
+        checkpoint = self.models.resolve_path(path)
+        self._select_deferred(self.models.placement(device), checkpoint)
+        return self.models.load(name, checkpoint, device, kernel)
 
     def generate(self, params: GenerateParams) -> Job:
         params.validate(self.config.max_new_tokens_cap)
@@ -257,7 +296,8 @@ class Daemon:
         for device in self.discovery.devices:
             decisions = self.decisions.get(device.torch_device)
             kernels = decisions.candidates if decisions else candidate_reports(device)
-            devices.append(DeviceState(device, memory_free_bytes(device), kernels, decisions))
+            deferred = device.torch_device in self.deferred
+            devices.append(DeviceState(device, memory_free_bytes(device), kernels, decisions, deferred))
         return NodeState(
             hostname=self.hostname,
             awqd_version=__version__,

@@ -15,6 +15,7 @@ class DeviceState:
     memory_free_bytes: int
     kernels: list[CandidateReport]
     decisions: DeviceDecisions | None
+    selection_deferred: bool = False  # hosts no model yet: its selection runs when one is placed on it
 
 
 @dataclass(frozen=True)

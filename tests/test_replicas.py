@@ -202,3 +202,21 @@ def test_daemon_serves_a_model_on_every_device(awqd_cache_dir, demo_model_dir):
             stub.LoadModel(pb.LoadModelRequest(name="other", path=demo_model_dir.name, device="cpu:0,cpu:9"))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details().startswith("device: cpu:9 is not a device of this node")
+
+
+def test_a_device_hosting_nothing_is_selected_when_a_model_is_loaded_onto_it(awqd_cache_dir, demo_model_dir):
+    """As the host CPU of a GPU node: selection waits for a model placed on the device, then runs on its shapes."""
+    args = ("--cpu-devices", "2", "--model", f"{DEMO_NAME}={demo_model_dir.name}@cpu:0", "--selection-budget", "3")
+    with serving(awqd_cache_dir, *args) as process, grpc.insecure_channel(process.target) as channel:
+        stub = awqd_pb2_grpc.AwqdServiceStub(channel)
+        first, idle = stub.Describe(pb.DescribeRequest()).devices
+        assert first.HasField("selection") and first.decisions
+        assert not idle.HasField("selection") and not idle.decisions
+        assert idle.health_reason.startswith("kernel selection deferred: no model is placed on this device")
+
+        loaded = stub.LoadModel(pb.LoadModelRequest(name="second", path=demo_model_dir.name, device="cpu:1"))
+        assert loaded.model.state == pb.MODEL_STATE_READY and loaded.model.device == "cpu:1"
+        idle = stub.Describe(pb.DescribeRequest()).devices[1]
+        assert idle.HasField("selection") and idle.decisions and not idle.health_reason
+        completion = list(stub.Generate(pb.GenerateRequest(model="second", prompt="Rivers", max_new_tokens=4)))[-1]
+        assert completion.completion.usage.completion_tokens > 0

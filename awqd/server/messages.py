@@ -145,6 +145,8 @@ def device(state: DeviceState) -> pb.Device:
         message.selection.CopyFrom(kernel_selection(state.decisions))
         message.health = pb.DEVICE_HEALTH_DEGRADED if state.decisions.degraded else pb.DEVICE_HEALTH_OK
         message.health_reason = state.decisions.degraded
+    elif state.selection_deferred:
+        message.health_reason = "kernel selection deferred: no model is placed on this device; loading one runs it"
     return message
 
 

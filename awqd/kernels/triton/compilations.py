@@ -2,9 +2,8 @@
 
 Loading a model compiles (its packing kernels, then warm-up every kernel its traffic will use), so a compilation in
 phase "serving", outside every model load, names a kernel specialisation that warm-up missed (the request that met
-it waited for the compiler). Pinned kernels (a Benchmark
-run, a request's `kernel`) may legitimately compile while serving. Compilations in the kernel-selection workers
-happen in their own processes and are not seen here.
+it waited for the compiler). Pinned kernels (a Benchmark run, a request's `kernel`) may legitimately compile while
+serving. Compilations in the kernel-selection workers happen in their own processes and are not seen here.
 """
 
 import contextlib
@@ -45,7 +44,7 @@ def loading() -> Iterator[None]:
             _loads -= 1
 
 
-def compiled(*, fn, key, is_manual_warmup: bool = False, **_) -> None:
+def compiled(*, fn, key, **_) -> None:
     """Triton's post-compile hook: one compiled (or disk-cache loaded) specialisation of kernel `fn`."""
     phase = "load" if _loads else "serving"
     metrics.TRITON_COMPILATIONS.labels(phase).inc()

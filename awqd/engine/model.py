@@ -27,7 +27,13 @@ from transformers import PretrainedConfig
 
 from awqd.engine.kv_cache import KvCache
 from awqd.engine.layers.activation import silu_and_mul
-from awqd.engine.layers.attention import AttentionShape, decode_attention, rotate_and_store
+from awqd.engine.layers.attention import (
+    AttentionShape,
+    causal_attention,
+    decode_attention,
+    prompt_attention,
+    rotate_and_store,
+)
 from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
 from awqd.engine.layers.rotary import apply_rotary, rotary_tables
@@ -109,13 +115,18 @@ class DecoderModel:
         The prompts run as one sequence of sum(T_i) rows: every linear runs once on all of them, so the kernel
         router picks by that total. Only attention looks at where one prompt ends and the next begins.
         """
-        lengths = [prompt.shape[0] for prompt in prompts]
-        # Each row's prompt and its position within it, and each prompt's last row, built on the host and copied once.
-        rows = [(index, position) for index, length in enumerate(lengths) for position in range(length)]
-        last_rows = torch.tensor(lengths).cumsum(0) - 1
-        host = torch.cat([torch.tensor(rows).T.flatten(), last_rows]).to(self.device, non_blocking=True)
-        sequences, positions, last_rows = host.split([len(rows), len(rows), len(lengths)])
-        return self.prefill_rows(torch.cat(prompts), sequences, positions, lengths, last_rows, tables, cache)
+        lengths = torch.tensor([prompt.shape[0] for prompt in prompts])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        # Each row's prompt and its position within it, the prompts' offsets, and each prompt's last row: built on
+        # the host and copied once.
+        sequences = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
+        positions = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
+        host = torch.cat([sequences, positions, offsets, offsets[1:] - 1]).to(self.device, non_blocking=True)
+        rows, count = len(sequences), len(prompts)
+        sequences, positions, offsets, last_rows = host.split([rows, rows, count + 1, count])
+        return self.prefill_rows(
+            torch.cat(prompts), sequences, positions, lengths.tolist(), offsets.int(), last_rows, tables, cache
+        )
 
     def prefill_rows(
         self,
@@ -123,22 +134,22 @@ class DecoderModel:
         sequences: torch.Tensor,
         positions: torch.Tensor,
         lengths: list[int],
+        offsets: torch.Tensor | None,
         last_rows: torch.Tensor,
         tables: torch.Tensor,
         cache: KvCache,
     ) -> torch.Tensor:
         """prefill() on rows laid out by the caller: row r is token_ids[r] at positions[r] of prompt sequences[r]
-        (whose blocks are tables[sequences[r]]); lengths are the prompts' row counts in order; returns the logits of
-        rows last_rows. Only device tensors are read, so a step of one (padded) prompt can be captured as a graph."""
+        (whose blocks are tables[sequences[r]]); lengths are the prompts' row counts in order, offsets (int32 [N + 1],
+        on the device; None for one prompt) their first rows and the total; returns the logits of rows last_rows.
+        Only device tensors are read, so a step of one (padded) prompt can be captured as a graph."""
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             q, k, v = rotate_and_store(
                 qkv, sequences, positions, tables, self.cos, self.sin, k_cache, v_cache, self.attention_shape
             )
-            segments = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
-            outputs = [self._causal_attention(*segment) for segment in segments]
-            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            return prompt_attention(q, k, v, lengths, offsets, self.attention_shape)
 
         return self._logits(self._forward(token_ids, attention)[last_rows])
 
@@ -163,7 +174,8 @@ class DecoderModel:
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             q, k, v = self.attention_shape.split(qkv)
-            return self._causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+            window = self.shape.sliding_window
+            return causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, window)
 
         return self._logits(self._forward(token_ids, attention, project))
 
@@ -180,16 +192,3 @@ class DecoderModel:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return logits(hidden, self.lm_head, self.batch_invariant)
-
-    def _causal_attention(self, q, k, v) -> torch.Tensor:
-        """One prompt's rows attending over the prompt itself (within the sliding window, if any)."""
-        length = q.shape[0]
-        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T, head_dim]
-        window = self.shape.sliding_window
-        if window is not None and length > window:
-            rows = torch.arange(length, device=self.device)
-            mask = (rows[None, :] <= rows[:, None]) & (rows[None, :] > rows[:, None] - window)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        return out[0].transpose(0, 1).reshape(length, -1)

@@ -169,7 +169,7 @@ class StepRunner:
             t[:padded] for t in (self.prefill_ids, self.prefill_sequences, self.prefill_positions)
         )
         return self.model.prefill_rows(
-            ids, sequences, positions, [padded], self.prefill_last, self.prefill_tables, self.cache
+            ids, sequences, positions, [padded], None, self.prefill_last, self.prefill_tables, self.cache
         )
 
 

@@ -1,16 +1,22 @@
-"""Decode attention: one new token per row, rotary applied, its k and v written to the row's sequence in the paged
-KV cache (awqd.engine.kv_cache) through its block table, attending over the sequence's positions 0..position (or
-the sliding window).
+"""Attention, both halves of a step.
 
-On the GPU it is one Triton kernel per step and layer (awqd.engine.layers.triton_attention). It walks each row's
-own positions in fixed steps, so a row's result depends neither on the other rows of the batch nor on how long
-they are; no attention span is part of a captured graph. The torch version below is the CPU path and the
-reference the kernel is tested against.
+Decode attention: one new token per row, rotary applied, its k and v written to the row's sequence in the paged
+KV cache (awqd.engine.kv_cache) through its block table, attending over the sequence's positions 0..position (or
+the sliding window). On the GPU it is one Triton kernel per step and layer (awqd.engine.layers.triton_attention).
+It walks each row's own positions in fixed steps, so a row's result depends neither on the other rows of the batch
+nor on how long they are; no attention span is part of a captured graph. The torch version below is the CPU path
+and the reference the kernel is tested against.
+
+Prefill attention: rotate_and_store writes the prompts' k and v to the cache; then each prompt's rows attend
+causally over that prompt alone. Several prompts on a GPU go to one variable-length flash-attention call per
+layer: one SDPA call per prompt cost 64 x 32 launches and about 20 ms of GPU time for a 64-prompt step on an H200,
+with more on the host (bench/results/h200-2026-12-02-prefill).
 """
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from awqd.engine.layers.dispatch import use_triton
 from awqd.engine.layers.rotary import apply_rotary
@@ -91,6 +97,51 @@ def gather(cache: torch.Tensor, tables: torch.Tensor, span: int) -> torch.Tensor
     block_tokens = cache.shape[2]
     blocks = cache[tables[:, : -(-span // block_tokens)]]  # [rows, blocks, kv_heads, block_tokens, head_dim]
     return blocks.transpose(1, 2).flatten(2, 3)[:, :, :span]
+
+
+def prompt_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], offsets: torch.Tensor | None, shape
+) -> torch.Tensor:
+    """Causal attention of each prompt's rows over that prompt (within the sliding window, if any). q [T, heads,
+    head_dim], k and v [T, kv_heads, head_dim] hold the prompts' rows one prompt after another, lengths[i] rows
+    each; offsets is int32 [N + 1] on q's device, the prompts' first rows and T (needed for several prompts on a
+    GPU). Returns [T, heads * head_dim]."""
+    if len(lengths) > 1 and offsets is not None and _varlen_flash_serves(q, lengths, shape):
+        longest = max(lengths)
+        out = torch.ops.aten._flash_attention_forward(q, k, v, offsets, offsets, longest, longest, 0.0, True, False)[0]
+        return out.reshape(q.shape[0], -1)
+    outputs = [
+        causal_attention(*segment, shape.sliding_window)
+        for segment in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+    ]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionShape) -> bool:
+    """Flash attention's own limits (sm80+, fp16/bf16, head_dim a multiple of 8 up to 256); a prompt longer than the
+    sliding window takes the SDPA path, which masks the window explicitly."""
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and shape.head_dim % 8 == 0
+        and shape.head_dim <= 256
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+        and (shape.sliding_window is None or max(lengths) <= shape.sliding_window)
+    )
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+    """One sequence's rows q [T, heads, head_dim] attending over k, v [T, kv_heads, head_dim] causally, within the
+    sliding window if any; returns [T, heads * head_dim]."""
+    length = q.shape[0]
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T, head_dim]
+    if window is not None and length > window:
+        rows = torch.arange(length, device=q.device)
+        mask = (rows[None, :] <= rows[:, None]) & (rows[None, :] > rows[:, None] - window)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return out[0].transpose(0, 1).reshape(length, -1)
 
 
 def rotate_and_store(

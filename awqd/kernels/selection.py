@@ -60,7 +60,10 @@ from awqd.node.devices import DeviceInfo
 
 log = structlog.get_logger("awqd.kernels")
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Decode batches up to 512 rows, and prefill steps up to --prefill-tokens-per-step's default: on an H200 a
+# 64-prompt, 8192-token step ran 12% faster on dequantize + cuBLAS than on the 512 bucket's fbgemm kernel
+# (bench/results/h200-2026-12-02-prefill), and a step takes the kernel of the smallest bucket that covers it.
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 8192)
 DEFAULT_GRAPH_BATCH = 256  # the engine's default --max-batch-size: decode steps up to it replay CUDA graphs
 # How much slower than the runner-up a cached choice may re-time before the cache is re-measured. On an H200 the
 # same kernel re-timed within 2% across boots; the host CPU drifted ~8% (bench/results/h200-2026-11-21), so the

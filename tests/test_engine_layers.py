@@ -176,7 +176,7 @@ def run_cases(device: str) -> list[dict]:
         for index, case in enumerate(ATTENTION_CASES):
             result = attention_case(*case, torch_dtype, device, seed=index)
             cases.append({"case": f"attention {case}", "dtype": dtype, **result})
-        for case in ((4, 4, 32), (8, 2, 24)):
+        for case in ((4, 4, 32), (8, 2, 24), (16, 8, 16)):  # 4, 2 and 8 heads per program
             cases.append(
                 {
                     "case": f"rotate and store {case}",

@@ -179,32 +179,43 @@ def rotate_and_store_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_TOKENS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    HEADS_PER_PROGRAM: tl.constexpr,
 ):
-    """One program per (row, head) over the query heads, then the kv heads."""
+    """One program per (row, HEADS_PER_PROGRAM heads): the query heads' groups, then the kv heads'."""
     row = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
+    group = tl.program_id(1)
+    Q_GROUPS: tl.constexpr = NUM_HEADS // HEADS_PER_PROGRAM
     position = tl.load(positions_ptr + row)
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < HEAD_DIM
     half = HEAD_DIM // 2
-    partner = tl.where(d < half, d + half, d - half)
-    sign = tl.where(d < half, -1.0, 1.0)
-    cos = tl.load(cos_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + position * HEAD_DIM + d, mask=d_mask, other=0.0).to(tl.float32)
-    head_ptr = qkv_ptr + row * qkv_stride + head * HEAD_DIM
-    if head < NUM_HEADS:
-        q = rotate(head_ptr, d, partner, sign, cos, sin, d_mask)
-        tl.store(q_out_ptr + (row * NUM_HEADS + head) * HEAD_DIM + d, q, mask=d_mask)
+    partner = tl.where(d < half, d + half, d - half)[None, :]
+    sign = tl.where(d < half, -1.0, 1.0)[None, :]
+    cos = tl.load(cos_ptr + position * HEAD_DIM + d, mask=d < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + position * HEAD_DIM + d, mask=d < HEAD_DIM, other=0.0).to(tl.float32)[None, :]
+    h = tl.arange(0, HEADS_PER_PROGRAM)[:, None]
+    mask = (h < HEADS_PER_PROGRAM) & (d < HEAD_DIM)[None, :]
+    row_ptr = qkv_ptr + row * qkv_stride
+    if group < Q_GROUPS:
+        heads = group * HEADS_PER_PROGRAM + h  # [HEADS_PER_PROGRAM, 1]
+        q = rotate(row_ptr + heads * HEAD_DIM, d[None, :], partner, sign, cos, sin, mask)
+        tl.store(q_out_ptr + (row * NUM_HEADS + heads) * HEAD_DIM + d[None, :], q, mask=mask)
     else:
-        kv_head = head - NUM_HEADS
-        k = rotate(head_ptr, d, partner, sign, cos, sin, d_mask)
-        v = tl.load(head_ptr + NUM_KV_HEADS * HEAD_DIM + d, mask=d_mask, other=0.0)
-        tl.store(k_out_ptr + (row * NUM_KV_HEADS + kv_head) * HEAD_DIM + d, k, mask=d_mask)
+        kv_heads = (group - Q_GROUPS) * HEADS_PER_PROGRAM + h
+        k_ptr = row_ptr + (NUM_HEADS + kv_heads) * HEAD_DIM
+        k = rotate(k_ptr, d[None, :], partner, sign, cos, sin, mask)
+        v = tl.load(k_ptr + NUM_KV_HEADS * HEAD_DIM + d[None, :], mask=mask, other=0.0)
+        tl.store(k_out_ptr + (row * NUM_KV_HEADS + kv_heads) * HEAD_DIM + d[None, :], k, mask=mask)
         sequence = tl.load(sequences_ptr + row).to(tl.int64)
         block = tl.load(tables_ptr + sequence * tables_stride + position // BLOCK_TOKENS).to(tl.int64)
-        cache_offset = ((block * NUM_KV_HEADS + kv_head) * BLOCK_TOKENS + position % BLOCK_TOKENS) * HEAD_DIM + d
-        tl.store(cache_k_ptr + cache_offset, k, mask=d_mask)
-        tl.store(cache_v_ptr + cache_offset, v, mask=d_mask)
+        slot = (block * NUM_KV_HEADS + kv_heads) * BLOCK_TOKENS + position % BLOCK_TOKENS
+        tl.store(cache_k_ptr + slot * HEAD_DIM + d[None, :], k, mask=mask)
+        tl.store(cache_v_ptr + slot * HEAD_DIM + d[None, :], v, mask=mask)
+
+
+def heads_per_program(shape: AttentionShape) -> int:
+    """Up to 8 heads per program, a power of two dividing both head counts: one head of 128 per program left the
+    step's 8192-row prefill at about a third of the H200's bandwidth (bench/results/h200-2026-12-02-prefill)."""
+    return next(n for n in (8, 4, 2, 1) if shape.num_heads % n == 0 and shape.num_kv_heads % n == 0)
 
 
 def rotate_and_store_rows(
@@ -222,7 +233,8 @@ def rotate_and_store_rows(
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
     q = torch.empty(rows, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty(rows, kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    rotate_and_store_kernel[(rows, heads + kv_heads)](
+    per_program = heads_per_program(shape)
+    rotate_and_store_kernel[(rows, (heads + kv_heads) // per_program)](
         qkv,
         sequences.contiguous(),
         positions.contiguous(),
@@ -240,6 +252,7 @@ def rotate_and_store_rows(
         HEAD_DIM=head_dim,
         BLOCK_TOKENS=cache_k.shape[2],
         BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=1,
+        HEADS_PER_PROGRAM=per_program,
+        num_warps=max(1, per_program // 2),
     )
     return q, k, shape.split(qkv)[2]

@@ -83,6 +83,9 @@ def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, 
     }
 
 
+ROTATE_AND_STORE_CASES = ((4, 4, 32), (8, 2, 24), (16, 8, 16))  # (heads, kv heads, head_dim): 4, 2, 8 per program
+
+
 def rotate_and_store_case(heads, kv_heads, head_dim, dtype, device, seed):
     """Prefill's rotary and KV store: three prompts' rows (positions restart per prompt, two cross blocks) into
     their sequences' shuffled blocks."""
@@ -176,7 +179,7 @@ def run_cases(device: str) -> list[dict]:
         for index, case in enumerate(ATTENTION_CASES):
             result = attention_case(*case, torch_dtype, device, seed=index)
             cases.append({"case": f"attention {case}", "dtype": dtype, **result})
-        for case in ((4, 4, 32), (8, 2, 24), (16, 8, 16)):  # 4, 2 and 8 heads per program
+        for case in ROTATE_AND_STORE_CASES:
             cases.append(
                 {
                     "case": f"rotate and store {case}",
@@ -227,7 +230,8 @@ def test_layer_kernels_match_torch_under_the_interpreter():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     cases = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(cases) == len(INTERPRETER_DTYPES) * (len(ATTENTION_CASES) + 3) + 1
+    per_dtype = len(ATTENTION_CASES) + len(ROTATE_AND_STORE_CASES) + 1  # and one norm/activation case
+    assert len(cases) == len(INTERPRETER_DTYPES) * per_dtype + 1
     assert failures(cases) == []
 
 

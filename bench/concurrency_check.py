@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--levels", help="comma-separated concurrent stream counts (default: by mode)")
     parser.add_argument("--hold", type=int, help="streams held at once after the levels (default: by mode; 0: none)")
     # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
+    parser.add_argument("--client-processes", type=int, default=4, help="client processes the streams are dealt to")
     parser.add_argument("--boot-timeout", type=float, default=360.0, help="seconds to wait for SERVING")
     parser.add_argument("--client-timeout", type=float, default=150.0, help="seconds the client may run once SERVING")
     parser.add_argument("--call-timeout", type=float, default=120.0, help="each call's deadline, seconds")
@@ -92,6 +93,7 @@ def main() -> int:
         client = ["--prompt-tokens", "128", "--new-tokens", "128"]
     if args.compare_overlap:
         levels, hold = ("8,32" if args.dry_run else "64,256"), 0
+    client += ["--processes", str(args.client_processes)]
     client += ["--levels", args.levels or levels, "--hold", str(hold if args.hold is None else args.hold)]
     serve += [*(BEFORE_CAPS if args.before else ()), *args.serve_args]
     if not args.compare_overlap:

@@ -24,10 +24,13 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import random
 import statistics
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -51,6 +54,14 @@ class Stream:
     tokens: int = 0
     completion: pb.Completion | None = None
     code: str = ""  # "OK" or the gRPC status name
+
+    def __getstate__(self) -> dict:
+        """For the client processes: the Completion travels serialized (its generated class does not pickle)."""
+        return {**vars(self), "completion": self.completion.SerializeToString() if self.completion else None}
+
+    def __setstate__(self, state: dict) -> None:
+        completion = state.pop("completion")
+        vars(self).update(state, completion=pb.Completion.FromString(completion) if completion is not None else None)
 
     @property
     def lost(self) -> bool:
@@ -108,8 +119,49 @@ class Client:
             stream.code = error.code().name
         return stream
 
+    async def streams(self, indices: list[int]) -> list[Stream]:
+        return list(await asyncio.gather(*(self.one(index) for index in indices)))
+
+
+class SpreadClient:
+    """Each round's streams dealt over --processes client processes, each with its own asyncio loop and
+    connections, started together behind a barrier: at a few hundred streams one Python loop receiving every token
+    can fall behind the server and count its own delay as the server's. perf_counter is the system's monotonic
+    clock, so timestamps from every process compare."""
+
+    def __init__(self, args: argparse.Namespace):
+        context = multiprocessing.get_context("spawn")
+        self.processes = args.processes
+        barrier = context.Barrier(args.processes)
+        self.pool = ProcessPoolExecutor(args.processes, context, initializer=_start_worker, initargs=(args, barrier))
+
     async def round(self, streams: int) -> list[Stream]:
-        return list(await asyncio.gather(*(self.one(index) for index in range(streams))))
+        parts = [list(range(first, streams, self.processes)) for first in range(self.processes)]
+        done = await asyncio.gather(*(asyncio.wrap_future(self.pool.submit(_worker_round, part)) for part in parts))
+        return [stream for part in done for stream in part]
+
+    async def close(self) -> None:
+        self.pool.shutdown()
+
+
+_worker: tuple[asyncio.AbstractEventLoop, Client, threading.Barrier] | None = None
+
+
+def _start_worker(args: argparse.Namespace, barrier) -> None:
+    global _worker
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(_client(args))
+    _worker = (loop, client, barrier)
+
+
+async def _client(args: argparse.Namespace) -> Client:
+    return Client(args)
+
+
+def _worker_round(indices: list[int]) -> list[Stream]:
+    loop, client, barrier = _worker
+    barrier.wait()  # every process holds one part of the round, and all start together
+    return loop.run_until_complete(client.streams(indices))
 
 
 def summary(streams: list[Stream]) -> dict:
@@ -185,24 +237,31 @@ async def run(args: argparse.Namespace, results: dict, write) -> None:
     if args.wait_ready:
         await wait_ready(args.target, args.wait_ready)
     client = Client(args)
+    rounds = SpreadClient(args) if args.processes > 1 else None
+
+    async def play(streams: int) -> list[Stream]:
+        return await (rounds.round(streams) if rounds else client.streams(list(range(streams))))
+
     try:
         results["server"] = await describe(client)
         for level in args.levels:
             if args.warmup:
-                await client.round(level)
+                await play(level)
             started = time.perf_counter()
-            row = {"level": level, **summary(await client.round(level))}
+            row = {"level": level, **summary(await play(level))}
             row["wall_s"] = round(time.perf_counter() - started, 3)
             results["levels"].append(row)
             print(json.dumps(row), flush=True)
             write()
         if args.hold:
             started = time.perf_counter()
-            results["hold"] = {"level": args.hold, **summary(await client.round(args.hold))}
+            results["hold"] = {"level": args.hold, **summary(await play(args.hold))}
             results["hold"]["wall_s"] = round(time.perf_counter() - started, 3)
             print(json.dumps(results["hold"]), flush=True)
     finally:
         await client.close()
+        if rounds:
+            await rounds.close()
 
 
 def markdown(data: dict) -> str:
@@ -212,7 +271,8 @@ def markdown(data: dict) -> str:
         f"# Concurrent gRPC streams: {settings['target']}, model {settings['model']}",
         "",
         f"P={settings['prompt_tokens']} prompt tokens, N={settings['new_tokens']} new tokens, greedy; "
-        f"{settings['channels']} client connections, one asyncio loop (bench/grpc_concurrency.py, raw stubs). "
+        f"{settings['channels']} client connections per client process, {settings['processes']} process(es), one "
+        "asyncio loop each (bench/grpc_concurrency.py, raw stubs). "
         f"Server: awqd {server.get('awqd_version', '?')} on {', '.join(server.get('devices', [])) or '?'}. "
         f"Started {data['started_at']}.",
         "",
@@ -243,7 +303,8 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--warmup", action="store_true", help="an untimed round before each level")
-    parser.add_argument("--channels", type=int, default=4, help="client connections the streams are spread over")
+    parser.add_argument("--channels", type=int, default=4, help="client connections per client process")
+    parser.add_argument("--processes", type=int, default=1, help="client processes each round's streams are dealt to")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each call, seconds")
     parser.add_argument("--wait-ready", type=float, default=0.0, help="first wait this long for health SERVING")
     parser.add_argument("--out", type=Path, required=True)

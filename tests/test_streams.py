@@ -82,8 +82,24 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
         return texts, wakeups
 
     texts, wakeups = asyncio.run(scenario())
-    assert texts == [["1", "2", "end"]] * 50
+    assert texts == [["12", "end"]] * 50  # each stream was two tokens behind when it read: one message for both
     assert wakeups == 1, f"{wakeups} loop wake-ups for one burst of 150 events"
+
+
+def test_bridge_merges_only_what_a_stream_has_fallen_behind_on():
+    async def scenario() -> list[tuple[str, tuple[int, ...]] | str]:
+        bridge = EventBridge(asyncio.get_running_loop())
+        running = job()
+        stream = bridge.stream(running)
+        seen = []
+        running.events.put(TokenDelta("a", (1,)))
+        seen.append(await anext(stream))  # kept up: one message per token
+        for event in (TokenDelta("b", (2,)), TokenDelta("", ()), TokenDelta("c", (3,)), finished(3)):
+            running.events.put(event)
+        seen += [event async for event in stream]
+        return [(e.text, e.token_ids) if isinstance(e, TokenDelta) else "end" for e in seen]
+
+    assert asyncio.run(scenario()) == [("a", (1,)), ("bc", (2, 3)), "end"]
 
 
 def test_bridge_raises_the_error_that_ended_a_job():

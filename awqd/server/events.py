@@ -2,7 +2,9 @@
 
 The engine's scheduler threads hand every job's events to one EventBridge. It wakes the loop once per burst (a
 decode step streams a token to every running sequence), not once per event; on the loop, each event goes to the
-queue of the stream it belongs to, which that stream's RPC awaits.
+queue of the stream it belongs to, which that stream's RPC awaits. A stream that has fallen behind (its queue holds
+several token deltas when it reads) sends them as one message: the proto's deltas are "added since the previous
+message", and under load one write per step instead of one per token keeps the loop from falling further behind.
 """
 
 import asyncio
@@ -46,10 +48,17 @@ class EventBridge:
 
 
 async def _read(inbox: asyncio.Queue[Event]) -> AsyncIterator[TokenDelta | Finished]:
+    held: Event | None = None  # the event after a merged run of deltas, read ahead
     while True:
-        event = await inbox.get()
+        event, held = (held, None) if held is not None else (await inbox.get(), None)
         if isinstance(event, Exception):
             raise event
+        while isinstance(event, TokenDelta) and not inbox.empty():
+            following = inbox.get_nowait()
+            if not isinstance(following, TokenDelta):
+                held = following
+                break
+            event = TokenDelta(event.text + following.text, event.token_ids + following.token_ids)
         yield event
         if isinstance(event, Finished):
             return

@@ -20,7 +20,8 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import join_words, load_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.unpack import split_scale_zero
+from awqd.kernels.triton.worddot import word_dot
 
 
 @dataclass(frozen=True)
@@ -65,44 +66,49 @@ def awqd_w4_gemv_kernel(
     out_ptr,
     N,
     K,
+    K_WORDS,
     GROUP_SIZE: tl.constexpr,
+    SEGMENT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    WORDS: tl.constexpr = BLOCK_K // 8
+    SEG_WORDS: tl.constexpr = SEGMENT // 8
+    SEGS: tl.constexpr = BLOCK_K // SEGMENT
     k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
-    word = tl.arange(0, WORDS)
-    k = tl.arange(0, BLOCK_K)
-    x_row = x_ptr + row.to(tl.int64) * K
-    w_rows = qweight_ptr + n[:, None] * (K // 8)
-    sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
+    n_rows = tl.minimum(n, N - 1)[:, None, None]  # tail rows re-read the last row: no mask on the weight loads
+    words = (tl.arange(0, SEGS)[:, None] * SEG_WORDS + tl.arange(0, SEG_WORDS)[None, :])[None, :, :]
+    segments = (tl.arange(0, SEGS) * SEGMENT)[None, :, None]  # a segment: the step's columns in one group
+    w_rows = qweight_ptr + n_rows * K_WORDS + words
+    sz_rows = scale_zero_ptr + n_rows * (K // GROUP_SIZE) + segments // GROUP_SIZE
+    pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
+    x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K // 2) + pairs
 
-    w_next, sz_next = load_words(w_rows, sz_rows, n_mask, k_start // 8 + word, k_end // 8, GROUP_SIZE)
-    x_next = tl.load(x_row + k_start + k, mask=k_start + k < k_end, other=0.0)
-    acc = tl.zeros([BLOCK_N, WORDS], dtype=tl.float32)
+    # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
+    k_first = tl.minimum(k_start, k_end - BLOCK_K) if EVEN_K else k_start
+    w_next, sz_next, x01_next, x23_next, x45_next, x67_next = load_step(
+        w_rows, sz_rows, x_pairs, words, segments, k_first, k_end, GROUP_SIZE, EVEN_K
+    )
+    acc = tl.zeros([BLOCK_N, SEGS, SEG_WORDS], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w, sz, x = w_next, sz_next, x_next
-        next_words = (k0 + BLOCK_K) // 8 + word
-        w_next, sz_next = load_words(w_rows, sz_rows, n_mask, next_words, k_end // 8, GROUP_SIZE)
-        x_next = tl.load(x_row + k0 + BLOCK_K + k, mask=k0 + BLOCK_K + k < k_end, other=0.0)
-
+        w, sz, x01, x23, x45, x67 = w_next, sz_next, x01_next, x23_next, x45_next, x67_next
+        k_next = tl.minimum(k0 + BLOCK_K, k_end - BLOCK_K) if EVEN_K else k0 + BLOCK_K
+        w_next, sz_next, x01_next, x23_next, x45_next, x67_next = load_step(
+            w_rows, sz_rows, x_pairs, words, segments, k_next, k_end, GROUP_SIZE, EVEN_K
+        )
         scale, zero_plus_1024 = split_scale_zero(sz)
-        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
-        q = join_words(q0, q1, q2, q3, q4, q5, q6, q7, BLOCK_N, BLOCK_K)  # 1024 + q, in column order
-        x_words = tl.reshape(x.to(tl.float32), (WORDS, 8))
-        xq = tl.sum(tl.reshape(q, (BLOCK_N, WORDS, 8)).to(tl.float32) * x_words[None, :, :], axis=2)
-        x_sum = tl.sum(x_words, axis=1)
-        acc += scale.to(tl.float32) * (xq - zero_plus_1024.to(tl.float32) * x_sum[None, :])
-    result = tl.sum(acc, axis=1)
+        acc += word_dot(w, zero_plus_1024, x01, x23, x45, x67, IS_FP16, USE_ASM) * scale.to(tl.float32)
+    result = tl.sum(tl.sum(acc, axis=2), axis=1)
 
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -111,6 +117,26 @@ def awqd_w4_gemv_kernel(
     else:
         rows = tl.num_programs(0)
         tl.store(out_ptr + (pid_k * rows + row).to(tl.int64) * N + n, result, mask=n_mask)
+
+
+@triton.jit
+def load_step(w_rows, sz_rows, x_pairs, words, segments, k0, k_end, GROUP_SIZE: tl.constexpr, EVEN_K: tl.constexpr):
+    """One K step's weight words, (scale, zero) pairs and activation pairs (x01..x67: columns 8c + 0, 1 ... 6, 7
+    of word c); masked to 0 past k_end unless every step is whole. A masked word meets zero activations."""
+    word0 = k0 // 8
+    if EVEN_K:
+        w = tl.load(w_rows + word0)
+        sz = tl.load(sz_rows + k0 // GROUP_SIZE)
+        x = tl.load(x_pairs + k0 // 2)
+    else:
+        inside = word0 + words < k_end // 8
+        w = tl.load(w_rows + word0, mask=inside, other=0)
+        sz = tl.load(sz_rows + k0 // GROUP_SIZE, mask=k0 + segments < k_end, other=0)
+        x = tl.load(x_pairs + k0 // 2, mask=inside[:, :, :, None], other=0)
+    even_pairs, odd_pairs = tl.split(tl.reshape(x, (1, x.shape[1], x.shape[2], 2, 2)))
+    x01, x45 = tl.split(even_pairs)
+    x23, x67 = tl.split(odd_pairs)
+    return w, sz, x01, x23, x45, x67
 
 
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
@@ -127,11 +153,15 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         target,
         packed.out_features,
         packed.in_features,
+        packed.in_features // 8,  # its own argument, so that Triton sees it divisible by 16 and loads 16 bytes
         GROUP_SIZE=packed.group_size,
+        SEGMENT=min(packed.group_size, config.block_k),
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
+        EVEN_K=packed.in_features % config.block_k == 0,
         HAS_BIAS=packed.bias is not None,
+        IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
         num_warps=config.num_warps,
         num_stages=config.num_stages,

@@ -20,7 +20,6 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import split_scale_zero
 from awqd.kernels.triton.worddot import word_dot
 
 
@@ -65,7 +64,6 @@ def awqd_w4_gemv_kernel(
     bias_ptr,
     out_ptr,
     N,
-    K,
     K_WORDS,
     GROUP_SIZE: tl.constexpr,
     SEGMENT: tl.constexpr,
@@ -82,33 +80,38 @@ def awqd_w4_gemv_kernel(
     pid_k = tl.program_id(2)
     SEG_WORDS: tl.constexpr = SEGMENT // 8
     SEGS: tl.constexpr = BLOCK_K // SEGMENT
-    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
+    WORDS: tl.constexpr = BLOCK_K // 8
+    GROUP_WORDS: tl.constexpr = GROUP_SIZE // 8
+    # In words, not columns: K_WORDS is divisible by 16 where K is, so Triton proves the 16-byte alignment.
+    start, end = k_slice(K_WORDS, pid_k, WORDS, SPLIT_K)
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
-    n_rows = tl.minimum(n, N - 1)[:, None, None]  # tail rows re-read the last row: no mask on the weight loads
-    words = (tl.arange(0, SEGS)[:, None] * SEG_WORDS + tl.arange(0, SEG_WORDS)[None, :])[None, :, :]
-    segments = (tl.arange(0, SEGS) * SEGMENT)[None, :, None]  # a segment: the step's columns in one group
+    # Tiles are [SEGS, BLOCK_N, SEG_WORDS]: segments (a step's words in one group) outermost, so that Triton lays a
+    # warp's lanes over words and segments and each thread keeps several rows, which share its activations.
+    n_rows = tl.minimum(n, N - 1)[None, :, None]  # tail rows re-read the last row: no mask on the weight loads
+    segments = (tl.arange(0, SEGS) * SEG_WORDS)[:, None, None]
+    words = segments + tl.arange(0, SEG_WORDS)[None, None, :]
     w_rows = qweight_ptr + n_rows * K_WORDS + words
-    sz_rows = scale_zero_ptr + n_rows * (K // GROUP_SIZE) + segments // GROUP_SIZE
+    sz_rows = scale_zero_ptr + n_rows * (K_WORDS // GROUP_WORDS) + segments // GROUP_WORDS
     pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
-    x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K // 2) + pairs
+    x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K_WORDS * 4) + pairs
 
     # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
-    k_first = tl.minimum(k_start, k_end - BLOCK_K) if EVEN_K else k_start
-    w_next, sz_next, x01_next, x23_next, x45_next, x67_next = load_step(
-        w_rows, sz_rows, x_pairs, words, segments, k_first, k_end, GROUP_SIZE, EVEN_K
-    )
-    acc = tl.zeros([BLOCK_N, SEGS, SEG_WORDS], dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        w, sz, x01, x23, x45, x67 = w_next, sz_next, x01_next, x23_next, x45_next, x67_next
-        k_next = tl.minimum(k0 + BLOCK_K, k_end - BLOCK_K) if EVEN_K else k0 + BLOCK_K
-        w_next, sz_next, x01_next, x23_next, x45_next, x67_next = load_step(
-            w_rows, sz_rows, x_pairs, words, segments, k_next, k_end, GROUP_SIZE, EVEN_K
+    first = tl.minimum(start, end - WORDS) if EVEN_K else start
+    w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
+    acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
+    for word0 in range(start, end, WORDS):
+        w, sz, x = w_next, sz_next, x_next
+        following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
+        w_next, sz_next, x_next = load_step(
+            w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, EVEN_K
         )
-        scale, zero_plus_1024 = split_scale_zero(sz)
-        acc += word_dot(w, zero_plus_1024, x01, x23, x45, x67, IS_FP16, USE_ASM) * scale.to(tl.float32)
-    result = tl.sum(tl.sum(acc, axis=2), axis=1)
+        even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
+        x01, x45 = tl.split(even_pairs)
+        x23, x67 = tl.split(odd_pairs)
+        acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
+    result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -120,23 +123,19 @@ def awqd_w4_gemv_kernel(
 
 
 @triton.jit
-def load_step(w_rows, sz_rows, x_pairs, words, segments, k0, k_end, GROUP_SIZE: tl.constexpr, EVEN_K: tl.constexpr):
-    """One K step's weight words, (scale, zero) pairs and activation pairs (x01..x67: columns 8c + 0, 1 ... 6, 7
-    of word c); masked to 0 past k_end unless every step is whole. A masked word meets zero activations."""
-    word0 = k0 // 8
+def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
+    """The step at word0: weight words, (scale, zero) pairs and activation pairs (x01..x67: columns 8c + 0, 1 ...
+    6, 7 of word c), masked to 0 past end unless every step is whole. A masked word meets zero activations."""
     if EVEN_K:
+        x = tl.load(x_pairs + word0 * 4)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS)
         w = tl.load(w_rows + word0)
-        sz = tl.load(sz_rows + k0 // GROUP_SIZE)
-        x = tl.load(x_pairs + k0 // 2)
     else:
-        inside = word0 + words < k_end // 8
+        inside = word0 + words < end
         w = tl.load(w_rows + word0, mask=inside, other=0)
-        sz = tl.load(sz_rows + k0 // GROUP_SIZE, mask=k0 + segments < k_end, other=0)
-        x = tl.load(x_pairs + k0 // 2, mask=inside[:, :, :, None], other=0)
-    even_pairs, odd_pairs = tl.split(tl.reshape(x, (1, x.shape[1], x.shape[2], 2, 2)))
-    x01, x45 = tl.split(even_pairs)
-    x23, x67 = tl.split(odd_pairs)
-    return w, sz, x01, x23, x45, x67
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
+        x = tl.load(x_pairs + word0 * 4, mask=inside[:, :, :, None], other=0)
+    return w, sz, x
 
 
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
@@ -152,8 +151,7 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
         packed.out_features,
-        packed.in_features,
-        packed.in_features // 8,  # its own argument, so that Triton sees it divisible by 16 and loads 16 bytes
+        packed.in_features // 8,
         GROUP_SIZE=packed.group_size,
         SEGMENT=min(packed.group_size, config.block_k),
         BLOCK_N=config.block_n,

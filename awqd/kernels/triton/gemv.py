@@ -1,11 +1,19 @@
 """awqd's W4A16 GEMV: CUDA-core dot products for one or a few tokens, int4 unpacked in registers.
 
 Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N weight rows and one contiguous K slice, and reads the
-slice BLOCK_K columns at a time as [BLOCK_N, BLOCK_K / 8] int32 tiles: one word holds 8 weights of one row.
-At batch 1 the kernel is latency-bound, not bandwidth-bound (measured on an H200: bench/results), so every load
-of the next step (weights, scales and zeros, activations) is issued before the current step is computed.
-Nothing is reduced across threads inside the loop: per word it forms sum_j (1024 + q_j) x_j in fp32 and folds
-scale and zero in once (layout.py, unpack.py); the [BLOCK_N, words] accumulator is summed once at the end.
+slice BLOCK_K columns at a time as [segments, BLOCK_N, words] int32 tiles (a segment: the step's words of one
+group; one word: 8 weights of one row), with each word's 8 activations as 4 int32 pairs of fp16.
+The kernel is issue-bound, not latency- or bandwidth-bound: Nsight Compute on an H200 (bench/results/h200-2026-12-02-
+own-kernels) found the previous version's warps waiting to issue (stall reasons selected / not_selected) at 22-36%
+of DRAM peak, at ~47 SASS instructions per word in its loop. So this one spends as few instructions per weight as
+it can (worddot.py, ~22 per word at the default tile, counted in the sm_90 SASS):
+- no weights put back in column order (the old tl.join / tl.reshape cost shared-memory round trips): each unpacked
+  register of two nibbles meets the int32 of the two activations the layout put there;
+- fp16 activations: packed f16x2 arithmetic per word, one conversion to fp32, one fp32 multiply-add by the scale;
+- the scale and zero are read and prepared once per (row, segment), not per word;
+- no masks on the loads when every K step is whole (EVEN_K; true for the Llama shapes), tail rows clamped.
+The next step's loads (weights, scales and zeros, activations) are still issued before the current step is
+computed. The [segments, BLOCK_N, words] fp32 accumulator is summed once at the end.
 Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
 (One program per row: a version holding several rows' [BLOCK_N, BLOCK_K] products per program measured 2.6x
 slower at batch 1 on the H200, so rows stay apart.)
@@ -33,20 +41,23 @@ class GemvConfig:
 
 
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
-# The H200 sweep's (bench/results) tiles within ~5% of the best on the Llama-2-7B shapes at batch 1. Long K steps
-# and few warps keep the most bytes in flight per thread, which is what a latency-bound kernel needs.
+# Chosen from the sm_90 SASS, not yet timed on the H200: (SASS instructions per word in the loop, registers) on the
+# qkv shape, the 256-column tiles on down's.
+# A thread holds BLOCK_N / num_warps rows of 4 words per segment, so rows per thread amortise the activations;
+# the smaller tiles give N = 4096 more programs. 256-column steps are whole on K = 11008.
 TILES = (
-    GemvConfig(8, 1024, 1, 2),
-    GemvConfig(4, 1024, 1, 2),
-    GemvConfig(8, 512, 1, 2),
-    GemvConfig(4, 2048, 1, 4),
-    GemvConfig(16, 1024, 1, 4),
+    GemvConfig(8, 1024, 1, 2),  # (22.3, 164)
+    GemvConfig(16, 512, 1, 2),  # (21.4, 156)
+    GemvConfig(32, 256, 1, 2),  # (22.3, 128)
+    GemvConfig(16, 256, 1, 2),  # (26.4, 80)
+    GemvConfig(4, 1024, 1, 2),  # (28.5, 94)
+    GemvConfig(16, 1024, 1, 4),  # (21.9, 164)
 )
 DEFAULT_TILE = TILES[0]
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
-    """The untuned default: the best batch-1 tile of the H200 sweep; split-K only when SMs would idle."""
+    """The untuned default: TILES[0]; split-K only when SMs would idle."""
     tiles = rows * triton.cdiv(packed.out_features, DEFAULT_TILE.block_n)
     split_k = split_k_for(tiles, triton.cdiv(packed.in_features, DEFAULT_TILE.block_k), device)
     return dataclasses.replace(DEFAULT_TILE, split_k=split_k)

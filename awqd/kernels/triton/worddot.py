@@ -37,10 +37,20 @@ def _scale_pairs(pairs, HIGH_NIBBLES: tl.constexpr):
     """int32 pairs of fp16 times HIGH_NIBBLE_X_SCALE or LOW_NIBBLE_X_SCALE, as f16x2."""
     if HIGH_NIBBLES:
         return tl.inline_asm_elementwise(
-            "{.reg .b32 s; mov.b32 s, 0x1C001C00; mul.rn.f16x2 $0, $1, s;}", "=r,r", [pairs], dtype=tl.int32, is_pure=True, pack=1
+            "{.reg .b32 s; mov.b32 s, 0x1C001C00; mul.rn.f16x2 $0, $1, s;}",
+            "=r,r",
+            [pairs],
+            dtype=tl.int32,
+            is_pure=True,
+            pack=1,
         )
     return tl.inline_asm_elementwise(
-        "{.reg .b32 s; mov.b32 s, 0x2C002C00; mul.rn.f16x2 $0, $1, s;}", "=r,r", [pairs], dtype=tl.int32, is_pure=True, pack=1
+        "{.reg .b32 s; mov.b32 s, 0x2C002C00; mul.rn.f16x2 $0, $1, s;}",
+        "=r,r",
+        [pairs],
+        dtype=tl.int32,
+        is_pure=True,
+        pack=1,
     )
 
 

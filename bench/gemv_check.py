@@ -42,6 +42,10 @@ OUTLIER_COLUMNS = 8
 OUTLIER_VALUE = 3000.0
 
 
+def label(tile) -> str:
+    return f"{tile.block_n}x{tile.block_k} split-K {tile.split_k}, {tile.num_warps} warps"
+
+
 def activations(rows: int, in_features: int, case: str, device: torch.device, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(rows, in_features, device=device, generator=generator)
@@ -58,7 +62,7 @@ def check_tiles(device: torch.device) -> list[dict]:
     layers = []
     for out_features, in_features in SHAPES[device.type]:
         weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
-        layers.append((weight, dequantize(weight).float(), pack_awqd_w4(weight, device)))
+        layers.append((weight, dequantize(weight, torch.float32), pack_awqd_w4(weight, device)))
     results = []
     for tile in TILES:
         for rows in BUCKETS:
@@ -71,8 +75,9 @@ def check_tiles(device: torch.device) -> list[dict]:
                     worst = max(worst, relative_error(out, reference(x, dense, weight)))
                 tolerance = TOLERANCES[torch.bfloat16 if case == "bf16" else torch.float16]
                 ok = finite and worst <= tolerance
-                results.append({"tile": str(tile), "rows": rows, "case": case, "error": worst, "ok": ok})
-                print(f"{'ok ' if ok else 'BAD'} {tile} rows {rows} {case}: relative error {worst:.3g}", flush=True)
+                results.append({"tile": label(tile), "rows": rows, "case": case, "error": worst, "ok": ok})
+                verdict = "ok " if ok else "BAD"
+                print(f"{verdict} {label(tile)} rows {rows} {case}: relative error {worst:.3g}", flush=True)
     return results
 
 
@@ -95,9 +100,9 @@ def time_tiles(device: torch.device) -> dict:
                 return run_pass
 
             passes = [make_pass(copy) for copy in range(copies)]
-            timing = time_passes(str(tile), passes, device, *repetitions)
-            timings["ms"].setdefault(str(tile), {})[rows] = timing.median_ms
-            print(f"{tile} rows {rows}: {timing.median_ms:.4f} ms per layer", flush=True)
+            timing = time_passes(label(tile), passes, device, *repetitions)
+            timings["ms"].setdefault(label(tile), {})[rows] = timing.median_ms
+            print(f"{label(tile)} rows {rows}: {timing.median_ms:.4f} ms per layer", flush=True)
         dense = time_dense_baseline(shapes, GROUP_SIZE[device.type], device, rows, *repetitions)
         timings.setdefault("fp16 cuBLAS", {})[rows] = dense.median_ms
     if device.type == "cuda":

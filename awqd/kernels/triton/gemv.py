@@ -52,6 +52,7 @@ TILES = (
     GemvConfig(16, 256, 1, 2),  # (26.4, 80)
     GemvConfig(4, 1024, 1, 2),  # (28.5, 94)
     GemvConfig(16, 1024, 1, 4),  # (21.9, 164)
+    GemvConfig(8, 512, 1, 1),  # (21.3, 159): one warp, so its layout conversion's barriers cost least
 )
 DEFAULT_TILE = TILES[0]
 

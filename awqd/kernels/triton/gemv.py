@@ -153,6 +153,8 @@ def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
     """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
     rows = x.shape[0]
+    if x.data_ptr() % 4:  # the kernel reads activations as int32 pairs: a view 2 bytes into a buffer is copied
+        x = x.clone()
     config = config or gemv_config(rows, packed, x.device)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)

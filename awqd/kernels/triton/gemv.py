@@ -136,17 +136,21 @@ def awqd_w4_gemv_kernel(
 
 @triton.jit
 def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
-    """The step at word0: weight words, (scale, zero) pairs and activation pairs (x01..x67: columns 8c + 0, 1 ...
-    6, 7 of word c), masked to 0 past end unless every step is whole. A masked word meets zero activations."""
+    """The step at word0: weight words, their groups' (scale, zero) words and each word's 4 activation pairs, masked
+    to 0 past end unless every step is whole (a masked word meets zero activations).
+
+    The activations are loaded first: Triton then moves them into the weights' register layout after the next step's
+    loads are issued. Loaded last, they win and the weights move instead, at the top of the loop or right after
+    their load, which waits on the loads the prefetch meant to leave in flight (the sm_90 TTGIR of either order)."""
     if EVEN_K:
         x = tl.load(x_pairs + word0 * 4)
         sz = tl.load(sz_rows + word0 // GROUP_WORDS)
         w = tl.load(w_rows + word0)
     else:
         inside = word0 + words < end
-        w = tl.load(w_rows + word0, mask=inside, other=0)
-        sz = tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
         x = tl.load(x_pairs + word0 * 4, mask=inside[:, :, :, None], other=0)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
+        w = tl.load(w_rows + word0, mask=inside, other=0)
     return w, sz, x
 
 

@@ -43,9 +43,10 @@ DEADLINE_S = 480
 
 def gemv_space(batch: int) -> list[GemvConfig]:
     if batch == 1:
-        tiles = itertools.product((4, 8, 16, 32), (256, 512, 1024, 2048), (1, 2, 4), (2, 4))
-        return [GemvConfig(n, k, split, warps) for n, k, split, warps in tiles if n * k <= 32768]
-    return [GemvConfig(n, k, 1, warps) for n, k, warps in itertools.product((4, 8, 16), (512, 1024), (2, 4))]
+        tiles = itertools.product((4, 8, 16, 32), (256, 512, 1024, 2048), (1, 2, 4), (1, 2, 4))
+        return [GemvConfig(n, k, split, warps) for n, k, split, warps in tiles if n * k <= 8192 * warps]
+    tiles = itertools.product((4, 8, 16, 32), (256, 512, 1024), (1, 2, 4))  # gemv.TILES among them
+    return [GemvConfig(n, k, 1, warps) for n, k, warps in tiles if n * k <= min(16384, 8192 * warps)]
 
 
 def gemm_space(batch: int) -> list[GemmConfig]:

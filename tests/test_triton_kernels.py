@@ -32,7 +32,8 @@ BATCHES = {
 }
 # The dequantize kernel has nothing to tune.
 TUNED_KERNELS = ("awqd_triton_gemv", "awqd_triton_gemm", "awqd_triton_skinny")
-MISALIGNED_INPUT_KERNELS = ("awqd_triton_skinny",)  # its TMA loads need 16-byte aligned activations
+# skinny's TMA loads need 16-byte aligned activations; the GEMV reads them as int32 pairs of fp16 or bf16.
+MISALIGNED_INPUT_KERNELS = ("awqd_triton_skinny", "awqd_triton_gemv")
 GEMV_MANY_ROWS = ((64, 128), 128, 16)  # one weight, zero point on, both dtypes
 SUBPROCESS_TIMEOUT_S = 240
 
@@ -50,10 +51,14 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_gemv":
         from awqd.kernels.triton.gemv import GemvConfig
 
+        # Whole K steps with split-K 3 (the last slice empty), a step longer than K (masked), a step shorter than the
+        # group, and a row tail (96 = 64 + 32: clamped rows) with whole steps.
         return [
             ((96, 256), 32, 3, GemvConfig(8, 64, 3)),
             ((96, 256), 32, 1, GemvConfig(16, 512, 1)),
             ((128, 512), 128, 7, GemvConfig(8, 256, 1, num_warps=2)),
+            ((128, 512), 128, 2, GemvConfig(16, 64, 2, num_warps=2)),
+            ((96, 256), 64, 2, GemvConfig(64, 128, 2, num_warps=2)),
         ]
     if kernel == "awqd_triton_dequant_cublas":
         from awqd.kernels.triton.dequant import DequantConfig
@@ -137,7 +142,7 @@ def run_matrix(kernel: str) -> None:
     weight = case_weight(96, 256, 64, True, bias=True, seed=seed)
     x = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
     check("[96x256] g64 3-D input [2, 5, 256]", weight, candidate.prepare(weight, cpu), x)
-    if kernel in MISALIGNED_INPUT_KERNELS:  # a view 2 bytes into a buffer: no tensor descriptor can start there
+    if kernel in MISALIGNED_INPUT_KERNELS:  # a view 2 bytes into a buffer
         buffer = torch.randn(3 * 256 + 1, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
         check(
             "[96x256] g64 activations not 16-byte aligned",
@@ -241,6 +246,13 @@ def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_resu
     assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)
     rejection = next(r for r in results if r["case"] == "rejects group size 16")
     assert "group_size" in rejection["detail"] and "supported: 32, 64, 128" in rejection["detail"]
+
+
+def test_nibble_order_pairs_consecutive_columns_for_the_gemv():
+    """worddot.py pairs nibbles (k, k + 4) in one register with the int32 of columns (2p, 2p + 1), p = 0, 2, 1, 3."""
+    from awqd.kernels.triton.layout import NIBBLE_ORDER
+
+    assert [(NIBBLE_ORDER[k], NIBBLE_ORDER[k + 4]) for k in range(4)] == [(0, 1), (4, 5), (2, 3), (6, 7)]
 
 
 @pytest.mark.parametrize("kernel", list(BATCHES))

@@ -1,11 +1,19 @@
 """awqd's W4A16 GEMV: CUDA-core dot products for one or a few tokens, int4 unpacked in registers.
 
 Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N weight rows and one contiguous K slice, and reads the
-slice BLOCK_K columns at a time as [BLOCK_N, BLOCK_K / 8] int32 tiles: one word holds 8 weights of one row.
-At batch 1 the kernel is latency-bound, not bandwidth-bound (measured on an H200: bench/results), so every load
-of the next step (weights, scales and zeros, activations) is issued before the current step is computed.
-Nothing is reduced across threads inside the loop: per word it forms sum_j (1024 + q_j) x_j in fp32 and folds
-scale and zero in once (layout.py, unpack.py); the [BLOCK_N, words] accumulator is summed once at the end.
+slice BLOCK_K columns at a time as [segments, BLOCK_N, words] int32 tiles (a segment: the step's words of one
+group; one word: 8 weights of one row), with each word's 8 activations as 4 int32 pairs of fp16.
+The kernel is issue-bound, not latency- or bandwidth-bound: Nsight Compute on an H200 (bench/results/h200-2026-12-02-
+own-kernels) found the previous version's warps waiting to issue (stall reasons selected / not_selected) at 22-36%
+of DRAM peak, at ~47 SASS instructions per word in its loop. So this one spends as few instructions per weight as
+it can (worddot.py, ~22 per word at the default tile, counted in the sm_90 SASS):
+- no weights put back in column order (the old tl.join / tl.reshape cost shared-memory round trips): each unpacked
+  register of two nibbles meets the int32 of the two activations the layout put there;
+- fp16 activations: packed f16x2 arithmetic per word, one conversion to fp32, one fp32 multiply-add by the scale;
+- the scale and zero are read and prepared once per (row, segment), not per word;
+- no masks on the loads when every K step is whole (EVEN_K; true for the Llama shapes), tail rows clamped.
+The next step's loads (weights, scales and zeros, activations) are still issued before the current step is
+computed. The [segments, BLOCK_N, words] fp32 accumulator is summed once at the end.
 Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
 (One program per row: a version holding several rows' [BLOCK_N, BLOCK_K] products per program measured 2.6x
 slower at batch 1 on the H200, so rows stay apart.)
@@ -20,7 +28,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
-from awqd.kernels.triton.unpack import join_words, load_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.worddot import word_dot
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,24 @@ class GemvConfig:
 
 
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
-# The H200 sweep's (bench/results) tiles within ~5% of the best on the Llama-2-7B shapes at batch 1. Long K steps
-# and few warps keep the most bytes in flight per thread, which is what a latency-bound kernel needs.
+# Chosen from the sm_90 SASS, not yet timed on the H200: (SASS instructions per word in the loop, registers) on the
+# qkv shape, the 256-column tiles on down's.
+# A thread holds BLOCK_N / num_warps rows of 4 words per segment, so rows per thread amortise the activations;
+# the smaller tiles give N = 4096 more programs. 256-column steps are whole on K = 11008.
 TILES = (
-    GemvConfig(8, 1024, 1, 2),
-    GemvConfig(4, 1024, 1, 2),
-    GemvConfig(8, 512, 1, 2),
-    GemvConfig(4, 2048, 1, 4),
-    GemvConfig(16, 1024, 1, 4),
+    GemvConfig(8, 1024, 1, 2),  # (22.3, 164)
+    GemvConfig(16, 512, 1, 2),  # (21.4, 156)
+    GemvConfig(32, 256, 1, 2),  # (22.3, 128)
+    GemvConfig(16, 256, 1, 2),  # (26.4, 80)
+    GemvConfig(4, 1024, 1, 2),  # (28.5, 94)
+    GemvConfig(16, 1024, 1, 4),  # (21.9, 164)
+    GemvConfig(8, 512, 1, 1),  # (21.3, 159): one warp, so its layout conversion's barriers cost least
 )
 DEFAULT_TILE = TILES[0]
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
-    """The untuned default: the best batch-1 tile of the H200 sweep; split-K only when SMs would idle."""
+    """The untuned default: TILES[0]; split-K only when SMs would idle."""
     tiles = rows * triton.cdiv(packed.out_features, DEFAULT_TILE.block_n)
     split_k = split_k_for(tiles, triton.cdiv(packed.in_features, DEFAULT_TILE.block_k), device)
     return dataclasses.replace(DEFAULT_TILE, split_k=split_k)
@@ -64,45 +76,54 @@ def awqd_w4_gemv_kernel(
     bias_ptr,
     out_ptr,
     N,
-    K,
+    K_WORDS,
     GROUP_SIZE: tl.constexpr,
+    SEGMENT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    SEG_WORDS: tl.constexpr = SEGMENT // 8
+    SEGS: tl.constexpr = BLOCK_K // SEGMENT
     WORDS: tl.constexpr = BLOCK_K // 8
-    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
+    GROUP_WORDS: tl.constexpr = GROUP_SIZE // 8
+    # In words, not columns: K_WORDS is divisible by 16 where K is, so Triton proves the 16-byte alignment.
+    start, end = k_slice(K_WORDS, pid_k, WORDS, SPLIT_K)
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
-    word = tl.arange(0, WORDS)
-    k = tl.arange(0, BLOCK_K)
-    x_row = x_ptr + row.to(tl.int64) * K
-    w_rows = qweight_ptr + n[:, None] * (K // 8)
-    sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
+    # Tiles are [SEGS, BLOCK_N, SEG_WORDS]: segments (a step's words in one group) outermost, so that Triton lays a
+    # warp's lanes over words and segments and each thread keeps several rows, which share its activations.
+    n_rows = tl.minimum(n, N - 1)[None, :, None]  # tail rows re-read the last row: no mask on the weight loads
+    segments = (tl.arange(0, SEGS) * SEG_WORDS)[:, None, None]
+    words = segments + tl.arange(0, SEG_WORDS)[None, None, :]
+    w_rows = qweight_ptr + n_rows * K_WORDS + words
+    sz_rows = scale_zero_ptr + n_rows * (K_WORDS // GROUP_WORDS) + segments // GROUP_WORDS
+    pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
+    x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K_WORDS * 4) + pairs
 
-    w_next, sz_next = load_words(w_rows, sz_rows, n_mask, k_start // 8 + word, k_end // 8, GROUP_SIZE)
-    x_next = tl.load(x_row + k_start + k, mask=k_start + k < k_end, other=0.0)
-    acc = tl.zeros([BLOCK_N, WORDS], dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
+    first = tl.minimum(start, end - WORDS) if EVEN_K else start
+    w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
+    acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
+    for word0 in range(start, end, WORDS):
         w, sz, x = w_next, sz_next, x_next
-        next_words = (k0 + BLOCK_K) // 8 + word
-        w_next, sz_next = load_words(w_rows, sz_rows, n_mask, next_words, k_end // 8, GROUP_SIZE)
-        x_next = tl.load(x_row + k0 + BLOCK_K + k, mask=k0 + BLOCK_K + k < k_end, other=0.0)
-
-        scale, zero_plus_1024 = split_scale_zero(sz)
-        q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
-        q = join_words(q0, q1, q2, q3, q4, q5, q6, q7, BLOCK_N, BLOCK_K)  # 1024 + q, in column order
-        x_words = tl.reshape(x.to(tl.float32), (WORDS, 8))
-        xq = tl.sum(tl.reshape(q, (BLOCK_N, WORDS, 8)).to(tl.float32) * x_words[None, :, :], axis=2)
-        x_sum = tl.sum(x_words, axis=1)
-        acc += scale.to(tl.float32) * (xq - zero_plus_1024.to(tl.float32) * x_sum[None, :])
-    result = tl.sum(acc, axis=1)
+        following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
+        w_next, sz_next, x_next = load_step(
+            w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, EVEN_K
+        )
+        even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
+        x01, x45 = tl.split(even_pairs)
+        x23, x67 = tl.split(odd_pairs)
+        acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
+    result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -113,9 +134,31 @@ def awqd_w4_gemv_kernel(
         tl.store(out_ptr + (pid_k * rows + row).to(tl.int64) * N + n, result, mask=n_mask)
 
 
+@triton.jit
+def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
+    """The step at word0: weight words, their groups' (scale, zero) words and each word's 4 activation pairs, masked
+    to 0 past end unless every step is whole (a masked word meets zero activations).
+
+    The activations are loaded first: Triton then moves them into the weights' register layout after the next step's
+    loads are issued. Loaded last, they win and the weights move instead, at the top of the loop or right after
+    their load, which waits on the loads the prefetch meant to leave in flight (the sm_90 TTGIR of either order)."""
+    if EVEN_K:
+        x = tl.load(x_pairs + word0 * 4)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS)
+        w = tl.load(w_rows + word0)
+    else:
+        inside = word0 + words < end
+        x = tl.load(x_pairs + word0 * 4, mask=inside[:, :, :, None], other=0)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
+        w = tl.load(w_rows + word0, mask=inside, other=0)
+    return w, sz, x
+
+
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
     """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
     rows = x.shape[0]
+    if x.data_ptr() % 4:  # the kernel reads activations as int32 pairs: a view 2 bytes into a buffer is copied
+        x = x.clone()
     config = config or gemv_config(rows, packed, x.device)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)
@@ -126,12 +169,15 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
         packed.out_features,
-        packed.in_features,
+        packed.in_features // 8,
         GROUP_SIZE=packed.group_size,
+        SEGMENT=min(packed.group_size, config.block_k),
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
+        EVEN_K=packed.in_features % config.block_k == 0,
         HAS_BIAS=packed.bias is not None,
+        IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
         num_warps=config.num_warps,
         num_stages=config.num_stages,

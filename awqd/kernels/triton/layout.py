@@ -6,8 +6,8 @@ qweight      int32 [out, in/8]: row-major along K, so a program reads each outpu
 scale_zero   int32 [out, in/g]: the fp16 scale in the low half and the fp16 zero in the high half, one 4-byte
              load per (row, group). The zero is an integer 0..15, exact in fp16.
 
-The GEMV folds the quantization per word: sum_k x_k (q_k - z) s = s * (sum_k x_k q_k - z * sum_k x_k), so its
-inner loop multiplies raw 4-bit values; the GEMM dequantizes the tile to fp16 for the tensor cores.
+The GEMV never dequantizes a tile: per word it forms sum_j (q_j - z) x_j against the activations in nibble-pair
+order and multiplies by the scale once (worddot.py); the GEMM dequantizes the tile to fp16 for the tensor cores.
 """
 
 import os
@@ -20,7 +20,7 @@ from awqd.quant.packing import pack_int4
 from awqd.quant.tensors import QuantizedWeight
 
 LAYOUT = "awqd_w4"
-NIBBLE_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # 3-bit reversal: see unpack.py and the GEMM's interleave
+NIBBLE_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # 3-bit reversal: see unpack.py, worddot.py and the GEMM's interleave
 GROUP_SIZES = (32, 64, 128)  # the sizes the kernels are verified with (CPU interpreter and GPU); others are refused
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 # Relative error (||y - ref|| / ||ref||) the kernels are tested to. Accumulation is fp32 throughout, so the error is

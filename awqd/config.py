@@ -84,8 +84,8 @@ class ServeConfig:
     cpu_devices: int = 1  # tests and development only: the host CPU listed as N devices (awqd.node.devices)
     kernel: str = "auto"
     candidate_plugins: tuple[str, ...] = ()  # MODULE:CLASS kernel candidates from outside awqd (docs/plugins.md)
-    # An H200's cold first boot took 131-138 s for 11 candidates x 10 buckets; the skinny kernel's tuning and timing
-    # come on top (its cold selection is not timed yet), and buckets past the budget fall back to the rules.
+    # An H200's cold first boot took 240.6 s for 11 candidates x 12 buckets, all measured (bench/results/
+    # h200-2026-12-02-concurrency-final); buckets past the budget fall back to the rules.
     selection_budget_s: float = 240.0
     single_layout: bool = False
     grace_period_s: float = 30.0

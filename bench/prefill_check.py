@@ -36,7 +36,7 @@ from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
 from awqd.engine.layers.attention import AttentionShape, prompt_attention
 from awqd.kernels import registry
-from awqd.kernels.selection import DEFAULT_BUCKETS, select_kernels
+from awqd.kernels.selection import select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
@@ -170,7 +170,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--selection-budget", type=float, default=240.0)
     parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
-    parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)))
+    parser.add_argument("--buckets", help="comma-separated selection buckets (default: the daemon's for the device)")
     parser.add_argument("--prompts", default="4,16,64", help="prompts per prefill step (128 tokens each)")
     parser.add_argument("--kernels", default=",".join(LARGE_CANDIDATES), help="candidates to pin, where usable")
     args = parser.parse_args()
@@ -190,7 +190,7 @@ def main() -> int:
         synthesize(args.arch, checkpoint, version="GEMM")
     config = open_checkpoint(checkpoint).config
     shapes = engine_layer_shapes(config)
-    buckets = [int(b) for b in args.buckets.split(",")]
+    buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else None
     with step(results, "kernel_selection", args.selection_budget + 180):
         info = next(d for d in discover().devices if d.torch_device == str(device))
         decisions = select_kernels(

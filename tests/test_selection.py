@@ -6,6 +6,7 @@ Also the measuring helpers, the layer shapes, and the candidate layouts against 
 import pytest
 import torch
 
+from awqd.config import EngineSettings
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels import registry
 from awqd.kernels.candidates.dequant_cublas import dequantize_gemm_layout
@@ -22,9 +23,11 @@ from awqd.kernels.measure import (
 )
 from awqd.kernels.selection import (
     DEFAULT_BUCKETS,
+    GPU_PREFILL_BUCKETS,
     CandidateReport,
     DeviceDecisions,
     KernelDecision,
+    default_buckets,
     resolve_forced,
     select_kernels,
 )
@@ -47,6 +50,13 @@ CPU_CANDIDATES = {"reference_torch", "torch_int4_cpu", "dequant_matmul_cpu"}
 @pytest.fixture(scope="module")
 def decisions() -> DeviceDecisions:
     return select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=None, budget_s=60.0)
+
+
+def test_gpus_also_decide_the_large_prefill_steps_and_the_cpu_does_not():
+    gpu = DeviceInfo(1, "cuda", "GPU-0", "test GPU", (9, 0), 1 << 37, "cuda:0", 0)
+    assert default_buckets(gpu) == (*DEFAULT_BUCKETS, *GPU_PREFILL_BUCKETS)
+    assert max(default_buckets(gpu)) >= EngineSettings.prefill_tokens_per_step
+    assert default_buckets(CPU) == DEFAULT_BUCKETS
 
 
 def test_boot_selection_measures_every_bucket(decisions):

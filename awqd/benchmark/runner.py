@@ -33,7 +33,7 @@ from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.kernels import registry
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.measure import FP16_BASELINE, default_repetitions
-from awqd.kernels.selection import DEFAULT_BUCKETS, DeviceDecisions, device_label, resolve_forced_name
+from awqd.kernels.selection import DeviceDecisions, default_buckets, device_label, resolve_forced_name
 from awqd.kernels.shapes import decoder_layer_shapes, engine_layer_shapes, shapes_from_config
 from awqd.models.synth import ARCHITECTURES, GROUP_SIZE
 from awqd.state import NodeState
@@ -199,7 +199,7 @@ def plan_kernel(host: BenchmarkHost, params: BenchmarkParams) -> Planned:
         shapes=tuple(layers.values()),
         group_size=group_size,
         candidates=kernel_candidates(device_decisions(host, device), params.kernels),
-        batch_sizes=tuple(sorted(set(params.batch_sizes))) or DEFAULT_BUCKETS,
+        batch_sizes=tuple(sorted(set(params.batch_sizes))) or default_buckets(device),
         warmup=params.warmup_iterations or warmup,
         iterations=params.iterations or iterations,
     )

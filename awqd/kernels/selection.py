@@ -60,10 +60,12 @@ from awqd.node.devices import DeviceInfo
 
 log = structlog.get_logger("awqd.kernels")
 
-# Decode batches up to 512 rows, and prefill steps up to --prefill-tokens-per-step's default: on an H200 a
-# 64-prompt, 8192-token step ran 12% faster on dequantize + cuBLAS than on the 512 bucket's fbgemm kernel
-# (bench/results/h200-2026-12-02-prefill), and a step takes the kernel of the smallest bucket that covers it.
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 8192)
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # decode batches, and prefill steps on the CPU
+# On GPUs, prefill steps up to --prefill-tokens-per-step's default too: a step takes the kernel of the smallest
+# bucket that covers it, and on an H200 a 64-prompt, 8192-token step ran 12% faster on dequantize + cuBLAS than on
+# the 512 bucket's fbgemm kernel (bench/results/h200-2026-12-02-prefill). The CPU leaves them out: its kernels all
+# multiply densely at that size, and timing 8192-token steps would take a small host minutes.
+GPU_PREFILL_BUCKETS = (2048, 8192)
 DEFAULT_GRAPH_BATCH = 256  # the engine's default --max-batch-size: decode steps up to it replay CUDA graphs
 # How much slower than the runner-up a cached choice may re-time before the cache is re-measured. On an H200 the
 # same kernel re-timed within 2% across boots; the host CPU drifted ~8% (bench/results/h200-2026-11-21), so the
@@ -196,13 +198,17 @@ def graph_buckets_for(device: DeviceInfo, buckets: Sequence[int], graph_batch: i
     return [b for b in buckets if b <= covering]
 
 
+def default_buckets(device: DeviceInfo) -> tuple[int, ...]:
+    return DEFAULT_BUCKETS + GPU_PREFILL_BUCKETS if device.kind == "cuda" else DEFAULT_BUCKETS
+
+
 def select_kernels(
     device: DeviceInfo,
     shapes: Sequence[tuple[int, int]],
     group_size: int,
     cache_dir: Path | None,
     budget_s: float = 60.0,
-    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    buckets: Sequence[int] | None = None,
     forced: str | None = None,
     graph_batch: int = DEFAULT_GRAPH_BATCH,
     shared_from: str = "",
@@ -211,9 +217,10 @@ def select_kernels(
 
     `graph_batch` is the largest decode batch the engine replays as a CUDA graph (0 when graphs are off).
     `shared_from` names an identical device (same fingerprint) decided just before: when this device has no cached
-    decisions of its own, that device's are re-validated here instead of measuring again."""
+    decisions of its own, that device's are re-validated here instead of measuring again. `buckets` defaults to
+    default_buckets(device)."""
     started = time.perf_counter()
-    shapes, buckets = [tuple(s) for s in shapes], sorted(set(buckets))
+    shapes, buckets = [tuple(s) for s in shapes], sorted(set(buckets or default_buckets(device)))
     graph_buckets = graph_buckets_for(device, buckets, graph_batch)
     parts = cache.fingerprint_parts(device, shapes, group_size, buckets, plugins.active_specs(), graph_buckets)
     fingerprint = cache.fingerprint(parts)

@@ -100,7 +100,12 @@ def gather(cache: torch.Tensor, tables: torch.Tensor, span: int) -> torch.Tensor
 
 
 def prompt_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], offsets: torch.Tensor | None, shape
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: list[int],
+    offsets: torch.Tensor | None,
+    shape: AttentionShape,
 ) -> torch.Tensor:
     """Causal attention of each prompt's rows over that prompt (within the sliding window, if any). q [T, heads,
     head_dim], k and v [T, kv_heads, head_dim] hold the prompts' rows one prompt after another, lengths[i] rows

@@ -213,8 +213,9 @@ def rotate_and_store_kernel(
 
 
 def heads_per_program(shape: AttentionShape) -> int:
-    """Up to 8 heads per program, a power of two dividing both head counts: one head of 128 per program left the
-    step's 8192-row prefill at about a third of the H200's bandwidth (bench/results/h200-2026-12-02-prefill)."""
+    """Up to 8 heads per program, a power of two dividing both head counts: with one head per program this kernel
+    took 10.1 ms of an 8192-token Llama-2-7B prefill step on an H200, with 8 it took 4.0 ms
+    (bench/results/h200-2026-12-02-prefill)."""
     return next(n for n in (8, 4, 2, 1) if shape.num_heads % n == 0 and shape.num_kv_heads % n == 0)
 
 

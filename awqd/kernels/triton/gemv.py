@@ -41,18 +41,19 @@ class GemvConfig:
 
 
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
-# Chosen from the sm_90 SASS, not yet timed on the H200: (SASS instructions per word in the loop, registers) on the
-# qkv shape, the 256-column tiles on down's.
-# A thread holds BLOCK_N / num_warps rows of 4 words per segment, so rows per thread amortise the activations;
-# the smaller tiles give N = 4096 more programs. 256-column steps are whole on K = 11008.
+# Chosen from the sm_90 SASS: (SASS instructions per word in the loop, registers) on the qkv shape, the 256-column
+# tiles on down's. A thread holds BLOCK_N / num_warps rows of 4 words per segment, so rows per thread amortise the
+# activations; the smaller tiles give N = 4096 more programs. 256-column steps are whole on K = 11008.
+# Timed on an H200, ms per Llama-2-7B layer at 1 / 2 tokens (bench/results/h200-2026-12-02-gemv): the first, the
+# untuned default, is within 6% of the best tile at 1 token and the best at 2.
 TILES = (
-    GemvConfig(8, 1024, 1, 2),  # (22.3, 164)
-    GemvConfig(16, 512, 1, 2),  # (21.4, 156)
-    GemvConfig(32, 256, 1, 2),  # (22.3, 128)
-    GemvConfig(16, 256, 1, 2),  # (26.4, 80)
-    GemvConfig(4, 1024, 1, 2),  # (28.5, 94)
-    GemvConfig(16, 1024, 1, 4),  # (21.9, 164)
-    GemvConfig(8, 512, 1, 1),  # (21.3, 159): one warp, so its layout conversion's barriers cost least
+    GemvConfig(16, 512, 1, 2),  # (21.4, 156): 0.0527 / 0.0692
+    GemvConfig(8, 1024, 1, 2),  # (22.3, 164): 0.0523 / 0.0873
+    GemvConfig(32, 256, 1, 2),  # (22.3, 128): 0.0727 / 0.0857
+    GemvConfig(16, 256, 1, 2),  # (26.4, 80): 0.0679 / 0.0850
+    GemvConfig(4, 1024, 1, 2),  # (28.5, 94): 0.0713 / 0.1273
+    GemvConfig(16, 1024, 1, 4),  # (21.9, 164): 0.0497 / 0.0759
+    GemvConfig(8, 512, 1, 1),  # (21.3, 159): 0.0526 / 0.0692; one warp, so its layout conversion's barriers cost least
 )
 DEFAULT_TILE = TILES[0]
 

@@ -84,6 +84,8 @@ def test_metrics_during_and_after_generate(daemon):
     if all(c.finish_reason == pb.FINISH_REASON_LENGTH for c in completions):
         decode_s = grew("awqd_inter_token_latency_seconds_sum", model=DEMO, device="cpu")
         assert decode_s * 1000 == pytest.approx(decode_ms, rel=1e-6)
+    for message in ("first", "last"):  # each stream's first token and its completion, through the real server loop
+        assert grew("awqd_stream_delivery_lag_seconds_count", model=DEMO, message=message) == 2
     assert value(after, "awqd_queue_depth", model=DEMO, device="cpu") == 0
     # The default CPU budget, 16384 tokens in 16-token blocks, all free again.
     assert value(after, "awqd_kv_cache_tokens", model=DEMO, device="cpu") == 16384

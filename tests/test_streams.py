@@ -7,6 +7,7 @@ from collections import Counter
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job, TokenDelta
@@ -81,9 +82,21 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
         texts = await asyncio.wait_for(readers, timeout=10)
         return texts, wakeups
 
+    counted_before = {message: delivery_lags(message) for message in ("first", "last")}
     texts, wakeups = asyncio.run(scenario())
     assert texts == [["12", "end"]] * 50  # each stream was two tokens behind when it read: one message for both
     assert wakeups == 1, f"{wakeups} loop wake-ups for one burst of 150 events"
+    for message, (count, total) in counted_before.items():  # each stream's first token and completion, once each
+        assert delivery_lags(message)[0] == count + 50
+        assert delivery_lags(message)[1] > total
+
+
+def delivery_lags(message: str) -> tuple[float, float]:
+    """awqd_stream_delivery_lag_seconds' count and sum for the test streams' model and this message."""
+    labels = {"model": DEMO, "message": message}
+    sample = REGISTRY.get_sample_value
+    count = sample("awqd_stream_delivery_lag_seconds_count", labels) or 0.0
+    return count, sample("awqd_stream_delivery_lag_seconds_sum", labels) or 0.0
 
 
 def test_bridge_merges_only_what_a_stream_has_fallen_behind_on():

@@ -5,34 +5,39 @@ decode step streams a token to every running sequence), not once per event; on t
 queue of the stream it belongs to, which that stream's RPC awaits. A stream that has fallen behind (its queue holds
 several token deltas when it reads) sends them as one message: the proto's deltas are "added since the previous
 message", and under load one write per step instead of one per token keeps the loop from falling further behind.
+How far behind the loop is shows in awqd_stream_delivery_lag_seconds, at each stream's first token and completion.
 """
 
 import asyncio
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 
+from awqd import metrics
 from awqd.engine.sequence import Event, Finished, Job, TokenDelta
+
+Stamped = tuple[Event, float]  # an event and when the engine handed it over (perf_counter)
 
 
 class EventBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[asyncio.Queue[Event], Event]] = collections.deque()
+        self._pending: collections.deque[tuple[asyncio.Queue[Stamped], Stamped]] = collections.deque()
         self._wake_pending = False
 
     def stream(self, job: Job) -> AsyncIterator[TokenDelta | Finished]:
         """On the loop: the job's deltas, then Finished, or the error that ended it raised."""
-        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        inbox: asyncio.Queue[Stamped] = asyncio.Queue()
         job.events.listen(lambda event: self._put(inbox, event))
-        return _read(inbox)
+        return _read(inbox, job.params.model)
 
-    def _put(self, inbox: asyncio.Queue[Event], event: Event) -> None:
+    def _put(self, inbox: asyncio.Queue[Stamped], event: Event) -> None:
         """On an engine thread: queues the event, and wakes the loop unless a wake-up is already on its way."""
         with self._lock:
-            self._pending.append((inbox, event))
+            self._pending.append((inbox, (event, time.perf_counter())))
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -47,18 +52,24 @@ class EventBridge:
             inbox.put_nowait(event)
 
 
-async def _read(inbox: asyncio.Queue[Event]) -> AsyncIterator[TokenDelta | Finished]:
-    held: Event | None = None  # the event after a merged run of deltas, read ahead
+async def _read(inbox: asyncio.Queue[Stamped], model: str) -> AsyncIterator[TokenDelta | Finished]:
+    held: Stamped | None = None  # the event after a merged run of deltas, read ahead
+    first_token = metrics.STREAM_DELIVERY_LAG.labels(model, "first")
     while True:
-        event, held = (held, None) if held is not None else (await inbox.get(), None)
+        (event, handed_at), held = (held, None) if held is not None else (await inbox.get(), None)
         if isinstance(event, Exception):
             raise event
         while isinstance(event, TokenDelta) and not inbox.empty():
-            following = inbox.get_nowait()
+            following, following_at = inbox.get_nowait()
             if not isinstance(following, TokenDelta):
-                held = following
+                held = following, following_at
                 break
             event = TokenDelta(event.text + following.text, event.token_ids + following.token_ids)
+        if first_token is not None and isinstance(event, TokenDelta) and event.token_ids:
+            first_token.observe(time.perf_counter() - handed_at)
+            first_token = None
+        elif isinstance(event, Finished):
+            metrics.STREAM_DELIVERY_LAG.labels(model, "last").observe(time.perf_counter() - handed_at)
         yield event
         if isinstance(event, Finished):
             return

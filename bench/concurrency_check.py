@@ -74,11 +74,11 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     serve = [
         sys.executable, "-m", "awqd", "serve", "--listen", target, "--cache-dir", str(work / "cache"),
-        "--metrics-listen", "off",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
     ]  # fmt: skip
     if args.dry_run:
         model = "awqd-demo"
@@ -93,7 +93,7 @@ def main() -> int:
         client = ["--prompt-tokens", "128", "--new-tokens", "128"]
     if args.compare_overlap:
         levels, hold = ("8,32" if args.dry_run else "64,256"), 0
-    client += ["--processes", str(args.client_processes)]
+    client += ["--processes", str(args.client_processes), "--metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
     client += ["--levels", args.levels or levels, "--hold", str(hold if args.hold is None else args.hold)]
     serve += [*(BEFORE_CAPS if args.before else ()), *args.serve_args]
     if not args.compare_overlap:

@@ -12,6 +12,8 @@ With --warmup, an untimed round at the same level runs first. Then per level:
 - inter-token time p50/p99 at the client;
 - the server's own ms per token (Completion.timings.ms_per_output_token), and the streaming overhead per token:
   the client's mean inter-token time minus the server's ms per token, per stream, averaged (microseconds);
+- with --metrics (the daemon's metrics URL), the server loop's mean delivery lag at each stream's first token and
+  completion (awqd_stream_delivery_lag_seconds), which separates the server's share of the overhead from the client's;
 - the statuses: OK, or each gRPC code, and "lost" streams (OK without a Completion, or tokens that disagree with
   its usage). A stream never hangs: --timeout gives every call a deadline, so it ends with a status.
 --hold N opens N streams at once after the levels: every one must complete or end with an explicit status.
@@ -30,6 +32,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -204,6 +207,29 @@ def summary(streams: list[Stream]) -> dict:
     }
 
 
+def delivery_lags(metrics_url: str, model: str) -> dict[str, tuple[float, float]]:
+    """The daemon's awqd_stream_delivery_lag_seconds count and sum per message (first, last) for the model."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    lags = {"first": [0.0, 0.0], "last": [0.0, 0.0]}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model or sample.labels.get("message") not in lags:
+                continue
+            if sample.name == "awqd_stream_delivery_lag_seconds_count":
+                lags[sample.labels["message"]][0] = sample.value
+            elif sample.name == "awqd_stream_delivery_lag_seconds_sum":
+                lags[sample.labels["message"]][1] = sample.value
+    return {message: (count, total) for message, (count, total) in lags.items()}
+
+
+def mean_lag_ms(before: dict, after: dict, message: str) -> float | None:
+    count = after[message][0] - before[message][0]
+    return round((after[message][1] - before[message][1]) / count * 1000, 3) if count else None
+
+
 async def wait_ready(target: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(target) as channel:
@@ -242,22 +268,28 @@ async def run(args: argparse.Namespace, results: dict, write) -> None:
     async def play(streams: int) -> list[Stream]:
         return await (rounds.round(streams) if rounds else client.streams(list(range(streams))))
 
+    async def measured(level: int) -> dict:
+        """One timed round: the client's summary, and with --metrics the server loop's mean delivery lag in it."""
+        lags = delivery_lags(args.metrics, args.model) if args.metrics else None
+        started = time.perf_counter()
+        row = {"level": level, **summary(await play(level))}
+        if lags is not None:
+            after = delivery_lags(args.metrics, args.model)
+            row["server_lag_first_ms"] = mean_lag_ms(lags, after, "first")
+            row["server_lag_last_ms"] = mean_lag_ms(lags, after, "last")
+        row["wall_s"] = round(time.perf_counter() - started, 3)
+        print(json.dumps(row), flush=True)
+        return row
+
     try:
         results["server"] = await describe(client)
         for level in args.levels:
             if args.warmup:
                 await play(level)
-            started = time.perf_counter()
-            row = {"level": level, **summary(await play(level))}
-            row["wall_s"] = round(time.perf_counter() - started, 3)
-            results["levels"].append(row)
-            print(json.dumps(row), flush=True)
+            results["levels"].append(await measured(level))
             write()
         if args.hold:
-            started = time.perf_counter()
-            results["hold"] = {"level": args.hold, **summary(await play(args.hold))}
-            results["hold"]["wall_s"] = round(time.perf_counter() - started, 3)
-            print(json.dumps(results["hold"]), flush=True)
+            results["hold"] = await measured(args.hold)
     finally:
         await client.close()
         if rounds:
@@ -277,8 +309,9 @@ def markdown(data: dict) -> str:
         f"Started {data['started_at']}.",
         "",
         "| concurrent streams | aggregate tok/s (client) | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
-        "inter-token p99 ms | server ms/token | overhead µs/token | statuses | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "inter-token p99 ms | server ms/token | overhead µs/token | server loop lag first / last ms | statuses | "
+        "lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = list(data["levels"])
     if "hold" in data:
@@ -287,7 +320,8 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {row['level']} | {row['tokens_per_s']} | {row['ttft_p50_ms']} | {row['ttft_p99_ms']} | "
             f"{row['inter_token_p50_ms']} | {row['inter_token_p99_ms']} | {row['server_ms_per_token']} | "
-            f"{row['overhead_us_per_token']} | {row['codes']} | {row['lost']} |"
+            f"{row['overhead_us_per_token']} | {row.get('server_lag_first_ms', '-')} / "
+            f"{row.get('server_lag_last_ms', '-')} | {row['codes']} | {row['lost']} |"
         )
     for error in data.get("errors", []):
         lines.append(f"- **Error:** {error}")
@@ -307,6 +341,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="client processes each round's streams are dealt to")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each call, seconds")
     parser.add_argument("--wait-ready", type=float, default=0.0, help="first wait this long for health SERVING")
+    parser.add_argument("--metrics", help="the daemon's metrics URL: report its stream delivery lag per level")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",") if level]

@@ -48,8 +48,8 @@ class EventBridge:
         with self._lock:
             batch, self._pending = self._pending, collections.deque()
             self._wake_pending = False
-        for inbox, event in batch:
-            inbox.put_nowait(event)
+        for inbox, stamped in batch:
+            inbox.put_nowait(stamped)
 
 
 async def _read(inbox: asyncio.Queue[Stamped], model: str) -> AsyncIterator[TokenDelta | Finished]:

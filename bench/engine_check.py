@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -76,16 +77,20 @@ TARGETS = {"single_query_tokens_per_s": 400.0, "ttft_ms": 15.0, "concurrent_32_t
 
 
 class Results:
-    def __init__(self, out: Path):
+    """A check's results so far, written as OUT/NAME.json and OUT/NAME.md (rendered by `render`) at every step."""
+
+    def __init__(self, out: Path, name: str = "engine-check", render: Callable[[dict], str] | None = None):
         self.out = out
+        self.name = name
+        self.render = render or markdown
         self.data: dict = {"started_at": datetime.now(UTC).isoformat(), "steps": {}, "errors": []}
         self.lock = threading.Lock()
 
     def write(self) -> None:
         with self.lock:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "engine-check.json").write_text(json.dumps(self.data, indent=2))
-            (self.out / "engine-check.md").write_text(markdown(self.data))
+            (self.out / f"{self.name}.json").write_text(json.dumps(self.data, indent=2))
+            (self.out / f"{self.name}.md").write_text(self.render(self.data))
 
 
 @contextmanager

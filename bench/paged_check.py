@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import statistics
 import sys
 import tempfile
@@ -74,14 +73,6 @@ from awqd.quant.linear import KernelRouter
 
 PREEMPTION_STREAMS = 32
 BUILT: list[weakref.ref] = []  # every engine's KV cache, to check that a finished engine left nothing behind
-
-
-class PagedResults(Results):
-    def write(self) -> None:
-        with self.lock:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "paged-check.json").write_text(json.dumps(self.data, indent=2))
-            (self.out / "paged-check.md").write_text(markdown(self.data))
 
 
 def greedy(tokens: int, pinned=None) -> GenerateParams:
@@ -332,7 +323,7 @@ def main() -> int:
     args = parser.parse_args()
     levels = [int(n) for n in args.streams.split(",")]
     batches = [int(n) for n in args.equality_batches.split(",")]
-    results = PagedResults(args.out)
+    results = Results(args.out, "paged-check", markdown)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():

@@ -18,7 +18,6 @@ Writes prefill-check.json and prefill-check.md to --out. A CPU dry run: --device
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import tempfile
@@ -123,14 +122,6 @@ def profile_prefill(runner, prompts: list[list[int]], out: Path) -> str:
     return table
 
 
-class PrefillResults(Results):
-    def write(self) -> None:
-        with self.lock:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "prefill-check.json").write_text(json.dumps(self.data, indent=2, default=str))
-            (self.out / "prefill-check.md").write_text(markdown(self.data))
-
-
 def markdown(data: dict) -> str:
     lines = [
         f"# Prefill steps per kernel on {data['device']['name']}",
@@ -174,7 +165,7 @@ def main() -> int:
     parser.add_argument("--prompts", default="4,16,64", help="prompts per prefill step (128 tokens each)")
     parser.add_argument("--kernels", default=",".join(LARGE_CANDIDATES), help="candidates to pin, where usable")
     args = parser.parse_args()
-    results = PrefillResults(args.out)
+    results = Results(args.out, "prefill-check", markdown)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     results.data["device"] = {

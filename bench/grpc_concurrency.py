@@ -27,10 +27,10 @@ import asyncio
 import json
 import math
 import multiprocessing
+import multiprocessing.synchronize
 import random
 import statistics
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
@@ -147,10 +147,10 @@ class SpreadClient:
         self.pool.shutdown()
 
 
-_worker: tuple[asyncio.AbstractEventLoop, Client, threading.Barrier] | None = None
+_worker: tuple[asyncio.AbstractEventLoop, Client, multiprocessing.synchronize.Barrier] | None = None
 
 
-def _start_worker(args: argparse.Namespace, barrier) -> None:
+def _start_worker(args: argparse.Namespace, barrier: multiprocessing.synchronize.Barrier) -> None:
     global _worker
     loop = asyncio.new_event_loop()
     client = loop.run_until_complete(_client(args))

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for, store_transposed
+from awqd.kernels.triton.splitk import finish_split_k, output_buffers, program_tile, split_k_for, store_transposed
 from awqd.kernels.triton.unpack import dequantize_tile, load_words
 
 
@@ -115,13 +115,8 @@ def awqd_w4_gemm_kernel(
     USE_ASM: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    m_tiles = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % m_tiles
-    pid_n = pid // m_tiles
+    pid_m, pid_n, pid_k, k_start, k_end = program_tile(M, K, BLOCK_M, BLOCK_K, SPLIT_K)
     WORDS: tl.constexpr = BLOCK_K // 8
-    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
     dtype = x_ptr.dtype.element_ty
     operand_dtype = tl.float32 if DOT_IN_FP32 else dtype
 

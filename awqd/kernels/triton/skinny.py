@@ -31,7 +31,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.gemm import dot_in_fp32
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, sm_count, store_transposed
+from awqd.kernels.triton.splitk import finish_split_k, output_buffers, program_tile, sm_count, store_transposed
 from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
 
@@ -153,13 +153,8 @@ def awqd_w4_skinny_kernel(
     DOT_IN_FP32: tl.constexpr,
 ):
     tl.static_assert(GROUP_SIZE % BLOCK_K == 0, "a K step must stay within one quantization group")
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    m_tiles = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % m_tiles
-    pid_n = pid // m_tiles
+    pid_m, pid_n, pid_k, k_start, k_end = program_tile(M, K, BLOCK_M, BLOCK_K, SPLIT_K)
     WORDS: tl.constexpr = BLOCK_K // 8
-    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
     operand_dtype: tl.constexpr = tl.float32 if DOT_IN_FP32 else tl.bfloat16 if IS_BF16 else tl.float16
 
     m0 = pid_m * BLOCK_M

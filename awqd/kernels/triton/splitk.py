@@ -31,6 +31,17 @@ def split_k_for(tiles: int, k_blocks: int, device: torch.device, max_split: int 
 
 
 @triton.jit
+def program_tile(M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """A GEMM program's work on grid (M tiles x N tiles, SPLIT_K): its output tile (pid_m, pid_n), M tiles fastest
+    so that the programs sharing a weight tile run together, and its K slice pid_k, [k_start, k_end)."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m_tiles = tl.cdiv(M, BLOCK_M)
+    k_start, k_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
+    return pid % m_tiles, pid // m_tiles, pid_k, k_start, k_end
+
+
+@triton.jit
 def k_slice(K, pid_k, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """[k_start, k_end) of K slice pid_k: whole BLOCK_K steps, the last slice taking the remainder."""
     slice_k = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K

@@ -186,7 +186,8 @@ def test_cancellation_storm_leaves_the_rest_complete_and_frees_capacity(daemon):
     join_all(start_threads(client, clients))
     for result in results[0::2]:
         assert_complete(result, new_tokens)
-    assert all(len(result.token_ids) == 2 for result in results[1::2])
+    # A stream that falls behind gets its pending tokens coalesced, so two messages carry two tokens or more.
+    assert all(2 <= len(result.token_ids) < LONG for result in results[1::2])
 
     def all_jobs_finished() -> bool:
         return len(daemon.events("generation_finished")) - finished_before >= clients

@@ -35,7 +35,7 @@ class ModelSpec:
 
 def parse_placement(text: str, field: str = "device") -> tuple[str, ...]:
     """The devices a placement names, in order: () for the default device, ("all",) for every one. Whether each
-    device exists is checked where the devices are known (awqd.models.replicas)."""
+    device exists is checked where the devices are known (awqd.hosting.replicas)."""
     if not text:
         return ()
     devices = tuple(part.strip() for part in text.split(","))

@@ -25,6 +25,7 @@ from awqd.config import ModelSpec, ServeConfig
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
+from awqd.hosting.manager import HostedModel, ModelManager
 from awqd.kernels import plugins, registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.cache_dir import export_cache_dir
@@ -32,11 +33,10 @@ from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonG
 from awqd.kernels.selection import DeviceDecisions, candidate_reports, resolve_forced, select_kernels
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
 from awqd.kernels.triton import compilations
+from awqd.labels import publish_feature_file
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.demo import DEMO_NAME, demo_model_path, ensure_demo_model
-from awqd.models.manager import HostedModel, ModelManager
 from awqd.node.devices import DeviceInfo, discover, memory_free_bytes
-from awqd.node.labels import publish_feature_file
 from awqd.node.versions import component_versions
 from awqd.state import DeviceState, NodeState
 
@@ -287,7 +287,7 @@ class Daemon:
                 "(--max-prompt-tokens)",
             )
         job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
-        self.models.submit(hosted, job)  # the least-loaded ready replica (awqd.models.replicas)
+        self.models.submit(hosted, job)  # the least-loaded ready replica (awqd.hosting.replicas)
         return job
 
     def node_state(self) -> NodeState:

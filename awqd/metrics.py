@@ -2,7 +2,7 @@
 
 The scrape endpoint and the metrics read from the daemon at scrape time are in awqd/server/metrics.py.
 Per-engine series carry the model and the torch device its engine runs on (one engine per device a model is placed
-on, awqd.models.replicas).
+on, awqd.hosting.replicas).
 """
 
 from prometheus_client import Counter, Gauge, Histogram

@@ -54,13 +54,13 @@ from awqd.engine.sequence import Finished, Job
 from awqd.kernels import registry
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemmBatchInvariant
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import resolve_forced, select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
 from awqd.models.synth import synthesize
 from awqd.node.devices import discover
-from awqd.quant.linear import KernelRouter
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128

@@ -63,13 +63,13 @@ from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Job
 from awqd.kernels import registry
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
 from awqd.models.synth import synthesize
 from awqd.node.devices import discover
-from awqd.quant.linear import KernelRouter
 
 PREEMPTION_STREAMS = 32
 BUILT: list[weakref.ref] = []  # every engine's KV cache, to check that a finished engine left nothing behind

@@ -35,13 +35,13 @@ from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
 from awqd.engine.layers.attention import AttentionShape, prompt_attention
 from awqd.kernels import registry
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
 from awqd.models.synth import synthesize
 from awqd.node.devices import discover
-from awqd.quant.linear import KernelRouter
 
 PROMPT_TOKENS = 128
 LARGE_CANDIDATES = (

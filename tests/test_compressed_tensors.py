@@ -18,8 +18,8 @@ from test_loader import SENTENCES, TINY, logits, reference_router, write_tokeniz
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from awqd.errors import CheckpointError
+from awqd.kernels.linear import AwqLinear
 from awqd.models.loader import load_model
-from awqd.quant.linear import AwqLinear
 from awqd.quant.reference import dequantize
 from awqd_client import AwqdClient
 from awqd_client.v1 import awqd_pb2 as pb

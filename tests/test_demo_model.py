@@ -12,9 +12,9 @@ import torch
 
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.models.demo import MARKER_FILE, RECIPE, ensure_demo_model, is_complete
 from awqd.models.loader import load_model
-from awqd.quant.linear import KernelRouter
 from awqd.quantize.autoawq import REPORT_FILE
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from awqd.engine.sequence import Finished, Job
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.measure import KernelTiming
 from awqd.kernels.selection import DeviceDecisions, KernelDecision
 from awqd.models.loader import load_model
-from awqd.quant.linear import KernelRouter
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2
 

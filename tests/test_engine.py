@@ -25,8 +25,8 @@ from awqd.errors import InvalidArgument, ResourceExhausted
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import AwqLinear, KernelRouter
 from awqd.models.loader import load_model
-from awqd.quant.linear import AwqLinear, KernelRouter
 from awqd.quant.tensors import QuantizedWeight, concat_out_features
 
 CPU = torch.device("cpu")

@@ -18,8 +18,8 @@ from awqd.config import ServeConfig
 from awqd.errors import InvalidArgument
 from awqd.kernels.measure import CorrectnessCheck, KernelTiming
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision, select_kernels
+from awqd.labels import MAX_FILE_BYTES, check_label, feature_labels, publish_feature_file, write_feature_file
 from awqd.node.devices import DeviceInfo
-from awqd.node.labels import MAX_FILE_BYTES, check_label, feature_labels, publish_feature_file, write_feature_file
 from awqd_client.client import AwqdClient
 
 from daemon_process import DaemonProcess

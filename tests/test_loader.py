@@ -16,8 +16,8 @@ from awqd.engine.model import DecoderModel
 from awqd.errors import CheckpointError, FailedPrecondition
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import AwqLinear, KernelRouter
 from awqd.models.loader import LoadedModel, load_model
-from awqd.quant.linear import AwqLinear, KernelRouter
 from awqd.quant.packing import pack, unpack
 from awqd.quant.reference import reference_linear
 from awqd.quant.tensors import QuantizedWeight

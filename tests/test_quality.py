@@ -20,8 +20,8 @@ from awqd.engine.model import DecoderModel
 from awqd.errors import InvalidArgument
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.models.loader import load_model
-from awqd.quant.linear import KernelRouter
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 

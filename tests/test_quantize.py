@@ -12,9 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from awqd.errors import InvalidArgument
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.models.loader import load_model
 from awqd.models.tokenizer import shipped_texts, train_tokenizer
-from awqd.quant.linear import KernelRouter
 from awqd.quant.packing import unpack
 from awqd.quant.reference import dequantize
 from awqd.quant.tensors import QuantizedWeight

@@ -15,12 +15,12 @@ from awqd.config import EngineSettings, ModelSpec
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
 from awqd.errors import InvalidArgument, NotFound, Unavailable
+from awqd.hosting.manager import ModelManager
+from awqd.hosting.replicas import ModelState, resolve_placement
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.selection import select_kernels
 from awqd.models.demo import DEMO_NAME
-from awqd.models.manager import ModelManager
-from awqd.models.replicas import ModelState, resolve_placement
 from awqd.node.devices import DeviceInfo, discover
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc

@@ -12,10 +12,10 @@ from transformers import AutoTokenizer
 from awqd.errors import InvalidArgument
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.models import synth
 from awqd.models.loader import load_model
 from awqd.models.synth import ARCHITECTURES, GROUP_SIZE, synthesize
-from awqd.quant.linear import KernelRouter
 from awqd.quant.packing import expected_shapes, unpack
 from awqd.quant.reference import dequantize
 

@@ -15,11 +15,11 @@ from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
 from awqd.engine.warmup import burst_lengths, prefill_sizes
 from awqd.errors import FailedPrecondition, ResourceExhausted, Unavailable, WarmupFailed
+from awqd.hosting.manager import ModelManager
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
 from awqd.kernels.triton import compilations
-from awqd.models.manager import ModelManager
 
 
 class CpuPlanner:

@@ -20,7 +20,7 @@ from awqd.benchmark.report import BatchSweepPoint, Progress
 from awqd.benchmark.single_query import POLL_S, prompt_ids
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
-from awqd.models.manager import HostedModel
+from awqd.hosting.manager import HostedModel
 
 WARMUP_TOKENS = 8
 

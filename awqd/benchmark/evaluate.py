@@ -28,11 +28,11 @@ from awqd.errors import InvalidArgument
 from awqd.kernels import registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import device_eligibility
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_config, load_model, load_tokenizer
 from awqd.node.devices import find_device
-from awqd.quant.linear import KernelRouter
 
 
 @dataclass(frozen=True)

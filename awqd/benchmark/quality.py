@@ -35,7 +35,7 @@ from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels.base import Candidate
 from awqd.kernels.candidates.layouts import PackedLinear
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
-from awqd.quant.linear import AwqLinear
+from awqd.kernels.linear import AwqLinear
 from awqd.quant.packing import unpack
 from awqd.quant.tensors import QuantizedWeight
 

@@ -40,8 +40,8 @@ from awqd.state import NodeState
 
 if TYPE_CHECKING:  # the daemon imports this module
     from awqd.config import ServeConfig
+    from awqd.hosting.manager import HostedModel, ModelManager
     from awqd.kernels.base import Candidate
-    from awqd.models.manager import HostedModel, ModelManager
     from awqd.node.devices import DeviceInfo, Discovery
 
 log = structlog.get_logger("awqd.benchmark")

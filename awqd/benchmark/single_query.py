@@ -23,8 +23,8 @@ from awqd.benchmark.budget import Budget
 from awqd.benchmark.report import Progress, SingleQueryResult
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job, TokenDelta
+from awqd.hosting.manager import HostedModel
 from awqd.kernels.base import Candidate
-from awqd.models.manager import HostedModel
 
 PROMPT_SEEDS = 4  # prompts tried per kernel before accepting runs that end at EOS
 POLL_S = 0.1  # how often a run waiting in the queue checks whether the benchmark must stop

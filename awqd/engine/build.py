@@ -8,8 +8,8 @@ from awqd.engine.kv_cache import SwapSpace, allocate, plan_kv_cache, plan_swap_b
 from awqd.engine.model import DecoderModel
 from awqd.engine.scheduler import AdmissionLimits, Scheduler
 from awqd.engine.step import StepRunner
+from awqd.kernels.linear import KernelRouter
 from awqd.models.loader import LoadedModel
-from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
 

@@ -38,8 +38,8 @@ from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
 from awqd.engine.layers.rotary import apply_rotary, rotary_tables
 from awqd.errors import CheckpointError
+from awqd.kernels.linear import AwqLinear
 from awqd.models.loader import LoadedModel
-from awqd.quant.linear import AwqLinear
 
 # Runs one quantized linear on its input; the default is the layer itself, i.e. the model's router.
 Project = Callable[[AwqLinear, torch.Tensor], torch.Tensor]

@@ -72,7 +72,7 @@ from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, Job, Sequence, summary
 from awqd.engine.step import StepRunner
 from awqd.errors import InvalidArgument, ResourceExhausted, Unavailable
-from awqd.quant.linear import KernelRouter
+from awqd.kernels.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
 
@@ -450,7 +450,7 @@ class Scheduler:
         )
         job.events.put(event)
 
-    # For replica routing and health (awqd.models.replicas): read-only snapshots, and the end of a stopped engine.
+    # For replica routing and health (awqd.hosting.replicas): read-only snapshots, and the end of a stopped engine.
     def load(self) -> "EngineLoad":
         """What this engine still has to do, as a racy snapshot (good enough to route by)."""
         with self._condition:

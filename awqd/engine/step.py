@@ -29,7 +29,7 @@ import torch
 
 from awqd.engine.kv_cache import PADDING_BLOCK, KvCache
 from awqd.engine.model import DecoderModel
-from awqd.quant.linear import KernelRouter
+from awqd.kernels.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
 

@@ -22,9 +22,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from awqd.errors import CheckpointError
 from awqd.kernels.base import Candidate
+from awqd.kernels.linear import AwqLinear, KernelRouter
 from awqd.models import compressed_tensors
 from awqd.models.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint
-from awqd.quant.linear import AwqLinear, KernelRouter
 from awqd.quant.packing import expected_shapes, unpack
 from awqd.quant.tensors import QuantConfig, QuantizedWeight, concat_out_features
 

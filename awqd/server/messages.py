@@ -9,9 +9,9 @@ from awqd.benchmark import report as benchmark
 from awqd.benchmark.params import BenchmarkParams
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, TokenDelta
+from awqd.hosting.manager import HostedModel
+from awqd.hosting.replicas import Replica
 from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
-from awqd.models.manager import HostedModel
-from awqd.models.replicas import Replica
 from awqd.state import DeviceState, NodeState
 from awqd_client.v1 import awqd_pb2 as pb
 

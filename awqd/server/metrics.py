@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from awqd.errors import InvalidArgument
-from awqd.models.replicas import ModelState
+from awqd.hosting.replicas import ModelState
 from awqd.node.devices import memory_free_bytes
 
 if TYPE_CHECKING:

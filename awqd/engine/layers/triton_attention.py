@@ -8,12 +8,16 @@ softmax's starting point, so the kernel never reads back what it just stored. Ro
 model's dtype at the same points as the torch path.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
-from awqd.engine.layers.attention import AttentionShape
 from awqd.kernels.triton.layout import interpreting
+
+if TYPE_CHECKING:  # attention.py imports this module when it runs on Triton
+    from awqd.engine.layers.attention import AttentionShape
 
 BLOCK_N = 64  # cached positions per step
 MIN_DOT = 16  # tl.dot's smallest M, N and K
@@ -127,7 +131,7 @@ def decode_attention_rows(
     sin: torch.Tensor,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
-    shape: AttentionShape,
+    shape: "AttentionShape",
 ) -> torch.Tensor:
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
@@ -212,7 +216,7 @@ def rotate_and_store_kernel(
         tl.store(cache_v_ptr + slot * HEAD_DIM + d[None, :], v, mask=mask)
 
 
-def heads_per_program(shape: AttentionShape) -> int:
+def heads_per_program(shape: "AttentionShape") -> int:
     """Up to 8 heads per program, a power of two dividing both head counts: with one head per program this kernel
     took 10.1 ms of an 8192-token Llama-2-7B prefill step on an H200, with 8 it took 4.0 ms
     (bench/results/h200-2026-12-02-prefill)."""
@@ -228,7 +232,7 @@ def rotate_and_store_rows(
     sin: torch.Tensor,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
-    shape: AttentionShape,
+    shape: "AttentionShape",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = qkv.shape[0]
     heads, kv_heads, head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim

@@ -1,5 +1,5 @@
 """The hosted models: load, unload, look up, route, and their life-cycle states. Each model is a set of replicas,
-one engine per device it is placed on (awqd.models.replicas)."""
+one engine per device it is placed on (awqd.hosting.replicas)."""
 
 import contextlib
 import gc
@@ -29,12 +29,12 @@ from awqd.errors import (
     PermissionDenied,
     Unavailable,
 )
+from awqd.hosting.replicas import ModelState, Replica, alias, least_loaded, model_state, resolve_placement
 from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.triton import compilations
 from awqd.models.loader import LoadedModel, load_model
-from awqd.models.replicas import ModelState, Replica, alias, least_loaded, model_state, resolve_placement
 from awqd.node.devices import DeviceInfo
-from awqd.quant.linear import KernelRouter
 
 log = structlog.get_logger("awqd.models")
 
@@ -53,7 +53,7 @@ class KernelPlanner(Protocol):
 
 @dataclass
 class HostedModel:
-    """A hosted model: its replicas, one engine per device it is placed on (awqd.models.replicas)."""
+    """A hosted model: its replicas, one engine per device it is placed on (awqd.hosting.replicas)."""
 
     name: str
     path: Path
@@ -140,7 +140,7 @@ class ModelManager:
         return resolved
 
     def placement(self, placement: str, field_name: str = "device") -> list[str]:
-        """The torch devices a placement names (awqd.models.replicas), each checked."""
+        """The torch devices a placement names (awqd.hosting.replicas), each checked."""
         if self.devices:
             devices = resolve_placement(placement, self.devices, self.default_device, field_name)
         else:

@@ -22,9 +22,9 @@ from awqd.config import PLACE_EVERYWHERE, parse_placement
 from awqd.engine.scheduler import EngineLoad, Scheduler
 from awqd.engine.warmup import WarmupReport
 from awqd.errors import InvalidArgument
+from awqd.kernels.linear import KernelRouter
 from awqd.models.loader import LoadedModel
 from awqd.node.devices import DeviceInfo
-from awqd.quant.linear import KernelRouter
 
 
 class ModelState(StrEnum):

@@ -56,11 +56,15 @@ def test_metrics_during_and_after_generate(daemon):
         stub = awqd_pb2_grpc.AwqdServiceStub(channel)
         calls = [stub.Generate(request) for _ in range(2)]  # the second waits in the model's queue
         deadline = time.monotonic() + 30
+        # One scrape reads the stream gauge before the queue, and the loop can take the second call in between: so
+        # poll until one scrape sees both streams, while the first one runs (300 tokens) and the second waits.
         during = scrape(daemon)
-        while value(during, "awqd_queue_depth", model=DEMO, device="cpu") < 1:
-            assert time.monotonic() < deadline, "the second Generate never queued"
+        while not (
+            value(during, "awqd_queue_depth", model=DEMO, device="cpu") == 1
+            and value(during, "awqd_streams_in_flight") == 2
+        ):
+            assert time.monotonic() < deadline, "no scrape saw one Generate running and the other queued"
             during = scrape(daemon)
-        assert value(during, "awqd_streams_in_flight") == 2
         assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") > 0  # the running one's
         completions = [list(call)[-1].completion for call in calls]
     after = scrape(daemon)

@@ -1,18 +1,34 @@
-"""Domain errors. Each carries the gRPC status it maps to; the server's interceptor does the mapping."""
+"""Domain errors. Each carries the status it maps to, by its gRPC name; the server's interceptor does the mapping,
+so nothing below the server depends on grpc."""
 
-import grpc
+from enum import Enum
+
+
+class Status(Enum):
+    """The gRPC status codes awqd's errors use, named as grpc.StatusCode names them."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 class AwqdError(Exception):
     """Base of every error awqd reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code = Status.INTERNAL
 
 
 class InvalidArgument(AwqdError):
     """A request field is malformed or out of range."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Status.INVALID_ARGUMENT
 
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
@@ -21,33 +37,33 @@ class InvalidArgument(AwqdError):
 
 
 class NotFound(AwqdError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Status.NOT_FOUND
 
 
 class AlreadyExists(AwqdError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Status.ALREADY_EXISTS
 
 
 class Unauthenticated(AwqdError):
     """The call carries no credentials the daemon accepts."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Status.UNAUTHENTICATED
 
 
 class PermissionDenied(AwqdError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Status.PERMISSION_DENIED
 
 
 class FailedPrecondition(AwqdError):
     """The request is valid but the node's state or hardware does not allow it."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION
 
 
 class ResourceExhausted(AwqdError):
     """Over a limit; retry_after_ms, when set, is sent as the `retry-after-ms` trailing metadata."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, retry_after_ms: int | None = None):
         super().__init__(message)
@@ -58,7 +74,7 @@ class Unavailable(AwqdError):
     """Retrying later may succeed: a model still loading, a daemon shutting down. retry_after_ms as for
     ResourceExhausted."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Status.UNAVAILABLE
 
     def __init__(self, message: str, retry_after_ms: int | None = None):
         super().__init__(message)
@@ -66,13 +82,13 @@ class Unavailable(AwqdError):
 
 
 class Unimplemented(AwqdError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = Status.UNIMPLEMENTED
 
 
 class WarmupFailed(AwqdError):
     """A loaded model's warm-up failed (e.g. out of memory capturing a decode graph): it cannot serve here."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION
 
     def __init__(self, step: str):
         super().__init__(f"warm-up failed: {step}")
@@ -81,4 +97,4 @@ class WarmupFailed(AwqdError):
 class CheckpointError(AwqdError):
     """A checkpoint on disk is missing, corrupt or unsupported; the message names the file or field."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION

@@ -1,4 +1,5 @@
-"""The tree shows the architecture: awqd's packages import one way, so the package import graph has no cycle.
+"""The tree shows the architecture: awqd's packages import one way, so the package import graph has no cycle, and
+only the server imports grpc.
 
 A package is awqd/<name>/ or a top-level module awqd/<name>.py. Every import counts, a deferred one inside a
 function too: deferring an import hides a cycle from the interpreter, not from a reader.
@@ -7,6 +8,10 @@ function too: deferring an import hides a cycle from the interpreter, not from a
 import ast
 from collections import defaultdict
 from pathlib import Path
+
+import grpc
+
+from awqd.errors import Status
 
 ROOT = Path(__file__).resolve().parent.parent / "awqd"
 
@@ -66,6 +71,18 @@ def test_the_package_import_graph_has_no_cycle():
     graph = package_graph()
     assert {"server", "daemon", "engine", "kernels", "hosting"} <= set(graph), sorted(graph)
     assert find_cycle(graph) == [], "packages import each other: " + " -> ".join(find_cycle(graph))
+
+
+def test_only_the_server_imports_grpc():
+    """Errors carry their status by name (awqd.errors.Status); the server's interceptor maps it to grpc's code."""
+    importers = {
+        str(path.relative_to(ROOT))
+        for path in ROOT.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if any(module.split(".")[0] == "grpc" for module in imported_modules(node))
+    }
+    assert importers and all(path.startswith("server/") for path in importers), sorted(importers)
+    assert {status.name for status in Status} <= set(grpc.StatusCode.__members__)
 
 
 def test_a_cycle_is_found_and_named():

@@ -97,7 +97,7 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
 
 def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, AwqdError):
-        return error.code, str(error)
+        return grpc.StatusCode[error.code.name], str(error)
     log.error("rpc_failed", method=method, exc_info=error)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 

@@ -26,11 +26,18 @@ from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from awqd.hosting.manager import HostedModel, ModelManager
+from awqd.hosting.replicas import ModelState
 from awqd.kernels import plugins, registry
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.cache_dir import export_cache_dir
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
-from awqd.kernels.selection import DeviceDecisions, candidate_reports, resolve_forced, select_kernels
+from awqd.kernels.selection import (
+    DecisionSource,
+    DeviceDecisions,
+    candidate_reports,
+    resolve_forced,
+    select_kernels,
+)
 from awqd.kernels.shapes import default_shapes, engine_layer_shapes
 from awqd.kernels.triton import compilations
 from awqd.labels import publish_feature_file
@@ -92,7 +99,7 @@ class Daemon:
         if self.config.feature_file is not None:
             publish_feature_file(self.config.feature_file, self.discovery.devices, self.decisions)
         self.ready.set()
-        log.info("ready", models=[m.name for m in self.models.list() if m.state == "ready"])
+        log.info("ready", models=[m.name for m in self.models.list() if m.state == ModelState.READY])
 
     def _selected_at_boot(self, shapes: dict[str, list]) -> list[DeviceInfo]:
         """Every GPU (the node's labels list their decisions), the default device, and any device a model is placed
@@ -142,7 +149,10 @@ class Daemon:
         def decide_group(members: list[DeviceInfo]) -> None:
             leader, *followers = members
             self.decisions[leader.torch_device] = self._select(leader, shapes, group_sizes)
-            shared = self.decisions[leader.torch_device].source in ("measured", "cache_validated")
+            shared = self.decisions[leader.torch_device].source in (
+                DecisionSource.MEASURED,
+                DecisionSource.CACHE_VALIDATED,
+            )
             shared_from = leader.uuid if shared else ""
             with ThreadPoolExecutor(max_workers=max(1, len(followers)), thread_name_prefix="revalidate") as pool:
                 decided = pool.map(lambda device: self._select(device, shapes, group_sizes, shared_from), followers)

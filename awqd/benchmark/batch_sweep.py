@@ -19,7 +19,7 @@ from awqd.benchmark.budget import Budget
 from awqd.benchmark.report import BatchSweepPoint, Progress
 from awqd.benchmark.single_query import POLL_S, prompt_ids
 from awqd.engine.request import GenerateParams
-from awqd.engine.sequence import Finished, Job
+from awqd.engine.sequence import Finished, FinishReason, Job
 from awqd.hosting.manager import HostedModel
 
 WARMUP_TOKENS = 8
@@ -64,7 +64,7 @@ def run_round(plan: BatchSweepPlan, streams: int, new_tokens: int, budget: Budge
             if isinstance(event, Finished):
                 finished.append(event)
                 break
-    if any(event.finish_reason == "cancelled" for event in finished):
+    if any(event.finish_reason == FinishReason.CANCELLED for event in finished):
         return None
     return finished
 
@@ -94,7 +94,7 @@ def measure_batch_sweep(plan: BatchSweepPlan, budget: Budget) -> Generator[Progr
                 inter_token_p99_ms=gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))] if gaps else 0.0,
             )
         )
-        short = [event.completion_tokens for event in finished if event.finish_reason == "eos"]
+        short = [event.completion_tokens for event in finished if event.finish_reason == FinishReason.EOS]
         if short:
             results.notes.append(
                 f"{streams} sequences: {len(short)} ended at end-of-sequence before {plan.new_tokens} tokens"

@@ -22,7 +22,7 @@ import torch
 from awqd.benchmark.budget import Budget
 from awqd.benchmark.report import Progress, SingleQueryResult
 from awqd.engine.request import GenerateParams
-from awqd.engine.sequence import Finished, Job, TokenDelta
+from awqd.engine.sequence import Finished, FinishReason, Job, TokenDelta
 from awqd.hosting.manager import HostedModel
 from awqd.kernels.base import Candidate
 
@@ -98,14 +98,14 @@ def run_once(hosted: HostedModel, ids: list[int], new_tokens: int, entry: Kernel
             continue
         break
     finished: Finished = event
-    if finished.finish_reason == "cancelled":
+    if finished.finish_reason == FinishReason.CANCELLED:
         return None
     return Run(
         ttft_ms=finished.time_to_first_token_ms - finished.queue_ms,
         gaps_ms=[later - earlier for earlier, later in pairwise(finished.token_times_ms)],
         total_ms=finished.total_ms - finished.queue_ms,
         tokens=finished.completion_tokens,
-        ended_at_eos=finished.finish_reason == "eos",
+        ended_at_eos=finished.finish_reason == FinishReason.EOS,
     )
 
 

@@ -69,7 +69,7 @@ from awqd.config import PREEMPTION_POLICIES
 from awqd.engine.inflight import InFlightStep
 from awqd.engine.kv_cache import BlockTables, SwapSpace, blocks_for
 from awqd.engine.sampling import SamplingBatch, choose_tokens
-from awqd.engine.sequence import Finished, Job, Sequence, summary
+from awqd.engine.sequence import Finished, FinishReason, Job, Sequence, summary
 from awqd.engine.step import StepRunner
 from awqd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from awqd.kernels.linear import KernelRouter
@@ -211,11 +211,11 @@ class Scheduler:
         for seq in [seq for seq in self._preempted if seq.job.cancelled.is_set()]:
             self._preempted.remove(seq)
             self.swap.release(seq)
-            self._finished(seq.job, seq.finish("cancelled"))
+            self._finished(seq.job, seq.finish(FinishReason.CANCELLED))
         for job in list(self._waiting):
             if job.cancelled.is_set():
                 self._waiting.remove(job)
-                self._end_unstarted(job, "cancelled")
+                self._end_unstarted(job, FinishReason.CANCELLED)
             elif now - job.received_at > self.limits.queue_timeout_s:
                 self._waiting.remove(job)
                 retry_ms = self._retry_hint_ms()
@@ -408,13 +408,13 @@ class Scheduler:
 
     def _end_cancelled(self) -> None:
         for seq in [seq for seq in self._running if seq.job.cancelled.is_set()]:
-            self._release(seq, "cancelled")
+            self._release(seq, FinishReason.CANCELLED)
 
-    def _release(self, seq: Sequence, reason: str = "") -> None:
+    def _release(self, seq: Sequence, reason: FinishReason | None = None) -> None:
         self._leave(seq)
         self._finished(seq.job, seq.finish(reason))
 
-    def _end_unstarted(self, job: Job, reason: str) -> None:
+    def _end_unstarted(self, job: Job, reason: FinishReason) -> None:
         self._finished(job, summary(job, reason, time.perf_counter(), []))
 
     def _fail(self, sequences: list[Sequence], error: Exception) -> None:

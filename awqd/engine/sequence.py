@@ -13,12 +13,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from awqd.engine.detokenize import IncrementalDecoder, StopMatcher
 from awqd.engine.request import GenerateParams
 from awqd.engine.sampling import RowSampling
 from awqd.engine.step import StepKernel
 from awqd.kernels.base import Candidate
+
+
+class FinishReason(StrEnum):
+    LENGTH = "length"  # max_new_tokens reached
+    STOP = "stop"  # a stop sequence matched
+    EOS = "eos"  # the model sampled an end-of-sequence token
+    CANCELLED = "cancelled"  # the caller went away or its deadline passed
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class KernelUse:
 
 @dataclass(frozen=True)
 class Finished:
-    finish_reason: str  # "length" | "stop" | "eos" | "cancelled"
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_ms: float
@@ -123,7 +131,7 @@ class Sequence:
         self.generated: list[int] = []  # the tokens accepted so far that the sequence goes on from
         self.token_times: list[float] = []
         self.step_kernels: Counter[tuple[str, int, str]] = Counter()
-        self.finish_reason = ""
+        self.finish_reason: FinishReason | None = None
 
     @property
     def remaining_tokens(self) -> int:
@@ -136,15 +144,15 @@ class Sequence:
         """Takes the sampled token and streams its text; True when the sequence is done."""
         self.token_times.append(time.perf_counter())
         if token in self.eos_ids:
-            self.finish_reason = "eos"
+            self.finish_reason = FinishReason.EOS
             return True
         text, stopped = self.stops.feed(self.decoder.push(token))
         self.job.events.put(TokenDelta(text=text, token_ids=(token,)))
         if stopped:
-            self.finish_reason = "stop"
+            self.finish_reason = FinishReason.STOP
             return True
         if self.remaining_tokens == 0:
-            self.finish_reason = "length"
+            self.finish_reason = FinishReason.LENGTH
             return True
         self.generated.append(token)
         self.last_token = token
@@ -158,22 +166,22 @@ class Sequence:
         none: position, last_token and the sampling step, len(token_times), are all it resumes decoding from.)"""
         return self.job.prompt_ids + self.generated
 
-    def finish(self, reason: str = "") -> Finished:
+    def finish(self, reason: FinishReason | None = None) -> Finished:
         """Streams the held-back tail where the text ended normally; returns the summary for the caller to send."""
         self.finish_reason = reason or self.finish_reason
-        if self.finish_reason in ("length", "eos") and (tail := self.stops.flush()):
+        if self.finish_reason in (FinishReason.LENGTH, FinishReason.EOS) and (tail := self.stops.flush()):
             self.job.events.put(TokenDelta(text=tail, token_ids=()))
         return summary(self.job, self.finish_reason, self.started_at, self.token_times, self.step_kernels)
 
 
 def summary(
-    job: Job, reason: str, started_at: float, token_times: list[float], step_kernels: Counter | None = None
+    job: Job, reason: FinishReason, started_at: float, token_times: list[float], step_kernels: Counter | None = None
 ) -> Finished:
     received_at = job.received_at
     return Finished(
         finish_reason=reason,
         prompt_tokens=len(job.prompt_ids),
-        completion_tokens=len(token_times) - (reason == "eos"),
+        completion_tokens=len(token_times) - (reason == FinishReason.EOS),
         time_to_first_token_ms=(token_times[0] - received_at) * 1000 if token_times else 0.0,
         ms_per_output_token=(token_times[-1] - token_times[0]) * 1000 / (len(token_times) - 1)
         if len(token_times) > 1

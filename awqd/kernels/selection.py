@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,6 @@ DEFAULT_GRAPH_BATCH = 256  # the engine's default --max-batch-size: decode steps
 # same kernel re-timed within 2% across boots; the host CPU drifted ~8% (bench/results/h200-2026-11-21), so the
 # CPU gets a wider margin rather than re-measuring on every boot.
 NOISE_MARGINS = {"cuda": 0.10, "cpu": 0.25}
-SOURCES = ("measured", "cache_validated", "capability_rule", "forced")
 # Of the time left after correctness checks, what tuning launch configurations may take; timing gets the rest.
 TUNING_SHARE = 0.5
 REFERENCE = "reference_torch"
@@ -108,11 +108,18 @@ class Rejection:
     reason: str
 
 
+class DecisionSource(StrEnum):
+    MEASURED = "measured"  # timed on this boot
+    CACHE_VALIDATED = "cache_validated"  # cached, and its kernels re-checked and re-timed at this boot
+    CAPABILITY_RULE = "capability_rule"  # from the rules alone: nothing could be timed
+    FORCED = "forced"  # the operator's --kernel
+
+
 @dataclass
 class KernelDecision:
     batch_tokens: int
     kernel: str
-    source: str  # one of SOURCES
+    source: DecisionSource
     reason: str
     timings: list[KernelTiming] = field(default_factory=list)  # fastest first
     rejected: list[Rejection] = field(default_factory=list)  # correct candidates left out of this bucket, and why
@@ -126,7 +133,7 @@ class DeviceDecisions:
     device_label: str  # e.g. "NVIDIA H200 (cuda:0, compute capability 9.0)"
     candidates: list[CandidateReport]
     decisions: list[KernelDecision]
-    source: str
+    source: DecisionSource  # the most common among the decisions
     measured_at: datetime | None
     duration_s: float
     fingerprint: str
@@ -174,6 +181,7 @@ class DeviceDecisions:
             KernelDecision(
                 **{
                     **d,
+                    "source": DecisionSource(d["source"]),
                     "timings": [KernelTiming(**t) for t in d["timings"]],
                     "rejected": [Rejection(**r) for r in d.get("rejected", [])],
                 }
@@ -181,7 +189,15 @@ class DeviceDecisions:
             for d in data["decisions"]
         ]
         measured_at = datetime.fromisoformat(data["measured_at"]) if data["measured_at"] else None
-        return cls(**{**data, "candidates": candidates, "decisions": decisions, "measured_at": measured_at})
+        return cls(
+            **{
+                **data,
+                "source": DecisionSource(data["source"]),
+                "candidates": candidates,
+                "decisions": decisions,
+                "measured_at": measured_at,
+            }
+        )
 
 
 def device_label(device: DeviceInfo) -> str:
@@ -244,7 +260,7 @@ def select_kernels(
     except Exception as error:  # selection must never keep a device from serving
         log.exception("kernel_selection_failed", device=device.uuid)
         decisions = DeviceDecisions(
-            device.uuid, device_label(device), reports, [], "capability_rule", None, 0.0, fingerprint
+            device.uuid, device_label(device), reports, [], DecisionSource.CAPABILITY_RULE, None, 0.0, fingerprint
         )
         decisions.notes.append(f"selection failed ({type(error).__name__}: {error}); using capability rules")
         decisions.decisions = rule_decisions(device, reports, buckets, "selection failed")
@@ -357,7 +373,15 @@ def select_measured_or_cached(
     if not any(report.supported for report in reports):
         notes.append(f"no kernel candidate is supported on {device_label(device)}")
         return DeviceDecisions(
-            device.uuid, device_label(device), reports, [], "capability_rule", None, 0.0, fingerprint, notes
+            device.uuid,
+            device_label(device),
+            reports,
+            [],
+            DecisionSource.CAPABILITY_RULE,
+            None,
+            0.0,
+            fingerprint,
+            notes,
         )
     plan = Plan(
         isolated, torch.device(device.torch_device), shapes, group_size, buckets, graph_buckets, deadline, notes
@@ -377,7 +401,7 @@ def select_measured_or_cached(
                     return validated
         decisions = measure(device, reports, plan)
         decisions.fingerprint = fingerprint
-        if cache_dir is not None and decisions.source == "measured":
+        if cache_dir is not None and decisions.source == DecisionSource.MEASURED:
             write_note = cache.store(cache_dir, device.uuid, fingerprint, parts, decisions.to_dict())
             decisions.notes += [write_note] if write_note else [f"saved to {cache.cache_path(cache_dir, device.uuid)}"]
         elif cache_dir is not None:
@@ -438,7 +462,7 @@ def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> D
     if not usable:
         notes.append(f"no supported candidate passed its correctness check on {device_label(device)}")
         return DeviceDecisions(
-            device.uuid, device_label(device), reports, [], "capability_rule", measured_at, 0.0, "", notes
+            device.uuid, device_label(device), reports, [], DecisionSource.CAPABILITY_RULE, measured_at, 0.0, "", notes
         )
     bandwidth = measure_bandwidth(plan)
     tuning = tune_all(usable, plan)
@@ -454,7 +478,7 @@ def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> D
             decisions += rule_decisions(device, reports, [bucket], why, plan.graph_buckets)
         if decisions and decisions[-1].batch_tokens == bucket:
             decisions[-1].rejected = rejected.get(bucket, [])
-    source = Counter(d.source for d in decisions).most_common(1)[0][0] if decisions else "capability_rule"
+    source = Counter(d.source for d in decisions).most_common(1)[0][0] if decisions else DecisionSource.CAPABILITY_RULE
     result = DeviceDecisions(
         device.uuid, device_label(device), reports, decisions, source, measured_at, 0.0, "", notes, tuning=tuning
     )
@@ -560,7 +584,7 @@ def measured_decision(bucket: int, timings: list[KernelTiming]) -> KernelDecisio
         )
     else:
         reason += "; the only correct candidate"
-    return KernelDecision(bucket, best.kernel, "measured", reason, timings)
+    return KernelDecision(bucket, best.kernel, DecisionSource.MEASURED, reason, timings)
 
 
 def rule_decisions(
@@ -594,7 +618,7 @@ def rule_decisions(
         if kernel not in allowed:
             kernel = preferred[0]
             reason += f"; {choice.name} did not pass here, so {kernel}, the first candidate that did"
-        decisions.append(KernelDecision(bucket, kernel, "capability_rule", reason))
+        decisions.append(KernelDecision(bucket, kernel, DecisionSource.CAPABILITY_RULE, reason))
     return decisions
 
 
@@ -637,7 +661,7 @@ def validate_cached(
             report.correctness, report.rejected = cached_report.correctness, cached_report.rejected
         report.graph_replay = report.graph_replay or cached_report.graph_replay
     for decision in stored.decisions:
-        decision.source = "cache_validated"
+        decision.source = DecisionSource.CACHE_VALIDATED
         decision.reason = f"{decision.reason} (measured {stored.measured_at:%Y-%m-%d %H:%M} UTC, re-validated)"
     notes.append(ordering_note)
     validated = DeviceDecisions(
@@ -645,7 +669,7 @@ def validate_cached(
         device_label(device),
         reports,
         stored.decisions,
-        "cache_validated",
+        DecisionSource.CACHE_VALIDATED,
         stored.measured_at,
         0.0,
         stored.fingerprint,
@@ -753,5 +777,5 @@ def apply_forced(decisions: DeviceDecisions, forced: str) -> None:
         return
     for decision in decisions.decisions:
         decision.reason = f"forced to {name} by the operator ({forced!r}); selection chose {decision.kernel}"
-        decision.kernel, decision.source = name, "forced"
-    decisions.source = "forced"
+        decision.kernel, decision.source = name, DecisionSource.FORCED
+    decisions.source = DecisionSource.FORCED

@@ -8,10 +8,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from awqd.benchmark import report as benchmark
 from awqd.benchmark.params import BenchmarkParams
 from awqd.engine.request import GenerateParams
-from awqd.engine.sequence import Finished, TokenDelta
+from awqd.engine.sequence import Finished, FinishReason, TokenDelta
 from awqd.hosting.manager import HostedModel
-from awqd.hosting.replicas import Replica
-from awqd.kernels.selection import CandidateReport, DeviceDecisions, KernelDecision
+from awqd.hosting.replicas import ModelState, Replica
+from awqd.kernels.selection import CandidateReport, DecisionSource, DeviceDecisions, KernelDecision
 from awqd.state import DeviceState, NodeState
 from awqd_client.v1 import awqd_pb2 as pb
 
@@ -25,10 +25,10 @@ KERNEL_FAMILIES = {
 }
 DEVICE_KINDS = {"cpu": pb.DEVICE_KIND_CPU, "cuda": pb.DEVICE_KIND_CUDA}
 DECISION_SOURCES = {
-    "measured": pb.DECISION_SOURCE_MEASURED,
-    "cache_validated": pb.DECISION_SOURCE_CACHE_VALIDATED,
-    "capability_rule": pb.DECISION_SOURCE_CAPABILITY_RULE,
-    "forced": pb.DECISION_SOURCE_FORCED,
+    DecisionSource.MEASURED: pb.DECISION_SOURCE_MEASURED,
+    DecisionSource.CACHE_VALIDATED: pb.DECISION_SOURCE_CACHE_VALIDATED,
+    DecisionSource.CAPABILITY_RULE: pb.DECISION_SOURCE_CAPABILITY_RULE,
+    DecisionSource.FORCED: pb.DECISION_SOURCE_FORCED,
 }
 
 
@@ -158,17 +158,21 @@ def describe(state: NodeState, models: list[HostedModel]) -> pb.DescribeResponse
     )
 
 
-MODEL_STATES = {"loading": pb.MODEL_STATE_LOADING, "ready": pb.MODEL_STATE_READY, "failed": pb.MODEL_STATE_FAILED}
+MODEL_STATES = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
 PACKINGS = {
     "GEMM": pb.QUANT_PACKING_GEMM,
     "GEMV": pb.QUANT_PACKING_GEMV,
     "PACK_QUANTIZED": pb.QUANT_PACKING_PACK_QUANTIZED,
 }
 FINISH_REASONS = {
-    "length": pb.FINISH_REASON_LENGTH,
-    "stop": pb.FINISH_REASON_STOP,
-    "eos": pb.FINISH_REASON_EOS,
-    "cancelled": pb.FINISH_REASON_CANCELLED,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
 }
 
 

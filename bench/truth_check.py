@@ -48,7 +48,7 @@ import json, sys, traceback
 sys.path[:0] = sys.argv[1:3]
 import torch
 from awqd.kernels import registry
-from awqd.kernels.capability import probe_requirements
+from awqd.kernels.requirements import probe_requirements
 from awqd.kernels.measure import (check_correctness, check_graph_replay, measure_copy_bandwidth_gbps,
     prepare_layers, random_layer_weights, roofline_floor_ms, rotation_copies, time_candidate)
 from cupy_plugins import NullStreamLinear, OutOfBoundsWrite

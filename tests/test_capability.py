@@ -7,14 +7,8 @@ import torch
 
 from awqd.errors import InvalidArgument
 from awqd.kernels import registry
-from awqd.kernels.capability import (
-    CAPABILITY_TABLE,
-    REQUIREMENT_SOURCES,
-    eligibility,
-    probe_requirements,
-    sass_covers,
-    select_kernel_version,
-)
+from awqd.kernels.capability import CAPABILITY_TABLE, FAMILIES, eligibility, sass_covers, select_kernel_version
+from awqd.kernels.requirements import REQUIREMENT_SOURCES, probe_requirements
 
 NO_AWQ_EXT = "No module named 'awq_ext'"
 NO_AWQ_V2_EXT = "No module named 'awq_v2_ext'"
@@ -200,11 +194,13 @@ def test_probe_requirements_matches_this_machine():
         assert (probed[requirement] is None) == (importlib.util.find_spec(module) is not None)
 
 
-def test_every_table_row_has_a_candidate_class_and_back():
-    assert set(registry.CANDIDATES) == {rule.name for rule in CAPABILITY_TABLE}
+def test_each_table_row_is_a_candidate_class_named_once():
+    """The rows name the classes, and the registry is built from the rows: a repeated name would hide a candidate."""
+    names = [rule.name for rule in CAPABILITY_TABLE]
+    assert len(names) == len(set(names)) == len(registry.CANDIDATES)
     for rule in CAPABILITY_TABLE:
         candidate = registry.build(rule.name)
-        assert (candidate.name, candidate.family, candidate.layout) == (rule.name, rule.family, rule.layout)
+        assert type(candidate) is rule.candidate and candidate.family in FAMILIES and candidate.layout
 
 
 def test_registry_resolves_families_in_preference_order():

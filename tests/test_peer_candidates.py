@@ -22,8 +22,9 @@ from awqd.kernels.candidates.torch_int4_tinygemm import (
     pack_nibble_pairs,
     scales_and_zeros,
 )
-from awqd.kernels.capability import eligibility, probe_requirements
+from awqd.kernels.capability import eligibility
 from awqd.kernels.measure import FP16_TOLERANCE, check_correctness, random_weight
+from awqd.kernels.requirements import probe_requirements
 from awqd.quant.reference import dequantize, reference_linear
 
 CPU = torch.device("cpu")

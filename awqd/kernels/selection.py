@@ -37,15 +37,7 @@ import torch
 from awqd.errors import AwqdError, FailedPrecondition, InvalidArgument
 from awqd.kernels import cache, plugins, registry
 from awqd.kernels.base import Candidate, Dispatch
-from awqd.kernels.capability import (
-    CAPABILITY_TABLE,
-    FAMILIES,
-    Eligibility,
-    eligibility,
-    probe_requirements,
-    select_kernel_version,
-    torch_arch_list,
-)
+from awqd.kernels.capability import CAPABILITY_TABLE, FAMILIES, Eligibility, eligibility, select_kernel_version
 from awqd.kernels.isolation import IsolatedDevice, StepFailed
 from awqd.kernels.measure import (
     ROOFLINE_MARGIN,
@@ -57,6 +49,7 @@ from awqd.kernels.measure import (
     roofline_floor_ms,
     tolerance_for,
 )
+from awqd.kernels.requirements import probe_requirements, torch_arch_list
 from awqd.node.devices import DeviceInfo
 
 log = structlog.get_logger("awqd.kernels")

@@ -8,7 +8,7 @@ import torch
 from awqd.errors import FailedPrecondition
 from awqd.kernels.base import Candidate
 from awqd.kernels.candidates.layouts import PackedLinear, pack_gemv_layout
-from awqd.kernels.capability import optional_module
+from awqd.kernels.requirements import optional_module
 from awqd.quant.tensors import QuantizedWeight
 
 awq_ext, AWQ_EXT_ERROR = optional_module("awq_ext")

@@ -10,7 +10,7 @@ import torch
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels.base import Candidate
 from awqd.kernels.candidates.layouts import PackedLinear, pack_gemv_fast_layout
-from awqd.kernels.capability import optional_module
+from awqd.kernels.requirements import optional_module
 from awqd.quant.tensors import QuantizedWeight
 
 awq_v2_ext, AWQ_V2_EXT_ERROR = optional_module("awq_v2_ext")

@@ -15,7 +15,7 @@ import torch
 
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels.base import Candidate
-from awqd.kernels.capability import FBGEMM_ROWWISE, probe_requirements
+from awqd.kernels.requirements import FBGEMM_ROWWISE, probe_requirements
 from awqd.quant.tensors import QuantizedWeight
 
 K_TILE = 64  # TileShapeK = 128 bytes of bf16

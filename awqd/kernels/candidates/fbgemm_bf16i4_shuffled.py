@@ -18,7 +18,7 @@ from awqd.kernels.candidates.fbgemm_bf16i4_rowwise import (
     require,
     run_bf16,
 )
-from awqd.kernels.capability import FBGEMM_SHUFFLED
+from awqd.kernels.requirements import FBGEMM_SHUFFLED
 from awqd.quant.tensors import QuantizedWeight
 
 

@@ -22,8 +22,8 @@ import torch
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels.base import Candidate
 from awqd.kernels.cache_dir import kernel_cache_dir
-from awqd.kernels.capability import GEMLITE, probe_requirements
 from awqd.kernels.measure import random_weight
+from awqd.kernels.requirements import GEMLITE, probe_requirements
 from awqd.quant.tensors import QuantizedWeight
 
 MIN_IN_FEATURES = 32  # GemLiteLinear.MIN_SIZE: in_features must be a multiple of it

@@ -36,7 +36,7 @@ lint: install
 
 # The image and the Kubernetes manifests: hadolint, yamllint, and the full manifests against the oldest and newest
 # Kubernetes this deployment supports (kubernetes-validate bundles the schemas: no network needed). The kustomize
-# components are patches, not full objects; tests/test_deploy.py renders and validates them where kubectl exists.
+# components are patches, not full objects; tests/deploy/test_deploy.py renders and validates them where kubectl exists.
 DEPLOY_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
 DEPLOY_K8S_VERSIONS := 1.31.0 1.37.0
 

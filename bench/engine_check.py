@@ -10,7 +10,7 @@ On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), P=128 prompt token
 4. concurrency: 1, 8 and 32 streams submitted together, aggregate tokens/s and inter-token p50/p99;
 5. where the time goes: the GPU time of one captured decode step per batch bucket (CUDA events, no host), and a
    torch.profiler table of an eager decode step's kernels;
-6. correctness: the engine's Triton layer kernels against torch on the GPU (tests/test_engine_layers.py, bf16
+6. correctness: the engine's Triton layer kernels against torch on the GPU (tests/engine/test_engine_layers.py, bf16
    included); greedy batched (8 together) against each alone, with the per-bucket decisions and with
    --batch-invariant; CUDA-graph decode against eager decode. The batch-invariant engine's speed is measured too.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "engine"))
 
 from test_engine_layers import failures, run_cases
 

@@ -39,7 +39,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
   | tee -a "$OUT/steps.log"
 
 log "tests that branch on the GPU"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_capability.py 2>&1 | tail -2 \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/node/test_devices.py tests/kernels/test_capability.py 2>&1 | tail -2 \
   | tee -a "$OUT/steps.log"
 
 log "synthesize a $ARCH-shaped checkpoint"

@@ -5,7 +5,7 @@ kernel, so it is a candidate of its own. The op takes float32, fp16 or bf16, but
 on a 2-core AVX-512 host, [16 x 4096] @ [4096 x 4096] took 47 ms in bf16 and 3.2 s in float32 (1.1 ms and 209 ms
 for one row). So it computes in bf16, casting the CPU's float32 activations in and the result back, and is held to
 the 16-bit tolerance (precision). The packing itself is exact: with float32 scale and zero the op reproduces the
-reference weight bit for bit (tests/test_peer_candidates.py).
+reference weight bit for bit (tests/kernels/test_peer_candidates.py).
 """
 
 import torch

@@ -13,7 +13,7 @@ from typer.main import get_command
 
 from awqd.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 COMPONENTS = sorted(path.parent.name for path in KUBERNETES.glob("components/*/kustomization.yaml"))
 NFD_FEATURES_DIR = PurePosixPath("/etc/kubernetes/node-feature-discovery/features.d")

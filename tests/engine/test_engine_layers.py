@@ -9,7 +9,7 @@ blocks its sequence owns (a CUDA graph's static table keeps what an earlier, lon
 --batch-invariant's two matrix products (the fixed-tile AWQ GEMM and the Triton lm_head) are checked the same
 way: close to the reference, and each row bitwise the same whatever the row count.
 
-bf16 runs on the GPU only (`python tests/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
+bf16 runs on the GPU only (`python tests/engine/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
 the interpreter's float32 -> bf16 conversions do not round to nearest as the GPU does.
 """
 

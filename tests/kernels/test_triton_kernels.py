@@ -219,7 +219,7 @@ def run_tuning(kernel: str) -> None:
 @pytest.fixture(scope="module")
 def matrix_results() -> dict[str, list[dict]]:
     """Both kernels' matrices, run at once (one subprocess per core)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     processes = {
         kernel: subprocess.Popen(
             [sys.executable, __file__, kernel], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -16,7 +16,7 @@ SHAPES = [(256, 128), (64, 128), (64, 128), (128, 128), (192, 128), (192, 128), 
 GROUP_SIZE = 64
 # Ten buckets: a re-validation re-times 3 of them, a measurement all 10, so validating is clearly faster.
 BUCKETS = DEFAULT_BUCKETS
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def boot(cache_dir: Path, shapes=SHAPES):

@@ -27,7 +27,7 @@ from awqd_client.v1 import awqd_pb2 as pb
 
 from daemon_process import serving
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEXT = (REPO / "awqd" / "data" / "trains.txt").read_bytes()
 DEMO = "awqd-demo"
 QUALITY = pb.BENCHMARK_MODE_QUALITY

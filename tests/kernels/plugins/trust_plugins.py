@@ -1,6 +1,6 @@
 """Plugin kernel candidates for the isolation tests: four that must be rejected, each for its own reason, and one
 correct one that is faster than the built-ins on the CPU. Loaded by spec, e.g. "trust_plugins:Aborts", with this
-directory on the path (tests/test_isolation.py puts it there)."""
+directory on the path (tests/kernels/test_isolation.py puts it there)."""
 
 import os
 import time

@@ -277,6 +277,13 @@ class Daemon:
         self._select_deferred(self.models.placement(device), checkpoint)
         return self.models.load(name, checkpoint, device, kernel)
 
+    def unload_model(self, name: str) -> None:
+        """A model, or one replica named MODEL@DEVICE; returns once the requests it held have finished."""
+        self.models.unload(name)
+
+    def hosted_models(self) -> list[HostedModel]:
+        return self.models.list()
+
     def generate(self, params: GenerateParams) -> Job:
         params.validate(self.config.max_new_tokens_cap)
         hosted = self.models.ready(params.model)

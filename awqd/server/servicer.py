@@ -31,7 +31,7 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self.blocking, call, *args)
 
     async def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
-        return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.models.list()))
+        return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.hosted_models()))
 
     async def Generate(self, request: pb.GenerateRequest, context):
         job = self.daemon.generate(messages.generate_params(request))
@@ -55,11 +55,11 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         return pb.LoadModelResponse(model=messages.model(hosted))
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
-        await self._off_loop(self.daemon.models.unload, request.name)  # waits for the model's requests to end
+        await self._off_loop(self.daemon.unload_model, request.name)  # waits for the model's requests to end
         return pb.UnloadModelResponse()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[messages.model(m) for m in self.daemon.models.list()])
+        return pb.ListModelsResponse(models=[messages.model(m) for m in self.daemon.hosted_models()])
 
 
 def deadline_clock(remaining_s: float | None) -> Callable[[], float | None]:

@@ -9,7 +9,7 @@ feature.node.kubernetes.io and profile.node.kubernetes.io).
 
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def nfd_labels(features_dir: Path) -> dict[str, str]:
                         expiry = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
                     skip_label = skip_label or key == "no-label"
                 continue
-            if expiry is not None and expiry < datetime.now(timezone.utc):
+            if expiry is not None and expiry < datetime.now(UTC):
                 continue
             name, sep, value = line.partition("=")
             if not skip_label:

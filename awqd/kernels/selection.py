@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -448,7 +448,7 @@ def check_graphs(reports: list[CandidateReport], names: Sequence[str], plan: Pla
 
 
 def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> DeviceDecisions:
-    measured_at = datetime.now(timezone.utc)
+    measured_at = datetime.now(UTC)
     notes = plan.notes
     check_all(reports, [r.name for r in reports if r.supported], plan)
     usable = [report.name for report in reports if report.usable]

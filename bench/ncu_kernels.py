@@ -74,8 +74,7 @@ def child(case: str, tune_s: float) -> None:
     name, tokens = case.split("@")
     device = torch.device("cuda:0")
     candidate = registry.build(name)
-    notes: list[str] = []
-    candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s, notes)
+    notes = candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s).notes
     weights = random_layer_weights(SHAPES, GROUP_SIZE, device, 1)[0]
     packed = [candidate.prepare(weight, device) for weight in weights]
     inputs = [torch.randn(int(tokens), i, dtype=torch.float16, device=device) for _, i in SHAPES]

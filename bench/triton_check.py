@@ -194,7 +194,7 @@ def main() -> None:
     tuning_notes: list[str] = []
     for name in AWQD_KERNELS:  # as boot-time selection does: the checks and timings below run the tuned tiles
         deadline = time.perf_counter() + TUNING_BUDGET_S
-        registry.build(name).tune(LLAMA2_7B, TIMED_BATCHES, 128, device, deadline, tuning_notes)
+        tuning_notes += registry.build(name).tune(LLAMA2_7B, TIMED_BATCHES, 128, device, deadline).notes
     print("\n".join(tuning_notes) + "\n")
     correctness = [row for name in AWQD_KERNELS for row in check_kernel(name, device, started)]
     print_correctness(correctness)

@@ -16,6 +16,15 @@ import torch
 from awqd.quant.tensors import QuantizedWeight
 
 
+@dataclass
+class Tuned:
+    """What Candidate.tune did: the table to cache and install again on later boots (None: nothing to tune), and
+    what an operator should read about it (selection's notes)."""
+
+    table: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 class Candidate(abc.ABC):
     name: str  # unique, e.g. "autoawq_gemv_cuda"
     family: str  # "reference" | "gemm" | "gemv" | "gemv_fast" | "dequant_matmul"
@@ -37,11 +46,10 @@ class Candidate(abc.ABC):
         group_size: int,
         device: torch.device,
         deadline: float,
-        notes: list[str],
-    ) -> dict[str, Any] | None:
-        """Time this candidate's launch configurations on `device` and use the fastest; returns the table to cache
-        (None: nothing to tune). Stops at `deadline` (time.perf_counter()), leaving the rest on defaults."""
-        return None
+    ) -> Tuned:
+        """Time this candidate's launch configurations on `device` and use the fastest. Stops at `deadline`
+        (time.perf_counter()), leaving the rest on defaults."""
+        return Tuned()
 
     def install_tuning(self, stored: dict[str, Any], device: torch.device) -> None:
         """Use a table an earlier tune() returned (read back from the decision cache)."""

@@ -62,12 +62,11 @@ class Worker:
         return asdict(check_graph_replay(candidate, self.device, to_shapes(shapes), group_size, bucket, self.at))
 
     def tune(self, name: str, shapes: list, buckets: list[int], group_size: int, seconds: float) -> dict[str, Any]:
-        notes: list[str] = []
         self.at(f"tuning {name}")
-        table = registry.build(name).tune(
-            to_shapes(shapes), buckets, group_size, self.device, time.perf_counter() + seconds, notes
+        tuned = registry.build(name).tune(
+            to_shapes(shapes), buckets, group_size, self.device, time.perf_counter() + seconds
         )
-        return {"table": table, "notes": notes}
+        return {"table": tuned.table, "notes": tuned.notes}
 
     def install(self, tuning: dict[str, Any]) -> dict[str, Any]:
         for name, stored in tuning.items():

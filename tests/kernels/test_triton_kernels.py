@@ -197,9 +197,8 @@ def run_tuning(kernel: str) -> None:
     tuning.TUNING_REPETITIONS = (1, 1)  # the interpreter only has to rank, not time, the tiles
     cpu = torch.device("cpu")
     candidate = registry.build(kernel)
-    notes: list[str] = []
     shape, buckets = (96, 256), (1, 16)
-    stored = candidate.tune([shape, shape], buckets, 64, cpu, time.perf_counter() + 120, notes)
+    stored = candidate.tune([shape, shape], buckets, 64, cpu, time.perf_counter() + 120).table
     tuned_buckets = sorted(int(b) for b in stored.get("96x256", {}))
     expected = [b for b in buckets if candidate.kernel().tuning_space(b)]
     print(json.dumps({"case": "tuned every bucket with a space", "ok": tuned_buckets == expected, "detail": stored}))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from awqd.errors import FailedPrecondition, InvalidArgument
-from awqd.kernels.base import Candidate
+from awqd.kernels.base import Candidate, Tuned
 from awqd.kernels.cache_dir import kernel_cache_dir
 from awqd.kernels.measure import random_weight
 from awqd.kernels.requirements import GEMLITE, probe_requirements
@@ -101,9 +101,9 @@ class GemliteW4a16(Candidate):
         group_size: int,
         device: torch.device,
         deadline: float,
-        notes: list[str],
-    ) -> None:
-        """Let gemlite autotune every (shape, bucket) now, within the budget, and save its configs."""
+    ) -> Tuned:
+        """Let gemlite autotune every (shape, bucket) now, within the budget, and save its configs (gemlite's own
+        file: no table for the decision cache)."""
         gemlite = gemlite_for(device)
         started = time.perf_counter()
         generator = torch.Generator(device=device).manual_seed(0)
@@ -126,8 +126,8 @@ class GemliteW4a16(Candidate):
             # Back to no search; set_autotune reloads gemlite's kernels, so the winners come back from the file.
             gemlite.set_autotune("default")
             load_saved_configs(gemlite, device)
-        notes.append(
+        note = (
             f"{self.name}: autotuned {tuned} (shape, bucket) pairs in {time.perf_counter() - started:.1f} s; configs "
             + (f"saved to {path}" if path is not None else "not saved (no cache directory)")
         )
-        return None
+        return Tuned(notes=[note])

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from awqd.kernels.base import Candidate
+from awqd.kernels.base import Candidate, Tuned
 from awqd.kernels.triton import tuning
 from awqd.kernels.triton.layout import LAYOUT, AwqdW4, check_activations, pack_awqd_w4
 from awqd.quant.tensors import QuantizedWeight
@@ -45,19 +45,22 @@ class AwqdW4Candidate(Candidate):
         group_size: int,
         device: torch.device,
         deadline: float,
-        notes: list[str],
-    ) -> dict[str, Any]:
+    ) -> Tuned:
         kernel = self.kernel()
         started = time.perf_counter()
-        stored = tuning.tune(
-            self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline, notes
+        stored, untuned = tuning.tune(
+            self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline
         )
         self.install_tuning(stored, device)
-        notes.append(
+        notes = [
             f"{self.name}: tuned {sum(map(len, stored.values()))} (shape, bucket) tiles in "
             f"{time.perf_counter() - started:.1f} s"
-        )
-        return stored
+        ]
+        if untuned:
+            notes.append(
+                f"{self.name}: the time budget left {untuned} (shape, bucket) pairs on the untuned default tiles"
+            )
+        return Tuned(stored, notes)
 
     def install_tuning(self, stored: dict[str, Any], device: torch.device) -> None:
         tuning.install(self.name, device, stored, self.kernel().config_type)

@@ -57,12 +57,10 @@ def tune(
     group_size: int,
     device: torch.device,
     deadline: float,
-    notes: list[str],
-) -> dict[str, dict[str, dict]]:
-    """Time space(bucket) on each distinct shape at each bucket; returns the stored form of the fastest per pair.
-
-    Pairs the deadline leaves untimed stay on the default (a note says how many). A configuration that fails
-    (e.g. needs more shared memory than the device has) is skipped."""
+) -> tuple[dict[str, dict[str, dict]], int]:
+    """Time space(bucket) on each distinct shape at each bucket; returns the stored form of the fastest per pair,
+    and how many pairs the deadline left untimed (they stay on the default). A configuration that fails (e.g. needs
+    more shared memory than the device has) is skipped."""
     warmup, iterations = TUNING_REPETITIONS
     stored: dict[str, dict[str, dict]] = {}
     untuned = 0
@@ -90,6 +88,4 @@ def tune(
             if best is not None:
                 stored.setdefault(f"{out_features}x{in_features}", {})[str(bucket)] = dataclasses.asdict(best)
         del weights, packed
-    if untuned:
-        notes.append(f"{kernel}: the time budget left {untuned} (shape, bucket) pairs on the untuned default tiles")
-    return stored
+    return stored, untuned

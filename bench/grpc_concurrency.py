@@ -14,6 +14,7 @@ With --warmup, an untimed round at the same level runs first. Then per level:
   the client's mean inter-token time minus the server's ms per token, per stream, averaged (microseconds);
 - with --metrics (the daemon's metrics URL), the server loop's mean delivery lag at each stream's first token and
   completion (awqd_stream_delivery_lag_seconds), which separates the server's share of the overhead from the client's;
+- tokens per message: above 1 when the server's loop fell behind and coalesced a stream's pending token deltas;
 - the statuses: OK, or each gRPC code, and "lost" streams (OK without a Completion, or tokens that disagree with
   its usage). A stream never hangs: --timeout gives every call a deadline, so it ends with a status.
 --hold N opens N streams at once after the levels: every one must complete or end with an explicit status.
@@ -55,6 +56,7 @@ class Stream:
     sent_at: float = 0.0
     arrivals: list[float] = field(default_factory=list)  # one entry per token received
     tokens: int = 0
+    token_messages: int = 0  # messages that carried tokens: fewer than tokens when the server coalesced them
     completion: pb.Completion | None = None
     code: str = ""  # "OK" or the gRPC status name
 
@@ -115,6 +117,7 @@ class Client:
                     now = time.perf_counter()
                     stream.arrivals.extend([now] * len(message.token_ids))
                     stream.tokens += len(message.token_ids)
+                    stream.token_messages += 1
                 if message.HasField("completion"):
                     stream.completion = message.completion
             stream.code = "OK"
@@ -187,6 +190,7 @@ def summary(streams: list[Stream]) -> dict:
         for s in streams
         if s.completion is not None and len(s.arrivals) > 1 and s.completion.timings.ms_per_output_token > 0
     ]
+    token_messages = sum(s.token_messages for s in streams)
     client_ms = statistics.fmean(c for c, _ in paired) if paired else None
     server_ms = statistics.fmean(s for _, s in paired) if paired else None
     return {
@@ -196,6 +200,7 @@ def summary(streams: list[Stream]) -> dict:
         "tokens": tokens,
         "seconds": round(span, 3),
         "tokens_per_s": round(tokens / span, 1) if span else None,
+        "tokens_per_message": round(tokens / token_messages, 3) if token_messages else None,
         "ttft_p50_ms": rounded(percentile(ttft_ms, 0.5), 1),
         "ttft_p99_ms": rounded(percentile(ttft_ms, 0.99), 1),
         "ttft_client_minus_server_p50_ms": rounded(percentile(ttft_gap_ms, 0.5), 3),
@@ -309,9 +314,9 @@ def markdown(data: dict) -> str:
         f"Started {data['started_at']}.",
         "",
         "| concurrent streams | aggregate tok/s (client) | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
-        "inter-token p99 ms | server ms/token | overhead µs/token | server loop lag first / last ms | statuses | "
-        "lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "inter-token p99 ms | server ms/token | overhead µs/token | server loop lag first / last ms | "
+        "tokens per message | statuses | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = list(data["levels"])
     if "hold" in data:
@@ -321,7 +326,8 @@ def markdown(data: dict) -> str:
             f"| {row['level']} | {row['tokens_per_s']} | {row['ttft_p50_ms']} | {row['ttft_p99_ms']} | "
             f"{row['inter_token_p50_ms']} | {row['inter_token_p99_ms']} | {row['server_ms_per_token']} | "
             f"{row['overhead_us_per_token']} | {row.get('server_lag_first_ms', '-')} / "
-            f"{row.get('server_lag_last_ms', '-')} | {row['codes']} | {row['lost']} |"
+            f"{row.get('server_lag_last_ms', '-')} | {row.get('tokens_per_message', '-')} | {row['codes']} | "
+            f"{row['lost']} |"
         )
     for error in data.get("errors", []):
         lines.append(f"- **Error:** {error}")

@@ -60,25 +60,24 @@ class FailedPrecondition(AwqdError):
     code = Status.FAILED_PRECONDITION
 
 
-class ResourceExhausted(AwqdError):
-    """Over a limit; retry_after_ms, when set, is sent as the `retry-after-ms` trailing metadata."""
+class RetryLater(AwqdError):
+    """An error a caller may retry; retry_after_ms, when set, is sent as the `retry-after-ms` trailing metadata."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class ResourceExhausted(RetryLater):
+    """Over a limit."""
 
     code = Status.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after_ms: int | None = None):
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
-
-class Unavailable(AwqdError):
-    """Retrying later may succeed: a model still loading, a daemon shutting down. retry_after_ms as for
-    ResourceExhausted."""
+class Unavailable(RetryLater):
+    """Retrying later may succeed: a model still loading, a daemon shutting down."""
 
     code = Status.UNAVAILABLE
-
-    def __init__(self, message: str, retry_after_ms: int | None = None):
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
 
 class Unimplemented(AwqdError):

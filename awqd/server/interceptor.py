@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import grpc
 import structlog
 
-from awqd.errors import AwqdError
+from awqd.errors import AwqdError, RetryLater
 from awqd.metrics import RPC_REQUESTS
 from awqd.server.auth import Authorizer
 from awqd.server.limits import StreamLimit
@@ -88,10 +88,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
-    """Ends the call; a retry hint (ResourceExhausted.retry_after_ms) travels as `retry-after-ms` trailing metadata."""
-    retry_after_ms = getattr(error, "retry_after_ms", None)
-    if retry_after_ms is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(retry_after_ms)),))
+    """Ends the call; a retry hint (RetryLater.retry_after_ms) travels as `retry-after-ms` trailing metadata."""
+    if isinstance(error, RetryLater) and error.retry_after_ms is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(error.retry_after_ms)),))
     await context.abort(code, message)
 
 

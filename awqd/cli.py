@@ -159,6 +159,15 @@ def serve(
             "shortens the pause a prefill puts on running streams, higher admits a burst of requests sooner",
         ),
     ] = 8192,
+    max_decode_stall_ms: Annotated[
+        float,
+        typer.Option(
+            envvar="AWQD_MAX_DECODE_STALL_MS",
+            help="while more of a burst of requests could join, prefill them before the running streams' next token, "
+            "for up to this long (their first tokens come sooner; the running streams wait); 0 decodes at every "
+            "step boundary",
+        ),
+    ] = 500.0,
     preemption: Annotated[
         str,
         typer.Option(
@@ -238,6 +247,7 @@ def serve(
                 max_queued_requests=max_queued_requests,
                 queue_timeout_s=queue_timeout,
                 prefill_tokens_per_step=prefill_tokens_per_step,
+                max_decode_stall_ms=max_decode_stall_ms,
                 preemption=preemption,
                 swap_space_gib=swap_space_gib,
                 cuda_graphs=cuda_graphs,

@@ -62,6 +62,10 @@ class EngineSettings:
     # (attention runs per prompt; the linears' activations grow with the total), and 256 prompts of 128 tokens are
     # admitted in 4 boundaries, not 16. Lower it to shorten the stall a prefill puts on the running decodes.
     prefill_tokens_per_step: int = 8192
+    # While more of a burst could join, the next boundary prefills it before the running batch decodes again, up to
+    # this long: 256 prompts of 128 tokens arrive together and take 4 prefills, and every decode step between them
+    # delays the last prompts' first tokens. 0: decode at every boundary.
+    max_decode_stall_ms: float = 500.0
     # When the KV cache runs out of blocks, the newest running sequence is preempted. "swap": its blocks wait in host
     # memory and come back bit for bit, so it decodes on with no prefill; "recompute": it is prefilled again over its
     # prompt and generated tokens. Swap falls back to recompute when the swap space is full.
@@ -133,6 +137,8 @@ class ServeConfig:
         ):
             if value < 1:
                 raise InvalidArgument(flag, f"must be at least 1, got {value}")
+        if engine.max_decode_stall_ms < 0:
+            raise InvalidArgument("--max-decode-stall-ms", f"must be 0 or more, got {engine.max_decode_stall_ms}")
         if engine.queue_timeout_s <= 0:
             raise InvalidArgument("--queue-timeout", f"must be above 0 seconds, got {engine.queue_timeout_s}")
         if engine.preemption not in PREEMPTION_POLICIES:

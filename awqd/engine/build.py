@@ -50,7 +50,12 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         overlap_decode=settings.overlap_decode,
         batch_buckets=list(runner.batch_buckets),
     )
-    limits = AdmissionLimits(settings.max_queued_requests, settings.queue_timeout_s, settings.prefill_tokens_per_step)
+    limits = AdmissionLimits(
+        settings.max_queued_requests,
+        settings.queue_timeout_s,
+        settings.prefill_tokens_per_step,
+        settings.max_decode_stall_ms / 1000,
+    )
     return Scheduler(name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits, settings.overlap_decode)
 
 

@@ -8,10 +8,13 @@ At each step boundary the scheduler
    the paged KV cache (awqd.engine.kv_cache) has the blocks each one's prefill and next token need, up to
    --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
    stalled for long; it copies the swapped-out ones' blocks back from host memory, and prefills the rest in one
-   eager forward pass; if that pass (or a copy) fails, only the requests it held fail;
-3. gives each running sequence the block its next position needs, preempting when blocks run out (below), runs
-   one decode step for every running sequence together (row i is the i-th admitted), samples on the device,
-   copies the new ids to the host once, and streams them; finished sequences leave the batch at once.
+   forward pass (a lone prompt's replays a CUDA graph); if that pass (or a copy) fails, only the requests it held
+   fail;
+3. unless the queue's head could join at once (a burst: the next boundary admits it first, until the running
+   batch has waited --max-decode-stall-ms, so the burst's last prompts get their first tokens sooner), gives each
+   running sequence the block its next position needs, preempting when blocks run out (below), runs one decode
+   step for every running sequence together (row i is the i-th admitted), samples on the device, copies the new
+   ids to the host once, and streams them; finished sequences leave the batch at once.
 
 Overlapped decode (--overlap-decode, the default; awqd.engine.inflight): in the steady state, where the same rows
 (less those that finished) decode again, step N+1 is launched before the host reads step N's ids. Its input ids are
@@ -84,6 +87,7 @@ class AdmissionLimits:
     max_queued: int  # waiting requests beyond the running batch
     queue_timeout_s: float  # longest wait for room in the KV cache
     prefill_tokens: int  # prompt tokens one step boundary prefills together (the first prompt may be longer)
+    max_decode_stall_s: float = 0.0  # how long back-to-back prefills may hold up the running batch's decode
 
 
 class Scheduler:
@@ -113,6 +117,7 @@ class Scheduler:
         self._preempted: collections.deque[Sequence] = collections.deque()  # they resume before any waiting job
         self._running: list[Sequence] = []  # in admission order; decode row i is the i-th
         self._in_flight: InFlightStep | None = None  # the decode step launched and not yet streamed
+        self._stalled_since: float | None = None  # the first boundary that prefilled again instead of decoding
         self._closed = False
         self._condition = threading.Condition()
         self._step_ms = 0.0  # moving average of a decode step, for the retry hint
@@ -199,6 +204,9 @@ class Scheduler:
                     swapped = [seq for seq in admitted if self.swap.holds(seq)]
                     self._swap_in(swapped)
                     self._prefill([seq for seq in admitted if seq not in swapped])
+                    if admitted and self._prefill_again():
+                        continue
+                    self._stalled_since = None
                     if self._running or self._in_flight is not None:
                         self._decode()
                 except Exception as error:  # a bug must not end the thread and strand every caller
@@ -231,17 +239,10 @@ class Scheduler:
         prompt_tokens = 0
         batch = [seq.job for seq in self._running]
         batch_pin = batch[0].pin if batch else None
-        while (self._preempted or self._waiting) and len(batch) < self.runner.max_rows:
-            head = self._preempted[0] if self._preempted else self._waiting[0]
+        while (head := self._admissible_head(batch, batch_pin)) is not None:
             job, ids, positions = self._resume_plan(head)
-            if batch_pin is not None and job.pin != batch_pin:
-                break  # the head pins another kernel: let the running batch drain first
-            if any(other.exclusive for other in batch) or (job.exclusive and batch):
-                break  # an exclusive run has the model to itself
             if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
-            if blocks_for(positions) > self.blocks.free_blocks:
-                break  # the head waits for blocks; nothing overtakes it
             (self._preempted if isinstance(head, Sequence) else self._waiting).popleft()
             seq = head if isinstance(head, Sequence) else Sequence(job, self.tokenizer, self.eos_ids)
             self.blocks.grow(seq, positions)
@@ -252,6 +253,39 @@ class Scheduler:
         if admitted:
             self._pin(admitted[0].job)
         return admitted
+
+    def _admissible_head(self, batch: list[Job], batch_pin: str | None) -> Job | Sequence | None:
+        """Under the lock: the queue's head, preempted sequences first, if it may join a batch of these jobs now."""
+        if not (self._preempted or self._waiting) or len(batch) >= self.runner.max_rows:
+            return None
+        head = self._preempted[0] if self._preempted else self._waiting[0]
+        job, _, positions = self._resume_plan(head)
+        if batch_pin is not None and job.pin != batch_pin:
+            return None  # the head pins another kernel: let the running batch drain first
+        if any(other.exclusive for other in batch) or (job.exclusive and batch):
+            return None  # an exclusive run has the model to itself
+        if blocks_for(positions) > self.blocks.free_blocks:
+            return None  # the head waits for blocks; nothing overtakes it
+        return head
+
+    def _prefill_again(self) -> bool:
+        """After a prefill: whether the next boundary admits more of a burst before the batch decodes again.
+
+        Each decode step between a burst's prefills delays the later prompts' first tokens, so while the queue's head
+        could join now they go first, until the running batch has waited --max-decode-stall-ms since the first
+        boundary that did not decode (a prefill that starts within it still runs, so the wait can pass it by one
+        prefill step)."""
+        now = time.perf_counter()
+        stalled_s = 0.0 if self._stalled_since is None else now - self._stalled_since
+        if stalled_s >= self.limits.max_decode_stall_s:
+            return False
+        with self._condition:
+            batch = [seq.job for seq in self._running]
+            if self._admissible_head(batch, batch[0].pin if batch else None) is None:
+                return False
+        if self._stalled_since is None:
+            self._stalled_since = now
+        return True
 
     def _resume_plan(self, head: Job | Sequence) -> tuple[Job, list[int], int]:
         """The queue head's job, the ids its prefill runs, and the positions its blocks must cover for its prefill and

@@ -80,12 +80,14 @@ def submit_together(scheduler, jobs: list[Job]) -> None:
     tokens_of(blocker)
 
 
-def switching_engine(demo_model_dir, max_batch_size: int):
+def switching_engine(demo_model_dir, max_batch_size: int, **settings):
     """A scheduler on a dispatch that switches kernel with the batch size, as on a real device: the reference for
     one token, the int4-packed CPU kernel from 2 tokens on."""
     router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
-    return build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=max_batch_size))
+    return build_engine(
+        "demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=max_batch_size, **settings)
+    )
 
 
 @pytest.fixture
@@ -183,16 +185,21 @@ def test_engine_greedy_tokens_match_transformers_greedy(hf_model, fused_model, d
     assert ours == ids[len(prompt) :]
 
 
-def test_batched_greedy_equals_one_at_a_time_with_joins_and_leaves(engine):
+def test_batched_greedy_equals_one_at_a_time_with_joins_and_leaves(demo_model_dir):
     prompts = random_prompts(10)
     lengths = [6 + 3 * (index % 4) for index in range(len(prompts))]  # sequences leave at different steps
-    alone = [run_alone(engine, prompt, params(length))[0] for prompt, length in zip(prompts, lengths, strict=True)]
-    jobs = []
-    for prompt, length in zip(prompts, lengths, strict=True):  # arrivals spread over steps: joins mid-batch
-        jobs.append(Job(params(length), prompt, pinned=None))
-        engine.submit(jobs[-1])
-        time.sleep(0.01)
-    results = [tokens_of(job) for job in jobs]
+    # Decoding at every boundary, so each arrival joins a batch that is already decoding.
+    engine = switching_engine(demo_model_dir, max_batch_size=8, max_decode_stall_ms=0)
+    try:
+        alone = [run_alone(engine, prompt, params(length))[0] for prompt, length in zip(prompts, lengths, strict=True)]
+        jobs = []
+        for prompt, length in zip(prompts, lengths, strict=True):  # arrivals spread over steps: joins mid-batch
+            jobs.append(Job(params(length), prompt, pinned=None))
+            engine.submit(jobs[-1])
+            time.sleep(0.01)
+        results = [tokens_of(job) for job in jobs]
+    finally:
+        engine.close()
     assert [tokens for tokens, _ in results] == alone
     decode_buckets = {use.batch_tokens for _, done in results for use in done.kernels if use.phase == "decode"}
     assert len(decode_buckets) > 1, f"the batch never changed size: {decode_buckets}"
@@ -227,6 +234,34 @@ def test_a_boundary_prefills_at_most_prefill_tokens_per_step(demo_model_dir):
         scheduler.close()
     # The first two fit the boundary's 2 tokens (one 2-token pass); the third is prefilled alone at the next one.
     assert uses == [{(512, "dequant_matmul_cpu", 1)}] * 2 + [{(1, "reference_torch", 1)}]
+
+
+def decode_uses(finished: Finished) -> set[tuple[int, str]]:
+    return {(use.batch_tokens, use.kernel) for use in finished.kernels if use.phase == "decode"}
+
+
+@pytest.mark.parametrize("stall_ms", [0.0, 60_000.0])
+def test_a_burst_is_prefilled_before_the_running_batch_decodes_again_for_up_to_the_stall_limit(
+    demo_model_dir, stall_ms
+):
+    router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    settings = EngineSettings(kv_cache_tokens=1024, prefill_tokens_per_step=1, max_decode_stall_ms=stall_ms)
+    scheduler = build_engine("demo", loaded, router, settings)
+    try:
+        jobs = [Job(params(4), [token], pinned=None) for token in (21, 22, 23)]
+        submit_together(scheduler, jobs)
+        first = tokens_of(jobs[0])[1]
+        for job in jobs[1:]:
+            tokens_of(job)
+    finally:
+        scheduler.close()
+    # One prompt per boundary. Decoding at every boundary, the first decodes alone (the 1-token bucket's kernel)
+    # before the second is admitted; with the burst first, it decodes only with all three (the 512 bucket's).
+    if stall_ms:
+        assert decode_uses(first) == {(512, "dequant_matmul_cpu")}
+    else:
+        assert (1, "reference_torch") in decode_uses(first)
 
 
 def test_pinned_group_keeps_its_kernel_when_one_of_it_ends_at_its_first_token(engine):
@@ -400,6 +435,9 @@ def test_preemption_settings_are_checked():
     with pytest.raises(InvalidArgument) as space:
         ServeConfig(engine=EngineSettings(swap_space_gib=-1))
     assert space.value.field == "--swap-space-gib"
+    with pytest.raises(InvalidArgument) as stall:
+        ServeConfig(engine=EngineSettings(max_decode_stall_ms=-1))
+    assert stall.value.field == "--max-decode-stall-ms"
 
 
 def test_full_queue_is_refused_with_a_retry_hint_and_waiting_too_long_expires(demo_model_dir):

@@ -1,7 +1,7 @@
 """Boots `python -m awqd serve` from a given code root and runs bench/grpc_concurrency.py against it.
 
     python3 bench/concurrency_check.py --code-root DIR --work WORK --out OUT [--before] [--dry-run]
-        [--compare-overlap] [--levels L1,L2] [--hold N] [-- SERVE_FLAGS...]
+        [--compare-overlap | --variant NAME="FLAGS" ...] [--levels L1,L2] [--hold N] [-- SERVE_FLAGS...]
 
 --code-root is the awqd checkout the daemon runs (its PYTHONPATH): this one, or a `git worktree` of an older
 commit for the "before" numbers. The client (bench/grpc_concurrency.py) always comes from this checkout, so both
@@ -12,18 +12,22 @@ decisions instead of measuring again, so both runs serve on the same kernels.
 --before raises the old server's caps so that it can take the levels at all: its streams each hold a gRPC worker
 thread, and --max-concurrent-streams had to stay below --max-workers.
 
---compare-overlap boots the daemon twice in one invocation, first with --no-overlap-decode (OUT/no-overlap/), then
-with overlapped decode (OUT/overlap/), and writes OUT/compare-overlap.md: the same levels side by side. Its default
-levels are 64,256 with no held round, so that both boots fit one 10-minute GPU command on a WORK whose kernel
-decisions are measured already (a second boot re-validates them).
+--variant NAME="FLAGS" (repeatable) boots the daemon once per variant in one invocation, in the order given, each
+with its extra `awqd serve` flags, into OUT/NAME/, and writes OUT/compare.md: the same levels side by side. The
+first boot measures the kernel decisions into WORK's cache, and the later ones re-validate them, so every variant
+serves on the same kernels. --compare-overlap is the two variants --no-overlap-decode (OUT/no-overlap/) and
+overlapped decode (OUT/overlap/); its default levels are 64,256 with no held round, so that both boots fit one
+10-minute GPU command on a WORK whose kernel decisions are measured already.
 
 --dry-run is the CPU run (a minute or two): the embedded demo model, levels 1,8,32, 32+32 tokens, 64 held streams.
-Writes OUT/grpc-concurrency.{json,md} and OUT/daemon.log; stops the daemon with SIGTERM, as an operator would.
+Writes OUT/grpc-concurrency.{json,md} and OUT/daemon.log (under OUT/NAME/ per variant); stops the daemon with
+SIGTERM, as an operator would.
 """
 
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -61,6 +65,9 @@ def main() -> int:
     parser.add_argument("--before", action="store_true", help="the old thread-per-stream server: raise its caps")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the demo model, small levels and lengths")
     parser.add_argument("--compare-overlap", action="store_true", help="two daemons: --no-overlap-decode, then on")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar='NAME="FLAGS"', help="one daemon per variant, in order"
+    )
     parser.add_argument("--levels", help="comma-separated concurrent stream counts (default: by mode)")
     parser.add_argument("--hold", type=int, help="streams held at once after the levels (default: by mode; 0: none)")
     # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
@@ -96,12 +103,17 @@ def main() -> int:
     client += ["--processes", str(args.client_processes), "--metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
     client += ["--levels", args.levels or levels, "--hold", str(hold if args.hold is None else args.hold)]
     serve += [*(BEFORE_CAPS if args.before else ()), *args.serve_args]
-    if not args.compare_overlap:
+    variants = dict(variant.split("=", 1) for variant in args.variant)
+    if args.compare_overlap:
+        variants = {"no-overlap": "--no-overlap-decode", "overlap": ""}
+    if not variants:
         return run_daemon(args, code_root, serve, model, client, args.out)
-    runs = {"no-overlap": [*serve, "--no-overlap-decode"], "overlap": serve}
-    codes = {name: run_daemon(args, code_root, flags, model, client, args.out / name) for name, flags in runs.items()}
-    (args.out / "compare-overlap.md").write_text(comparison(args.out, list(runs)))
-    print((args.out / "compare-overlap.md").read_text())
+    codes = {
+        name: run_daemon(args, code_root, [*serve, *shlex.split(flags)], model, client, args.out / name)
+        for name, flags in variants.items()
+    }
+    (args.out / "compare.md").write_text(comparison(args.out, variants))
+    print((args.out / "compare.md").read_text())
     return max(codes.values())
 
 
@@ -139,26 +151,33 @@ def run_daemon(args, code_root: Path, serve: list[str], model: str, client: list
     return 0 if result is not None and result.returncode == 0 and daemon.returncode == 0 else 1
 
 
-def comparison(out: Path, runs: list[str]) -> str:
-    """One table of both runs' levels: the run without overlapped decode, then the one with it."""
-    columns = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "inter_token_p50_ms", "server_ms_per_token", "codes")
+def comparison(out: Path, variants: dict[str, str]) -> str:
+    """One table of every variant's levels, in the order they ran."""
+    columns = (
+        "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "server_ttft_p99_ms", "ttft_client_minus_server_p99_ms",
+        "inter_token_p50_ms", "inter_token_p99_ms", "server_ms_per_token", "overhead_us_per_token",
+        "server_lag_first_ms", "codes",
+    )  # fmt: skip
     lines = [
-        "# Overlapped decode: the same daemon and levels with --no-overlap-decode and with overlap",
+        "# The same daemon, model and levels, one boot per variant",
         "",
-        "| streams | run | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | server ms/token | "
-        "statuses |",
-        "|---|---|---|---|---|---|---|---|",
+        *(f"- {name}: `{flags or '(the defaults)'}`" for name, flags in variants.items()),
+        "",
+        "| streams | variant | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | server TTFT p99 ms | client - server "
+        "TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | server ms/token | overhead µs/token | server loop "
+        "lag at first token ms | statuses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     results = {}
-    for run in runs:
+    for run in variants:
         path = out / run / "grpc-concurrency.json"
         results[run] = json.loads(path.read_text()) if path.exists() else {"levels": [], "errors": ["no results"]}
-    levels = sorted({row["level"] for data in results.values() for row in data["levels"]})
-    for level in levels:
+    rounds = max((len(data["levels"]) for data in results.values()), default=0)
+    for index in range(rounds):  # a level given twice (--levels 1,256,256) is two rounds
         for run, data in results.items():
-            row = next((row for row in data["levels"] if row["level"] == level), None)
-            cells = [str(row[column]) for column in columns] if row else ["-"] * len(columns)
-            lines.append(f"| {level} | {run} | {' | '.join(cells)} |")
+            row = data["levels"][index] if index < len(data["levels"]) else None
+            cells = [str(row.get(column, "-")) for column in columns] if row else ["-"] * len(columns)
+            lines.append(f"| {row['level'] if row else '-'} | {run} | {' | '.join(cells)} |")
     lines += [f"- **{run} error:** {error}" for run, data in results.items() for error in data.get("errors", [])]
     return "\n".join(lines) + "\n"
 

@@ -256,24 +256,27 @@ def generate_params(request: pb.GenerateRequest) -> GenerateParams:
     )
 
 
-def generate_response(event: TokenDelta | Finished) -> pb.GenerateResponse:
-    if isinstance(event, TokenDelta):
-        return pb.GenerateResponse(text=event.text, token_ids=event.token_ids)
-    return pb.GenerateResponse(
-        completion=pb.Completion(
-            finish_reason=FINISH_REASONS[event.finish_reason],
-            usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
-            timings=pb.GenerationTimings(
-                time_to_first_token_ms=event.time_to_first_token_ms,
-                ms_per_output_token=event.ms_per_output_token,
-                total_ms=event.total_ms,
-                queue_ms=event.queue_ms,
-            ),
-            kernels=[
-                pb.KernelUse(phase=k.phase, batch_tokens=k.batch_tokens, kernel=k.kernel, steps=k.steps)
-                for k in event.kernels
-            ],
-        )
+def generate_response(delta: TokenDelta | None, finished: Finished | None) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(text=delta.text, token_ids=delta.token_ids) if delta else pb.GenerateResponse()
+    if finished is not None:
+        response.completion.CopyFrom(completion(finished))  # the last message: with the last tokens, when it can
+    return response
+
+
+def completion(event: Finished) -> pb.Completion:
+    return pb.Completion(
+        finish_reason=FINISH_REASONS[event.finish_reason],
+        usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+        timings=pb.GenerationTimings(
+            time_to_first_token_ms=event.time_to_first_token_ms,
+            ms_per_output_token=event.ms_per_output_token,
+            total_ms=event.total_ms,
+            queue_ms=event.queue_ms,
+        ),
+        kernels=[
+            pb.KernelUse(phase=k.phase, batch_tokens=k.batch_tokens, kernel=k.kernel, steps=k.steps)
+            for k in event.kernels
+        ],
     )
 
 

@@ -36,8 +36,8 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context):
         job = self.daemon.generate(messages.generate_params(request))
         context.add_done_callback(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
-        async for event in self.events.stream(job):
-            yield messages.generate_response(event)
+        async for message in self.events.stream(job):
+            yield messages.generate_response(message.delta, message.finished)
 
     async def Benchmark(self, request: pb.BenchmarkRequest, context):
         stop = threading.Event()

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job, TokenDelta
 from awqd.errors import ResourceExhausted
-from awqd.server.events import EventBridge
+from awqd.server.events import EventBridge, Message
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
@@ -73,7 +73,7 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
                 each.events.put(finished(2))
 
         async def read(stream) -> list[str]:
-            return [event.text if isinstance(event, TokenDelta) else "end" async for event in stream]
+            return [rendered(message) async for message in stream]
 
         readers = asyncio.gather(*(read(stream) for stream in streams))
         thread = threading.Thread(target=engine_step)
@@ -84,11 +84,17 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
 
     counted_before = {message: delivery_lags(message) for message in ("first", "last")}
     texts, wakeups = asyncio.run(scenario())
-    assert texts == [["12", "end"]] * 50  # each stream was two tokens behind when it read: one message for both
+    # Each stream was two tokens and its completion behind when it read: one message for all three.
+    assert texts == [["12 end"]] * 50
     assert wakeups == 1, f"{wakeups} loop wake-ups for one burst of 150 events"
     for message, (count, total) in counted_before.items():  # each stream's first token and completion, once each
         assert delivery_lags(message)[0] == count + 50
         assert delivery_lags(message)[1] > total
+
+
+def rendered(message: Message) -> str:
+    parts = [message.delta.text] if message.delta is not None else []
+    return " ".join(parts + (["end"] if message.finished is not None else []))
 
 
 def delivery_lags(message: str) -> tuple[float, float]:
@@ -100,7 +106,7 @@ def delivery_lags(message: str) -> tuple[float, float]:
 
 
 def test_bridge_merges_only_what_a_stream_has_fallen_behind_on():
-    async def scenario() -> list[tuple[str, tuple[int, ...]] | str]:
+    async def scenario() -> list[tuple[str, tuple[int, ...], bool]]:
         bridge = EventBridge(asyncio.get_running_loop())
         running = job()
         stream = bridge.stream(running)
@@ -109,10 +115,25 @@ def test_bridge_merges_only_what_a_stream_has_fallen_behind_on():
         seen.append(await anext(stream))  # kept up: one message per token
         for event in (TokenDelta("b", (2,)), TokenDelta("", ()), TokenDelta("c", (3,)), finished(3)):
             running.events.put(event)
-        seen += [event async for event in stream]
-        return [(e.text, e.token_ids) if isinstance(e, TokenDelta) else "end" for e in seen]
+        seen += [message async for message in stream]
+        return [(m.delta.text, m.delta.token_ids, m.finished is not None) for m in seen]
 
-    assert asyncio.run(scenario()) == [("a", (1,)), ("bc", (2, 3)), "end"]
+    # The deltas it fell behind on merge into one, and the completion rides on the last of them.
+    assert asyncio.run(scenario()) == [("a", (1,), False), ("bc", (2, 3), True)]
+
+
+def test_a_completion_read_alone_is_a_message_of_its_own():
+    async def scenario() -> list[str]:
+        bridge = EventBridge(asyncio.get_running_loop())
+        running = job()
+        stream = bridge.stream(running)
+        running.events.put(TokenDelta("a", (1,)))
+        seen = [await anext(stream)]  # the stream caught up before the completion came
+        running.events.put(finished(1))
+        seen += [message async for message in stream]
+        return [rendered(message) for message in seen]
+
+    assert asyncio.run(scenario()) == ["a", "end"]
 
 
 def test_bridge_raises_the_error_that_ended_a_job():
@@ -122,7 +143,7 @@ def test_bridge_raises_the_error_that_ended_a_job():
         stream = bridge.stream(failing)
         failing.events.put(TokenDelta("a", (1,)))
         failing.events.put(ResourceExhausted("queue full", retry_after_ms=70))
-        assert (await anext(stream)).text == "a"
+        assert (await anext(stream)).delta.text == "a"
         with pytest.raises(ResourceExhausted):
             await anext(stream)
 

@@ -58,25 +58,53 @@ class WarmupReport:
     slowest: tuple[tuple[str, float], ...] = ()  # the slowest steps and their seconds, slowest first
 
 
+class _Steps:
+    """What the warm-up's steps report: how long each took, and the notes for what stayed eager."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.timings: list[tuple[str, float]] = []
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[str]:
+        """Times the step, and turns any failure inside into WarmupFailed naming it."""
+        started = time.perf_counter()
+        try:
+            yield what
+            self.timings.append((what, time.perf_counter() - started))
+        except WarmupFailed:
+            raise
+        except torch.cuda.OutOfMemoryError as error:
+            raise WarmupFailed(f"{what}: out of device memory: {error}") from None
+        except Exception as error:
+            raise WarmupFailed(f"{what}: {type(error).__name__}: {error}") from None
+
+    def check_capture(self, failure: Exception | None, what: str) -> None:
+        """A capture out of device memory fails warm-up; any other failure leaves that step eager, noted."""
+        if isinstance(failure, torch.cuda.OutOfMemoryError):
+            raise WarmupFailed(f"capturing the {what} CUDA graph: out of device memory: {failure}")
+        if failure is not None:
+            self.notes.append(f"{what} stays eager: its CUDA graph capture failed: {failure}")
+
+
 def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
     """Runs the warm-up on an engine no request has reached yet; raises WarmupFailed saying which step failed."""
     runner = scheduler.runner
     started_at, started = datetime.now(UTC), time.perf_counter()
-    notes: list[str] = []
-    timings: list[tuple[str, float]] = []
+    steps = _Steps()
     runner.router.unpin()
     device = runner.model.device
     # The device guard makes the capture stream the model's device's, whichever device this thread last used.
     with torch.inference_mode(), torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         reserved_before = _reserved_after_emptying(device)
-        prefill_tokens = _warm_prefill(scheduler, notes, timings)
-        decode_batches = _warm_decode(runner, notes, timings)
+        prefill_tokens = _warm_prefill(scheduler, steps)
+        decode_batches = _warm_decode(runner, steps)
         graphs = len(runner.graphs) + len(runner.prefill_graphs)
         graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if graphs else 0
-    _generate_once(name, scheduler, timings)
+    _generate_once(name, scheduler, steps)
     finished = time.perf_counter()
     if not runner.cuda_graphs:
-        notes.append(
+        steps.notes.append(
             "no CUDA graphs: decode runs eagerly" + (" (--no-cuda-graphs)" if device.type == "cuda" else " on the CPU")
         )
     report = WarmupReport(
@@ -87,8 +115,8 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
         graph_memory_bytes=graph_memory,
         prefill_tokens=prefill_tokens,
         decode_batches=decode_batches,
-        notes=tuple(notes),
-        slowest=tuple(sorted(timings, key=lambda timing: -timing[1])[:SLOWEST_REPORTED]),
+        notes=tuple(steps.notes),
+        slowest=tuple(sorted(steps.timings, key=lambda timing: -timing[1])[:SLOWEST_REPORTED]),
     )
     log.info(
         "model_warmed_up",
@@ -128,7 +156,7 @@ def burst_lengths(total: int, rows: int, max_len: int, free_blocks: int) -> list
     return lengths
 
 
-def _warm_prefill(scheduler: Scheduler, notes: list[str], timings: list[tuple[str, float]]) -> tuple[int, ...]:
+def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
     runner, plan = scheduler.runner, scheduler.runner.cache.plan
     limit = min(scheduler.limits.prefill_tokens, plan.capacity_tokens)
     sizes = prefill_sizes(tuple(runner.router.dispatch.buckets), limit)
@@ -136,23 +164,23 @@ def _warm_prefill(scheduler: Scheduler, notes: list[str], timings: list[tuple[st
         # Two prompts (one if a token), or as many as a step longer than one sequence may hold, as admission would.
         full, rest = divmod(total, plan.max_seq_len)
         lengths = [plan.max_seq_len] * full + ([rest] if rest else [])
-        _prefill(scheduler, [total // 2, total - total // 2] if len(lengths) == 1 and total > 1 else lengths, timings)
+        _prefill(scheduler, [total // 2, total - total // 2] if len(lengths) == 1 and total > 1 else lengths, steps)
     burst = burst_lengths(limit, runner.max_rows, plan.max_seq_len - 1, scheduler.blocks.free_blocks)
     if len(burst) > 1:
-        _prefill(scheduler, burst, timings)
+        _prefill(scheduler, burst, steps)
         sizes = tuple(sorted({*sizes, sum(burst)}))
     for bucket in runner.prefill_buckets:
-        _prefill(scheduler, [bucket], timings)
-        _check_capture(runner.prefill_eager_keys.get(("", bucket)), f"{bucket}-token prefill", notes)
+        _prefill(scheduler, [bucket], steps)
+        steps.check_capture(runner.prefill_eager_keys.get(("", bucket)), f"{bucket}-token prefill")
     return tuple(sorted({*sizes, *runner.prefill_buckets}))
 
 
-def _prefill(scheduler: Scheduler, lengths: list[int], timings: list[tuple[str, float]]) -> None:
+def _prefill(scheduler: Scheduler, lengths: list[int], steps: _Steps) -> None:
     runner, vocab = scheduler.runner, scheduler.runner.model.shape.vocab_size
     prompts = [[token % vocab for token in range(length)] for length in lengths]
     owners = [("warm-up", index) for index in range(len(prompts))]
     prompts_named = f" as {len(lengths)} prompts" if len(lengths) > 1 else ""
-    with _step(f"prefill of {sum(lengths)} tokens{prompts_named}", timings) as what:
+    with steps.step(f"prefill of {sum(lengths)} tokens{prompts_named}") as what:
         try:
             if not all(scheduler.blocks.grow(owner, length) for owner, length in zip(owners, lengths, strict=True)):
                 raise WarmupFailed(f"{what}: the KV cache has too few free blocks")
@@ -163,52 +191,29 @@ def _prefill(scheduler: Scheduler, lengths: list[int], timings: list[tuple[str, 
                 scheduler.blocks.release(owner)
 
 
-def _warm_decode(runner: StepRunner, notes: list[str], timings: list[tuple[str, float]]) -> tuple[int, ...]:
+def _warm_decode(runner: StepRunner, steps: _Steps) -> tuple[int, ...]:
     for batch in runner.batch_buckets:
-        with _step(f"decode of {batch} rows", timings) as what:
+        with steps.step(f"decode of {batch} rows") as what:
             # Rows that own no blocks read and write only the padding block.
             logits, _ = runner.decode([0] * batch, [0] * batch, [[]] * batch)
             _check_finite(logits, what)
-        _check_capture(runner.eager_keys.get(("", batch)), f"{batch}-row decode", notes)
+        steps.check_capture(runner.eager_keys.get(("", batch)), f"{batch}-row decode")
     return runner.batch_buckets
 
 
-def _check_capture(failure: Exception | None, what: str, notes: list[str]) -> None:
-    """A capture out of device memory fails warm-up; any other failure leaves that step eager, noted."""
-    if isinstance(failure, torch.cuda.OutOfMemoryError):
-        raise WarmupFailed(f"capturing the {what} CUDA graph: out of device memory: {failure}")
-    if failure is not None:
-        notes.append(f"{what} stays eager: its CUDA graph capture failed: {failure}")
-
-
-def _generate_once(name: str, scheduler: Scheduler, timings: list[tuple[str, float]]) -> Finished:
+def _generate_once(name: str, scheduler: Scheduler, steps: _Steps) -> Finished:
     """One greedy request through the scheduler thread, as a client's would run."""
     # A sequence holds at least one KV block (16 positions), more than the warm-up's prompt and tokens need.
     prompt_ids = scheduler.tokenizer(GENERATION_PROMPT)["input_ids"][: scheduler.max_sequence_tokens // 2]
     new_tokens = min(GENERATION_TOKENS, scheduler.max_sequence_tokens - len(prompt_ids))
     params = GenerateParams(name, "", tuple(prompt_ids), new_tokens, 0.0, None, 0, None, (), "")
     job = Job(params=params, prompt_ids=list(prompt_ids), pinned=None)
-    with _step("the warm-up generation", timings):
+    with steps.step("the warm-up generation"):
         scheduler.submit(job)
         finished = list(job.results())[-1]
     if not isinstance(finished, Finished) or finished.completion_tokens < 1:
         raise WarmupFailed(f"the warm-up generation ended without generating a token: {finished}")
     return finished
-
-
-@contextmanager
-def _step(what: str, timings: list[tuple[str, float]]) -> Iterator[str]:
-    """Times the step, and turns any failure inside into WarmupFailed naming it."""
-    started = time.perf_counter()
-    try:
-        yield what
-        timings.append((what, time.perf_counter() - started))
-    except WarmupFailed:
-        raise
-    except torch.cuda.OutOfMemoryError as error:
-        raise WarmupFailed(f"{what}: out of device memory: {error}") from None
-    except Exception as error:
-        raise WarmupFailed(f"{what}: {type(error).__name__}: {error}") from None
 
 
 def _check_finite(logits: torch.Tensor, what: str) -> None:

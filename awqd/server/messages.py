@@ -257,10 +257,10 @@ def generate_params(request: pb.GenerateRequest) -> GenerateParams:
 
 
 def generate_response(delta: TokenDelta | None, finished: Finished | None) -> pb.GenerateResponse:
-    response = pb.GenerateResponse(text=delta.text, token_ids=delta.token_ids) if delta else pb.GenerateResponse()
-    if finished is not None:
-        response.completion.CopyFrom(completion(finished))  # the last message: with the last tokens, when it can
-    return response
+    fields = {"text": delta.text, "token_ids": delta.token_ids} if delta is not None else {}
+    if finished is not None:  # the last message, with the last tokens when they were ready together
+        fields["completion"] = completion(finished)
+    return pb.GenerateResponse(**fields)
 
 
 def completion(event: Finished) -> pb.Completion:

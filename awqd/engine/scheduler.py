@@ -87,7 +87,7 @@ class AdmissionLimits:
     max_queued: int  # waiting requests beyond the running batch
     queue_timeout_s: float  # longest wait for room in the KV cache
     prefill_tokens: int  # prompt tokens one step boundary prefills together (the first prompt may be longer)
-    max_decode_stall_s: float = 0.0  # how long back-to-back prefills may hold up the running batch's decode
+    max_decode_stall_s: float  # how long back-to-back prefills may hold up the running batch's decode
 
 
 class Scheduler:
@@ -238,8 +238,7 @@ class Scheduler:
         admitted: list[Sequence] = []
         prompt_tokens = 0
         batch = [seq.job for seq in self._running]
-        batch_pin = batch[0].pin if batch else None
-        while (head := self._admissible_head(batch, batch_pin)) is not None:
+        while (head := self._admissible_head(batch)) is not None:
             job, ids, positions = self._resume_plan(head)
             if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
@@ -248,19 +247,19 @@ class Scheduler:
             self.blocks.grow(seq, positions)
             admitted.append(seq)
             prompt_tokens += len(ids)
-            batch_pin = job.pin
             batch.append(job)
         if admitted:
             self._pin(admitted[0].job)
         return admitted
 
-    def _admissible_head(self, batch: list[Job], batch_pin: str | None) -> Job | Sequence | None:
-        """Under the lock: the queue's head, preempted sequences first, if it may join a batch of these jobs now."""
+    def _admissible_head(self, batch: list[Job]) -> Job | Sequence | None:
+        """Under the lock: the queue's head, preempted sequences first, if it may join a batch of these jobs now (a
+        batch's jobs share one pin: the first's)."""
         if not (self._preempted or self._waiting) or len(batch) >= self.runner.max_rows:
             return None
         head = self._preempted[0] if self._preempted else self._waiting[0]
         job, _, positions = self._resume_plan(head)
-        if batch_pin is not None and job.pin != batch_pin:
+        if batch and job.pin != batch[0].pin:
             return None  # the head pins another kernel: let the running batch drain first
         if any(other.exclusive for other in batch) or (job.exclusive and batch):
             return None  # an exclusive run has the model to itself
@@ -280,8 +279,7 @@ class Scheduler:
         if stalled_s >= self.limits.max_decode_stall_s:
             return False
         with self._condition:
-            batch = [seq.job for seq in self._running]
-            if self._admissible_head(batch, batch[0].pin if batch else None) is None:
+            if self._admissible_head([seq.job for seq in self._running]) is None:
                 return False
         if self._stalled_since is None:
             self._stalled_since = now

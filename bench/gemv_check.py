@@ -1,4 +1,5 @@
-"""awqd's GEMV tile by tile (gemv.TILES): correctness, then ms per Llama-2-7B decoder layer at 1, 2 and 4 tokens.
+"""awqd's GEMV configuration by configuration (its boot tuning space): correctness, then ms per Llama-2-7B decoder
+layer and per linear at 1, 2 and 4 tokens.
 
     PYTHONPATH=. python3 bench/gemv_check.py --out DIR [--device cuda:0]
 A dry run on a CPU (tiny shapes, the Triton interpreter):
@@ -28,7 +29,7 @@ from awqd.kernels.measure import (
     time_dense_baseline,
     time_passes,
 )
-from awqd.kernels.triton.gemv import TILES, gemv
+from awqd.kernels.triton.gemv import gemv, tuning_space
 from awqd.kernels.triton.layout import TOLERANCES, pack_awqd_w4
 from awqd.quant.reference import dequantize
 
@@ -64,7 +65,7 @@ def check_tiles(device: torch.device) -> list[dict]:
         weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
         layers.append((weight, dequantize(weight, torch.float32), pack_awqd_w4(weight, device)))
     results = []
-    for tile in TILES:
+    for tile in tuning_space(1):
         for rows in BUCKETS:
             for case in ("fp16", "fp16 outliers", "bf16"):
                 worst, finite = 0.0, True
@@ -81,28 +82,62 @@ def check_tiles(device: torch.device) -> list[dict]:
     return results
 
 
+def time_layer(
+    label_: str, configs: list, inputs: list, packed: list, device: torch.device, repetitions: tuple[int, int]
+) -> float:
+    """ms of one decoder layer's four linears, linear i on configs[i], rotating over the weight copies."""
+
+    def make_pass(copy: int):
+        def run_pass() -> None:
+            for x, weight, config in zip(inputs, packed[copy], configs, strict=True):
+                gemv(x, weight, config)
+
+        return run_pass
+
+    return time_passes(label_, [make_pass(copy) for copy in range(len(packed))], device, *repetitions).median_ms
+
+
+def time_linear(
+    label_: str, config, x: torch.Tensor, copies: list, device: torch.device, repetitions: tuple[int, int]
+) -> float:
+    """ms of one linear: a pass launches it on every weight copy back to back (as the engine's graph launches
+    layer after layer), so the timing events' own cost is spread over the copies."""
+
+    def run_pass() -> None:
+        for weight in copies:
+            gemv(x, weight, config)
+
+    return time_passes(label_, [run_pass], device, *repetitions).median_ms / len(copies)
+
+
 def time_tiles(device: torch.device) -> dict:
+    """Every configuration of the boot tuning space on each linear, and on the whole layer; the tuned layer (each
+    linear on its fastest configuration, as boot tuning picks them) beside fp16 cuBLAS and the roofline."""
     shapes = SHAPES[device.type]
     copies = rotation_copies(shapes, device)
     weights = random_layer_weights(shapes, GROUP_SIZE[device.type], device, copies)
     packed = [[pack_awqd_w4(weight, device) for weight in copy] for copy in weights]
+    by_linear = [[copy[index] for copy in packed] for index in range(len(shapes))]
     repetitions = (3, 50) if device.type == "cuda" else (1, 1)
-    timings: dict = {"ms": {}}
+    timings: dict = {"ms": {}, "linear_ms": {}, "tuned": {}}
     for rows in BUCKETS:
         inputs = [torch.randn(rows, i, device=device).half() for _, i in shapes]
-        for tile in TILES:
-
-            def make_pass(copy: int, tile=tile, inputs=inputs):
-                def run_pass() -> None:
-                    for x, weight in zip(inputs, packed[copy], strict=True):
-                        gemv(x, weight, tile)
-
-                return run_pass
-
-            passes = [make_pass(copy) for copy in range(copies)]
-            timing = time_passes(label(tile), passes, device, *repetitions)
-            timings["ms"].setdefault(label(tile), {})[rows] = timing.median_ms
-            print(f"{label(tile)} rows {rows}: {timing.median_ms:.4f} ms per layer", flush=True)
+        for tile in tuning_space(rows):
+            ms = time_layer(label(tile), [tile] * len(shapes), inputs, packed, device, repetitions)
+            timings["ms"].setdefault(label(tile), {})[rows] = ms
+            for (out_features, in_features), x, linear in zip(shapes, inputs, by_linear, strict=True):
+                linear_ms = time_linear(label(tile), tile, x, linear, device, repetitions)
+                timings["linear_ms"].setdefault(f"{out_features}x{in_features}", {}).setdefault(label(tile), {})[
+                    rows
+                ] = linear_ms
+            print(f"{label(tile)} rows {rows}: {ms:.4f} ms per layer", flush=True)
+        best = [
+            min(tuning_space(rows), key=lambda tile, shape=shape: timings["linear_ms"][shape][label(tile)][rows])
+            for shape in (f"{o}x{i}" for o, i in shapes)
+        ]
+        tuned_ms = time_layer("tuned", best, inputs, packed, device, repetitions)
+        timings["tuned"][rows] = {"ms": tuned_ms, "tiles": [label(tile) for tile in best]}
+        print(f"tuned rows {rows}: {tuned_ms:.4f} ms per layer ({', '.join(label(tile) for tile in best)})")
         dense = time_dense_baseline(shapes, GROUP_SIZE[device.type], device, rows, *repetitions)
         timings.setdefault("fp16 cuBLAS", {})[rows] = dense.median_ms
     if device.type == "cuda":
@@ -111,13 +146,32 @@ def time_tiles(device: torch.device) -> dict:
 
 
 def report(results: list[dict], timings: dict) -> str:
-    lines = ["| tile | " + " | ".join(f"{rows} token(s) ms" for rows in BUCKETS) + " |", "|---" * 4 + "|"]
+    header = " | ".join(f"{rows} token(s) ms" for rows in BUCKETS)
+    lines = ["ms per layer, one configuration for all four linears:", "", f"| configuration | {header} |"]
+    lines.append("|---" * (len(BUCKETS) + 1) + "|")
     for tile, by_rows in timings["ms"].items():
         lines.append(f"| {tile} | " + " | ".join(f"{by_rows[rows]:.4f}" for rows in BUCKETS) + " |")
+    tuned = timings["tuned"]
+    lines.append(
+        "| **tuned: each linear on its fastest** | " + " | ".join(f"**{tuned[r]['ms']:.4f}**" for r in BUCKETS) + " |"
+    )
     dense = timings["fp16 cuBLAS"]
     lines.append("| fp16 cuBLAS | " + " | ".join(f"{dense[rows]:.4f}" for rows in BUCKETS) + " |")
     if "roofline_ms" in timings:
         lines.append(f"\nRoofline {timings['roofline_ms']:.4f} ms per layer.")
+    for rows in BUCKETS:
+        lines += [
+            "",
+            f"ms per linear at {rows} token(s): the fastest configuration, and the fastest without split-K:",
+            "",
+        ]
+        lines += ["| linear | fastest | ms | fastest unsplit | ms |", "|---|---|---|---|---|"]
+        for shape, by_tile in timings["linear_ms"].items():
+            ranked = sorted(by_tile, key=lambda tile: by_tile[tile][rows])
+            unsplit = next(tile for tile in ranked if "split-K 1," in tile)
+            lines.append(
+                f"| {shape} | {ranked[0]} | {by_tile[ranked[0]][rows]:.4f} | {unsplit} | {by_tile[unsplit][rows]:.4f} |"
+            )
     failures = [r for r in results if not r["ok"]]
     worst = max(results, key=lambda r: r["error"])
     lines.append(

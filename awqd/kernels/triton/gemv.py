@@ -56,6 +56,13 @@ TILES = (
     GemvConfig(8, 512, 1, 1),  # (21.3, 159): 0.0526 / 0.0692; one warp, so its layout conversion's barriers cost least
 )
 DEFAULT_TILE = TILES[0]
+# At 1 token the 4096-output linears (o, down) get 256-512 programs of 1-2 warps, about 4 warps per SM: under Nsight
+# Compute on an H200 they reached 25-30% of DRAM peak at 5.9% occupancy against 44-53% for qkv and gate_up
+# (bench/results/h200-2026-12-02-engine-before-after). Splitting K multiplies the warps in flight; tuning times
+# these beside the unsplit tiles, per shape, so the wide linears keep K whole where the extra reduce pass loses.
+SPLIT_TILES = tuple(
+    dataclasses.replace(tile, split_k=split) for tile in (TILES[0], TILES[3], TILES[5], TILES[6]) for split in (2, 4)
+)
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
@@ -66,7 +73,7 @@ def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
 
 
 def tuning_space(bucket: int) -> tuple[GemvConfig, ...]:
-    return TILES if bucket <= GEMV_MAX_TUNED_ROWS else ()
+    return TILES + SPLIT_TILES if bucket <= GEMV_MAX_TUNED_ROWS else ()
 
 
 @triton.jit

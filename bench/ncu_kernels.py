@@ -2,8 +2,9 @@
 
     python3 bench/ncu_kernels.py --out DIR [--cases awqd_triton_gemv@1,awqd_triton_gemm@16,...]
 
-For each case (candidate@tokens) it runs itself under `ncu --clock-control none` (the clocks stay as they are) with
-the profiler off except around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096,
+For each case (candidate@tokens, or candidate@tokens/split-k=S: a Triton candidate's tuned tiles with K split S
+ways) it runs itself under `ncu --clock-control none` (the clocks stay as they are) with the profiler off except
+around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096,
 gate_up 22016x4096, down 4096x11008; W4 g128 with a zero point), after the candidate was tuned for that bucket and
 warmed up. Per kernel launch it keeps the duration, achieved DRAM bandwidth (bytes read over duration, and % of
 peak), achieved and theoretical occupancy, registers, grid and block, and the warp-stall breakdown (cycles per
@@ -71,10 +72,18 @@ def child(case: str, tune_s: float) -> None:
     from awqd.kernels import registry
     from awqd.kernels.measure import random_layer_weights
 
-    name, tokens = case.split("@")
+    kernel, _, split_k = case.partition("/split-k=")
+    name, tokens = kernel.split("@")
     device = torch.device("cuda:0")
     candidate = registry.build(name)
-    notes = candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s).notes
+    tuned = candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s)
+    notes = tuned.notes
+    if split_k:  # the tuned tiles with K split this many ways, to compare the same tiles split and unsplit
+        for by_bucket in tuned.table.values():
+            for config in by_bucket.values():
+                config["split_k"] = int(split_k)
+        candidate.install_tuning(tuned.table, device)
+        notes.append(f"split-K forced to {split_k} on every tuned tile: {tuned.table}")
     weights = random_layer_weights(SHAPES, GROUP_SIZE, device, 1)[0]
     packed = [candidate.prepare(weight, device) for weight in weights]
     inputs = [torch.randn(int(tokens), i, dtype=torch.float16, device=device) for _, i in SHAPES]

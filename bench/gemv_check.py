@@ -13,7 +13,6 @@ roofline (int4 weights, scales and zeros at the measured copy bandwidth). Writes
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -137,9 +136,7 @@ def time_tiles(device: torch.device) -> dict:
             for shape in (f"{o}x{i}" for o, i in shapes)
         ]
         tuned_ms = time_layer("tuned", best, inputs, packed, device, repetitions)
-        without_pdl = [dataclasses.replace(tile, pdl=False) for tile in best]
-        no_pdl_ms = time_layer("tuned, PDL off", without_pdl, inputs, packed, device, repetitions)
-        timings["tuned"][rows] = {"ms": tuned_ms, "pdl_off_ms": no_pdl_ms, "tiles": [label(tile) for tile in best]}
+        timings["tuned"][rows] = {"ms": tuned_ms, "tiles": [label(tile) for tile in best]}
         print(f"tuned rows {rows}: {tuned_ms:.4f} ms per layer ({', '.join(label(tile) for tile in best)})")
         dense = time_dense_baseline(shapes, GROUP_SIZE[device.type], device, rows, *repetitions)
         timings.setdefault("fp16 cuBLAS", {})[rows] = dense.median_ms
@@ -158,7 +155,6 @@ def report(results: list[dict], timings: dict) -> str:
     lines.append(
         "| **tuned: each linear on its fastest** | " + " | ".join(f"**{tuned[r]['ms']:.4f}**" for r in BUCKETS) + " |"
     )
-    lines.append("| tuned, PDL off | " + " | ".join(f"{tuned[r]['pdl_off_ms']:.4f}" for r in BUCKETS) + " |")
     dense = timings["fp16 cuBLAS"]
     lines.append("| fp16 cuBLAS | " + " | ".join(f"{dense[rows]:.4f}" for rows in BUCKETS) + " |")
     if "roofline_ms" in timings:

@@ -20,7 +20,6 @@ slower at batch 1 on the H200, so rows stay apart.)
 """
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,6 @@ class GemvConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 1  # the kernel prefetches by hand; Triton's pipeliner adds nothing here
-    pdl: bool = True  # launched to overlap the previous kernel's tail where the GPU can (sm_90+: pdl_supported)
 
 
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
@@ -67,11 +65,6 @@ def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:
     return dataclasses.replace(DEFAULT_TILE, split_k=split_k)
 
 
-@functools.cache
-def pdl_supported(device: torch.device) -> bool:
-    return not interpreting() and torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 def tuning_space(bucket: int) -> tuple[GemvConfig, ...]:
     return TILES if bucket <= GEMV_MAX_TUNED_ROWS else ()
 
@@ -94,7 +87,6 @@ def awqd_w4_gemv_kernel(
     HAS_BIAS: tl.constexpr,
     IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -120,12 +112,7 @@ def awqd_w4_gemv_kernel(
 
     # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
     first = tl.minimum(start, end - WORDS) if EVEN_K else start
-    if PDL:  # launched before the previous kernel ends: the weights never depend on it, the activations do
-        w_next, sz_next = load_weights(w_rows, sz_rows, words, segments, first, end, GROUP_WORDS, EVEN_K)
-        tl.extra.cuda.gdc_wait()
-        x_next = load_activations(x_pairs, words, first, end, EVEN_K)
-    else:
-        w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
+    w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
     acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
     for word0 in range(start, end, WORDS):
         w, sz, x = w_next, sz_next, x_next
@@ -156,24 +143,16 @@ def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS
     The activations are loaded first: Triton then moves them into the weights' register layout after the next step's
     loads are issued. Loaded last, they win and the weights move instead, at the top of the loop or right after
     their load, which waits on the loads the prefetch meant to leave in flight (the sm_90 TTGIR of either order)."""
-    x = load_activations(x_pairs, words, word0, end, EVEN_K)
-    w, sz = load_weights(w_rows, sz_rows, words, segments, word0, end, GROUP_WORDS, EVEN_K)
+    if EVEN_K:
+        x = tl.load(x_pairs + word0 * 4)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS)
+        w = tl.load(w_rows + word0)
+    else:
+        inside = word0 + words < end
+        x = tl.load(x_pairs + word0 * 4, mask=inside[:, :, :, None], other=0)
+        sz = tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
+        w = tl.load(w_rows + word0, mask=inside, other=0)
     return w, sz, x
-
-
-@triton.jit
-def load_activations(x_pairs, words, word0, end, EVEN_K: tl.constexpr):
-    if EVEN_K:
-        return tl.load(x_pairs + word0 * 4)
-    return tl.load(x_pairs + word0 * 4, mask=(word0 + words < end)[:, :, :, None], other=0)
-
-
-@triton.jit
-def load_weights(w_rows, sz_rows, words, segments, word0, end, GROUP_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
-    if EVEN_K:
-        return tl.load(w_rows + word0), tl.load(sz_rows + word0 // GROUP_WORDS)
-    w = tl.load(w_rows + word0, mask=word0 + words < end, other=0)
-    return w, tl.load(sz_rows + word0 // GROUP_WORDS, mask=word0 + segments < end, other=0)
 
 
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
@@ -184,7 +163,6 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
     config = config or gemv_config(rows, packed, x.device)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)
-    pdl = config.pdl and pdl_supported(x.device)
     awqd_w4_gemv_kernel[grid](
         x,
         packed.qweight,
@@ -202,9 +180,7 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         HAS_BIAS=packed.bias is not None,
         IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
-        PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
-        **({"launch_pdl": True} if pdl else {}),
     )
     return finish_split_k(target, packed.bias, out)

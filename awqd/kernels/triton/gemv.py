@@ -56,6 +56,9 @@ TILES = (
     GemvConfig(8, 512, 1, 1),  # (21.3, 159): 0.0526 / 0.0692; one warp, so its layout conversion's barriers cost least
 )
 DEFAULT_TILE = TILES[0]
+# Tried and rejected on an H200 (bench/results/h200-2026-12-02-gemv-splitk-pdl): split-K 2 and 4 tiles, slower on
+# every linear at 1-4 tokens (more resident warps did not raise DRAM throughput; the reduce pass costs 2-3 µs), and
+# programmatic dependent launch, which slowed the engine's decode step by 16%.
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:

@@ -79,6 +79,8 @@ def child(case: str, tune_s: float) -> None:
     tuned = candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s)
     notes = tuned.notes
     if split_k:  # the tuned tiles with K split this many ways, to compare the same tiles split and unsplit
+        if not tuned.table:
+            raise SystemExit(f"{case}: {name} has no tuned tiles to split")
         for by_bucket in tuned.table.values():
             for config in by_bucket.values():
                 config["split_k"] = int(split_k)

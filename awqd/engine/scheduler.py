@@ -238,8 +238,8 @@ class Scheduler:
         admitted: list[Sequence] = []
         prompt_tokens = 0
         batch = [seq.job for seq in self._running]
-        while (head := self._admissible_head(batch)) is not None:
-            job, ids, positions = self._resume_plan(head)
+        while (admissible := self._admissible_head(batch)) is not None:
+            head, (job, ids, positions) = admissible
             if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
                 break
             (self._preempted if isinstance(head, Sequence) else self._waiting).popleft()
@@ -252,20 +252,21 @@ class Scheduler:
             self._pin(admitted[0].job)
         return admitted
 
-    def _admissible_head(self, batch: list[Job]) -> Job | Sequence | None:
-        """Under the lock: the queue's head, preempted sequences first, if it may join a batch of these jobs now (a
-        batch's jobs share one pin: the first's)."""
+    def _admissible_head(self, batch: list[Job]) -> tuple[Job | Sequence, tuple[Job, list[int], int]] | None:
+        """Under the lock: the queue's head, preempted sequences first, and its _resume_plan, if it may join a batch of
+        these jobs now (a batch's jobs share one pin: the first's)."""
         if not (self._preempted or self._waiting) or len(batch) >= self.runner.max_rows:
             return None
         head = self._preempted[0] if self._preempted else self._waiting[0]
-        job, _, positions = self._resume_plan(head)
+        plan = self._resume_plan(head)
+        job, _, positions = plan
         if batch and job.pin != batch[0].pin:
             return None  # the head pins another kernel: let the running batch drain first
         if any(other.exclusive for other in batch) or (job.exclusive and batch):
             return None  # an exclusive run has the model to itself
         if blocks_for(positions) > self.blocks.free_blocks:
             return None  # the head waits for blocks; nothing overtakes it
-        return head
+        return head, plan
 
     def _prefill_again(self) -> bool:
         """After a prefill: whether the next boundary admits more of a burst before the batch decodes again.

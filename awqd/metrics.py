@@ -5,7 +5,61 @@ Per-engine series carry the model and the torch device its engine runs on (one e
 on, awqd.hosting.replicas).
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+
+class BulkHistogram(Collector):
+    """A labelled Prometheus histogram that takes many observations per call, under one lock.
+
+    prometheus_client's Histogram takes two locks per observation, about 1 µs. Every inter-token gap of a request is
+    observed when it finishes, and a decode step ends a whole admission wave at once: at 256 streams of 128 tokens
+    that was ~33 ms on the scheduler thread, holding the interpreter lock while the finished streams waited for it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str],
+        buckets: Iterable[float],
+        registry: CollectorRegistry = REGISTRY,
+    ):
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = tuple(sorted(buckets))
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}  # labels -> (counts, [sum])
+        registry.register(self)
+
+    def observe_all(self, labels: tuple[str, ...], values: Iterable[float]) -> None:
+        counts, total = [0] * (len(self.bounds) + 1), 0.0  # a value equal to a bound counts in its bucket (le)
+        for value in values:
+            counts[bisect_left(self.bounds, value)] += 1
+            total += value
+        with self._lock:
+            series_counts, series_sum = self._series.setdefault(labels, ([0] * len(counts), [0.0]))
+            for bucket, count in enumerate(counts):
+                series_counts[bucket] += count
+            series_sum[0] += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            series = [(labels, list(counts), total) for labels, (counts, [total]) in self._series.items()]
+        for labels, counts, total in series:
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric(labels, buckets, total)
+        yield family
+
 
 RPC_REQUESTS = Counter("awqd_rpc_requests", "Finished RPCs by full method name and status code", ["method", "code"])
 STREAMS_IN_FLIGHT = Gauge("awqd_streams_in_flight", "Generate and Benchmark streams running now")
@@ -22,7 +76,7 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["model", "device"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-INTER_TOKEN_LATENCY = Histogram(
+INTER_TOKEN_LATENCY = BulkHistogram(
     "awqd_inter_token_latency_seconds",
     "Gap between consecutive generated tokens of one request",
     ["model", "device"],

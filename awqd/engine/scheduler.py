@@ -522,6 +522,5 @@ def _observe_latencies(model: str, device: str, finished: Finished) -> None:
     times = finished.token_times_ms
     if times:
         metrics.TIME_TO_FIRST_TOKEN.labels(model, device).observe(times[0] / 1000)
-    inter_token = metrics.INTER_TOKEN_LATENCY.labels(model, device)
-    for earlier, later in pairwise(times):
-        inter_token.observe((later - earlier) / 1000)
+    gaps = ((later - earlier) / 1000 for earlier, later in pairwise(times))
+    metrics.INTER_TOKEN_LATENCY.observe_all((model, device), gaps)

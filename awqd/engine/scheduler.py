@@ -62,7 +62,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from itertools import pairwise
 
 import structlog
 import torch
@@ -124,6 +123,8 @@ class Scheduler:
         self._completed_at = 0.0  # when the last decode step's ids reached the host
         self.device = str(runner.model.device)  # the metrics' device label: one engine per device
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name, self.device)
+        self._time_to_first_token = metrics.TIME_TO_FIRST_TOKEN.labels(name, self.device)
+        self._token_gaps = metrics.INTER_TOKEN_LATENCY.gatherer((name, self.device))
         self._preemptions_counted = {
             mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, self.device, mode) for mode in PREEMPTION_POLICIES
         }
@@ -407,6 +408,7 @@ class Scheduler:
             seq.count_step("decode", step.kernel)
             if self._accept(seq, token):
                 self._release(seq)
+        self._token_gaps.flush()  # the step's gaps, so the histogram is live while long generations run
 
     def _grow_or_preempt(self) -> None:
         """Gives every running sequence the block its next position needs, oldest first. When none is free, the most
@@ -437,6 +439,8 @@ class Scheduler:
         done = seq.accept(token)
         if token not in self.eos_ids:
             self._tokens_streamed.inc()
+        if len(times := seq.token_times) > 1:
+            self._token_gaps.observe(times[-1] - times[-2])
         return done
 
     def _end_cancelled(self) -> None:
@@ -471,7 +475,9 @@ class Scheduler:
 
     def _finished(self, job: Job, event: Finished) -> None:
         """Records the metrics and the log line first, so a caller that sees the summary also sees them."""
-        _observe_latencies(self.name, self.device, event)
+        if event.token_times_ms:
+            self._time_to_first_token.observe(event.token_times_ms[0] / 1000)
+        self._token_gaps.flush()
         log.info(
             "generation_finished",
             model=self.name,
@@ -516,11 +522,3 @@ class EngineLoad:
     running: int  # sequences in the decode batch
     tokens: int  # queued prompts and generations, plus what running and preempted sequences have left
     free_blocks: int  # KV-cache headroom
-
-
-def _observe_latencies(model: str, device: str, finished: Finished) -> None:
-    times = finished.token_times_ms
-    if times:
-        metrics.TIME_TO_FIRST_TOKEN.labels(model, device).observe(times[0] / 1000)
-    gaps = ((later - earlier) / 1000 for earlier, later in pairwise(times))
-    metrics.INTER_TOKEN_LATENCY.observe_all((model, device), gaps)

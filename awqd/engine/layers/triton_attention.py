@@ -19,7 +19,12 @@ from awqd.kernels.triton.layout import interpreting
 if TYPE_CHECKING:  # attention.py imports this module when it runs on Triton
     from awqd.engine.layers.attention import AttentionShape
 
-BLOCK_N = 64  # cached positions per step
+# Cached positions per step, and the step loop's software-pipelining depth. Against 64 and 3, at one row and KV past
+# L2, 128 and 2 took 18-22% less time; at 8-256 rows, -14% to +6% (bench/results/h200-2026-12-02-decode-attention).
+# Fixed for every row count: a row's result depends on BLOCK_N, so it must not depend on the batch.
+BLOCK_N = 128
+STAGES = 2
+WARPS = 4
 MIN_DOT = 16  # tl.dot's smallest M, N and K
 
 
@@ -132,7 +137,12 @@ def decode_attention_rows(
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     shape: "AttentionShape",
+    block_n: int = BLOCK_N,
+    stages: int = STAGES,
+    warps: int = WARPS,
 ) -> torch.Tensor:
+    """block_n, stages and warps other than the defaults are for bench/decode_attention_tune.py, which compares each
+    setting's output and time with the defaults'."""
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
     out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
@@ -157,9 +167,10 @@ def decode_attention_rows(
         BLOCK_TOKENS=block_tokens,
         BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
         BLOCK_D=max(MIN_DOT, triton.next_power_of_2(shape.head_dim)),
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=block_n,
         DOT_IN_FP32=interpreting() or qkv.dtype == torch.float32,
-        num_warps=4,
+        num_warps=warps,
+        num_stages=stages,
     )
     return out
 

@@ -475,8 +475,8 @@ class Scheduler:
 
     def _finished(self, job: Job, event: Finished) -> None:
         """Records the metrics and the log line first, so a caller that sees the summary also sees them."""
-        if event.token_times_ms:
-            self._time_to_first_token.observe(event.token_times_ms[0] / 1000)
+        if event.token_times:
+            self._time_to_first_token.observe(event.time_to_first_token_ms / 1000)
         self._token_gaps.flush()
         log.info(
             "generation_finished",

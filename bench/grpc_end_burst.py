@@ -3,8 +3,8 @@
 No awqd server code and no engine: a bare grpc.aio server whose Generate handler parks every call on one
 asyncio.Event, then, once all --streams calls are parked, sets it. Each call then sends one GenerateResponse the
 size of awqd's last message (a token and a Completion) and returns, so grpc sends its status. Measured on the
-server, per round: how long the loop takes to end all the calls, per call, and the mean and last time a handler got
-the loop back after the event was set.
+server, per round: how long after the event was set every call's last message had been sent (all_ended_ms; the
+statuses follow), that per call, and the mean and last time a handler got the loop back.
 
 This is the floor under issue 18's streaming overhead at 256 streams: every stream of an admission wave finishes in
 the same decode step, and one loop ends their calls one after another, so a stream waits on average for half the

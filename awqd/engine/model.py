@@ -154,15 +154,23 @@ class DecoderModel:
         return self._logits(self._forward(token_ids, attention)[last_rows])
 
     def decode(
-        self, token_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, cache: KvCache
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        tables: torch.Tensor,
+        cache: KvCache,
+        split_counters: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Row i of token_ids [B] and positions [B] belongs to the sequence whose blocks are tables[i] (int32 [B,
-        blocks per sequence]); returns logits [B, vocab]. Only static tensors are read and written, so a step can be
-        captured as a CUDA graph and replayed at any positions and block tables."""
+        blocks per sequence]); returns logits [B, vocab]. split_counters (int32 [>= B * kv_heads], zero) lets decode
+        attention split a small batch's rows over several programs, unless the model is batch-invariant. Only static
+        tensors are read and written, so a step can be captured as a CUDA graph and replayed at any positions and
+        block tables."""
+        counters = None if self.batch_invariant else split_counters
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k, v = cache.k[layer], cache.v[layer]
-            return decode_attention(qkv, positions, tables, self.cos, self.sin, k, v, self.attention_shape)
+            return decode_attention(qkv, positions, tables, self.cos, self.sin, k, v, self.attention_shape, counters)
 
         return self._logits(self._forward(token_ids, attention))
 

@@ -62,6 +62,8 @@ class StepRunner:
         self.positions = torch.zeros(max_rows, dtype=torch.int64, device=model.device)
         table_shape = (max_rows, cache.plan.max_blocks_per_seq)
         self.tables = torch.full(table_shape, PADDING_BLOCK, dtype=torch.int32, device=model.device)
+        kv_heads = model.shape.num_kv_heads
+        self.split_counters = torch.zeros(max_rows * kv_heads, dtype=torch.int32, device=model.device)
         self.graphs: dict[tuple[str, int], Captured] = {}  # decode, by (pin, batch bucket)
         self.eager_keys: dict[tuple[str, int], Exception] = {}  # keys whose capture failed, and why
         # A prompt prefilled alone is padded to a bucket where graphs are captured; elsewhere padding would only cost.
@@ -162,7 +164,8 @@ class StepRunner:
         log.info("cuda_graph_captured", phase=phase, pin=pin or "auto", size=size, graphs=len(graphs))
 
     def _decode_rows(self, padded: int) -> torch.Tensor:
-        return self.model.decode(self.tokens[:padded], self.positions[:padded], self.tables[:padded], self.cache)
+        tokens, positions, tables = (t[:padded] for t in (self.tokens, self.positions, self.tables))
+        return self.model.decode(tokens, positions, tables, self.cache, self.split_counters)
 
     def _prefill_rows(self, padded: int) -> torch.Tensor:
         ids, sequences, positions = (

@@ -5,7 +5,9 @@ Each case prints one JSON line. Besides closeness to torch, the attention cases 
 kernel stores the new k and v where the torch path does (on the GPU, rotary may differ from torch's by a unit in
 the last place; under the interpreter it is exact), a row's output is bitwise the same alone and inside a batch
 whose other rows sit at other positions, and the same whatever stale block ids its table row holds past the
-blocks its sequence owns (a CUDA graph's static table keeps what an earlier, longer step copied there).
+blocks its sequence owns (a CUDA graph's static table keeps what an earlier, longer step copied there). Split
+launches (several programs per row and head, merged by the last to arrive) are as close to torch, store the same
+k and v, give the same result on a second launch, and leave their counters at zero.
 --batch-invariant's two matrix products (the fixed-tile AWQ GEMM and the Triton lm_head) are checked the same
 way: close to the reference, and each row bitwise the same whatever the row count.
 
@@ -64,9 +66,9 @@ def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, 
     positions = torch.tensor(positions, device=device)
     torch_cache, triton_cache = cache.clone(), cache.clone()
     expected = decode_attention_torch(qkv, positions, tables, cos, sin, torch_cache[0], torch_cache[1], shape)
-    got = decode_attention_rows(qkv, positions, tables, cos, sin, triton_cache[0], triton_cache[1], shape)
+    got = decode_attention_rows(qkv, positions, tables, cos, sin, triton_cache[0], triton_cache[1], shape, None)
     alone = decode_attention_rows(
-        qkv[-1:], positions[-1:], tables[-1:], cos, sin, triton_cache[0], triton_cache[1], shape
+        qkv[-1:], positions[-1:], tables[-1:], cos, sin, triton_cache[0], triton_cache[1], shape, None
     )
     # A captured graph's static table keeps, past each row's own blocks, whatever an earlier, longer step left.
     stale = tables.clone()
@@ -74,13 +76,36 @@ def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, 
     for row, blocks_owned in enumerate(own):
         stale[row, blocks_owned:] = torch.randint(1, blocks, (stale.shape[1] - blocks_owned,), generator=generator)
     stale_cache = cache.clone()
-    with_stale = decode_attention_rows(qkv, positions, stale, cos, sin, stale_cache[0], stale_cache[1], shape)
+    with_stale = decode_attention_rows(qkv, positions, stale, cos, sin, stale_cache[0], stale_cache[1], shape, None)
     return {
         "max_error": (got.float() - expected.float()).abs().max().item(),
         "cache_error": relative_error(triton_cache, torch_cache),
         "alone_equals_batched": torch.equal(alone[0], got[-1]),
         "stale_tail_ignored": torch.equal(with_stale, got) and torch.equal(stale_cache, triton_cache),
+        "split": split_cases(qkv, positions, tables, cos, sin, cache, triton_cache, expected, shape),
     }
+
+
+def split_cases(qkv, positions, tables, cos, sin, cache, unsplit_cache, expected, shape) -> dict:
+    """A split launch of 4 programs per (row, kv head), each program stepping 16 positions (so most rows'
+    steps spread over every program, and row 0's position 0 leaves all but the first idle), and the launch the
+    engine makes (splits by row count, the split step size)."""
+    from awqd.engine.layers.triton_attention import decode_attention_rows
+
+    errors, repeatable, clean = [], True, True
+    for splits, block_n in ((4, 16), (None, None)):
+        counters = torch.zeros(qkv.shape[0] * shape.num_kv_heads, dtype=torch.int32, device=qkv.device)
+        split_cache = cache.clone()
+        runs = [
+            decode_attention_rows(
+                qkv, positions, tables, cos, sin, split_cache[0], split_cache[1], shape, counters, splits, block_n
+            )
+            for _ in range(2)
+        ]
+        errors.append((runs[0].float() - expected.float()).abs().max().item())
+        repeatable &= torch.equal(runs[0], runs[1]) and torch.equal(split_cache, unsplit_cache)
+        clean &= not counters.any().item()
+    return {"max_error": max(errors), "repeatable_and_same_cache": repeatable, "counters_zero": clean}
 
 
 ROTATE_AND_STORE_CASES = ((4, 4, 32), (8, 2, 24), (16, 8, 16))  # (heads, kv heads, head_dim): 4, 2, 8 per program
@@ -210,6 +235,9 @@ def failures(cases: list[dict]) -> list[dict]:
                 and case["cache_error"] <= 2 * LAST_PLACE[case["dtype"]]
                 and case["alone_equals_batched"]
                 and case["stale_tail_ignored"]
+                and case["split"]["max_error"] <= TOLERANCE[case["dtype"]]
+                and case["split"]["repeatable_and_same_cache"]
+                and case["split"]["counters_zero"]
             )
         if not ok:
             bad.append(case)

@@ -4,7 +4,9 @@ Decode attention: one new token per row, rotary applied, its k and v written to 
 KV cache (awqd.engine.kv_cache) through its block table, attending over the sequence's positions 0..position (or
 the sliding window). On the GPU it is one Triton kernel per step and layer (awqd.engine.layers.triton_attention).
 It walks each row's own positions in fixed steps, so a row's result depends neither on the other rows of the batch
-nor on how long they are; no attention span is part of a captured graph. The torch version below is the CPU path
+nor on how long they are; no attention span is part of a captured graph. Given split counters, a batch of a few rows
+splits each row's positions over several programs per head, as many as the batch's size leaves room for; then a
+row's result depends on the batch's size (not on its other rows). The torch version below is the CPU path
 and the reference the kernel is tested against.
 
 Prefill attention: rotate_and_store writes the prompts' k and v to the cache; then each prompt's rows attend
@@ -45,14 +47,16 @@ def decode_attention(
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     shape: AttentionShape,
+    split_counters: torch.Tensor | None,
 ) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) * head_dim] of B rows at `positions` [B], row i's blocks in tables[i] (int32
     [>= B, blocks per sequence]); cos/sin [context, head_dim] tables; cache_k/v [blocks, kv_heads, block_tokens,
-    head_dim]. Returns [B, heads * head_dim]."""
+    head_dim]; split_counters int32 [>= B * kv_heads] of zeros, or None for a result independent of B. Returns [B,
+    heads * head_dim]."""
     if use_triton(qkv):
         from awqd.engine.layers.triton_attention import decode_attention_rows
 
-        return decode_attention_rows(qkv, positions, tables, cos, sin, cache_k, cache_v, shape)
+        return decode_attention_rows(qkv, positions, tables, cos, sin, cache_k, cache_v, shape, split_counters)
     return decode_attention_torch(qkv, positions, tables, cos, sin, cache_k, cache_v, shape)
 
 

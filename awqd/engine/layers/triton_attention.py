@@ -1,11 +1,17 @@
 """Triton kernel for decode_attention (awqd.engine.layers.attention).
 
-One program per (row, kv head) does the whole layer's attention for that head's query group: rotary on q and k,
-the new k and v stored at the row's position in its sequence's block, then an online softmax over the sequence's
-earlier positions in BLOCK_N steps, each step gathering its positions' blocks through the row's block table
-(awqd.engine.kv_cache: [blocks, kv_heads, BLOCK_TOKENS, head_dim] per layer). The new token's own key is the
-softmax's starting point, so the kernel never reads back what it just stored. Rotary and scaling round to the
-model's dtype at the same points as the torch path.
+SPLITS programs per (row, kv head) do the layer's attention for that head's query group: rotary on q and k, the new
+k and v stored at the row's position in its sequence's block (by the first program), then an online softmax over
+the sequence's earlier positions in BLOCK_N steps, each step gathering its positions' blocks through the row's block
+table (awqd.engine.kv_cache: [blocks, kv_heads, BLOCK_TOKENS, head_dim] per layer). The new token's own key is the
+first program's starting point, so the kernel never reads back what it just stored. Rotary and scaling round to
+the model's dtype at the same points as the torch path.
+
+With one row, one program per kv head leaves most SMs idle: Llama-2-7B has 32 such programs, Llama-3-8B 8. So a few
+rows split each row's steps over SPLITS programs (flash-decoding): program s takes steps s, s + SPLITS, ... and
+writes its partial softmax to a scratch buffer; the program that arrives last, counted on a per-(row, kv head)
+counter, merges the SPLITS partials in program order and resets the counter to 0 for the next launch. The split
+count is fixed per row count, so a row's result depends on its batch's size; --batch-invariant runs unsplit.
 """
 
 from typing import TYPE_CHECKING
@@ -21,11 +27,24 @@ if TYPE_CHECKING:  # attention.py imports this module when it runs on Triton
 
 # Cached positions per step, and the step loop's software-pipelining depth. Against 64 and 3, at one row and KV past
 # L2, 128 and 2 took 18-22% less time; at 8-256 rows, -14% to +6% (bench/results/h200-2026-12-02-decode-attention).
-# Fixed for every row count: a row's result depends on BLOCK_N, so it must not depend on the batch.
 BLOCK_N = 128
 STAGES = 2
 WARPS = 4
 MIN_DOT = 16  # tl.dot's smallest M, N and K
+# Splitting: up to MAX_SPLITS programs per (row, kv head), while rows x kv heads x splits stays within SPLIT_PROGRAMS,
+# each split program stepping SPLIT_BLOCK_N positions at a time.
+SPLIT_PROGRAMS = 256
+MAX_SPLITS = 16
+SPLIT_BLOCK_N = 64
+
+
+def split_count(rows: int, kv_heads: int) -> int:
+    """Programs per (row, kv head): the largest power of two up to MAX_SPLITS that keeps the grid within
+    SPLIT_PROGRAMS; 1 once rows x kv heads fill it."""
+    splits = 1
+    while splits < MAX_SPLITS and rows * kv_heads * splits * 2 <= SPLIT_PROGRAMS:
+        splits *= 2
+    return splits
 
 
 @triton.jit
@@ -47,6 +66,9 @@ def decode_attention_kernel(
     cache_k_ptr,
     cache_v_ptr,
     out_ptr,
+    partial_acc_ptr,  # fp32 [rows * kv_heads * SPLITS, BLOCK_G, BLOCK_D]; unused unsplit
+    partial_stats_ptr,  # fp32 [rows * kv_heads * SPLITS, 2, BLOCK_G]: running max and sum; unused unsplit
+    counters_ptr,  # int32 [rows * kv_heads], zero between launches; unused unsplit
     qkv_stride,
     tables_stride,
     window,  # positions back a row may attend to; the context length when there is no sliding window
@@ -59,10 +81,13 @@ def decode_attention_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SPLITS: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    first_program = split == 0
     position = tl.load(positions_ptr + row)
     dtype = qkv_ptr.dtype.element_ty
 
@@ -90,16 +115,19 @@ def decode_attention_kernel(
     block_stride = NUM_KV_HEADS * BLOCK_TOKENS * HEAD_DIM
     head_offset = kv_head * BLOCK_TOKENS * HEAD_DIM
     new_offset = block * block_stride + head_offset + (position % BLOCK_TOKENS) * HEAD_DIM
-    tl.store(cache_k_ptr + new_offset + d, k, mask=d_mask)
-    tl.store(cache_v_ptr + new_offset + d, v, mask=d_mask)
+    if first_program:
+        tl.store(cache_k_ptr + new_offset + d, k, mask=d_mask)
+        tl.store(cache_v_ptr + new_offset + d, v, mask=d_mask)
 
-    # The new token first: its score starts the running maximum, with weight 1.
-    running_max = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], axis=1)
-    running_sum = tl.full([BLOCK_G], 1.0, tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v.to(tl.float32)[None, :]
+    # The first program starts from the new token: its score starts the running maximum, with weight 1. The others
+    # start empty.
+    new_score = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], axis=1)
+    running_max = tl.where(first_program, new_score, float("-inf"))
+    running_sum = tl.where(first_program, tl.full([BLOCK_G], 1.0, tl.float32), 0.0)
+    acc = tl.where(first_program, tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v.to(tl.float32)[None, :], 0.0)
 
     first = tl.maximum(position - window + 1, 0)
-    for start in range(first // BLOCK_N * BLOCK_N, position, BLOCK_N):
+    for start in range(first // BLOCK_N * BLOCK_N + split * BLOCK_N, position, SPLITS * BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_mask = (n >= first) & (n < position)
         kv_mask = n_mask[:, None] & d_mask[None, :]
@@ -123,9 +151,41 @@ def decode_attention_kernel(
             acc = tl.dot(weights, values, acc)
         running_max = new_max
 
-    out = (acc / running_sum[:, None]).to(dtype)
-    out_offsets = row.to(tl.int64) * NUM_HEADS * HEAD_DIM + q_offsets + d[None, :]
-    tl.store(out_ptr + out_offsets, out, mask=q_mask)
+    out_ptrs = out_ptr + row.to(tl.int64) * NUM_HEADS * HEAD_DIM + q_offsets + d[None, :]
+    if SPLITS == 1:
+        tl.store(out_ptrs, (acc / running_sum[:, None]).to(dtype), mask=q_mask)
+    else:
+        pair = row * NUM_KV_HEADS + kv_head
+        partials = pair.to(tl.int64) * SPLITS  # this pair's first partial
+        acc_ptrs = partial_acc_ptr + partials * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :]
+        stats_ptrs = partial_stats_ptr + partials * 2 * BLOCK_G + g
+        tl.store(acc_ptrs + split * BLOCK_G * BLOCK_D, acc, mask=q_mask)
+        tl.store(stats_ptrs + split * 2 * BLOCK_G, running_max, mask=g_mask)
+        tl.store(stats_ptrs + split * 2 * BLOCK_G + BLOCK_G, running_sum, mask=g_mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter says so
+        if tl.atomic_add(counters_ptr + pair, 1) == SPLITS - 1:  # acq_rel: the other programs' partials are visible
+            tl.store(counters_ptr + pair, 0)
+            out = merge(acc_ptrs, stats_ptrs, q_mask, g_mask, BLOCK_G, BLOCK_D, SPLITS)
+            tl.store(out_ptrs, out.to(dtype), mask=q_mask)
+
+
+@triton.jit
+def merge(acc_ptrs, stats_ptrs, acc_mask, g_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
+    """The SPLITS partial softmaxes, merged in program order (program 0 holds the new token, so the running maximum
+    is finite from the start), normalized. Read past L1: the other programs wrote them from other SMs."""
+    acc = tl.load(acc_ptrs, mask=acc_mask, other=0.0, cache_modifier=".cg")
+    running_max = tl.load(stats_ptrs, mask=g_mask, other=0.0, cache_modifier=".cg")
+    running_sum = tl.load(stats_ptrs + BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
+    for s in tl.static_range(1, SPLITS):
+        split_acc = tl.load(acc_ptrs + s * BLOCK_G * BLOCK_D, mask=acc_mask, other=0.0, cache_modifier=".cg")
+        split_max = tl.load(stats_ptrs + s * 2 * BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
+        split_sum = tl.load(stats_ptrs + s * 2 * BLOCK_G + BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
+        new_max = tl.maximum(running_max, split_max)
+        ours, theirs = tl.exp(running_max - new_max), tl.exp(split_max - new_max)
+        running_sum = running_sum * ours + split_sum * theirs
+        acc = acc * ours[:, None] + split_acc * theirs[:, None]
+        running_max = new_max
+    return acc / running_sum[:, None]
 
 
 def decode_attention_rows(
@@ -137,17 +197,32 @@ def decode_attention_rows(
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     shape: "AttentionShape",
-    block_n: int = BLOCK_N,
+    counters: torch.Tensor | None,
+    splits: int | None = None,
+    block_n: int | None = None,
     stages: int = STAGES,
     warps: int = WARPS,
 ) -> torch.Tensor:
-    """block_n, stages and warps other than the defaults are for bench/decode_attention_tune.py, which compares each
-    setting's output and time with the defaults'."""
+    """counters: int32 [>= rows * kv_heads], all zero, which the split launches leave zero again; None runs unsplit.
+    splits (default split_count), block_n (default BLOCK_N unsplit, SPLIT_BLOCK_N split), stages and warps other
+    than the defaults are for bench/decode_attention_tune.py, which compares each setting's output and time."""
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
+    if splits is None:
+        splits = 1 if counters is None else split_count(rows, shape.num_kv_heads)
+    if block_n is None:
+        block_n = BLOCK_N if splits == 1 else SPLIT_BLOCK_N
+    block_g, block_d = max(MIN_DOT, triton.next_power_of_2(group)), max(MIN_DOT, triton.next_power_of_2(shape.head_dim))
     out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
+    partials = rows * shape.num_kv_heads * splits if splits > 1 else 0
+    partial_acc = torch.empty(partials, block_g, block_d, dtype=torch.float32, device=qkv.device)
+    partial_stats = torch.empty(partials, 2, block_g, dtype=torch.float32, device=qkv.device)
+    if counters is None:
+        if splits > 1:
+            raise ValueError("a split launch needs counters")
+        counters = torch.empty(0, dtype=torch.int32, device=qkv.device)  # never touched unsplit
     block_tokens = cache_k.shape[2]
-    decode_attention_kernel[(rows, shape.num_kv_heads)](
+    decode_attention_kernel[(rows, shape.num_kv_heads, splits)](
         qkv,
         positions,
         tables,
@@ -156,6 +231,9 @@ def decode_attention_rows(
         cache_k,
         cache_v,
         out,
+        partial_acc,
+        partial_stats,
+        counters,
         qkv.stride(0),
         tables.stride(0),
         shape.sliding_window or tables.shape[1] * block_tokens,
@@ -165,9 +243,10 @@ def decode_attention_rows(
         HEAD_DIM=shape.head_dim,
         GROUP=group,
         BLOCK_TOKENS=block_tokens,
-        BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
-        BLOCK_D=max(MIN_DOT, triton.next_power_of_2(shape.head_dim)),
+        BLOCK_G=block_g,
+        BLOCK_D=block_d,
         BLOCK_N=block_n,
+        SPLITS=splits,
         DOT_IN_FP32=interpreting() or qkv.dtype == torch.float32,
         num_warps=warps,
         num_stages=stages,

@@ -1,13 +1,20 @@
-"""Times the decode-attention kernel's launch settings against its defaults: `python3 bench/decode_attention_tune.py`.
+"""Times the decode-attention kernel's launch settings against the unsplit defaults:
+`python3 bench/decode_attention_tune.py [--sweep splits|pipelining]`.
 
-awqd.engine.layers.triton_attention runs one program per (row, kv head), which walks the row's cached positions in
-steps of BLOCK_N. At one row that is 32 programs for Llama-2-7B and 8 for Llama-3-8B, each a chain of dependent
-loads, so the step loop's software pipelining (stages), its step size and the warps per program are what can move it.
+awqd.engine.layers.triton_attention runs SPLITS programs per (row, kv head), each walking its share of the row's
+cached positions in steps of BLOCK_N. Unsplit, one row is 32 programs for Llama-2-7B and 8 for Llama-3-8B, each a
+chain of dependent loads, so the step loop's software pipelining (stages), its step size, the warps per program and
+the split count are what can move it.
+- `--sweep splits` (the default): split counts 1-16 at step sizes 32-128, and the engine's own choice
+  (split_count by rows, SPLIT_BLOCK_N);
+- `--sweep pipelining`: the unsplit step size, stages and warps (bench/results/h200-2026-12-02-decode-attention).
 
 Per model shape (Llama-2-7B: 32 kv heads; Llama-3-8B: 8 kv heads of a 4-query group), rows and context, every setting
 runs as the engine runs it: one launch per layer, layers captured in one CUDA graph, each layer with its own KV cache
-so that a pass reads more than L2 holds. Reports µs per launch (median of the replays) and whether the setting's
-output equals the defaults' bit for bit. Writes JSON to stdout (--out FILE also writes it there).
+so that a pass reads more than L2 holds. Reports µs per launch (median of the replays), the largest difference from
+the unsplit defaults' output, whether it equals that output bit for bit, and whether the last replay's output of
+every layer equals the eager pass's bit for bit (a split launch's merge must not race). Writes JSON to stdout (--out
+FILE also writes it there).
 """
 
 import argparse
@@ -23,12 +30,21 @@ from awqd.engine.layers.attention import AttentionShape
 from awqd.engine.layers.triton_attention import BLOCK_N, STAGES, WARPS, decode_attention_rows
 
 SHAPES = {"llama-2-7b": AttentionShape(32, 32, 128, None), "llama-3-8b": AttentionShape(32, 8, 128, None)}
-CASES = ((1, 256), (1, 2048), (8, 256), (32, 256), (32, 2048), (256, 256))  # (rows, context)
-SETTINGS = [
-    *itertools.product((32, 64, 128), (1, 2, 3, 4), (WARPS,)),
-    (BLOCK_N, STAGES, 2),
-    (BLOCK_N, STAGES, 8),
-]
+# (rows, context)
+CASES = {
+    "splits": ((1, 128), (1, 256), (1, 1024), (1, 4096), (2, 256), (4, 256), (8, 256), (8, 2048), (32, 256)),
+    "pipelining": ((1, 256), (1, 2048), (8, 256), (32, 256), (32, 2048), (256, 256)),
+}
+DEFAULT = (1, BLOCK_N, STAGES, WARPS)  # (splits, block_n, stages, warps)
+ENGINE = (None, None, STAGES, WARPS)  # split_count's choice at the split step size
+SETTINGS = {
+    "splits": [ENGINE, *((s, n, STAGES, WARPS) for s, n in itertools.product((2, 4, 8, 16), (32, 64, 128)))],
+    "pipelining": [
+        *((1, n, s, WARPS) for n, s in itertools.product((32, 64, 128), (1, 2, 3, 4))),
+        (1, BLOCK_N, STAGES, 2),
+        (1, BLOCK_N, STAGES, 8),
+    ],
+}
 L2_PASS_BYTES = 200 * 2**20  # KV read per pass, at least: four times the H200's L2
 MAX_LAYERS = 32
 REPLAYS = 30
@@ -52,18 +68,24 @@ def case_inputs(shape: AttentionShape, rows: int, context: int, device: torch.de
     return qkv.half().to(device), positions, tables, cos, sin, caches
 
 
-def time_setting(inputs, shape: AttentionShape, setting: tuple[int, int, int]) -> tuple[float, torch.Tensor]:
-    """µs per launch (median over replays of a graph of one launch per layer), and the first layer's output."""
+def time_setting(inputs, shape: AttentionShape, setting: tuple) -> tuple[float, torch.Tensor, bool]:
+    """µs per launch (median over replays of a graph of one launch per layer), the first layer's output, and
+    whether the last replay's outputs equal the eager pass's."""
     qkv, positions, tables, cos, sin, caches = inputs
-    block_n, stages, warps = setting
+    splits, block_n, stages, warps = setting
+    counters = torch.zeros(qkv.shape[0] * shape.num_kv_heads, dtype=torch.int32, device=qkv.device)
+    if splits == 1:
+        counters = None
 
     def one_pass() -> list[torch.Tensor]:
         return [
-            decode_attention_rows(qkv, positions, tables, cos, sin, c[0], c[1], shape, block_n, stages, warps)
+            decode_attention_rows(
+                qkv, positions, tables, cos, sin, c[0], c[1], shape, counters, splits, block_n, stages, warps
+            )
             for c in caches
         ]
 
-    out = one_pass()[0].clone()  # compiles, and rewrites each row's own position with the same k and v
+    eager = [out.clone() for out in one_pass()]  # compiles, and rewrites each row's own position with the same k, v
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -71,7 +93,7 @@ def time_setting(inputs, shape: AttentionShape, setting: tuple[int, int, int]) -
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        one_pass()
+        replayed = one_pass()
     times = []
     for _ in range(REPLAYS):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -80,41 +102,38 @@ def time_setting(inputs, shape: AttentionShape, setting: tuple[int, int, int]) -
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1000 / len(caches))
-    return statistics.median(times), out
+    stable = all(torch.equal(a, b) for a, b in zip(eager, replayed, strict=True))
+    return statistics.median(times), eager[0], stable
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", choices=sorted(SETTINGS), default="splits")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device("cuda")
     rows_out = []
-    for (model, shape), (rows, context) in itertools.product(SHAPES.items(), CASES):
+    for (model, shape), (rows, context) in itertools.product(SHAPES.items(), CASES[args.sweep]):
         inputs = case_inputs(shape, rows, context, device, torch.Generator().manual_seed(rows * 7919 + context))
-        default_us, default_out = time_setting(inputs, shape, (BLOCK_N, STAGES, WARPS))
-        for setting in SETTINGS:
-            block_n, stages, warps = setting
-            row = {
-                "model": model,
-                "rows": rows,
-                "context": context,
-                "block_n": block_n,
-                "stages": stages,
-                "warps": warps,
-            }
+        default_us, default_out, _ = time_setting(inputs, shape, DEFAULT)
+        for setting in SETTINGS[args.sweep]:
+            splits, block_n, stages, warps = setting
+            row = {"model": model, "rows": rows, "context": context, "splits": splits, "block_n": block_n}
+            row |= {"stages": stages, "warps": warps, "default_us": round(default_us, 2)}
             try:
-                us, out = time_setting(inputs, shape, setting)
+                us, out, stable = time_setting(inputs, shape, setting)
             except Exception as error:  # e.g. a setting whose pipeline buffers exceed shared memory
                 row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
             else:
                 row["us"], row["vs_default"] = round(us, 2), round(us / default_us, 3)
                 row["equals_default"] = torch.equal(out, default_out)
                 row["max_abs_diff"] = (out.float() - default_out.float()).abs().max().item()
+                row["replay_equals_eager"] = stable
             rows_out.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         del inputs
         torch.cuda.empty_cache()
-    report = {"device": torch.cuda.get_device_name(device), "defaults": [BLOCK_N, STAGES, WARPS], "rows": rows_out}
+    report = {"device": torch.cuda.get_device_name(device), "defaults": list(DEFAULT), "rows": rows_out}
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

@@ -69,11 +69,12 @@ CONCURRENCY = (1, 8, 32)
 EQUALITY_PROMPTS = 8
 EQUALITY_TOKENS = 64
 STEP_TIMING_BUCKETS = (1, 8, 32)
+LONG_POSITION, LONG_POSITION_BUCKETS = 2048, (1, 8)  # decode steps timed again deep into the context
 PREFILL_CHECK_LENGTHS = (37, 100, 128, 300)  # prompts alone: padded to 48, 128, 128 and 384 tokens
 GRAPH_VS_EAGER_BATCHES = (1, 16, 32)
 STEP_TIMING_REPLAYS = 50
 PROFILE_ROWS = 25
-TARGETS = {"single_query_tokens_per_s": 400.0, "ttft_ms": 15.0, "concurrent_32_tokens_per_s": 3000.0}
+TARGETS = {"single_query_tokens_per_s": 550.0, "ttft_ms": 12.0, "concurrent_32_tokens_per_s": 6000.0}  # issue 15
 
 
 class Results:
@@ -208,15 +209,16 @@ def idle_tables(rows: int, tokens: int) -> list[list[int]]:
     return [list(range(1 + row * per_row, 1 + (row + 1) * per_row)) for row in range(rows)]
 
 
-def decode_step_gpu_ms(scheduler, vocab_size: int) -> dict:
-    """GPU milliseconds of one captured decode step per bucket: replays timed with CUDA events, no host work."""
+def decode_step_gpu_ms(scheduler, position: int, buckets=STEP_TIMING_BUCKETS) -> dict:
+    """GPU milliseconds of one captured decode step per bucket, every row at `position`: replays timed with CUDA
+    events, no host work."""
     runner = scheduler.runner
     timings = {}
-    for bucket in STEP_TIMING_BUCKETS:
-        if bucket > runner.max_rows:
+    for bucket in buckets:
+        if bucket > runner.max_rows or position >= runner.cache.plan.max_seq_len:
             continue
-        tokens, positions = [7] * bucket, [PROMPT_TOKENS] * bucket
-        tables = idle_tables(bucket, PROMPT_TOKENS + 1)
+        tokens, positions = [7] * bucket, [position] * bucket
+        tables = idle_tables(bucket, position + 1)
         runner.decode(tokens, positions, tables)  # eager: compiles and captures
         runner.decode(tokens, positions, tables)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -402,7 +404,9 @@ def main() -> int:
 
     if on_gpu:
         with step(results, "decode_step_gpu_ms", 120):
-            results.data["decode_step_gpu_ms"] = decode_step_gpu_ms(scheduler, vocab_size)
+            results.data["decode_step_gpu_ms"] = decode_step_gpu_ms(scheduler, PROMPT_TOKENS)
+            long = decode_step_gpu_ms(scheduler, LONG_POSITION, LONG_POSITION_BUCKETS)
+            results.data[f"decode_step_gpu_ms_at_{LONG_POSITION}"] = long
         with step(results, "prefill_graph_vs_eager", 120):
             results.data["prefill_graph_vs_eager"] = prefill_graph_vs_eager(scheduler, vocab_size)
 
@@ -545,6 +549,9 @@ def markdown(data: dict) -> str:
         lines.append(f"- Layer kernels vs torch on this GPU: {kernels['cases']} cases, failures: {kernels['failures']}")
     if "decode_step_gpu_ms" in data:
         lines.append(f"- GPU ms of one captured decode step, by batch bucket: {data['decode_step_gpu_ms']}")
+    if f"decode_step_gpu_ms_at_{LONG_POSITION}" in data:
+        long = data[f"decode_step_gpu_ms_at_{LONG_POSITION}"]
+        lines.append(f"- The same at position {LONG_POSITION}: {long}")
     for row in data.get("prefill_graph_vs_eager", []):
         lines.append(
             f"- A {row['prompt_tokens']}-token prompt alone, padded to {row['padded_to']} and replayed, against eager "

@@ -1,12 +1,13 @@
 """Times the decode-attention kernel's launch settings against the unsplit defaults:
-`python3 bench/decode_attention_tune.py [--sweep splits|pipelining]`.
+`python3 bench/decode_attention_tune.py [--sweep splits|engine|pipelining]`.
 
 awqd.engine.layers.triton_attention runs SPLITS programs per (row, kv head), each walking its share of the row's
 cached positions in steps of BLOCK_N. Unsplit, one row is 32 programs for Llama-2-7B and 8 for Llama-3-8B, each a
 chain of dependent loads, so the step loop's software pipelining (stages), its step size, the warps per program and
 the split count are what can move it.
 - `--sweep splits` (the default): split counts 1-16 at step sizes 32-128, and the engine's own choice
-  (split_count by rows, SPLIT_BLOCK_N);
+  (split_count by rows, at BLOCK_N);
+- `--sweep engine`: the engine's choice alone, on the same cases;
 - `--sweep pipelining`: the unsplit step size, stages and warps (bench/results/h200-2026-12-02-decode-attention).
 
 Per model shape (Llama-2-7B: 32 kv heads; Llama-3-8B: 8 kv heads of a 4-query group), rows and context, every setting
@@ -31,13 +32,16 @@ from awqd.engine.layers.triton_attention import BLOCK_N, STAGES, WARPS, decode_a
 
 SHAPES = {"llama-2-7b": AttentionShape(32, 32, 128, None), "llama-3-8b": AttentionShape(32, 8, 128, None)}
 # (rows, context)
+SPLIT_CASES = ((1, 128), (1, 256), (1, 1024), (1, 4096), (2, 256), (4, 256), (8, 256), (8, 2048), (32, 256))
 CASES = {
-    "splits": ((1, 128), (1, 256), (1, 1024), (1, 4096), (2, 256), (4, 256), (8, 256), (8, 2048), (32, 256)),
+    "engine": SPLIT_CASES,
+    "splits": SPLIT_CASES,
     "pipelining": ((1, 256), (1, 2048), (8, 256), (32, 256), (32, 2048), (256, 256)),
 }
 DEFAULT = (1, BLOCK_N, STAGES, WARPS)  # (splits, block_n, stages, warps)
-ENGINE = (None, None, STAGES, WARPS)  # split_count's choice at the split step size
+ENGINE = (None, BLOCK_N, STAGES, WARPS)  # split_count's choice
 SETTINGS = {
+    "engine": [ENGINE],
     "splits": [ENGINE, *((s, n, STAGES, WARPS) for s, n in itertools.product((2, 4, 8, 16), (32, 64, 128)))],
     "pipelining": [
         *((1, n, s, WARPS) for n, s in itertools.product((32, 64, 128), (1, 2, 3, 4))),

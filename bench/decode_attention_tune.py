@@ -6,7 +6,7 @@ cached positions in steps of BLOCK_N. Unsplit, one row is 32 programs for Llama-
 chain of dependent loads, so the step loop's software pipelining (stages), its step size, the warps per program and
 the split count are what can move it.
 - `--sweep splits` (the default): split counts 1-16 at step sizes 32-128, and the engine's own choice
-  (split_count by rows, at BLOCK_N);
+  (split_count by rows, SPLIT_BLOCK_N);
 - `--sweep engine`: the engine's choice alone, on the same cases;
 - `--sweep pipelining`: the unsplit step size, stages and warps (bench/results/h200-2026-12-02-decode-attention).
 
@@ -39,7 +39,7 @@ CASES = {
     "pipelining": ((1, 256), (1, 2048), (8, 256), (32, 256), (32, 2048), (256, 256)),
 }
 DEFAULT = (1, BLOCK_N, STAGES, WARPS)  # (splits, block_n, stages, warps)
-ENGINE = (None, BLOCK_N, STAGES, WARPS)  # split_count's choice
+ENGINE = (None, None, STAGES, WARPS)  # split_count's choice, at the split step size
 SETTINGS = {
     "engine": [ENGINE],
     "splits": [ENGINE, *((s, n, STAGES, WARPS) for s, n in itertools.product((2, 4, 8, 16), (32, 64, 128)))],

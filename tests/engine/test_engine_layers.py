@@ -87,13 +87,13 @@ def attention_case(heads, kv_heads, head_dim, window, positions, dtype, device, 
 
 
 def split_cases(qkv, positions, tables, cos, sin, cache, unsplit_cache, expected, shape) -> dict:
-    """A split launch of up to 4 programs per (row, kv head) stepping 16 positions (rows of 2-3 steps use fewer;
-    rows of one step, such as position 0, run alone), and the launch the engine makes (splits by row count; rows
-    past 128 positions split in two)."""
-    from awqd.engine.layers.triton_attention import BLOCK_N, decode_attention_rows
+    """A split launch of 4 programs per (row, kv head), each program stepping 16 positions (so most rows'
+    steps spread over every program, and row 0's position 0 leaves all but the first idle), and the launch the
+    engine makes (splits by row count, the split step size)."""
+    from awqd.engine.layers.triton_attention import decode_attention_rows
 
     errors, repeatable, clean = [], True, True
-    for splits, block_n in ((4, 16), (None, BLOCK_N)):
+    for splits, block_n in ((4, 16), (None, None)):
         counters = torch.zeros(qkv.shape[0] * shape.num_kv_heads, dtype=torch.int32, device=qkv.device)
         split_cache = cache.clone()
         runs = [

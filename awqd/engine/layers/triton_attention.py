@@ -8,12 +8,10 @@ first program's starting point, so the kernel never reads back what it just stor
 the model's dtype at the same points as the torch path.
 
 With one row, one program per kv head leaves most SMs idle: Llama-2-7B has 32 such programs, Llama-3-8B 8. So a few
-rows split each row's steps over up to SPLITS programs (flash-decoding). A row with S steps uses min(S, SPLITS) of
-them: program s takes steps s, s + that count, ... and writes its partial softmax to a scratch buffer; the program
-that arrives last, counted on a per-(row, kv head) counter, merges the partials in program order and resets the
-counter to 0 for the next launch. A row of one step runs alone, with no merge: at 128 positions a split of the
-whole grid cost 18-22% more than none (bench/results/h200-2026-12-03-split-decode-attention). SPLITS is fixed per
-row count, so a long row's result depends on its batch's size; --batch-invariant runs unsplit.
+rows split each row's steps over SPLITS programs (flash-decoding): program s takes steps s, s + SPLITS, ... and
+writes its partial softmax to a scratch buffer; the program that arrives last, counted on a per-(row, kv head)
+counter, merges the SPLITS partials in program order and resets the counter to 0 for the next launch. The split
+count is fixed per row count, so a row's result depends on its batch's size; --batch-invariant runs unsplit.
 """
 
 from typing import TYPE_CHECKING
@@ -33,11 +31,11 @@ BLOCK_N = 128
 STAGES = 2
 WARPS = 4
 MIN_DOT = 16  # tl.dot's smallest M, N and K
-# Splitting: up to MAX_SPLITS programs per (row, kv head), while rows x kv heads x splits stays within SPLIT_PROGRAMS.
-# On an H200, one row at 1024-4096 positions ran fastest at 8 (Llama-2-7B) and 16 (Llama-3-8B) splits of 128-position
-# steps; from 256 (row, kv head) pairs on, splitting was slower (bench/results/h200-2026-12-03-split-decode-attention).
+# Splitting: up to MAX_SPLITS programs per (row, kv head), while rows x kv heads x splits stays within SPLIT_PROGRAMS,
+# each split program stepping SPLIT_BLOCK_N positions at a time.
 SPLIT_PROGRAMS = 256
 MAX_SPLITS = 16
+SPLIT_BLOCK_N = 64
 
 
 def split_count(rows: int, kv_heads: int) -> int:
@@ -92,9 +90,6 @@ def decode_attention_kernel(
     first_program = split == 0
     position = tl.load(positions_ptr + row)
     dtype = qkv_ptr.dtype.element_ty
-    first = tl.maximum(position - window + 1, 0)
-    first_step = first // BLOCK_N * BLOCK_N
-    active = tl.minimum(tl.maximum(tl.cdiv(position - first_step, BLOCK_N), 1), SPLITS)  # programs with steps
 
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
@@ -131,7 +126,8 @@ def decode_attention_kernel(
     running_sum = tl.where(first_program, tl.full([BLOCK_G], 1.0, tl.float32), 0.0)
     acc = tl.where(first_program, tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v.to(tl.float32)[None, :], 0.0)
 
-    for start in range(first_step + split * BLOCK_N, position, active * BLOCK_N):
+    first = tl.maximum(position - window + 1, 0)
+    for start in range(first // BLOCK_N * BLOCK_N + split * BLOCK_N, position, SPLITS * BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_mask = (n >= first) & (n < position)
         kv_mask = n_mask[:, None] & d_mask[None, :]
@@ -158,10 +154,7 @@ def decode_attention_kernel(
     out_ptrs = out_ptr + row.to(tl.int64) * NUM_HEADS * HEAD_DIM + q_offsets + d[None, :]
     if SPLITS == 1:
         tl.store(out_ptrs, (acc / running_sum[:, None]).to(dtype), mask=q_mask)
-    elif active == 1:
-        if first_program:
-            tl.store(out_ptrs, (acc / running_sum[:, None]).to(dtype), mask=q_mask)
-    elif split < active:
+    else:
         pair = row * NUM_KV_HEADS + kv_head
         partials = pair.to(tl.int64) * SPLITS  # this pair's first partial
         acc_ptrs = partial_acc_ptr + partials * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :]
@@ -170,32 +163,23 @@ def decode_attention_kernel(
         tl.store(stats_ptrs + split * 2 * BLOCK_G, running_max, mask=g_mask)
         tl.store(stats_ptrs + split * 2 * BLOCK_G + BLOCK_G, running_sum, mask=g_mask)
         tl.debug_barrier()  # every thread's partial is written before the counter says so
-        if tl.atomic_add(counters_ptr + pair, 1) == active - 1:  # acq_rel: the other programs' partials are visible
+        if tl.atomic_add(counters_ptr + pair, 1) == SPLITS - 1:  # acq_rel: the other programs' partials are visible
             tl.store(counters_ptr + pair, 0)
-            out = merge(acc_ptrs, stats_ptrs, active, q_mask, g_mask, BLOCK_G, BLOCK_D, SPLITS)
+            out = merge(acc_ptrs, stats_ptrs, q_mask, g_mask, BLOCK_G, BLOCK_D, SPLITS)
             tl.store(out_ptrs, out.to(dtype), mask=q_mask)
 
 
 @triton.jit
-def merge(
-    acc_ptrs, stats_ptrs, active, acc_mask, g_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr
-):
-    """The first `active` partial softmaxes, merged in program order (program 0 holds the new token, so the running
-    maximum is finite from the start), normalized. Read past L1: the other programs wrote them from other SMs."""
+def merge(acc_ptrs, stats_ptrs, acc_mask, g_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
+    """The SPLITS partial softmaxes, merged in program order (program 0 holds the new token, so the running maximum
+    is finite from the start), normalized. Read past L1: the other programs wrote them from other SMs."""
     acc = tl.load(acc_ptrs, mask=acc_mask, other=0.0, cache_modifier=".cg")
     running_max = tl.load(stats_ptrs, mask=g_mask, other=0.0, cache_modifier=".cg")
     running_sum = tl.load(stats_ptrs + BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
     for s in tl.static_range(1, SPLITS):
-        written = tl.full([BLOCK_G], s, tl.int32) < active  # a vector: the interpreter takes no scalar masks
-        split_acc = tl.load(
-            acc_ptrs + s * BLOCK_G * BLOCK_D, mask=acc_mask & written[:, None], other=0.0, cache_modifier=".cg"
-        )
-        split_max = tl.load(
-            stats_ptrs + s * 2 * BLOCK_G, mask=g_mask & written, other=float("-inf"), cache_modifier=".cg"
-        )
-        split_sum = tl.load(
-            stats_ptrs + s * 2 * BLOCK_G + BLOCK_G, mask=g_mask & written, other=0.0, cache_modifier=".cg"
-        )
+        split_acc = tl.load(acc_ptrs + s * BLOCK_G * BLOCK_D, mask=acc_mask, other=0.0, cache_modifier=".cg")
+        split_max = tl.load(stats_ptrs + s * 2 * BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
+        split_sum = tl.load(stats_ptrs + s * 2 * BLOCK_G + BLOCK_G, mask=g_mask, other=0.0, cache_modifier=".cg")
         new_max = tl.maximum(running_max, split_max)
         ours, theirs = tl.exp(running_max - new_max), tl.exp(split_max - new_max)
         running_sum = running_sum * ours + split_sum * theirs
@@ -215,17 +199,19 @@ def decode_attention_rows(
     shape: "AttentionShape",
     counters: torch.Tensor | None,
     splits: int | None = None,
-    block_n: int = BLOCK_N,
+    block_n: int | None = None,
     stages: int = STAGES,
     warps: int = WARPS,
 ) -> torch.Tensor:
     """counters: int32 [>= rows * kv_heads], all zero, which the split launches leave zero again; None runs unsplit.
-    splits (default split_count), block_n, stages and warps other than the defaults are for
-    bench/decode_attention_tune.py, which compares each setting's output and time."""
+    splits (default split_count), block_n (default BLOCK_N unsplit, SPLIT_BLOCK_N split), stages and warps other
+    than the defaults are for bench/decode_attention_tune.py, which compares each setting's output and time."""
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
     if splits is None:
         splits = 1 if counters is None else split_count(rows, shape.num_kv_heads)
+    if block_n is None:
+        block_n = BLOCK_N if splits == 1 else SPLIT_BLOCK_N
     block_g, block_d = max(MIN_DOT, triton.next_power_of_2(group)), max(MIN_DOT, triton.next_power_of_2(shape.head_dim))
     out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
     partials = rows * shape.num_kv_heads * splits if splits > 1 else 0

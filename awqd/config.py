@@ -75,7 +75,7 @@ class EngineSettings:
     # Launch each decode step before streaming the previous one's tokens, so the host's per-token work runs while the
     # GPU computes (awqd.engine.scheduler). Off: every step waits for the previous one's host work, as a baseline.
     overlap_decode: bool = True
-    batch_invariant: bool = False  # one fixed-tile GEMM and lm_head at every batch size (awqd.engine.layers)
+    batch_invariant: bool = False  # fixed-tile GEMM and lm_head, unsplit attention, at every batch size
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ STAGES = 2
 WARPS = 4
 MIN_DOT = 16  # tl.dot's smallest M, N and K
 # Splitting: up to MAX_SPLITS programs per (row, kv head), while rows x kv heads x splits stays within SPLIT_PROGRAMS,
-# each split program stepping SPLIT_BLOCK_N positions at a time.
+# each split program stepping SPLIT_BLOCK_N positions at a time. On an H200, from 256 (row, kv head) pairs on a split
+# was slower; below, this rule cut one row's attention by 14% at 256 positions and 52-81% at 1024-4096, and added
+# 18-22% at 128 (bench/results/h200-2026-12-03-split-decode-attention).
 SPLIT_PROGRAMS = 256
 MAX_SPLITS = 16
 SPLIT_BLOCK_N = 64

@@ -77,9 +77,8 @@ def time_setting(inputs, shape: AttentionShape, setting: tuple) -> tuple[float, 
     whether the last replay's outputs equal the eager pass's."""
     qkv, positions, tables, cos, sin, caches = inputs
     splits, block_n, stages, warps = setting
-    counters = torch.zeros(qkv.shape[0] * shape.num_kv_heads, dtype=torch.int32, device=qkv.device)
-    if splits == 1:
-        counters = None
+    rows = qkv.shape[0]
+    counters = None if splits == 1 else torch.zeros(rows * shape.num_kv_heads, dtype=torch.int32, device=qkv.device)
 
     def one_pass() -> list[torch.Tensor]:
         return [

@@ -214,8 +214,10 @@ def decode_step_gpu_ms(scheduler, position: int, buckets=STEP_TIMING_BUCKETS) ->
     events, no host work."""
     runner = scheduler.runner
     timings = {}
+    if position >= runner.cache.plan.max_seq_len:
+        return timings
     for bucket in buckets:
-        if bucket > runner.max_rows or position >= runner.cache.plan.max_seq_len:
+        if bucket > runner.max_rows:
             continue
         tokens, positions = [7] * bucket, [position] * bucket
         tables = idle_tables(bucket, position + 1)

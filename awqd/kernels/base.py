@@ -39,6 +39,13 @@ class Candidate(abc.ABC):
     def forward(self, x: torch.Tensor, packed: Any) -> torch.Tensor:
         """y = x @ W.T (+ bias) for x [..., in_features]; returns [..., out_features] in x's dtype."""
 
+    def forward_gated(self, x: torch.Tensor, packed: Any) -> torch.Tensor | None:
+        """silu(gate) * up in one kernel, for an MLP's fused [gate; up] weight (gate: the first out_features / 2
+        rows of W): [..., out_features / 2] in x's dtype, rounded as forward and then the gating would. None: this
+        kernel has no gated form, and the caller gates forward's output."""
+        del x, packed
+        return None
+
     def tune(
         self,
         shapes: Sequence[tuple[int, int]],

@@ -82,15 +82,25 @@ class AwqLinear(torch.nn.Module):
                 self.layouts[candidate.layout] = candidate.prepare(weight, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        num_tokens = x.numel() // self.in_features
-        candidate = self.router.candidate_for(num_tokens)
+        candidate, packed = self.routed(x)
+        return candidate.forward(x, packed)
+
+    def forward_gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For an MLP's fused [gate; up] layer: silu(gate) * up from the routed kernel in one launch, or None when
+        that kernel has no gated form (Candidate.forward_gated)."""
+        candidate, packed = self.routed(x)
+        return candidate.forward_gated(x, packed)
+
+    def routed(self, x: torch.Tensor) -> tuple[Candidate, Any]:
+        """The kernel the router picks for x's token count, and this layer's weight in its layout."""
+        candidate = self.router.candidate_for(x.numel() // self.in_features)
         packed = self.layouts.get(candidate.layout)
         if packed is None:
             raise FailedPrecondition(
                 f"kernel {candidate.name} needs layout {candidate.layout!r}, but the model was loaded with layouts "
                 f"{sorted(self.layouts)}; reload it with that kernel among its candidates"
             )
-        return candidate.forward(x, packed)
+        return candidate, packed
 
     def layout_bytes(self) -> dict[str, int]:
         return {layout: tensor_bytes(packed) for layout, packed in self.layouts.items()}

@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from awqd.kernels.triton.gating import silu_mul
+
 BLOCK = 1024
 
 
@@ -14,10 +16,7 @@ def silu_and_mul_kernel(gate_up_ptr, out_ptr, intermediate, BLOCK: tl.constexpr)
     mask = columns < intermediate
     gate = tl.load(gate_up_ptr + row * 2 * intermediate + columns, mask=mask, other=0.0)
     up = tl.load(gate_up_ptr + row * 2 * intermediate + intermediate + columns, mask=mask, other=0.0)
-    gate32 = gate.to(tl.float32)
-    silu = (gate32 / (1.0 + tl.exp(-gate32))).to(gate.dtype)
-    out = (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
-    tl.store(out_ptr + row * intermediate + columns, out, mask=mask)
+    tl.store(out_ptr + row * intermediate + columns, silu_mul(gate, up), mask=mask)
 
 
 def silu_and_mul_rows(gate_up: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from awqd.kernels.triton.candidate import AwqdW4Candidate, TritonKernel
 def gemv_kernel() -> TritonKernel:
     from awqd.kernels.triton import gemv  # imports triton: only when this candidate is used
 
-    return TritonKernel(gemv.gemv, gemv.GemvConfig, gemv.tuning_space)
+    return TritonKernel(gemv.gemv, gemv.GemvConfig, gemv.tuning_space, gemv.gemv_gated)
 
 
 class AwqdTritonGemv(AwqdW4Candidate):

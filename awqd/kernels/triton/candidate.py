@@ -19,6 +19,7 @@ class TritonKernel:
     launch: Callable[..., torch.Tensor]  # (x [rows, in], packed, config or None for the default) -> y
     config_type: type
     tuning_space: Callable[[int], Sequence[Any]]  # bucket -> configurations worth timing there (may be empty)
+    launch_gated: Callable[..., torch.Tensor] | None = None  # (x, packed, config or None) -> silu(gate) * up
 
 
 class AwqdW4Candidate(Candidate):
@@ -33,10 +34,21 @@ class AwqdW4Candidate(Candidate):
         return pack_awqd_w4(weight, device)
 
     def forward(self, x: torch.Tensor, packed: AwqdW4) -> torch.Tensor:
+        rows, config = self.rows_and_tile(x, packed)
+        return self.kernel().launch(rows, packed, config).reshape(*x.shape[:-1], packed.out_features)
+
+    def forward_gated(self, x: torch.Tensor, packed: AwqdW4) -> torch.Tensor | None:
+        launch = self.kernel().launch_gated
+        if launch is None:
+            return None
+        rows, config = self.rows_and_tile(x, packed)  # the fused weight's own tile
+        return launch(rows, packed, config).reshape(*x.shape[:-1], packed.out_features // 2)
+
+    def rows_and_tile(self, x: torch.Tensor, packed: AwqdW4) -> tuple[torch.Tensor, Any]:
+        """x as contiguous rows [rows, in_features], and the tuned tile for them (None: the kernel's default)."""
         check_activations(x, packed)
         rows = x.reshape(-1, packed.in_features).contiguous()
-        config = tuning.lookup(self.name, x.device, packed.out_features, packed.in_features, rows.shape[0])
-        return self.kernel().launch(rows, packed, config).reshape(*x.shape[:-1], packed.out_features)
+        return rows, tuning.lookup(self.name, x.device, packed.out_features, packed.in_features, rows.shape[0])
 
     def tune(
         self,

@@ -17,6 +17,9 @@ computed. The [segments, BLOCK_N, words] fp32 accumulator is summed once at the 
 Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
 (One program per row: a version holding several rows' [BLOCK_N, BLOCK_K] products per program measured 2.6x
 slower at batch 1 on the H200, so rows stay apart.)
+Gated (gemv_gated): for the MLP's fused [gate; up] weight, a program takes BLOCK_N / 2 gate rows and the up rows
+of the same columns, interleaved, and ends in silu(gate) * up: the gating costs no launch of its own and the
+[rows, 2 x intermediate] product is never written. It rounds where the GEMV and the gating kernel would.
 """
 
 import dataclasses
@@ -26,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from awqd.errors import InvalidArgument
+from awqd.kernels.triton.gating import silu_mul
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
 from awqd.kernels.triton.worddot import word_dot
@@ -90,6 +95,7 @@ def awqd_w4_gemv_kernel(
     HAS_BIAS: tl.constexpr,
     IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
+    GATED: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -101,8 +107,14 @@ def awqd_w4_gemv_kernel(
     # In words, not columns: K_WORDS is divisible by 16 where K is, so Triton proves the 16-byte alignment.
     start, end = k_slice(K_WORDS, pid_k, WORDS, SPLIT_K)
 
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = n < N
+    lane = tl.arange(0, BLOCK_N)
+    if GATED:  # lanes 2c and 2c + 1: gate and up rows of column c; N is the gate's and the up's rows together
+        columns = pid_n * (BLOCK_N // 2) + lane // 2
+        n_mask = columns < N // 2
+        n = tl.minimum(columns, N // 2 - 1) + (lane % 2) * (N // 2)
+    else:
+        n = pid_n * BLOCK_N + lane
+        n_mask = n < N
     # Tiles are [SEGS, BLOCK_N, SEG_WORDS]: segments (a step's words in one group) outermost, so that Triton lays a
     # warp's lanes over words and segments and each thread keeps several rows, which share its activations.
     n_rows = tl.minimum(n, N - 1)[None, :, None]  # tail rows re-read the last row: no mask on the weight loads
@@ -129,9 +141,13 @@ def awqd_w4_gemv_kernel(
         acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
     result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            result += tl.load(bias_ptr + n, mask=n_mask, other=0.0)
+    if HAS_BIAS and SPLIT_K == 1:
+        result += tl.load(bias_ptr + n, mask=n_mask, other=0.0)
+    if GATED:  # split-K is never gated (gemv_gated)
+        gate, up = tl.split(tl.reshape(result.to(out_ptr.dtype.element_ty), (BLOCK_N // 2, 2)))
+        columns = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(out_ptr + row.to(tl.int64) * (N // 2) + columns, silu_mul(gate, up), mask=columns < N // 2)
+    elif SPLIT_K == 1:
         tl.store(out_ptr + row.to(tl.int64) * N + n, result.to(out_ptr.dtype.element_ty), mask=n_mask)
     else:
         rows = tl.num_programs(0)
@@ -160,11 +176,28 @@ def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS
 
 def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
     """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
+    config = config or gemv_config(x.shape[0], packed, x.device)
+    target, out = output_buffers(x.shape[0], packed.out_features, config.split_k, x.dtype, x.device)
+    launch(x, packed, config, target, gated=False)
+    return finish_split_k(target, packed.bias, out)
+
+
+def gemv_gated(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
+    """silu(gate) * up for the fused [gate; up] weight (gate the first out_features / 2 rows): [rows, out_features /
+    2] in x's dtype, as gemv and then the gating would give it. The config's tile, unsplit."""
+    if packed.out_features % 2:
+        raise InvalidArgument("weight", f"a gated GEMV needs [gate; up] rows, got {packed.out_features} (odd)")
+    config = dataclasses.replace(config or DEFAULT_TILE, split_k=1)
+    out = torch.empty((x.shape[0], packed.out_features // 2), dtype=x.dtype, device=x.device)
+    launch(x, packed, config, out, gated=True)
+    return out
+
+
+def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Tensor, gated: bool) -> None:
     rows = x.shape[0]
     if x.data_ptr() % 4:  # the kernel reads activations as int32 pairs: a view 2 bytes into a buffer is copied
         x = x.clone()
-    config = config or gemv_config(rows, packed, x.device)
-    target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
+    # A gated program covers block_n / 2 columns of the gate and of the up rows: as many programs as ungated.
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)
     awqd_w4_gemv_kernel[grid](
         x,
@@ -183,7 +216,7 @@ def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> t
         HAS_BIAS=packed.bias is not None,
         IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
+        GATED=gated,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return finish_split_k(target, packed.bias, out)

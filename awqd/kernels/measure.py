@@ -126,8 +126,9 @@ def check_correctness(
     inputs: Sequence[tuple[int, ...]] = CORRECTNESS_INPUTS,
     progress: Callable[[str], None] | None = None,
 ) -> CorrectnessCheck:
-    """Compare candidate.forward with the float32 reference on every distinct shape, with INPUTS_PER_SHAPE different
-    inputs per input shape (a kernel that returns a cached result fails the second). Never raises.
+    """Compare candidate.forward (and its gated form: served_outputs) with the float32 reference on every distinct
+    shape, with INPUTS_PER_SHAPE different inputs per input shape (a kernel that returns a cached result fails the
+    second). Never raises.
 
     `progress` is told where the check is before each forward, so a crash there can be reported with its place."""
     dtype = compute_dtype(device)
@@ -156,9 +157,9 @@ def check_correctness(
                     )
                     if progress:
                         progress(f"correctness at {where}")
-                    out = candidate.forward(x, packed)
+                    outputs = served_outputs(candidate, x, packed)
                     synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                    error, failure = compare(out, reference(x, dense, weight), dtype, tolerance)
+                    error, failure = compare_served(outputs, reference(x, dense, weight), dtype, tolerance)
                     worst = max(worst, error)
                     if failure:
                         return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
@@ -171,6 +172,26 @@ def reference(x: torch.Tensor, dense: torch.Tensor, weight: QuantizedWeight) -> 
     """reference_linear with the weight dequantized once: float32 x @ W.T + bias."""
     y = x.float() @ dense.t()
     return y + weight.bias.float() if weight.bias is not None else y
+
+
+def served_outputs(candidate: Candidate, x: torch.Tensor, packed: Any) -> list[torch.Tensor]:
+    """What the engine runs a layer with: forward, and also the gated form where the candidate has one and the
+    layer could be an MLP's [gate; up] (an even out_features)."""
+    outputs = [candidate.forward(x, packed)]
+    if outputs[0].shape[-1] % 2 == 0 and (gated := candidate.forward_gated(x, packed)) is not None:
+        outputs.append(gated)
+    return outputs
+
+
+def compare_served(outputs: list[torch.Tensor], ref: torch.Tensor, dtype: torch.dtype, tolerance: float):
+    """compare() for served_outputs: forward against ref, the gated form against silu(gate) * up of ref. Returns
+    the worst error and the first failure."""
+    results = [compare(outputs[0], ref, dtype, tolerance)]
+    if len(outputs) > 1:
+        gate, up = ref.chunk(2, dim=-1)
+        error, failure = compare(outputs[1], F.silu(gate) * up, dtype, tolerance)
+        results.append((error, f"gated: {failure}" if failure else ""))
+    return max(error for error, _ in results), next((failure for _, failure in results if failure), "")
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, tolerance: float) -> tuple[float, str]:
@@ -191,7 +212,7 @@ def check_graph_replay(
     num_tokens: int,
     progress: Callable[[str], None] | None = None,
 ) -> GraphReplayCheck:
-    """The served mode of a decode bucket: capture forward on a static input buffer as a CUDA graph, then write
+    """The served mode of a decode bucket: capture served_outputs on a static input buffer as a CUDA graph, then write
     INPUTS_PER_SHAPE fresh inputs into that buffer and compare each replay's output with the reference. A kernel
     launched outside the capture stream (e.g. on the legacy default stream) runs once at capture and never on
     replay, so its output goes stale. A capture that fails is no error: the engine runs that step eagerly."""
@@ -210,16 +231,16 @@ def check_graph_replay(
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
-                warm = candidate.forward(static_x, packed)
+                warm = served_outputs(candidate, static_x, packed)
             torch.cuda.current_stream(device).wait_stream(stream)
             dense = dequantize(weight, torch.float32)
-            _, failure = compare(warm, reference(static_x, dense, weight), dtype, tolerance)
+            _, failure = compare_served(warm, reference(static_x, dense, weight), dtype, tolerance)
             if failure:
                 return GraphReplayCheck(False, f"eager at {where}: {failure}")
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    static_out = candidate.forward(static_x, packed)
+                    static_outputs = served_outputs(candidate, static_x, packed)
             except Exception as error:
                 with contextlib.suppress(Exception):
                     torch.cuda.synchronize(device)
@@ -230,7 +251,7 @@ def check_graph_replay(
                     progress(f"graph replay at {where}, fresh input #{number}")
                 graph.replay()
                 torch.cuda.synchronize(device)
-                _, failure = compare(static_out, reference(static_x, dense, weight), dtype, tolerance)
+                _, failure = compare_served(static_outputs, reference(static_x, dense, weight), dtype, tolerance)
                 if failure:
                     return GraphReplayCheck(False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}")
             del graph

@@ -194,6 +194,24 @@ class ProducesNaN(DequantMatmulCpu):
         return out
 
 
+class GatesTheWrongHalf(DequantMatmulCpu):
+    """A right linear whose gated form mixes up the gate and the up rows: the engine would serve it on MLPs."""
+
+    name = "gates_the_wrong_half"
+
+    def forward_gated(self, x, packed):
+        gate, up = self.forward(x, packed).chunk(2, dim=-1)
+        return torch.nn.functional.silu(up) * gate
+
+
+class GatesRight(GatesTheWrongHalf):
+    name = "gates_right"
+
+    def forward_gated(self, x, packed):
+        gate, up = self.forward(x, packed).chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+
+
 def test_correctness_accepts_a_right_kernel_and_rejects_wrong_ones():
     cpu = torch.device("cpu")
     assert check_correctness(DequantMatmulCpu(), cpu, SHAPES, GROUP_SIZE).passed
@@ -207,6 +225,10 @@ def test_correctness_accepts_a_right_kernel_and_rejects_wrong_ones():
 
     nan = check_correctness(ProducesNaN(), cpu, SHAPES, GROUP_SIZE)
     assert not nan.passed and "NaN or inf" in nan.error
+
+    assert check_correctness(GatesRight(), cpu, SHAPES, GROUP_SIZE).passed
+    wrong_gate = check_correctness(GatesTheWrongHalf(), cpu, SHAPES, GROUP_SIZE)
+    assert not wrong_gate.passed and "gated: relative error" in wrong_gate.error
 
 
 def test_dequantize_gemm_layout_matches_the_reference():

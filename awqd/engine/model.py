@@ -15,7 +15,7 @@ embedding, the RMS norms and lm_head dense. Two entry points share one layer bod
   be captured as a CUDA graph (awqd.engine.step).
 
 The residual adds, norms, rotary, decode attention and gating are awqd.engine.layers: one Triton kernel each on
-the GPU, torch on the CPU.
+the GPU, torch on the CPU. Where the routed gate_up kernel ends in the gating itself (awqd's GEMV), it has none.
 """
 
 from collections.abc import Callable
@@ -47,6 +47,13 @@ Project = Callable[[AwqLinear, torch.Tensor], torch.Tensor]
 
 def through_router(linear: AwqLinear, x: torch.Tensor) -> torch.Tensor:
     return linear(x)
+
+
+def gate(gate_up_proj: AwqLinear, h: torch.Tensor, project: Project) -> torch.Tensor:
+    """silu(gate) * up of the fused gate_up projection: in the routed kernel's epilogue where it has one (a launch
+    fewer per layer), else the gating kernel after the projection. A caller's own project runs as it is."""
+    gated = gate_up_proj.forward_gated(h) if project is through_router else None
+    return gated if gated is not None else silu_and_mul(project(gate_up_proj, h))
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,7 @@ class DecoderModel:
         for index, (input_norm, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(self.layers):
             x, h = add_rms_norm(x, pending, input_norm, eps)
             x, h = add_rms_norm(x, project(o_proj, attention(index, project(qkv_proj, h))), post_norm, eps)
-            pending = project(down_proj, silu_and_mul(project(gate_up_proj, h)))
+            pending = project(down_proj, gate(gate_up_proj, h, project))
         return add_rms_norm(x, pending, self.final_norm, eps)[1]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ blocks its sequence owns (a CUDA graph's static table keeps what an earlier, lon
 launches (several programs per row and head, merged by the last to arrive) are as close to torch, store the same
 k and v, give the same result on a second launch, and leave their counters at zero.
 --batch-invariant's two matrix products (the fixed-tile AWQ GEMM and the Triton lm_head) are checked the same
-way: close to the reference, and each row bitwise the same whatever the row count.
+way: close to the reference, and each row bitwise the same whatever the row count. The GEMV's gated form equals
+the GEMV followed by the gating kernel, bit for bit.
 
 bf16 runs on the GPU only (`python tests/engine/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
 the interpreter's float32 -> bf16 conversions do not round to nearest as the GPU does.
@@ -164,6 +165,35 @@ def norm_and_activation_cases(dtype, device, seed):
     return results
 
 
+def gated_gemv_case(dtype, device, seed):
+    """The engine's gating of a gate_up layer routed to awqd's GEMV, which gates in its epilogue: bitwise what the
+    GEMV and then the gating kernel give, and close to gating the float32 reference."""
+    from awqd.engine.layers.activation import silu_and_mul_torch
+    from awqd.engine.model import gate, through_router
+    from awqd.kernels.base import Dispatch
+    from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
+    from awqd.kernels.linear import AwqLinear, KernelRouter
+    from awqd.kernels.measure import random_weight
+    from awqd.quant.reference import reference_linear
+
+    generator = torch.Generator().manual_seed(seed)
+    weight = random_weight(2 * 96, 256, 64, torch.device("cpu"), generator, bias=True)
+    gate_up = AwqLinear(weight, KernelRouter(Dispatch.single(AwqdTritonGemv())), torch.device(device))
+    results = {}
+    for rows in (1, 3):
+        x = torch.randn(rows, 256, generator=generator).to(device, dtype)
+        fused = gate(gate_up, x, through_router)
+        results[f"{rows} rows"] = {
+            "fused": gate_up.forward_gated(x) is not None,
+            # A project of the caller's own runs the layer as it is, then the gating kernel.
+            "equals_gemv_then_gating": torch.equal(fused, gate(gate_up, x, lambda linear, rows: linear(rows))),
+            "relative_error": relative_error(
+                fused.cpu(), silu_and_mul_torch(reference_linear(x.float().cpu(), weight))
+            ),
+        }
+    return results
+
+
 def batch_invariance_cases(dtype, device, seed):
     """Rows 0..rows-1 computed alone and inside batches of 5 and 37 rows must be bitwise equal."""
     from awqd.engine.layers.triton_logits import logits_rows
@@ -216,6 +246,7 @@ def run_cases(device: str) -> list[dict]:
         cases.append({"case": "norm/activation", "dtype": dtype, "errors": errors})
         if dtype != "float32":  # the AWQ kernels take fp16 and bf16 activations
             cases.append({"case": "batch invariance", "dtype": dtype, **batch_invariance_cases(torch_dtype, device, 9)})
+            cases.append({"case": "gated gemv", "dtype": dtype, "rows": gated_gemv_case(torch_dtype, device, 11)})
     return cases
 
 
@@ -226,6 +257,11 @@ def failures(cases: list[dict]) -> list[dict]:
     for case in cases:
         if "errors" in case:
             ok = all(error <= 8 * LAST_PLACE[case["dtype"]] for error in case["errors"].values())
+        elif case["case"] == "gated gemv":
+            ok = all(
+                r["fused"] and r["equals_gemv_then_gating"] and r["relative_error"] <= TOLERANCE[case["dtype"]]
+                for r in case["rows"].values()
+            )
         elif case["case"] == "batch invariance":
             products = (case["gemm"], case["logits"])
             ok = all(p["invariant"] and p["relative_error"] <= 4 * TOLERANCE[case["dtype"]] for p in products)
@@ -259,7 +295,7 @@ def test_layer_kernels_match_torch_under_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     cases = [json.loads(line) for line in done.stdout.splitlines()]
     per_dtype = len(ATTENTION_CASES) + len(ROTATE_AND_STORE_CASES) + 1  # and one norm/activation case
-    assert len(cases) == len(INTERPRETER_DTYPES) * per_dtype + 1
+    assert len(cases) == len(INTERPRETER_DTYPES) * per_dtype + 2  # and fp16's batch invariance and gated GEMV
     assert failures(cases) == []
 
 

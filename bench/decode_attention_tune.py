@@ -1,5 +1,5 @@
 """Times the decode-attention kernel's launch settings against the unsplit defaults:
-`python3 bench/decode_attention_tune.py [--sweep splits|engine|pipelining]`.
+`python3 bench/decode_attention_tune.py [--sweep splits|engine|pipelining|split-pipelining]`.
 
 awqd.engine.layers.triton_attention runs SPLITS programs per (row, kv head), each walking its share of the row's
 cached positions in steps of BLOCK_N. Unsplit, one row is 32 programs for Llama-2-7B and 8 for Llama-3-8B, each a
@@ -8,7 +8,9 @@ the split count are what can move it.
 - `--sweep splits` (the default): split counts 1-16 at step sizes 32-128, and the engine's own choice
   (split_count by rows, SPLIT_BLOCK_N);
 - `--sweep engine`: the engine's choice alone, on the same cases;
-- `--sweep pipelining`: the unsplit step size, stages and warps (bench/results/h200-2026-12-02-decode-attention).
+- `--sweep pipelining`: the unsplit step size, stages and warps (bench/results/h200-2026-12-02-decode-attention);
+- `--sweep split-pipelining`: the engine's split launches with 1-3 stages and 1-8 warps. A split program walks one or
+  two steps at short contexts, where pipeline buffers only hold shared memory that other programs could use.
 
 Per model shape (Llama-2-7B: 32 kv heads; Llama-3-8B: 8 kv heads of a 4-query group), rows and context, every setting
 runs as the engine runs it: one launch per layer, layers captured in one CUDA graph, each layer with its own KV cache
@@ -37,9 +39,10 @@ CASES = {
     "engine": SPLIT_CASES,
     "splits": SPLIT_CASES,
     "pipelining": ((1, 256), (1, 2048), (8, 256), (32, 256), (32, 2048), (256, 256)),
+    "split-pipelining": ((1, 128), (1, 256), (1, 512), (1, 2048), (4, 256), (8, 256)),
 }
 DEFAULT = (1, BLOCK_N, STAGES, WARPS)  # (splits, block_n, stages, warps)
-ENGINE = (None, None, STAGES, WARPS)  # split_count's choice, at the split step size
+ENGINE = (None, None, None, None)  # split_count's choice, at the split step size, stages and warps
 SETTINGS = {
     "engine": [ENGINE],
     "splits": [ENGINE, *((s, n, STAGES, WARPS) for s, n in itertools.product((2, 4, 8, 16), (32, 64, 128)))],
@@ -48,6 +51,7 @@ SETTINGS = {
         (1, BLOCK_N, STAGES, 2),
         (1, BLOCK_N, STAGES, 8),
     ],
+    "split-pipelining": [(None, None, s, w) for s, w in itertools.product((1, 2, 3), (1, 2, 4, 8))],
 }
 L2_PASS_BYTES = 200 * 2**20  # KV read per pass, at least: four times the H200's L2
 MAX_LAYERS = 32

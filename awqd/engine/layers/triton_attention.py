@@ -38,6 +38,11 @@ MIN_DOT = 16  # tl.dot's smallest M, N and K
 SPLIT_PROGRAMS = 256
 MAX_SPLITS = 16
 SPLIT_BLOCK_N = 64
+# A split program walks few steps, so pipeline buffers only take shared memory from the other programs: one stage and
+# 8 warps took 8-11% less than 2 and 4 at one row and 128-512 positions, about the same at 2048, on an H200
+# (bench/results/h200-2026-12-03-gated-gemv).
+SPLIT_STAGES = 1
+SPLIT_WARPS = 8
 
 
 def split_count(rows: int, kv_heads: int) -> int:
@@ -202,18 +207,21 @@ def decode_attention_rows(
     counters: torch.Tensor | None,
     splits: int | None = None,
     block_n: int | None = None,
-    stages: int = STAGES,
-    warps: int = WARPS,
+    stages: int | None = None,
+    warps: int | None = None,
 ) -> torch.Tensor:
     """counters: int32 [>= rows * kv_heads], all zero, which the split launches leave zero again; None runs unsplit.
-    splits (default split_count), block_n (default BLOCK_N unsplit, SPLIT_BLOCK_N split), stages and warps other
-    than the defaults are for bench/decode_attention_tune.py, which compares each setting's output and time."""
+    splits (default split_count), block_n, stages and warps (defaults BLOCK_N, STAGES and WARPS unsplit, the SPLIT_
+    ones split) other than the defaults are for bench/decode_attention_tune.py, which compares each setting's output
+    and time."""
     rows = qkv.shape[0]
     group = shape.num_heads // shape.num_kv_heads
     if splits is None:
         splits = 1 if counters is None else split_count(rows, shape.num_kv_heads)
     if block_n is None:
         block_n = BLOCK_N if splits == 1 else SPLIT_BLOCK_N
+    stages = stages or (STAGES if splits == 1 else SPLIT_STAGES)
+    warps = warps or (WARPS if splits == 1 else SPLIT_WARPS)
     block_g, block_d = max(MIN_DOT, triton.next_power_of_2(group)), max(MIN_DOT, triton.next_power_of_2(shape.head_dim))
     out = torch.empty(rows, shape.num_heads * shape.head_dim, dtype=qkv.dtype, device=qkv.device)
     partials = rows * shape.num_kv_heads * splits if splits > 1 else 0

@@ -24,8 +24,9 @@ def add_rms_norm_kernel(
 
 
 def add_rms_norm_rows(
-    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, warps: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """warps other than the default are for bench/small_kernels_tune.py."""
     rows, hidden = x.shape
     x = x.contiguous()
     x_out = torch.empty_like(x) if delta is not None else x
@@ -41,6 +42,6 @@ def add_rms_norm_rows(
         eps,
         HAS_DELTA=delta is not None,
         BLOCK=block,
-        num_warps=min(16, max(1, block // 256)),
+        num_warps=warps or min(16, max(1, block // 256)),
     )
     return x_out, normed

@@ -27,6 +27,7 @@ import statistics
 import sys
 
 import torch
+from graph_timing import capture, emit, replay_ms
 
 from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
 from awqd.engine.layers.attention import AttentionShape
@@ -93,22 +94,8 @@ def time_setting(inputs, shape: AttentionShape, setting: tuple) -> tuple[float, 
         ]
 
     eager = [out.clone() for out in one_pass()]  # compiles, and rewrites each row's own position with the same k, v
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        one_pass()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = one_pass()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(caches))
+    graph, replayed = capture(one_pass)
+    times = [ms * 1000 / len(caches) for ms in replay_ms(graph, REPLAYS)]
     stable = all(torch.equal(a, b) for a, b in zip(eager, replayed, strict=True))
     return statistics.median(times), eager[0], stable
 
@@ -140,12 +127,7 @@ def main() -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
         del inputs
         torch.cuda.empty_cache()
-    report = {"device": torch.cuda.get_device_name(device), "defaults": list(DEFAULT), "rows": rows_out}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as file:
-            file.write(text + "\n")
+    emit({"device": torch.cuda.get_device_name(device), "defaults": list(DEFAULT), "rows": rows_out}, args.out)
     return 0
 
 

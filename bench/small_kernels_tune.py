@@ -9,12 +9,12 @@ Reports µs per layer or launch, the median over the graph's replays. Writes JSO
 """
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Callable
 
 import torch
+from graph_timing import capture, emit, replay_ms
 
 from awqd.engine.layers.triton_activation import silu_and_mul_rows
 from awqd.engine.layers.triton_norm import add_rms_norm_rows
@@ -30,24 +30,9 @@ NORM_LAUNCHES = 64
 
 
 def graph_us(one_pass: Callable[[], object], launches: int) -> float:
-    """µs per launch of one_pass, captured as one CUDA graph (after an eager warm-up on a side stream)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        one_pass()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        one_pass()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / launches)
-    return statistics.median(times)
+    """µs per launch of one_pass captured as one CUDA graph: the median over REPLAYS replays."""
+    graph, _ = capture(one_pass)
+    return statistics.median(replay_ms(graph, REPLAYS)) * 1000 / launches
 
 
 def gating(generator: torch.Generator) -> list[dict]:
@@ -91,11 +76,7 @@ def main() -> int:
         "gating": gating(generator),
         "norm": norms(generator),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as out:
-            out.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -15,7 +15,8 @@ embedding, the RMS norms and lm_head dense. Two entry points share one layer bod
   be captured as a CUDA graph (awqd.engine.step).
 
 The residual adds, norms, rotary, decode attention and gating are awqd.engine.layers: one Triton kernel each on
-the GPU, torch on the CPU. Where the routed gate_up kernel ends in the gating itself (awqd's GEMV), it has none.
+the GPU, torch on the CPU. Where the kernel routed for gate_up ends in the gating itself (awqd's GEMV), the gating
+runs in that kernel instead (gate).
 """
 
 from collections.abc import Callable

@@ -52,6 +52,7 @@ def compile_gemv(tile: GemvConfig, shape: tuple[int, int], dtype: torch.dtype, c
         "HAS_BIAS": False,
         "IS_FP16": dtype == torch.float16,
         "USE_ASM": True,
+        "GATED": False,
     }
     names = awqd_w4_gemv_kernel.arg_names
     signature = {name: mangle_type(args[name]) if name in args else "constexpr" for name in names}

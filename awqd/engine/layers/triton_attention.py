@@ -218,8 +218,7 @@ def decode_attention_rows(
     group = shape.num_heads // shape.num_kv_heads
     if splits is None:
         splits = 1 if counters is None else split_count(rows, shape.num_kv_heads)
-    if block_n is None:
-        block_n = BLOCK_N if splits == 1 else SPLIT_BLOCK_N
+    block_n = block_n or (BLOCK_N if splits == 1 else SPLIT_BLOCK_N)
     stages = stages or (STAGES if splits == 1 else SPLIT_STAGES)
     warps = warps or (WARPS if splits == 1 else SPLIT_WARPS)
     block_g, block_d = max(MIN_DOT, triton.next_power_of_2(group)), max(MIN_DOT, triton.next_power_of_2(shape.head_dim))

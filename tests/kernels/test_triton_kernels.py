@@ -211,6 +211,15 @@ def run_matrix(kernel: str) -> None:
         except AwqdError as error:
             ok, detail = error.code.name == "INVALID_ARGUMENT", f"{type(error).__name__}: {error}"
         print(json.dumps({"case": f"forward rejects {case}", "ok": ok, "detail": detail}), flush=True)
+    if kernel == "awqd_triton_gemv":  # a gated weight is [gate; up]: an odd row count cannot be one
+        odd = candidate.prepare(case_weight(65, 128, 32, True, False, 1), cpu)
+        try:
+            candidate.forward_gated(torch.randn(1, 128).half(), odd)
+            ok, detail = False, "forward_gated accepted 65 rows"
+        except AwqdError as error:
+            ok = error.code.name == "INVALID_ARGUMENT" and "odd" in str(error)
+            detail = f"{type(error).__name__}: {error}"
+        print(json.dumps({"case": "forward_gated rejects an odd row count", "ok": ok, "detail": detail}), flush=True)
 
 
 def run_tuning(kernel: str) -> None:
@@ -263,7 +272,7 @@ def matrix_results() -> dict[str, list[dict]]:
 def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_results, kernel):
     results = matrix_results[kernel]
     batch_cases = sum(len(batches) for batches in BATCHES[kernel].values()) * len(GROUP_SIZES) * 2 * len(DTYPES)
-    many_rows = (1 + len(GEMV_GATED)) * len(DTYPES) if kernel == "awqd_triton_gemv" else 0
+    many_rows = (1 + len(GEMV_GATED)) * len(DTYPES) + 1 if kernel == "awqd_triton_gemv" else 0  # + odd gated rows
     misaligned = int(kernel in MISALIGNED_INPUT_KERNELS)
     expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + 5
     assert len(results) == expected_cases

@@ -44,8 +44,7 @@ OUTLIER_VALUE = 3000.0
 
 
 def label(tile) -> str:
-    tma = f", TMA {tile.num_stages} stages" if tile.tma else ""
-    return f"{tile.block_n}x{tile.block_k} split-K {tile.split_k}, {tile.num_warps} warps{tma}"
+    return f"{tile.block_n}x{tile.block_k} split-K {tile.split_k}, {tile.num_warps} warps"
 
 
 def activations(rows: int, in_features: int, case: str, device: torch.device, seed: int) -> torch.Tensor:

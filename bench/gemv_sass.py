@@ -35,7 +35,7 @@ def compile_gemv(tile: GemvConfig, shape: tuple[int, int], dtype: torch.dtype, c
     out_features, in_features = shape
     args = {
         "x_ptr": torch.empty(1, in_features, dtype=dtype),
-        "w_src": torch.empty(out_features, in_features // 8, dtype=torch.int32),
+        "qweight_ptr": torch.empty(out_features, in_features // 8, dtype=torch.int32),
         "scale_zero_ptr": torch.empty(out_features, in_features // GROUP_SIZE, dtype=torch.int32),
         "bias_ptr": torch.empty(1, dtype=torch.float32),
         "out_ptr": torch.empty(1, out_features, dtype=dtype),
@@ -53,8 +53,6 @@ def compile_gemv(tile: GemvConfig, shape: tuple[int, int], dtype: torch.dtype, c
         "IS_FP16": dtype == torch.float16,
         "USE_ASM": True,
         "GATED": False,
-        "USE_TMA": False,
-        "NUM_STAGES": tile.num_stages,
     }
     names = awqd_w4_gemv_kernel.arg_names
     signature = {name: mangle_type(args[name]) if name in args else "constexpr" for name in names}
@@ -99,7 +97,7 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_{args.cc}")
     print("| tile | shape | dtype | instr/word | registers | STS+LDS+BAR in loop | converts after loads |")
     print("|---|---|---|---|---|---|---|")
-    for tile in (tile for tile in TILES if not tile.tma):  # the pointer path; TMA tiles read through shared memory
+    for tile in TILES:
         for shape_name, shape in SHAPES.items():
             for dtype in (torch.float16, torch.bfloat16):
                 kernel = compile_gemv(tile, shape, dtype, args.cc)

@@ -67,11 +67,6 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
             ((128, 512), 128, 7, GemvConfig(8, 256, 1, num_warps=2)),
             ((128, 512), 128, 2, GemvConfig(16, 64, 2, num_warps=2)),
             ((96, 256), 64, 2, GemvConfig(64, 128, 2, num_warps=2)),
-            # Weights through tensor descriptors: a row tail (rows past N read as zero), split-K 2 with a step shorter
-            # than the group, and a step longer than K (masked: falls back to pointer loads).
-            ((96, 256), 64, 2, GemvConfig(64, 128, 1, 2, 2, tma=True)),
-            ((128, 512), 128, 3, GemvConfig(16, 64, 2, 2, 3, tma=True)),
-            ((96, 256), 32, 1, GemvConfig(16, 512, 1, 2, 3, tma=True)),
         ]
     if kernel == "awqd_triton_dequant_cublas":
         from awqd.kernels.triton.dequant import DequantConfig

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from awqd.errors import InvalidArgument
 from awqd.kernels.triton.gating import silu_mul
-from awqd.kernels.triton.layout import AwqdW4, interpreting, use_tma
+from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
 from awqd.kernels.triton.worddot import word_dot
 
@@ -42,8 +42,7 @@ class GemvConfig:
     block_k: int
     split_k: int
     num_warps: int = 4
-    num_stages: int = 1  # pointer loads: the kernel prefetches by hand, Triton's pipeliner adds nothing here
-    tma: bool = False  # weights as tensor-descriptor loads, staged num_stages deep by the pipeliner (sm_90)
+    num_stages: int = 1  # the kernel prefetches by hand; Triton's pipeliner adds nothing here
 
 
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
@@ -60,14 +59,6 @@ TILES = (
     GemvConfig(4, 1024, 1, 2),  # (28.5, 94): 0.0713 / 0.1273
     GemvConfig(16, 1024, 1, 4),  # (21.9, 164): 0.0497 / 0.0759
     GemvConfig(8, 512, 1, 1),  # (21.3, 159): 0.0526 / 0.0692; one warp, so its layout conversion's barriers cost least
-    GemvConfig(16, 512, 1, 2, 3, tma=True),
-    GemvConfig(16, 512, 1, 2, 4, tma=True),
-    GemvConfig(8, 1024, 1, 2, 3, tma=True),
-    GemvConfig(16, 1024, 1, 4, 3, tma=True),
-    GemvConfig(8, 512, 1, 1, 4, tma=True),
-    GemvConfig(16, 256, 1, 2, 4, tma=True),
-    GemvConfig(32, 256, 1, 2, 4, tma=True),
-    GemvConfig(32, 512, 1, 4, 3, tma=True),
 )
 DEFAULT_TILE = TILES[0]
 # Tried and rejected on an H200 (bench/results/h200-2026-12-02-gemv-splitk-pdl): split-K 2 and 4 tiles, slower on
@@ -89,7 +80,7 @@ def tuning_space(bucket: int) -> tuple[GemvConfig, ...]:
 @triton.jit
 def awqd_w4_gemv_kernel(
     x_ptr,
-    w_src,  # the awqd_w4 qweight: a pointer, or (USE_TMA) a [N, K_WORDS / SEG_WORDS, SEG_WORDS] tensor descriptor
+    qweight_ptr,
     scale_zero_ptr,
     bias_ptr,
     out_ptr,
@@ -105,8 +96,6 @@ def awqd_w4_gemv_kernel(
     IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
     GATED: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -131,29 +120,25 @@ def awqd_w4_gemv_kernel(
     n_rows = tl.minimum(n, N - 1)[None, :, None]  # tail rows re-read the last row: no mask on the weight loads
     segments = (tl.arange(0, SEGS) * SEG_WORDS)[:, None, None]
     words = segments + tl.arange(0, SEG_WORDS)[None, None, :]
+    w_rows = qweight_ptr + n_rows * K_WORDS + words
     sz_rows = scale_zero_ptr + n_rows * (K_WORDS // GROUP_WORDS) + segments // GROUP_WORDS
     pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
     x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K_WORDS * 4) + pairs
 
+    # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
+    first = tl.minimum(start, end - WORDS) if EVEN_K else start
+    w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
     acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
-    if USE_TMA:  # every step whole and ungated (launch); each step's loads staged NUM_STAGES deep by the pipeliner
-        for word0 in tl.range(start, end, WORDS, num_stages=NUM_STAGES):
-            w = tl.permute(w_src.load([pid_n * BLOCK_N, word0 // SEG_WORDS, 0]), (1, 0, 2))
-            x = tl.load(x_pairs + word0 * 4)
-            sz = tl.load(sz_rows + word0 // GROUP_WORDS)
-            acc += step_dot(w, sz, x, SEGS, SEG_WORDS, IS_FP16, USE_ASM)
-    else:
-        w_rows = w_src + n_rows * K_WORDS + words
-        # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
-        first = tl.minimum(start, end - WORDS) if EVEN_K else start
-        w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
-        for word0 in range(start, end, WORDS):
-            w, sz, x = w_next, sz_next, x_next
-            following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
-            w_next, sz_next, x_next = load_step(
-                w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, EVEN_K
-            )
-            acc += step_dot(w, sz, x, SEGS, SEG_WORDS, IS_FP16, USE_ASM)
+    for word0 in range(start, end, WORDS):
+        w, sz, x = w_next, sz_next, x_next
+        following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
+        w_next, sz_next, x_next = load_step(
+            w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, EVEN_K
+        )
+        even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
+        x01, x45 = tl.split(even_pairs)
+        x23, x67 = tl.split(odd_pairs)
+        acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
     result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
     if HAS_BIAS and SPLIT_K == 1:
@@ -167,15 +152,6 @@ def awqd_w4_gemv_kernel(
     else:
         rows = tl.num_programs(0)
         tl.store(out_ptr + (pid_k * rows + row).to(tl.int64) * N + n, result, mask=n_mask)
-
-
-@triton.jit
-def step_dot(w, sz, x, SEGS: tl.constexpr, SEG_WORDS: tl.constexpr, IS_FP16: tl.constexpr, USE_ASM: tl.constexpr):
-    """One step's [SEGS, BLOCK_N, SEG_WORDS] fp32 word sums: x [SEGS, 1, SEG_WORDS, 4] split into its pairs."""
-    even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
-    x01, x45 = tl.split(even_pairs)
-    x23, x67 = tl.split(odd_pairs)
-    return word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
 
 
 @triton.jit
@@ -218,43 +194,29 @@ def gemv_gated(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None
 
 
 def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Tensor, gated: bool) -> None:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     rows = x.shape[0]
     if x.data_ptr() % 4:  # the kernel reads activations as int32 pairs: a view 2 bytes into a buffer is copied
         x = x.clone()
-    segment = min(packed.group_size, config.block_k)
-    even_k = packed.in_features % config.block_k == 0
-    tma = config.tma and even_k and not gated and use_tma(x.device)
-    if tma:  # [N, segments, words of a segment]: a step's tile is one box, a thread's words contiguous
-        w = packed.qweight.view(packed.out_features, -1, segment // 8)
-        w_src = TensorDescriptor(
-            w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // segment, segment // 8]
-        )
-    else:
-        w_src = packed.qweight
     # A gated program covers block_n / 2 columns of the gate and of the up rows: as many programs as ungated.
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)
     awqd_w4_gemv_kernel[grid](
         x,
-        w_src,
+        packed.qweight,
         packed.scale_zero,
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
         packed.out_features,
         packed.in_features // 8,
         GROUP_SIZE=packed.group_size,
-        SEGMENT=segment,
+        SEGMENT=min(packed.group_size, config.block_k),
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
-        EVEN_K=even_k,
+        EVEN_K=packed.in_features % config.block_k == 0,
         HAS_BIAS=packed.bias is not None,
         IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
         GATED=gated,
-        USE_TMA=tma,
-        NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

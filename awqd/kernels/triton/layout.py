@@ -44,11 +44,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def use_tma(device: torch.device) -> bool:
-    """TMA exists from sm_90 (Hopper); under the interpreter descriptors are emulated, so both paths are tested."""
-    return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 def check_device(device: torch.device) -> None:
     if device.type != "cuda" and not interpreting():
         raise FailedPrecondition(

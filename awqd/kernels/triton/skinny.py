@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.gemm import dot_in_fp32
-from awqd.kernels.triton.layout import AwqdW4, interpreting, use_tma
+from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, program_tile, sm_count, store_transposed
 from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
@@ -88,6 +88,11 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
 
 
 @functools.cache
+def use_tma(device: torch.device) -> bool:
+    """TMA exists from sm_90 (Hopper); under the interpreter descriptors are emulated, so both paths are tested."""
+    return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def wave_fill(programs: int, sms: int) -> float:
     """How evenly `programs` equal programs spread over the SMs: 1.0 when every SM gets as many as the busiest."""
     waves = programs / sms

@@ -11,8 +11,7 @@ it can (worddot.py, ~22 per word at the default tile, counted in the sm_90 SASS)
   register of two nibbles meets the int32 of the two activations the layout put there;
 - fp16 activations: packed f16x2 arithmetic per word, one conversion to fp32, one fp32 multiply-add by the scale;
 - the scale and zero are read and prepared once per (row, segment), not per word;
-- no masks on the loads of whole K steps; where K is not a whole number of steps (down's 11008 at 512- or
-  1024-column steps), one masked step after the loop takes the rest. Tail rows are clamped.
+- no masks on the loads when every K step is whole (EVEN_K; true for the Llama shapes), tail rows clamped.
 The next step's loads (weights, scales and zeros, activations) are still issued before the current step is
 computed. The [segments, BLOCK_N, words] fp32 accumulator is summed once at the end.
 Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
@@ -92,8 +91,7 @@ def awqd_w4_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
-    HAS_WHOLE_STEPS: tl.constexpr,  # K >= BLOCK_K
-    HAS_TAIL: tl.constexpr,  # K % BLOCK_K != 0: a slice may end in a partial step
+    EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
@@ -127,24 +125,20 @@ def awqd_w4_gemv_kernel(
     pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
     x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K_WORDS * 4) + pairs
 
+    # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.
+    first = tl.minimum(start, end - WORDS) if EVEN_K else start
+    w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
     acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
-    # Whole steps, unmasked: the look-ahead is clamped to the slice's last whole step. A split-K slice with none
-    # (a remainder, or empty) still loads once before its loop: a whole step in bounds, unused.
-    whole_end = start + tl.maximum(end - start, 0) // WORDS * WORDS
-    if HAS_WHOLE_STEPS:
-        first = tl.minimum(tl.maximum(tl.minimum(start, whole_end - WORDS), 0), K_WORDS - WORDS)
-        w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, False)
-        for word0 in range(start, whole_end, WORDS):
-            w, sz, x = w_next, sz_next, x_next
-            following = tl.minimum(word0 + WORDS, whole_end - WORDS)
-            w_next, sz_next, x_next = load_step(
-                w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, False
-            )
-            acc += step_dot(w, sz, x, SEGS, SEG_WORDS, IS_FP16, USE_ASM)
-    if HAS_TAIL:  # noqa: SIM102 - a constexpr: without a tail, no tail code is compiled
-        if whole_end < end:
-            w, sz, x = load_step(w_rows, sz_rows, x_pairs, words, segments, whole_end, end, GROUP_WORDS, True)
-            acc += step_dot(w, sz, x, SEGS, SEG_WORDS, IS_FP16, USE_ASM)
+    for word0 in range(start, end, WORDS):
+        w, sz, x = w_next, sz_next, x_next
+        following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
+        w_next, sz_next, x_next = load_step(
+            w_rows, sz_rows, x_pairs, words, segments, following, end, GROUP_WORDS, EVEN_K
+        )
+        even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
+        x01, x45 = tl.split(even_pairs)
+        x23, x67 = tl.split(odd_pairs)
+        acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
     result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
     if HAS_BIAS and SPLIT_K == 1:
@@ -161,23 +155,14 @@ def awqd_w4_gemv_kernel(
 
 
 @triton.jit
-def step_dot(w, sz, x, SEGS: tl.constexpr, SEG_WORDS: tl.constexpr, IS_FP16: tl.constexpr, USE_ASM: tl.constexpr):
-    """One step's [SEGS, BLOCK_N, SEG_WORDS] fp32 word sums: x [SEGS, 1, SEG_WORDS, 4] split into its pairs."""
-    even_pairs, odd_pairs = tl.split(tl.reshape(x, (SEGS, 1, SEG_WORDS, 2, 2)))
-    x01, x45 = tl.split(even_pairs)
-    x23, x67 = tl.split(odd_pairs)
-    return word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
-
-
-@triton.jit
-def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS: tl.constexpr, MASKED: tl.constexpr):
-    """The step at word0: weight words, their groups' (scale, zero) words and each word's 4 activation pairs; if
-    MASKED, 0 past end (a masked word meets zero activations).
+def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
+    """The step at word0: weight words, their groups' (scale, zero) words and each word's 4 activation pairs, masked
+    to 0 past end unless every step is whole (a masked word meets zero activations).
 
     The activations are loaded first: Triton then moves them into the weights' register layout after the next step's
     loads are issued. Loaded last, they win and the weights move instead, at the top of the loop or right after
     their load, which waits on the loads the prefetch meant to leave in flight (the sm_90 TTGIR of either order)."""
-    if not MASKED:
+    if EVEN_K:
         x = tl.load(x_pairs + word0 * 4)
         sz = tl.load(sz_rows + word0 // GROUP_WORDS)
         w = tl.load(w_rows + word0)
@@ -227,8 +212,7 @@ def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Te
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
-        HAS_WHOLE_STEPS=packed.in_features >= config.block_k,
-        HAS_TAIL=packed.in_features % config.block_k != 0,
+        EVEN_K=packed.in_features % config.block_k == 0,
         HAS_BIAS=packed.bias is not None,
         IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),

@@ -24,6 +24,11 @@ def build(name: str) -> Candidate:
     return cls()
 
 
+def tunes_launches(name: str) -> bool:
+    """Whether the candidate tunes launch configurations at boot: its class has its own Candidate.tune."""
+    return type(build(name)).tune is not Candidate.tune
+
+
 def is_candidate(name: str) -> bool:
     return name in CANDIDATES or plugins.candidate_class(name) is not None
 

@@ -548,11 +548,17 @@ def time_buckets(
 def tune_all(names: Sequence[str], plan: Plan) -> dict[str, Any]:
     """Tune the candidates that have launch configurations, within TUNING_SHARE of the remaining budget, so the
     timings that follow measure every candidate at its best. Tables are returned by the worker and kept, so a
-    fresh worker and the daemon use them too."""
+    fresh worker and the daemon use them too.
+
+    Each candidate gets an equal part of the tuning time still left when its turn comes, and what it does not use
+    goes to those after it. Taken in order, the first spaces used it all: on H200s the GEMM's and the skinny
+    kernel's tuning left the GEMV, which serves single streams, no time with a 240 s and a 90 s budget
+    (bench/results/h200-2026-12-02-concurrency-final/cold-boot, h200-2026-12-03-gemv-tail-step)."""
     tuning_deadline = time.perf_counter() + TUNING_SHARE * max(0.0, plan.deadline - time.perf_counter())
+    tunable = [name for name in names if registry.tunes_launches(name)]
     tuning = {}
-    for name in names:
-        seconds = max(0.0, tuning_deadline - time.perf_counter())
+    for index, name in enumerate(tunable):
+        seconds = tuning_share(tuning_deadline - time.perf_counter(), len(tunable) - index)
         reply = plan.call(
             "tune", limit_s=seconds + plan.isolated.step_limit, name=name, buckets=plan.buckets, seconds=seconds
         )
@@ -564,6 +570,11 @@ def tune_all(names: Sequence[str], plan: Plan) -> dict[str, Any]:
             tuning[name] = reply["table"]
     plan.isolated.install_tuning(tuning)
     return tuning
+
+
+def tuning_share(seconds_left: float, candidates_left: int) -> float:
+    """The next candidate's tuning time: an equal part of what is left, none once it has run out."""
+    return max(0.0, seconds_left) / candidates_left
 
 
 def measured_decision(bucket: int, timings: list[KernelTiming]) -> KernelDecision:

@@ -30,6 +30,7 @@ from awqd.kernels.selection import (
     default_buckets,
     resolve_forced,
     select_kernels,
+    tuning_share,
 )
 from awqd.kernels.shapes import (
     LLAMA_2_7B,
@@ -94,6 +95,18 @@ def test_budget_exhausted_falls_back_to_capability_rules():
         assert "time budget ran out" in decision.reason and "capability rule" in decision.reason
         assert decision.timings == []
     assert all(r.correctness is not None for r in result.candidates if r.supported)  # correctness is never skipped
+
+
+def test_tuning_time_is_shared_among_the_candidates_that_tune_launches():
+    # awqd's four Triton kernels tune tiles at boot and gemlite autotunes; the others have nothing to tune and get no
+    # share.
+    tunable = {name for name in registry.candidate_names() if registry.tunes_launches(name)}
+    triton = {"awqd_triton_gemm", "awqd_triton_gemv", "awqd_triton_skinny", "awqd_triton_dequant_cublas"}
+    assert tunable == triton | {"gemlite_w4a16"}
+    # Equal parts of what is left: the first of four gets a quarter, and what it leaves unused goes to the rest.
+    assert tuning_share(40.0, 4) == 10.0
+    assert tuning_share(40.0 - 2.0, 3) > 10.0
+    assert tuning_share(-1.0, 2) == 0.0
 
 
 def test_forcing_an_unsupported_kernel_fails_with_the_alternatives(decisions):

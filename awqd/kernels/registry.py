@@ -18,15 +18,20 @@ def candidate_names() -> list[str]:
 
 def build(name: str) -> Candidate:
     """A built-in candidate, or an active plugin's (awqd/kernels/plugins.py)."""
+    return candidate_class(name)()
+
+
+def candidate_class(name: str) -> type[Candidate]:
     cls = CANDIDATES.get(name) or plugins.candidate_class(name)
     if cls is None:
         raise InvalidArgument("kernel", f"unknown kernel candidate {name!r}; known: {', '.join(candidate_names())}")
-    return cls()
+    return cls
 
 
 def tunes_launches(name: str) -> bool:
-    """Whether the candidate tunes launch configurations at boot: its class has its own Candidate.tune."""
-    return type(build(name)).tune is not Candidate.tune
+    """Whether the candidate tunes launch configurations at boot: its class has its own Candidate.tune (read from the
+    class; nothing is built)."""
+    return candidate_class(name).tune is not Candidate.tune
 
 
 def is_candidate(name: str) -> bool:

@@ -14,9 +14,11 @@ roofline (int4 weights, scales and zeros at the measured copy bandwidth). Writes
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
+from graph_timing import per_launch_ms
 
 from awqd.kernels.measure import (
     measure_copy_bandwidth_gbps,
@@ -100,14 +102,8 @@ def time_layer(
 def time_linear(
     label_: str, config, x: torch.Tensor, copies: list, device: torch.device, repetitions: tuple[int, int]
 ) -> float:
-    """ms of one linear: a pass launches it on every weight copy back to back (as the engine's graph launches
-    layer after layer), so the timing events' own cost is spread over the copies."""
-
-    def run_pass() -> None:
-        for weight in copies:
-            gemv(x, weight, config)
-
-    return time_passes(label_, [run_pass], device, *repetitions).median_ms / len(copies)
+    """ms of one linear, launched on every weight copy back to back."""
+    return per_launch_ms(label_, [partial(gemv, x, weight, config) for weight in copies], device, repetitions)
 
 
 def time_tiles(device: torch.device) -> dict:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from graph_timing import per_launch_ms
 
-from awqd.kernels.measure import measure_copy_bandwidth_gbps, random_layer_weights, rotation_copies, time_passes
+from awqd.kernels.measure import measure_copy_bandwidth_gbps, random_layer_weights, rotation_copies
 from awqd.kernels.triton.gemv import gemv, tuning_space
 from awqd.kernels.triton.layout import pack_awqd_w4
 
@@ -49,19 +50,10 @@ def read(src: torch.Tensor, out: torch.Tensor, block: int, warps: int) -> None:
     read_kernel[(triton.cdiv(src.numel(), block),)](src, out, src.numel(), BLOCK=block, num_warps=warps)
 
 
-def per_launch_ms(label: str, launches: list, device: torch.device) -> float:
-    """ms per launch: one timed pass runs every launch back to back (as a decode step's graph does), so the timing
-    events' own cost is spread over them."""
-
-    def run_pass() -> None:
-        for launch in launches:
-            launch()
-
-    return time_passes(label, [run_pass], device, *REPETITIONS).median_ms / len(launches)
-
-
 def fastest(label: str, launches_by_config: dict, device: torch.device) -> tuple[str, float, dict]:
-    timings = {config: per_launch_ms(label, launches, device) for config, launches in launches_by_config.items()}
+    timings = {
+        config: per_launch_ms(label, launches, device, REPETITIONS) for config, launches in launches_by_config.items()
+    }
     best = min(timings, key=timings.get)
     return best, timings[best], timings
 
@@ -119,7 +111,7 @@ def main() -> None:
     layer = {}
     for kind, by_linear in (("read", layer_reads), ("gemv", layer_gemvs)):
         launches = [linear[copy] for copy in range(layer_copies) for linear in by_linear]
-        layer[kind] = per_launch_ms(kind, launches, device) * len(shapes)
+        layer[kind] = per_launch_ms(kind, launches, device, REPETITIONS) * len(shapes)
     copy_gbps = measure_copy_bandwidth_gbps(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {"device": name, "copy_bandwidth_gbps": copy_gbps, "linears": rows, "layer_ms": layer}

@@ -18,10 +18,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from graph_timing import per_launch_ms
 
 from awqd.kernels.measure import (
     measure_copy_bandwidth_gbps,
+    per_launch_ms,
     random_layer_weights,
     random_weight,
     reference,

@@ -1,13 +1,11 @@
-"""What the kernel sweeps share: a pass captured as one CUDA graph and timed by replays, the time per launch of
-launches run back to back, and their JSON report."""
+"""What the kernel sweeps share: a pass captured as one CUDA graph and timed by replays, and their JSON report.
+(The time per launch of launches run back to back is awqd.kernels.measure.per_launch_ms, as tuning ranks tiles.)"""
 
 import json
 from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from awqd.kernels.measure import time_passes
 
 
 def capture(one_pass: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
@@ -35,19 +33,6 @@ def replay_ms(graph: torch.cuda.CUDAGraph, replays: int) -> list[float]:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return times
-
-
-def per_launch_ms(
-    label: str, launches: list[Callable[[], Any]], device: torch.device, repetitions: tuple[int, int]
-) -> float:
-    """ms per launch: one timed pass (measure.time_passes: a CUDA graph on a GPU) runs every launch back to back, as
-    the engine's graph launches layer after layer, so the timing events' own cost is spread over them."""
-
-    def run_pass() -> None:
-        for launch in launches:
-            launch()
-
-    return time_passes(label, [run_pass], device, *repetitions).median_ms / len(launches)
 
 
 def emit(report: dict, out: str | None) -> None:

@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from graph_timing import per_launch_ms
 
-from awqd.kernels.measure import measure_copy_bandwidth_gbps, random_layer_weights, rotation_copies
+from awqd.kernels.measure import measure_copy_bandwidth_gbps, per_launch_ms, random_layer_weights, rotation_copies
 from awqd.kernels.triton.gemv import gemv, tuning_space
 from awqd.kernels.triton.layout import pack_awqd_w4
 

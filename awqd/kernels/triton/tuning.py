@@ -1,8 +1,9 @@
 """Launch configurations per device, layer shape and batch bucket for awqd's Triton kernels.
 
 On-boot selection (awqd/kernels/selection.py) calls tune(): every configuration of the kernel's tuning space is
-timed on every hosted layer shape at every bucket it is tuned for (CUDA-graph replay, weights rotated past L2,
-as all timings), and the fastest is kept. The table is stored with the device's decisions, so it shares their
+timed on every hosted layer shape at every bucket it is tuned for, and the fastest is kept. A configuration's time
+is per launch, with the weight copies' launches back to back in one CUDA graph (past L2, as all timings), as the
+engine's decode graph runs them. The table is stored with the device's decisions, so it shares their
 cache file, fingerprint and re-validation, and install() makes it what the launch wrappers use. A step looks its
 configuration up by (kernel, device, shape, first tuned bucket >= its rows); anything not tuned runs the kernel's
 untuned default.
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from awqd.kernels.measure import random_layer_weights, rotation_copies, time_passes
+from awqd.kernels.measure import per_launch_ms, random_layer_weights, rotation_copies
 from awqd.kernels.triton.layout import pack_awqd_w4
 
 TUNING_REPETITIONS = (3, 10)  # (warm-up, timed) per configuration: enough to rank tiles that differ by >5%
@@ -61,7 +62,6 @@ def tune(
     """Time space(bucket) on each distinct shape at each bucket; returns the stored form of the fastest per pair,
     and how many pairs the deadline left untimed (they stay on the default). A configuration that fails (e.g. needs
     more shared memory than the device has) is skipped."""
-    warmup, iterations = TUNING_REPETITIONS
     stored: dict[str, dict[str, dict]] = {}
     untuned = 0
     for out_features, in_features in dict.fromkeys(shapes):
@@ -78,13 +78,13 @@ def tune(
             x = torch.randn(bucket, in_features, device=device, dtype=torch.float16)
             best_ms, best = float("inf"), None
             for config in space(bucket):
-                passes = [partial(launch, x, layer, config) for layer in packed]
+                launches = [partial(launch, x, layer, config) for layer in packed]
                 try:
-                    median_ms = time_passes(kernel, passes, device, warmup, iterations).median_ms
+                    launch_ms = per_launch_ms(kernel, launches, device, TUNING_REPETITIONS)
                 except Exception:  # this tile does not fit the device; the others still compete
                     continue
-                if median_ms < best_ms:
-                    best_ms, best = median_ms, config
+                if launch_ms < best_ms:
+                    best_ms, best = launch_ms, config
             if best is not None:
                 stored.setdefault(f"{out_features}x{in_features}", {})[str(bucket)] = dataclasses.asdict(best)
         del weights, packed

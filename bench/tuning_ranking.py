@@ -64,6 +64,54 @@ def rank(method, launches_by_tile: dict, device: torch.device) -> str | None:
     return min(times, key=times.get) if times else None
 
 
+def compare(launches_by_tile: dict, device: torch.device, trials: int) -> dict:
+    """Every tile's reference time, then each method's picks over `trials` rankings and what they cost."""
+    reference = {}
+    for tile, launches in launches_by_tile.items():
+        try:
+            reference[tile] = per_launch_ms(tile, launches, device, REFERENCE_REPETITIONS[device.type])
+        except Exception:
+            continue
+    launches_by_tile = {tile: launches_by_tile[tile] for tile in reference}
+    fastest = min(reference, key=reference.get)
+    methods = {}
+    for method_name, method in METHODS.items():
+        picks = [rank(method, launches_by_tile, device) for _ in range(trials)]
+        costs = [reference[pick] / reference[fastest] for pick in picks]
+        methods[method_name] = {
+            "picks": dict(Counter(picks)),
+            "mean_cost": statistics.fmean(costs),
+            "worst_cost": max(costs),
+            "misses": sum(cost > SLOW for cost in costs),
+        }
+    return {"reference_ms": reference, "fastest": fastest, "methods": methods}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Boot tuning's pick by how a tile is timed ({report['device']}, {report['trials']} trials per method)",
+        "",
+        f"Cost: the pick's reference µs per launch over the fastest tile's. A miss: a pick more than {SLOW}x the "
+        "fastest.",
+        "",
+        "| kernel | linear | bucket | fastest tile (µs) | alone: mean / worst cost, misses | "
+        "back to back: mean / worst cost, misses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        cells = [
+            f"{m['mean_cost']:.3f} / {m['worst_cost']:.3f}, {m['misses']}"
+            for m in (row["methods"][method] for method in METHODS)
+        ]
+        fastest_us = row["reference_ms"][row["fastest"]] * 1000
+        lines.append(
+            f"| {row['kernel']} | {row['linear']} | {row['bucket']} | {row['fastest']} ({fastest_us:.2f}) | "
+            f"{cells[0]} | {cells[1]} |"
+        )
+    fields = sorted({f"{row['kernel']}: {row['tile_fields']}" for row in report["rows"]})
+    return "\n".join([*lines, "", "Tiles are " + "; ".join(fields) + "."]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -88,63 +136,17 @@ def main() -> None:
                     label(tile): [partial(kernel.launch, x, layer, tile) for layer in packed]
                     for tile in kernel.tuning_space(bucket)
                 }
-                reference = {}
-                for tile, launches in launches_by_tile.items():
-                    try:
-                        reference[tile] = per_launch_ms(tile, launches, device, REFERENCE_REPETITIONS[device.type])
-                    except Exception:
-                        continue
-                launches_by_tile = {tile: launches_by_tile[tile] for tile in reference}
-                fastest = min(reference, key=reference.get)
-                row = {
-                    "kernel": name,
-                    "tile_fields": fields,
-                    "linear": f"{out_features}x{in_features}",
-                    "bucket": bucket,
-                    "copies": copies,
-                    "reference_ms": reference,
-                    "fastest": fastest,
-                    "methods": {},
-                }
-                for method_name, method in METHODS.items():
-                    picks = [rank(method, launches_by_tile, device) for _ in range(args.trials)]
-                    costs = [reference[pick] / reference[fastest] for pick in picks]
-                    row["methods"][method_name] = {
-                        "picks": dict(Counter(picks)),
-                        "mean_cost": statistics.fmean(costs),
-                        "worst_cost": max(costs),
-                        "misses": sum(cost > SLOW for cost in costs),
-                    }
+                row = {"kernel": name, "tile_fields": fields, "linear": f"{out_features}x{in_features}"}
+                row |= {"bucket": bucket, "copies": copies, **compare(launches_by_tile, device, args.trials)}
                 rows.append(row)
                 print(json.dumps({key: row[key] for key in ("kernel", "linear", "bucket", "methods")}), flush=True)
             del packed
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"device": name, "trials": args.trials, "tuning_repetitions": TUNING_REPETITIONS, "rows": rows}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {"device": device_name, "trials": args.trials, "tuning_repetitions": TUNING_REPETITIONS, "rows": rows}
     (out / "tuning-ranking.json").write_text(json.dumps(report, indent=1))
-    lines = [
-        f"# Boot tuning's pick by how a tile is timed ({name}, {args.trials} trials per method)",
-        "",
-        f"Cost: the pick's reference µs per launch over the fastest tile's. A miss: a pick more than {SLOW}x the "
-        "fastest.",
-        "",
-        "| kernel | linear | bucket | fastest tile (µs) | alone: mean / worst cost, misses | "
-        "back to back: mean / worst cost, misses |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cells = [
-            f"{m['mean_cost']:.3f} / {m['worst_cost']:.3f}, {m['misses']}"
-            for m in (row["methods"][method] for method in METHODS)
-        ]
-        fastest_us = row["reference_ms"][row["fastest"]] * 1000
-        lines.append(
-            f"| {row['kernel']} | {row['linear']} | {row['bucket']} | {row['fastest']} ({fastest_us:.2f}) | "
-            f"{cells[0]} | {cells[1]} |"
-        )
-    lines.append("")
-    lines.append("Tiles are " + "; ".join(sorted({f"{row['kernel']}: {row['tile_fields']}" for row in rows})) + ".")
-    (out / "tuning-ranking.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(report)
+    (out / "tuning-ranking.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -389,7 +389,8 @@ def per_launch_ms(
 ) -> float:
     """ms per launch of `launches` run back to back in one timed pass (a CUDA graph on a GPU), as the engine's graph
     runs layer after layer: the timing events' own cost and the gap before the pass are spread over all of them.
-    Timed alone, a 5-10 µs launch is ranked by that overhead as much as by its own work."""
+    Timed one launch per replay, 5-10 µs launches were ranked partly by that overhead: on H200s, tuning that way
+    picked tiles up to 27% slower (bench/results/h200-2026-12-03-tuning-per-launch)."""
 
     def run_pass() -> None:
         for launch in launches:

@@ -22,7 +22,9 @@ import torch
 from awqd.kernels.measure import per_launch_ms, random_layer_weights, rotation_copies
 from awqd.kernels.triton.layout import pack_awqd_w4
 
-TUNING_REPETITIONS = (3, 10)  # (warm-up, timed) per configuration: enough to rank tiles that differ by >5%
+# (warm-up, timed passes) per configuration. Per launch, back to back, no pick was >5% slower than the fastest tile
+# in 180 rankings on two H200s (bench/results/h200-2026-12-03-tuning-per-launch).
+TUNING_REPETITIONS = (3, 10)
 
 # kernel name -> device -> (out, in) -> sorted [(bucket, config)]
 Table = dict[tuple[int, int], list[tuple[int, Any]]]

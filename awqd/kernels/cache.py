@@ -24,6 +24,7 @@ import structlog
 import torch
 
 import awqd
+from awqd.kernels.measure import MEASUREMENT_METHOD
 from awqd.node.devices import DeviceInfo
 
 log = structlog.get_logger("awqd.kernels")
@@ -75,6 +76,7 @@ def fingerprint_parts(
         "fbgemm_gpu_genai": distribution_version("fbgemm-gpu-genai"),  # installing a kernel library re-measures
         "gemlite": distribution_version("gemlite"),
         "awqd": awqd.__version__,
+        "measurement": MEASUREMENT_METHOD,  # an older awqd's cache lacks it, and is re-measured
         "layer_shapes": ",".join(f"{out_features}x{in_features}" for out_features, in_features in shapes),
         "group_size": str(group_size),
         "buckets": ",".join(str(bucket) for bucket in buckets),

@@ -40,6 +40,10 @@ INPUTS_PER_SHAPE = 2  # different inputs per input shape, eagerly and on graph r
 # H200's 4.8 TB/s peak; a kernel reading at 95% of peak would still sit at 0.92x the floor.
 ROOFLINE_MARGIN = 0.9
 MAX_ROTATION_COPIES = 8
+# Part of the decision cache's fingerprint. Bump it when a change in how candidates or tiles are timed should
+# re-measure cached decisions: re-validation re-times the chosen kernels, not the tiles they were tuned to.
+# 2: tuning ranks tiles per launch, back to back (per_launch_ms).
+MEASUREMENT_METHOD = "2"
 CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
 FP16_BASELINE = "fp16_cublas"
 

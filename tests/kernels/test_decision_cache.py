@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from awqd.kernels import cache
+from awqd.kernels.measure import MEASUREMENT_METHOD
 from awqd.kernels.selection import DEFAULT_BUCKETS, NOISE_MARGINS, select_kernels
 from awqd.node.devices import DeviceInfo
 
@@ -101,6 +102,17 @@ def test_cached_choice_that_no_longer_wins_is_remeasured(tmp_path):
     assert any(note.startswith("re-measuring: at 1 tokens cached choice") for note in again.notes), again.notes
 
 
+def test_a_cache_measured_the_former_way_is_remeasured(tmp_path):
+    boot(tmp_path)
+    stored = read_cache(tmp_path)
+    del stored["fingerprint_parts"]["measurement"]  # as an awqd before MEASUREMENT_METHOD wrote it
+    stored["fingerprint"] = cache.fingerprint(stored["fingerprint_parts"])
+    cache.cache_path(tmp_path, "cpu").write_text(json.dumps(stored))
+    again = boot(tmp_path)
+    assert again.source == "measured"
+    assert any(f"measurement: <missing> -> {MEASUREMENT_METHOD}" in note for note in again.notes), again.notes
+
+
 def test_cached_kernel_unsupported_now_is_remeasured(tmp_path):
     boot(tmp_path)
     stored = read_cache(tmp_path)
@@ -175,8 +187,7 @@ def test_load_reports_a_missing_file_and_a_foreign_format(tmp_path):
 def test_fingerprint_parts_name_the_stack():
     parts = cache.fingerprint_parts(CPU, SHAPES, GROUP_SIZE, BUCKETS)
     assert {"device_name", "compute_capability", "nvidia_driver", "cuda_runtime", "torch", "triton"} <= set(parts)
-    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "layer_shapes", "group_size", "buckets"} <= set(
-        parts
-    )
+    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "measurement", "layer_shapes"} <= set(parts)
+    assert {"group_size", "buckets"} <= set(parts)
     assert cache.fingerprint(parts) == cache.fingerprint(dict(parts))
     assert cache.fingerprint(parts) != cache.fingerprint({**parts, "group_size": "128"})

@@ -15,9 +15,9 @@ roofline (int4 weights, scales and zeros at the measured copy bandwidth). Writes
 import argparse
 import json
 from functools import partial
-from pathlib import Path
 
 import torch
+from graph_timing import parse_out_and_device
 
 from awqd.kernels.measure import (
     measure_copy_bandwidth_gbps,
@@ -172,13 +172,7 @@ def report(results: list[dict], timings: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    _, out, device = parse_out_and_device(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     results = check_tiles(device)
     timings = time_tiles(device)
     (out / "gemv-check.json").write_text(json.dumps({"correctness": results, "timing": timings}, indent=1))

@@ -1,11 +1,24 @@
-"""What the kernel sweeps share: a pass captured as one CUDA graph and timed by replays, and their JSON report.
-(The time per launch of launches run back to back is awqd.kernels.measure.per_launch_ms, as tuning ranks tiles.)"""
+"""What the kernel sweeps share: their --out and --device arguments, a pass captured as one CUDA graph and timed by
+replays, and their JSON report. (The time per launch of launches run back to back is
+awqd.kernels.measure.per_launch_ms, as tuning ranks tiles.)"""
 
+import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def parse_out_and_device(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Path, torch.device]:
+    """The sweep's own arguments plus --out (a folder, created) and --device (the GPU where there is one)."""
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out, torch.device(args.device)
 
 
 def capture(one_pass: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:

@@ -18,11 +18,11 @@ import argparse
 import itertools
 import json
 from functools import partial
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+from graph_timing import parse_out_and_device
 
 from awqd.kernels.measure import measure_copy_bandwidth_gbps, per_launch_ms, random_layer_weights, rotation_copies
 from awqd.kernels.triton.gemv import gemv, tuning_space
@@ -58,13 +58,7 @@ def fastest(label: str, launches_by_config: dict, device: torch.device) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    _, out, device = parse_out_and_device(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     shapes = SHAPES[device.type]
     rows, layer_reads, layer_gemvs = [], [], []
     for out_features, in_features in shapes:

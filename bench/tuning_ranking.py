@@ -18,9 +18,9 @@ import json
 import statistics
 from collections import Counter
 from functools import partial
-from pathlib import Path
 
 import torch
+from graph_timing import parse_out_and_device
 
 from awqd.kernels import registry
 from awqd.kernels.measure import per_launch_ms, random_layer_weights, rotation_copies, time_passes
@@ -114,13 +114,8 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trials", type=int, default=5)
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    args, out, device = parse_out_and_device(parser)
     rows = []
     for name, buckets in KERNELS[device.type].items():
         kernel = registry.build(name).kernel()

@@ -552,8 +552,10 @@ def tune_all(names: Sequence[str], plan: Plan) -> dict[str, Any]:
 
     Each candidate gets an equal part of the tuning time still left when its turn comes, and what it does not use
     goes to those after it. Taken in order, the first spaces used it all: on H200s the GEMM's and the skinny
-    kernel's tuning left the GEMV, which serves single streams, no time with a 240 s and a 90 s budget
-    (bench/results/h200-2026-12-02-concurrency-final/cold-boot, h200-2026-12-03-gemv-tail-step)."""
+    kernel's tuning left the GEMV, which serves single streams, no time with a 240 s budget where gemlite's
+    autotune ran too, and with a 90 s one (bench/results/h200-2026-12-02-concurrency-final/cold-boot,
+    h200-2026-12-03-gemv-tail-step). Without gemlite, 240 s tuned every pair either way
+    (h200-2026-12-03-tuning-per-launch)."""
     tuning_deadline = time.perf_counter() + TUNING_SHARE * max(0.0, plan.deadline - time.perf_counter())
     tunable = [name for name in names if registry.tunes_launches(name)]
     tuning = {}

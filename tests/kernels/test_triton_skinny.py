@@ -1,7 +1,12 @@
-"""The skinny kernel's launch choices (awqd/kernels/triton/skinny.py); its numerics are in test_triton_kernels.py."""
+"""The skinny kernel's launch choices and its sm_90 operand path (awqd/kernels/triton/skinny.py); its numerics are
+in test_triton_kernels.py."""
+
+import re
 
 import pytest
 import torch
+import triton
+from triton.backends.compiler import GPUTarget
 
 from awqd.kernels.triton import skinny
 from awqd.kernels.triton.layout import AwqdW4
@@ -49,3 +54,47 @@ def test_tuning_space_covers_the_skinny_buckets_only():
     assert all(skinny.tuning_space(bucket) for bucket in (1, 16, 64, skinny.SKINNY_MAX_ROWS))
     assert skinny.tuning_space(skinny.SKINNY_MAX_ROWS + 1) == ()
     assert {config.block_m for config in skinny.tuning_space(33)} == {64}
+
+
+def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str) -> str:
+    """The TMA kernel compiled for sm_90 (Triton compiles for a named target without a GPU), as Triton GPU IR."""
+    kernel = skinny.awqd_w4_skinny_kernel
+    tensors = {
+        "x_src": f"tensordesc<{dtype}[{config.block_m},{config.block_k}]>",
+        "w_src": f"tensordesc<i32[{config.block_n},{config.block_k // 8}]>",
+        "scale_zero_ptr": "*i32",
+        "bias_ptr": f"*{dtype}",
+        "out_ptr": f"*{dtype}",
+        **dict.fromkeys(("M", "N", "K", "K_WORDS"), "i32"),
+    }
+    constants = {
+        "GROUP_SIZE": 128,
+        "BLOCK_M": config.block_m,
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "SPLIT_K": 1,
+        "NUM_STAGES": config.num_stages,
+        "HAS_BIAS": False,
+        "IS_BF16": dtype == "bf16",
+        "USE_TMA": True,
+        "USE_ASM": True,
+        "DOT_IN_FP32": False,
+    }
+    signature = {**tensors, **dict.fromkeys(constants, "constexpr")}
+    attrs = {(kernel.arg_names.index("K_WORDS"),): [["tt.divisibility", 16]]}
+    source = triton.compiler.ASTSource(kernel, signature, constants, attrs)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ttgir"]
+
+
+@pytest.mark.parametrize(("rows", "dtype"), [(16, "fp16"), (32, "bf16")])
+def test_the_unpacked_weights_reach_the_mma_without_shared_memory(rows, dtype):
+    """fragment_order's point: the words are read from the staged tile straight into the MMA's A-operand registers.
+    Only the activation tile [BLOCK_M, BLOCK_K] may be stored from registers to shared memory."""
+    config = skinny.default_tile(rows)
+    ir = sm90_ttgir(config, dtype)
+    element = {"fp16": "f16", "bf16": "bf16"}[dtype]
+    operand = rf"tensor<{config.block_n}x{config.block_k}x{element}, #ttg.dot_op"
+    assert re.search(rf"ttng.warp_group_dot %\S+, .*: {operand}", ir)
+    stored = re.findall(r"ttg.local_alloc %\S+ : \(tensor<([0-9x]+)x", ir)
+    assert stored == [f"{config.block_m}x{config.block_k}"]

@@ -13,8 +13,14 @@ Memory, not math, bounds this regime, so the kernel's job is to keep enough byte
 ~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages
 num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
 weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
-steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand. The unpacked
-tile still passes once through shared memory on its way to the MMA operand layout (Triton's layout conversion).
+steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand.
+On the TMA path both operands' K columns are reordered within each 32 (fragment_order), so that the eight values
+unpacked from one int32 word are the eight K values one thread holds of the MMA's A fragment over two k16 steps.
+Triton then reads each word from the staged tile straight into the operand's register layout, and the unpacked
+tile no longer makes a round trip through shared memory (Triton 3.6 and 3.9 sm_90 output: no local_alloc of
+it, for tiles of 32 weight rows per warp); only the small activation tile is reordered through shared memory. A
+sum over K does not depend on the order of K, so both orders compute the same product. The pointer path keeps the
+plain order: Triton does not re-lay out loads held in registers across steps, so reordering gains it nothing.
 Split-K (splitk.py: fp32 partials, a deterministic reduce, no atomics) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights.
 Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight tile run together.
@@ -130,6 +136,18 @@ def load_step(w_rows, x_rows, n_mask, m_mask, k0, word, k):
 
 
 @triton.jit
+def fragment_order(t, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """[ROWS, COLUMNS] -> the same values with the columns of each run of 32 reordered: column 8q + 4c + 2h + p
+    moves to 16c + 8h + 2q + p. Columns 8q..8q+7 of a run are unpacked from its int32 word q, and in the MMA's
+    16-bit A fragment the lanes l with l % 4 == q hold columns 8h + 2q + p of each k16 step c: so one word unpacks
+    into one lane's fragment values for two k16 steps."""
+    tl.static_assert(COLUMNS % 32 == 0, "fragment_order reorders whole runs of 32 columns")
+    t = tl.reshape(t, (ROWS, COLUMNS // 32, 4, 2, 2, 2))  # (row, run, q, c, h, p)
+    t = tl.permute(t, (0, 1, 3, 4, 2, 5))  # (row, run, c, h, q, p)
+    return tl.reshape(t, (ROWS, COLUMNS))
+
+
+@triton.jit
 def awqd_w4_skinny_kernel(
     x_src,  # a [M, K] tensor descriptor (USE_TMA) or pointer
     w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
@@ -206,6 +224,9 @@ def awqd_w4_skinny_kernel(
             BLOCK_N,
             BLOCK_K,
         )  # [BLOCK_N, BLOCK_K]: integers -15..15, exact in fp16 and bf16
+        if USE_TMA:
+            q_minus_z = fragment_order(q_minus_z, BLOCK_N, BLOCK_K)
+            x = fragment_order(x, BLOCK_M, BLOCK_K)
         if DOT_IN_FP32:
             step = tl.dot(q_minus_z, tl.trans(x.to(tl.float32)), input_precision="ieee")
         else:

@@ -87,7 +87,7 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str) -> str:
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ttgir"]
 
 
-@pytest.mark.parametrize(("rows", "dtype"), [(16, "fp16"), (32, "bf16")])
+@pytest.mark.parametrize(("rows", "dtype"), [(16, "fp16"), (32, "bf16"), (64, "fp16")])
 def test_the_unpacked_weights_reach_the_mma_without_shared_memory(rows, dtype):
     """fragment_order's point: the words are read from the staged tile straight into the MMA's A-operand registers.
     Only the activation tile [BLOCK_M, BLOCK_K] may be stored from registers to shared memory."""

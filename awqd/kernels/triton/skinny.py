@@ -67,30 +67,36 @@ def block_m_for(rows: int) -> int:
 
 
 def default_tile(rows: int) -> SkinnyConfig:
-    """Tiles by reasoning and sm_90 compiles (ptxas register counts), before any measurement: 128 weight rows x 128
-    columns is 8 KB of int4 per step. Up to 32 tokens, 4 warps (127-167 registers) and 4 stages (73-90 KB of shared
-    memory) let 2-3 programs share an SM with 16-24 KB each in flight; at 64 tokens the per-step fp32 product doubles
-    the registers, so 8 warps and 3 stages."""
+    """128 weight rows x 128 columns (8 KB of int4 per step) on 4 warps: 32 weight rows per warp is the tile for
+    which Triton reads the words straight into the MMA operand (see fragment_order). The fastest tile at every
+    bucket of an H200 sweep over the four Llama-2-7B linears (bench/results/h200-2026-12-03-fragment-order)."""
     block_m = block_m_for(rows)
-    if block_m <= 32:
-        return SkinnyConfig(block_m, 128, 128, 0, 4, 4)
-    return SkinnyConfig(block_m, 128, 128, 0, 8, 3)
+    return SkinnyConfig(block_m, 128, 128, 0, 4, 4 if block_m <= 32 else 3)
 
 
 def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
-    """What boot-time tuning times at a bucket: a handful of tiles around the default, split-K left to the shape.
-    The pointer-load tile has 8 warps: with 4 its two register-held look-ahead steps need ~250 registers."""
+    """What boot-time tuning times at a bucket: the default and the tiles that beat it on some linear in the same
+    sweep. From 64 rows a program holds twice the product, and splitting K less than the shape's default won on
+    the large linears. The pointer-load tile, for GPUs without TMA, has 8 warps: with 4 its two register-held
+    look-ahead steps need ~250 registers."""
     if bucket > SKINNY_MAX_ROWS:
         return ()
     default = default_tile(bucket)
-    block_m, warps, stages = default.block_m, default.num_warps, default.num_stages
-    return (
-        default,
-        SkinnyConfig(block_m, 64, 128, 0, 4, stages),
-        SkinnyConfig(block_m, 128, 64, 0, warps, stages + 2),
-        SkinnyConfig(block_m, 256, 64, 0, 8, stages),
-        SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False),
-    )
+    block_m = default.block_m
+    pointers = SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False)
+    if block_m <= 32:
+        others = (
+            SkinnyConfig(block_m, 128, 128, 0, 4, 3),
+            SkinnyConfig(block_m, 128, 64, 0, 4, 3),
+            SkinnyConfig(block_m, 64, 128, 0, 4, 4),
+        )
+    else:
+        others = (
+            SkinnyConfig(block_m, 128, 128, 0, 4, 5),
+            SkinnyConfig(block_m, 128, 128, 2, 4, 3),
+            SkinnyConfig(block_m, 128, 128, 1, 4, 3),
+        )
+    return (default, *others, pointers)
 
 
 @functools.cache

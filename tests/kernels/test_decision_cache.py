@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,8 @@ def test_cached_choice_that_no_longer_wins_is_remeasured(tmp_path):
     cache.cache_path(tmp_path, "cpu").write_text(json.dumps(stored))
     again = boot(tmp_path)
     assert again.source == "measured"
-    assert any(note.startswith("re-measuring: at 1 tokens cached choice") for note in again.notes), again.notes
+    # Whichever bucket's check catches the swap first: on a loaded host the 1-token timings are the noisiest.
+    assert any(re.match(r"re-measuring: at \d+ tokens cached choice", note) for note in again.notes), again.notes
 
 
 def test_a_cache_measured_the_former_way_is_remeasured(tmp_path):

@@ -55,6 +55,18 @@ def nvidia_driver_version() -> str:
         return f"unknown ({type(error).__name__})"
 
 
+@functools.cache
+def awqd_kernels_digest() -> str:
+    """A digest of awqd's own Triton kernels and tuning spaces (awqd/kernels/triton). Re-validation re-times the
+    chosen kernels, not the tiles they were tuned to, and the version stays the same between releases: without
+    this, a node that upgraded to changed kernels or spaces would keep tiles tuned for the former ones."""
+    sources = sorted((Path(__file__).parent / "triton").glob("*.py"))
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint_parts(
     device: DeviceInfo,
     shapes: Sequence[tuple[int, int]],
@@ -76,6 +88,7 @@ def fingerprint_parts(
         "fbgemm_gpu_genai": distribution_version("fbgemm-gpu-genai"),  # installing a kernel library re-measures
         "gemlite": distribution_version("gemlite"),
         "awqd": awqd.__version__,
+        "awqd_kernels": awqd_kernels_digest(),
         "measurement": MEASUREMENT_METHOD,  # an older awqd's cache lacks it, and is re-measured
         "layer_shapes": ",".join(f"{out_features}x{in_features}" for out_features, in_features in shapes),
         "group_size": str(group_size),

@@ -115,6 +115,17 @@ def test_a_cache_measured_the_former_way_is_remeasured(tmp_path):
     assert any(f"measurement: <missing> -> {MEASUREMENT_METHOD}" in note for note in again.notes), again.notes
 
 
+def test_a_cache_tuned_with_other_awqd_kernels_is_remeasured(tmp_path):
+    boot(tmp_path)
+    stored = read_cache(tmp_path)
+    stored["fingerprint_parts"]["awqd_kernels"] = "0" * 16  # as a node tuned before an upgrade of the kernels
+    stored["fingerprint"] = cache.fingerprint(stored["fingerprint_parts"])
+    cache.cache_path(tmp_path, "cpu").write_text(json.dumps(stored))
+    again = boot(tmp_path)
+    assert again.source == "measured"
+    assert any(f"awqd_kernels: {'0' * 16} -> {cache.awqd_kernels_digest()}" in note for note in again.notes)
+
+
 def test_cached_kernel_unsupported_now_is_remeasured(tmp_path):
     boot(tmp_path)
     stored = read_cache(tmp_path)
@@ -189,7 +200,7 @@ def test_load_reports_a_missing_file_and_a_foreign_format(tmp_path):
 def test_fingerprint_parts_name_the_stack():
     parts = cache.fingerprint_parts(CPU, SHAPES, GROUP_SIZE, BUCKETS)
     assert {"device_name", "compute_capability", "nvidia_driver", "cuda_runtime", "torch", "triton"} <= set(parts)
-    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "measurement", "layer_shapes"} <= set(parts)
-    assert {"group_size", "buckets"} <= set(parts)
+    assert {"autoawq_kernels", "fbgemm_gpu_genai", "gemlite", "awqd", "awqd_kernels", "measurement"} <= set(parts)
+    assert {"layer_shapes", "group_size", "buckets"} <= set(parts)
     assert cache.fingerprint(parts) == cache.fingerprint(dict(parts))
     assert cache.fingerprint(parts) != cache.fingerprint({**parts, "group_size": "128"})

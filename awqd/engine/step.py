@@ -29,6 +29,7 @@ import torch
 
 from awqd.engine.kv_cache import PADDING_BLOCK, KvCache
 from awqd.engine.model import DecoderModel
+from awqd.kernels import split_counters
 from awqd.kernels.linear import KernelRouter
 
 log = structlog.get_logger("awqd.engine")
@@ -62,8 +63,10 @@ class StepRunner:
         self.positions = torch.zeros(max_rows, dtype=torch.int64, device=model.device)
         table_shape = (max_rows, cache.plan.max_blocks_per_seq)
         self.tables = torch.full(table_shape, PADDING_BLOCK, dtype=torch.int32, device=model.device)
+        # Decode attention's and the split-K linears' (awqd.kernels.split_counters): every launch of this runner's
+        # is on one stream, and its graphs replay there, so they can share one set.
         kv_heads = model.shape.num_kv_heads
-        self.split_counters = torch.zeros(max_rows * kv_heads, dtype=torch.int32, device=model.device)
+        self.split_counters = split_counters.new(model.device, max(max_rows * kv_heads, split_counters.CAPACITY))
         self.graphs: dict[tuple[str, int], Captured] = {}  # decode, by (pin, batch bucket)
         self.eager_keys: dict[tuple[str, int], Exception] = {}  # keys whose capture failed, and why
         # A prompt prefilled alone is padded to a bucket where graphs are captured; elsewhere padding would only cost.
@@ -94,7 +97,9 @@ class StepRunner:
         ids = torch.tensor([token for prompt in prompts for token in prompt], dtype=torch.int64)
         ids = ids.to(self.model.device, non_blocking=True)
         device_tables = padded_tables(tables, len(tables)).to(self.model.device, non_blocking=True)
-        return self.model.prefill(list(ids.split(lengths)), device_tables, self.cache), self.step_kernel(sum(lengths))
+        with split_counters.held(self.split_counters):
+            logits = self.model.prefill(list(ids.split(lengths)), device_tables, self.cache)
+        return logits, self.step_kernel(sum(lengths))
 
     def decode(
         self, tokens: list[int] | torch.Tensor, positions: list[int], tables: list[list[int]]
@@ -144,9 +149,10 @@ class StepRunner:
         if captured is not None:
             captured.graph.replay()
             return captured.logits
-        logits = forward()
-        if self.cuda_graphs and key not in failures:
-            self._capture(phase, key, graphs, failures, forward)
+        with split_counters.held(self.split_counters):  # the graph captured here keeps them
+            logits = forward()
+            if self.cuda_graphs and key not in failures:
+                self._capture(phase, key, graphs, failures, forward)
         return logits
 
     def _capture(self, phase: str, key: tuple[str, int], graphs: dict, failures: dict, forward) -> None:

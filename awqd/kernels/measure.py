@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from awqd.kernels import split_counters
 from awqd.kernels.base import Candidate
 from awqd.quant.reference import dequantize
 from awqd.quant.tensors import QuantizedWeight
@@ -43,7 +44,8 @@ MAX_ROTATION_COPIES = 8
 # Part of the decision cache's fingerprint. Bump it when a change in how candidates or tiles are timed should
 # re-measure cached decisions: re-validation re-times the chosen kernels, not the tiles they were tuned to.
 # 2: tuning ranks tiles per launch, back to back (per_launch_ms).
-MEASUREMENT_METHOD = "2"
+# 3: kernels are checked and timed holding split counters, as the engine's steps run them.
+MEASUREMENT_METHOD = "3"
 CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
 FP16_BASELINE = "fp16_cublas"
 
@@ -79,6 +81,12 @@ class PreparedLayers:
     candidate: Candidate
     shapes: tuple[tuple[int, int], ...]
     packed: list[list[Any]]
+
+
+def served_counters(device: torch.device) -> contextlib.AbstractContextManager:
+    """Split counters of the measurement's own, held as the engine's step runner holds its, so that kernels are
+    checked and timed as they are served. Held until a graph captured within has replayed for the last time."""
+    return split_counters.held(split_counters.new(device))
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -142,31 +150,32 @@ def check_correctness(
     where = "prepare"
     try:
         generator = torch.Generator(device=device).manual_seed(seed)
-        for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
-            where = f"[{out_features}x{in_features}] group {group_size}"
-            weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
-            dense = dequantize(weight, torch.float32)  # the reference's weight, once per shape
-            if progress:
-                progress(f"prepare {where}")
-            packed = candidate.prepare(weight, device)
-            for leading in inputs:
-                xs = [
-                    torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
-                    for _ in range(INPUTS_PER_SHAPE)
-                ]  # all alive at once: a kernel keyed on the input's address cannot tell them apart by it either
-                for number, x in enumerate(xs, 1):
-                    where = (
-                        f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]} "
-                        f"#{number} of {len(xs)}"
-                    )
-                    if progress:
-                        progress(f"correctness at {where}")
-                    outputs = served_outputs(candidate, x, packed)
-                    synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                    error, failure = compare_served(outputs, reference(x, dense, weight), dtype, tolerance)
-                    worst = max(worst, error)
-                    if failure:
-                        return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
+        with served_counters(device):
+            for index, (out_features, in_features) in enumerate(dict.fromkeys(shapes)):
+                where = f"[{out_features}x{in_features}] group {group_size}"
+                weight = random_weight(out_features, in_features, group_size, device, generator, bias=index == 0)
+                dense = dequantize(weight, torch.float32)  # the reference's weight, once per shape
+                if progress:
+                    progress(f"prepare {where}")
+                packed = candidate.prepare(weight, device)
+                for leading in inputs:
+                    xs = [
+                        torch.randn((*leading, in_features), device=device, generator=generator).to(dtype)
+                        for _ in range(INPUTS_PER_SHAPE)
+                    ]  # all alive at once: a kernel keyed on the input's address cannot tell them apart by it either
+                    for number, x in enumerate(xs, 1):
+                        where = (
+                            f"[{out_features}x{in_features}] group {group_size}, input {[*leading, in_features]} "
+                            f"#{number} of {len(xs)}"
+                        )
+                        if progress:
+                            progress(f"correctness at {where}")
+                        outputs = served_outputs(candidate, x, packed)
+                        synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
+                        error, failure = compare_served(outputs, reference(x, dense, weight), dtype, tolerance)
+                        worst = max(worst, error)
+                        if failure:
+                            return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
     except Exception as error:  # CUDA errors, missing kernels and shape refusals all become the rejection reason
         return CorrectnessCheck(False, worst, tolerance, f"{where}: {type(error).__name__}: {error} (seed {seed})")
     return CorrectnessCheck(True, worst, tolerance)
@@ -225,40 +234,43 @@ def check_graph_replay(
     generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(4), "little"))
     where = f"{num_tokens} tokens"
     try:
-        for out_features, in_features in dict.fromkeys(shapes):
-            where = f"[{out_features}x{in_features}], {num_tokens} tokens"
-            weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
-            packed = candidate.prepare(weight, device)
-            static_x = torch.randn(num_tokens, in_features, device=device, generator=generator).to(dtype)
-            if progress:
-                progress(f"graph capture at {where}")
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
-                warm = served_outputs(candidate, static_x, packed)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            dense = dequantize(weight, torch.float32)
-            _, failure = compare_served(warm, reference(static_x, dense, weight), dtype, tolerance)
-            if failure:
-                return GraphReplayCheck(False, f"eager at {where}: {failure}")
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    static_outputs = served_outputs(candidate, static_x, packed)
-            except Exception as error:
-                with contextlib.suppress(Exception):
-                    torch.cuda.synchronize(device)
-                return GraphReplayCheck(True, f"capture failed at {where} ({type(error).__name__}: {error})", False)
-            for number in range(1, INPUTS_PER_SHAPE + 1):
-                static_x.copy_(torch.randn(static_x.shape, device=device, generator=generator).to(dtype))
+        with served_counters(device):
+            for out_features, in_features in dict.fromkeys(shapes):
+                where = f"[{out_features}x{in_features}], {num_tokens} tokens"
+                weight = random_weight(out_features, in_features, group_size, device, generator, bias=False)
+                packed = candidate.prepare(weight, device)
+                static_x = torch.randn(num_tokens, in_features, device=device, generator=generator).to(dtype)
                 if progress:
-                    progress(f"graph replay at {where}, fresh input #{number}")
-                graph.replay()
-                torch.cuda.synchronize(device)
-                _, failure = compare_served(static_outputs, reference(static_x, dense, weight), dtype, tolerance)
+                    progress(f"graph capture at {where}")
+                stream = torch.cuda.Stream(device)
+                stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
+                    warm = served_outputs(candidate, static_x, packed)
+                torch.cuda.current_stream(device).wait_stream(stream)
+                dense = dequantize(weight, torch.float32)
+                _, failure = compare_served(warm, reference(static_x, dense, weight), dtype, tolerance)
                 if failure:
-                    return GraphReplayCheck(False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}")
-            del graph
+                    return GraphReplayCheck(False, f"eager at {where}: {failure}")
+                graph = torch.cuda.CUDAGraph()
+                try:
+                    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                        static_outputs = served_outputs(candidate, static_x, packed)
+                except Exception as error:
+                    with contextlib.suppress(Exception):
+                        torch.cuda.synchronize(device)
+                    return GraphReplayCheck(True, f"capture failed at {where} ({type(error).__name__}: {error})", False)
+                for number in range(1, INPUTS_PER_SHAPE + 1):
+                    static_x.copy_(torch.randn(static_x.shape, device=device, generator=generator).to(dtype))
+                    if progress:
+                        progress(f"graph replay at {where}, fresh input #{number}")
+                    graph.replay()
+                    torch.cuda.synchronize(device)
+                    _, failure = compare_served(static_outputs, reference(static_x, dense, weight), dtype, tolerance)
+                    if failure:
+                        return GraphReplayCheck(
+                            False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}"
+                        )
+                del graph
     except Exception as error:  # CUDA errors surface as the reason, like the eager check's
         return GraphReplayCheck(False, f"CUDA-graph check at {where}: {type(error).__name__}: {error}")
     return GraphReplayCheck(True)
@@ -359,33 +371,34 @@ def time_passes(
 ) -> KernelTiming:
     """Time `iterations` passes, rotating over `passes` (one per weight copy). `progress` hears of every CPU
     pass (CPU passes can take seconds; on CUDA a whole timing takes milliseconds)."""
-    for index in range(warmup * len(passes)):
-        passes[index % len(passes)]()
-        if progress and device.type != "cuda":
-            progress(f"warm-up pass {index + 1}")
-    synchronize(device)
-    if device.type != "cuda":
-        times_ms = []
-        for index in range(iterations):
-            started = time.perf_counter()
+    with served_counters(device):
+        for index in range(warmup * len(passes)):
             passes[index % len(passes)]()
-            times_ms.append((time.perf_counter() - started) * 1e3)
-            if progress:
-                progress(f"timed pass {index + 1} of {iterations}")
-        return summarize(name, times_ms, cuda_graph=False)
+            if progress and device.type != "cuda":
+                progress(f"warm-up pass {index + 1}")
+        synchronize(device)
+        if device.type != "cuda":
+            times_ms = []
+            for index in range(iterations):
+                started = time.perf_counter()
+                passes[index % len(passes)]()
+                times_ms.append((time.perf_counter() - started) * 1e3)
+                if progress:
+                    progress(f"timed pass {index + 1} of {iterations}")
+            return summarize(name, times_ms, cuda_graph=False)
 
-    graphs = capture_graphs(passes, device) if use_cuda_graph else None
-    runs = [graph.replay for graph in graphs] if graphs else passes
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    for index in range(iterations):
-        starts[index].record()
-        runs[index % len(runs)]()
-        ends[index].record()
-    torch.cuda.synchronize(device)
-    return summarize(
-        name, [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)], cuda_graph=bool(graphs)
-    )
+        graphs = capture_graphs(passes, device) if use_cuda_graph else None
+        runs = [graph.replay for graph in graphs] if graphs else passes
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+        for index in range(iterations):
+            starts[index].record()
+            runs[index % len(runs)]()
+            ends[index].record()
+        torch.cuda.synchronize(device)
+        return summarize(
+            name, [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)], cuda_graph=bool(graphs)
+        )
 
 
 def per_launch_ms(

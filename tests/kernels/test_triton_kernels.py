@@ -5,6 +5,7 @@ normally, so the matrix runs in subprocesses (this file run as a script, one per
 print one JSON line per case. Shapes are tiny: the interpreter runs each program in numpy.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -188,6 +189,8 @@ def run_matrix(kernel: str) -> None:
                 x,
                 config,
             )
+    if kernel == "awqd_triton_skinny":
+        check_merged_split_k(forced_configs(kernel), seed)
 
     rejections = {
         "group size 16": case_weight(64, 128, 16, True, False, 1),
@@ -220,6 +223,43 @@ def run_matrix(kernel: str) -> None:
             ok = error.code.name == "INVALID_ARGUMENT" and "odd" in str(error)
             detail = f"{type(error).__name__}: {error}"
         print(json.dumps({"case": "forward_gated rejects an odd row count", "ok": ok, "detail": detail}), flush=True)
+
+
+def merged_cases(configs: list) -> list:
+    return [case for case in configs if case[3].split_k > 1]
+
+
+def check_merged_split_k(configs: list, seed: int) -> None:
+    """Runs in the subprocess: each split forced tile again, holding split counters, so that the K slice that
+    completes a tile last adds the partials. It must launch no reduce, give the reduce launch's output bit for bit
+    (the same sums in the same order) and leave every counter zero."""
+    from awqd.kernels import split_counters
+    from awqd.kernels.triton import skinny
+    from awqd.kernels.triton.layout import pack_awqd_w4
+
+    cpu = torch.device("cpu")
+    launch = registry.build("awqd_triton_skinny").kernel().launch
+    reduce_launches = []
+    finish_split_k = skinny.finish_split_k
+    skinny.finish_split_k = lambda partial, *rest: reduce_launches.append(partial) or finish_split_k(partial, *rest)
+    for (out_features, in_features), group_size, batch, unmerged in merged_cases(configs):
+        config = dataclasses.replace(unmerged, merge=True)
+        seed += 1
+        weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
+        packed = pack_awqd_w4(weight, cpu)
+        x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed)).half()
+        counters = split_counters.new(cpu)
+        with split_counters.held(counters):
+            merged = launch(x, packed, config)
+        merged_reduces = len(reduce_launches)
+        reduced = launch(x, packed, config)
+        ok = merged_reduces == 0 and len(reduce_launches) == 1 and torch.equal(merged, reduced) and not counters.any()
+        detail = (
+            f"reduce launches {merged_reduces} merged, {len(reduce_launches) - merged_reduces} unheld; max difference "
+            f"{(merged.float() - reduced.float()).abs().max():.3g}; counters left {counters.sum()}"
+        )
+        reduce_launches.clear()
+        print(json.dumps({"case": f"merged split-K {config}", "ok": ok, "detail": detail}), flush=True)
 
 
 def run_tuning(kernel: str) -> None:
@@ -274,7 +314,8 @@ def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_resu
     batch_cases = sum(len(batches) for batches in BATCHES[kernel].values()) * len(GROUP_SIZES) * 2 * len(DTYPES)
     many_rows = (1 + len(GEMV_GATED)) * len(DTYPES) + 1 if kernel == "awqd_triton_gemv" else 0  # + odd gated rows
     misaligned = int(kernel in MISALIGNED_INPUT_KERNELS)
-    expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + 5
+    merged = len(merged_cases(forced_configs(kernel))) if kernel == "awqd_triton_skinny" else 0
+    expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + merged + 5
     assert len(results) == expected_cases
     failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
     assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)

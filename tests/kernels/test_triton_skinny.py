@@ -56,15 +56,18 @@ def test_tuning_space_covers_the_skinny_buckets_only():
     assert {config.block_m for config in skinny.tuning_space(33)} == {64}
 
 
-def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str) -> str:
-    """The TMA kernel compiled for sm_90 (Triton compiles for a named target without a GPU), as Triton GPU IR."""
+def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
+    """The TMA kernel compiled for sm_90 (Triton compiles for a named target without a GPU), as Triton GPU IR;
+    split, it merges the partials in-kernel."""
     kernel = skinny.awqd_w4_skinny_kernel
     tensors = {
         "x_src": f"tensordesc<{dtype}[{config.block_m},{config.block_k}]>",
         "w_src": f"tensordesc<i32[{config.block_n},{config.block_k // 8}]>",
         "scale_zero_ptr": "*i32",
         "bias_ptr": f"*{dtype}",
+        "target_ptr": "*fp32" if split_k > 1 else f"*{dtype}",
         "out_ptr": f"*{dtype}",
+        "counters_ptr": "*i32",
         **dict.fromkeys(("M", "N", "K", "K_WORDS"), "i32"),
     }
     constants = {
@@ -72,13 +75,14 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str) -> str:
         "BLOCK_M": config.block_m,
         "BLOCK_N": config.block_n,
         "BLOCK_K": config.block_k,
-        "SPLIT_K": 1,
+        "SPLIT_K": split_k,
         "NUM_STAGES": config.num_stages,
         "HAS_BIAS": False,
         "IS_BF16": dtype == "bf16",
         "USE_TMA": True,
         "USE_ASM": True,
         "DOT_IN_FP32": False,
+        "MERGE": split_k > 1,
     }
     signature = {**tensors, **dict.fromkeys(constants, "constexpr")}
     attrs = {(kernel.arg_names.index("K_WORDS"),): [["tt.divisibility", 16]]}
@@ -87,15 +91,25 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str) -> str:
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ttgir"]
 
 
-@pytest.mark.parametrize(("rows", "dtype"), [(16, "fp16"), (32, "bf16"), (64, "fp16")])
-def test_the_unpacked_weights_reach_the_mma_without_shared_memory(monkeypatch, rows, dtype):
+@pytest.mark.parametrize(("rows", "dtype", "split_k"), [(16, "fp16", 4), (32, "bf16", 1), (64, "fp16", 2)])
+def test_the_unpacked_weights_reach_the_mma_without_shared_memory(monkeypatch, rows, dtype, split_k):
     """fragment_order's point: the words are read from the staged tile straight into the MMA's A-operand registers.
     Only the activation tile [BLOCK_M, BLOCK_K] may be stored from registers to shared memory."""
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.6's default, as on the GPU hosts; 3.9 warns if unset
     config = skinny.default_tile(rows)
-    ir = sm90_ttgir(config, dtype)
+    ir = sm90_ttgir(config, dtype, split_k)
     element = {"fp16": "f16", "bf16": "bf16"}[dtype]
     operand = rf"tensor<{config.block_n}x{config.block_k}x{element}, #ttg.dot_op"
     assert re.search(rf"ttng.warp_group_dot %\S+, .*: {operand}", ir)
     stored = re.findall(r"ttg.local_alloc %\S+ : \(tensor<([0-9x]+)x", ir)
     assert stored == [f"{config.block_m}x{config.block_k}"]
+
+
+def test_split_k_is_merged_in_kernel_only_where_it_won():
+    """Up to MERGE_MAX_ROWS the tiles merge their split-K partials, and the reduce launch still competes; above it,
+    nothing merges."""
+    for bucket in (1, 16):
+        assert skinny.default_tile(bucket).merge
+        assert any(not config.merge for config in skinny.tuning_space(bucket))
+    for bucket in (17, 32, 64, skinny.SKINNY_MAX_ROWS):
+        assert not any(config.merge for config in (skinny.default_tile(bucket), *skinny.tuning_space(bucket)))

@@ -21,8 +21,9 @@ tile no longer makes a round trip through shared memory (Triton 3.6 and 3.9 sm_9
 it, for tiles of 32 weight rows per warp); only the small activation tile is reordered through shared memory. A
 sum over K does not depend on the order of K, so both orders compute the same product. The pointer path keeps the
 plain order: Triton does not re-lay out loads held in registers across steps, so reordering gains it nothing.
-Split-K (splitk.py: fp32 partials, a deterministic reduce, no atomics) fills the SMs when N alone gives too few
-tiles, bounded so that the partials stay small next to the weights.
+Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
+tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
+completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.
 Grid (M tiles * N tiles, SPLIT_K), M tiles fastest, so programs sharing a weight tile run together.
 """
 
@@ -35,9 +36,17 @@ import torch
 import triton
 import triton.language as tl
 
+from awqd.kernels import split_counters
 from awqd.kernels.triton.gemm import dot_in_fp32
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.splitk import finish_split_k, output_buffers, program_tile, sm_count, store_transposed
+from awqd.kernels.triton.splitk import (
+    finish_split_k,
+    merge_if_last,
+    output_buffers,
+    program_tile,
+    sm_count,
+    store_transposed,
+)
 from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
 
 
@@ -50,6 +59,7 @@ class SkinnyConfig:
     num_warps: int
     num_stages: int
     tma: bool = True
+    merge: bool = False  # split-K partials added by the tile's last slice where the launch has split counters
 
 
 SKINNY_MAX_ROWS = 128  # the regime it is built and tuned for; above it, it runs its default tile untuned
@@ -60,6 +70,9 @@ MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
 # within the int4 weight bytes the kernel streams (at 64 tokens and N = 4096 that still allows split-K 4).
 MAX_PARTIAL_FRACTION = 1.0
 MIN_WAVE_FILL = 0.85
+# The last slice's merge saved the reduce launch's cost and more up to 16 tokens (3-7% per layer), and from 32 it
+# lengthened the tail by more than that (4-9%) (H200, bench/results/h200-2026-12-03-merged-split-k).
+MERGE_MAX_ROWS = 16
 
 
 def block_m_for(rows: int) -> int:
@@ -72,24 +85,25 @@ def default_tile(rows: int) -> SkinnyConfig:
     four Llama-2-7B linears at 1-128 tokens, this shape (with 3-5 stages and various splits) won 29 of the 32
     (linear, bucket) pairs (bench/results/h200-2026-12-03-fragment-order)."""
     block_m = block_m_for(rows)
-    return SkinnyConfig(block_m, 128, 128, 0, 4, 4 if block_m <= 32 else 3)
+    return SkinnyConfig(block_m, 128, 128, 0, 4, 4 if block_m <= 32 else 3, merge=rows <= MERGE_MAX_ROWS)
 
 
 def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
     """What boot-time tuning times at a bucket: the default and the tiles that beat it on some linear in the same
     sweep. From 64 rows a program holds twice the product, and splitting K less than the shape's default won on
     the large linears. The pointer-load tile, for GPUs without TMA, has 8 warps: with 4 its two register-held
-    look-ahead steps need ~250 registers."""
+    look-ahead steps need ~250 registers. Where the tiles merge split-K partials in-kernel, the default also
+    competes with its reduce-launch form, so that a shape where the merge loses keeps the launch."""
     if bucket > SKINNY_MAX_ROWS:
         return ()
     default = default_tile(bucket)
-    block_m = default.block_m
-    pointers = SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False)
+    block_m, merge = default.block_m, default.merge
+    pointers = SkinnyConfig(block_m, 128, 128, 0, 8, 2, tma=False, merge=merge)
     if block_m <= 32:
         others = (
-            SkinnyConfig(block_m, 128, 128, 0, 4, 3),
-            SkinnyConfig(block_m, 128, 64, 0, 4, 3),
-            SkinnyConfig(block_m, 64, 128, 0, 4, 4),
+            SkinnyConfig(block_m, 128, 128, 0, 4, 3, merge=merge),
+            SkinnyConfig(block_m, 128, 64, 0, 4, 3, merge=merge),
+            SkinnyConfig(block_m, 64, 128, 0, 4, 4, merge=merge),
         )
     else:
         others = (
@@ -97,7 +111,8 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
             SkinnyConfig(block_m, 128, 128, 2, 4, 3),
             SkinnyConfig(block_m, 128, 128, 1, 4, 3),
         )
-    return (default, *others, pointers)
+    reduced = (dataclasses.replace(default, merge=False),) if merge else ()
+    return (default, *others, *reduced, pointers)
 
 
 @functools.cache
@@ -160,7 +175,9 @@ def awqd_w4_skinny_kernel(
     w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
     scale_zero_ptr,
     bias_ptr,
+    target_ptr,  # out, or under split-K fp32 partials [SPLIT_K, M, N]
     out_ptr,
+    counters_ptr,  # under MERGE: split counters, one per program of a K slice; else never read
     M,
     N,
     K,
@@ -176,6 +193,7 @@ def awqd_w4_skinny_kernel(
     USE_TMA: tl.constexpr,
     USE_ASM: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    MERGE: tl.constexpr,
 ):
     tl.static_assert(GROUP_SIZE % BLOCK_K == 0, "a K step must stay within one quantization group")
     pid_m, pid_n, pid_k, k_start, k_end = program_tile(M, K, BLOCK_M, BLOCK_K, SPLIT_K)
@@ -240,7 +258,10 @@ def awqd_w4_skinny_kernel(
             step = tl.dot(q_minus_z, tl.trans(x))
         acc += step * scale.to(tl.float32)[:, None]
 
-    store_transposed(out_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K, HAS_BIAS)
+    store_transposed(target_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K, HAS_BIAS)
+    if MERGE:
+        tile = tl.program_id(0)
+        merge_if_last(target_ptr, out_ptr, counters_ptr, bias_ptr, m, n, m_mask, n_mask, M, N, tile, SPLIT_K, HAS_BIAS)
 
 
 def resolve(config: SkinnyConfig, rows: int, packed: AwqdW4, device: torch.device) -> SkinnyConfig:
@@ -260,19 +281,23 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
     if x.data_ptr() % 16:  # a tensor descriptor needs a 16-byte aligned base (a view into a larger buffer may not be)
         config = dataclasses.replace(config, tma=False)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
+    tiles = triton.cdiv(rows, config.block_m) * triton.cdiv(packed.out_features, config.block_n)
+    merging = config.split_k > 1 and config.merge
+    counters = split_counters.for_launch(x.device, tiles) if merging else None
     if config.tma:
         x_src = TensorDescriptor(x, list(x.shape), list(x.stride()), [config.block_m, config.block_k])
         w = packed.qweight
         w_src = TensorDescriptor(w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // 8])
     else:
         x_src, w_src = x, packed.qweight
-    tiles = triton.cdiv(rows, config.block_m) * triton.cdiv(packed.out_features, config.block_n)
     awqd_w4_skinny_kernel[(tiles, config.split_k)](
         x_src,
         w_src,
         packed.scale_zero,
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
+        out,
+        counters if counters is not None else out,
         rows,
         packed.out_features,
         packed.in_features,
@@ -288,7 +313,8 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
         USE_TMA=config.tma,
         USE_ASM=not interpreting(),
         DOT_IN_FP32=dot_in_fp32(x.dtype),
+        MERGE=counters is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return finish_split_k(target, packed.bias, out)
+    return out if counters is not None else finish_split_k(target, packed.bias, out)

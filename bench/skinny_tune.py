@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from awqd.kernels import registry
-from awqd.kernels.measure import cache_bytes, measure_copy_bandwidth_gbps, random_weight, relative_error, time_passes
+from awqd.kernels.measure import (
+    cache_bytes,
+    measure_copy_bandwidth_gbps,
+    random_weight,
+    relative_error,
+    served_counters,
+    time_passes,
+)
 from awqd.kernels.triton import gemm, gemv, skinny
 from awqd.kernels.triton.layout import TOLERANCES, AwqdW4, interpreting, pack_awqd_w4
 from awqd.quant.reference import dequantize, reference_linear
@@ -121,7 +128,7 @@ def compile_worker(index: int, workers: int, quick: bool) -> None:
         if key in seen or zlib.crc32(key.encode()) % workers != index:
             continue
         seen.add(key)
-        with suppress(Exception):  # a tile that does not fit is reported by the sweep
+        with suppress(Exception), served_counters(device):  # a tile that does not fit is reported by the sweep
             LAUNCHES[kernel](torch.randn(batch, shape[1], device=device, dtype=dtype), packed[shape], config)
     torch.cuda.synchronize()
 
@@ -178,7 +185,8 @@ def shape_weights(shape: tuple[int, int], device: torch.device, generator: torch
 
 
 def check(kernel: str, config, x: torch.Tensor, layer: ShapeWeights) -> float:
-    out = LAUNCHES[kernel](x, layer.packed[0], config)
+    with served_counters(x.device):
+        out = LAUNCHES[kernel](x, layer.packed[0], config)
     return relative_error(out, reference_linear(x.float(), layer.weights[0]))
 
 
@@ -223,6 +231,7 @@ def measure_row(name: str, batch: int, shape: tuple, layer: ShapeWeights, device
     row["skinny"], skinny_ms = sweep_kernel("skinny", skinny_space(batch, shape, device, quick), x, layer, device)
     default = skinny.resolve(skinny.default_tile(batch), batch, shape_only(*shape), device)
     row["skinny_default_ms"] = skinny_ms.get(default)
+    row["skinny_default_reduce_ms"] = skinny_ms.get(dataclasses.replace(default, merge=False))
     tuned = [skinny_ms[config] for config in skinny_space(batch, shape, device, quick=True) if config in skinny_ms]
     row["skinny_tuning_space_best_ms"] = min(tuned, default=None)
     row["skinny_bf16_default_error"] = check("skinny", None, x.to(torch.bfloat16), layer)
@@ -243,6 +252,7 @@ COLUMNS = (
     ("awqd GEMV", "gemv"),
     ("awqd GEMM", "gemm"),
     ("tinygemm", "tinygemm_ms"),
+    ("skinny default, split-K reduce launch", "skinny_default_reduce_ms"),
     ("skinny default", "skinny_default_ms"),
     ("skinny tuned (boot space)", "skinny_tuning_space_best_ms"),
     ("skinny best (sweep)", "skinny"),

@@ -70,8 +70,8 @@ MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
 # within the int4 weight bytes the kernel streams (at 64 tokens and N = 4096 that still allows split-K 4).
 MAX_PARTIAL_FRACTION = 1.0
 MIN_WAVE_FILL = 0.85
-# The last slice's merge saved the reduce launch's cost and more up to 16 tokens (3-7% per layer), and from 32 it
-# lengthened the tail by more than that (4-9%) (H200, bench/results/h200-2026-12-03-merged-split-k).
+# Up to 16 tokens the last slice's merge costs less than the reduce launch it replaces (layers 3-7% faster); from
+# 32 its longer tail costs more (4-9% slower) (H200, bench/results/h200-2026-12-03-merged-split-k).
 MERGE_MAX_ROWS = 16
 
 

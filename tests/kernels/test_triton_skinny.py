@@ -58,7 +58,7 @@ def test_tuning_space_covers_the_skinny_buckets_only():
 
 def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
     """The TMA kernel compiled for sm_90 (Triton compiles for a named target without a GPU), as Triton GPU IR;
-    split, it merges the partials in-kernel."""
+    split, it merges the partials in-kernel where the tile does, as when split counters are held."""
     kernel = skinny.awqd_w4_skinny_kernel
     tensors = {
         "x_src": f"tensordesc<{dtype}[{config.block_m},{config.block_k}]>",
@@ -82,7 +82,7 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
         "USE_TMA": True,
         "USE_ASM": True,
         "DOT_IN_FP32": False,
-        "MERGE": split_k > 1,
+        "MERGE": split_k > 1 and config.merge,
     }
     signature = {**tensors, **dict.fromkeys(constants, "constexpr")}
     attrs = {(kernel.arg_names.index("K_WORDS"),): [["tt.divisibility", 16]]}

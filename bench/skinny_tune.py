@@ -123,14 +123,15 @@ def compile_worker(index: int, workers: int, quick: bool) -> None:
     work = [(torch.float16, *job) for job in jobs(GPU_SHAPES, GPU_BATCHES, device, quick)]
     work += [(torch.bfloat16, "skinny", b, shape, None) for b in GPU_BATCHES for shape in GPU_SHAPES.values()]
     seen = set()
-    for dtype, kernel, batch, shape, config in work:
-        key = f"{dtype} {compile_key(kernel, batch, shape, config, device)}"
-        if key in seen or zlib.crc32(key.encode()) % workers != index:
-            continue
-        seen.add(key)
-        with suppress(Exception), served_counters(device):  # a tile that does not fit is reported by the sweep
-            LAUNCHES[kernel](torch.randn(batch, shape[1], device=device, dtype=dtype), packed[shape], config)
-    torch.cuda.synchronize()
+    with served_counters(device):  # the merging variants compile only where counters are held
+        for dtype, kernel, batch, shape, config in work:
+            key = f"{dtype} {compile_key(kernel, batch, shape, config, device)}"
+            if key in seen or zlib.crc32(key.encode()) % workers != index:
+                continue
+            seen.add(key)
+            with suppress(Exception):  # a tile that does not fit is reported by the sweep
+                LAUNCHES[kernel](torch.randn(batch, shape[1], device=device, dtype=dtype), packed[shape], config)
+        torch.cuda.synchronize()
 
 
 def precompile(workers: int, quick: bool) -> float:

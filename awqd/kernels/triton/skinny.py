@@ -177,7 +177,7 @@ def awqd_w4_skinny_kernel(
     bias_ptr,
     target_ptr,  # out, or under split-K fp32 partials [SPLIT_K, M, N]
     out_ptr,
-    counters_ptr,  # under MERGE: split counters, one per program of a K slice; else never read
+    counters_ptr,  # under MERGE: split counters, one per output tile (program_id 0); else never read
     M,
     N,
     K,

@@ -16,6 +16,23 @@ import torch
 from awqd.quant.tensors import QuantizedWeight
 
 
+@dataclass(frozen=True)
+class DeferredNorm:
+    """An RMS norm whose 1/rms is left for the next linear to apply to its output (Candidate.forward_add_norm):
+    weighted = residual * norm weight (rounded to the dtype) [rows, hidden], and partial sums of the residual's
+    squares, fp32 [rows, any count], that add up to each row's. The linear's output is then (weighted @ W.T) / rms:
+    the same as on the normed rows, rounded at other points."""
+
+    weighted: torch.Tensor
+    partial_squares: torch.Tensor
+    eps: float
+
+    def inverse_rms(self) -> torch.Tensor:
+        """fp32 [..., 1], for the weighted rows [..., hidden]."""
+        mean = self.partial_squares.sum(-1, keepdim=True) / self.weighted.shape[-1]
+        return torch.rsqrt(mean + self.eps)
+
+
 @dataclass
 class Tuned:
     """What Candidate.tune did: the table to cache and install again on later boots (None: nothing to tune), and
@@ -45,6 +62,20 @@ class Candidate(abc.ABC):
         kernel has no gated form, and the caller gates forward's output."""
         del x, packed
         return None
+
+    def forward_add_norm(
+        self, x: torch.Tensor, packed: Any, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, DeferredNorm] | None:
+        """For a layer whose output joins the residual stream ahead of an RMS norm and another layer run by this
+        kernel: (residual + forward(x), that sum's norm deferred to the next layer's launch), in this kernel's
+        launch. None: this kernel has no such form, and the caller norms forward's output."""
+        del x, packed, residual, norm_weight, eps
+        return None
+
+    def forward_deferred(self, norm: DeferredNorm, packed: Any, gated: bool) -> torch.Tensor:
+        """forward (gated: forward_gated) on the rows a DeferredNorm stands for. Only called on kernels whose
+        forward_add_norm made it."""
+        raise NotImplementedError(f"{self.name} has no deferred-norm form")
 
     def tune(
         self,

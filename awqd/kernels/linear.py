@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from awqd.errors import FailedPrecondition
-from awqd.kernels.base import Candidate, Dispatch
+from awqd.kernels.base import Candidate, DeferredNorm, Dispatch
 from awqd.quant.tensors import QuantizedWeight
 
 
@@ -90,6 +90,21 @@ class AwqLinear(torch.nn.Module):
         that kernel has no gated form (Candidate.forward_gated)."""
         candidate, packed = self.routed(x)
         return candidate.forward_gated(x, packed)
+
+    def forward_add_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, DeferredNorm] | None:
+        """For a layer whose output joins the residual stream ahead of an RMS norm and another layer of this model:
+        (residual + y, its norm deferred to the next layer's launch) from the routed kernel, or None when that kernel
+        has no such form (Candidate.forward_add_norm)."""
+        candidate, packed = self.routed(x)
+        return candidate.forward_add_norm(x, packed, residual, norm_weight, eps)
+
+    def forward_deferred(self, norm: DeferredNorm, gated: bool = False) -> torch.Tensor:
+        """This layer (gated: as forward_gated) on the rows a forward_add_norm of the same step deferred the norm of:
+        the router picks the same kernel for them, which has the form."""
+        candidate, packed = self.routed(norm.weighted)
+        return candidate.forward_deferred(norm, packed, gated)
 
     def routed(self, x: torch.Tensor) -> tuple[Candidate, Any]:
         """The kernel the router picks for x's token count, and this layer's weight in its layout."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from awqd.kernels import split_counters
-from awqd.kernels.base import Candidate
+from awqd.kernels.base import Candidate, DeferredNorm
 from awqd.quant.reference import dequantize
 from awqd.quant.tensors import QuantizedWeight
 
@@ -48,6 +48,8 @@ MAX_ROTATION_COPIES = 8
 MEASUREMENT_METHOD = "3"
 CPU_CACHE_BYTES = 32 * 2**20  # no portable way to read the CPU's last-level cache size; a typical server L3
 FP16_BASELINE = "fp16_cublas"
+NORM_EPS = 1e-5  # where a candidate's deferred-norm forms are checked
+PARTIAL_COLUMNS = 32  # columns per partial sum of squares in the deferred norms the checks make
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,9 @@ def check_correctness(
     inputs: Sequence[tuple[int, ...]] = CORRECTNESS_INPUTS,
     progress: Callable[[str], None] | None = None,
 ) -> CorrectnessCheck:
-    """Compare candidate.forward (and its gated form: served_outputs) with the float32 reference on every distinct
-    shape, with INPUTS_PER_SHAPE different inputs per input shape (a kernel that returns a cached result fails the
-    second). Never raises.
+    """Compare candidate.forward and its other served forms (served_outputs) with the float32 reference on every
+    distinct shape, with INPUTS_PER_SHAPE different inputs per input shape (a kernel that returns a cached result fails
+    the second). Never raises.
 
     `progress` is told where the check is before each forward, so a crash there can be reported with its place."""
     dtype = compute_dtype(device)
@@ -172,7 +174,7 @@ def check_correctness(
                             progress(f"correctness at {where}")
                         outputs = served_outputs(candidate, x, packed)
                         synchronize(device)  # an asynchronous kernel fault surfaces here, charged to this candidate
-                        error, failure = compare_served(outputs, reference(x, dense, weight), dtype, tolerance)
+                        error, failure = compare_served(outputs, x, dense, weight, dtype, tolerance)
                         worst = max(worst, error)
                         if failure:
                             return CorrectnessCheck(False, worst, tolerance, f"{where}: {failure} (seed {seed})")
@@ -187,23 +189,79 @@ def reference(x: torch.Tensor, dense: torch.Tensor, weight: QuantizedWeight) -> 
     return y + weight.bias.float() if weight.bias is not None else y
 
 
-def served_outputs(candidate: Candidate, x: torch.Tensor, packed: Any) -> list[torch.Tensor]:
-    """What the engine runs a layer with: forward, and also the gated form where the candidate has one and the
-    layer could be an MLP's [gate; up] (an even out_features)."""
-    outputs = [candidate.forward(x, packed)]
-    if outputs[0].shape[-1] % 2 == 0 and (gated := candidate.forward_gated(x, packed)) is not None:
-        outputs.append(gated)
+def served_outputs(candidate: Candidate, x: torch.Tensor, packed: Any) -> dict[str, torch.Tensor]:
+    """What the engine runs a layer with: forward; the gated form where the candidate has one and the layer could be
+    an MLP's [gate; up] (an even out_features); and where the candidate defers norms, the output added to a residual
+    stream with its norm deferred (the sum, the weighted sum and 1/rms), and the layer on x's own deferred norm, gated
+    too where the gated form is checked."""
+    outputs = {"forward": candidate.forward(x, packed)}
+    if outputs["forward"].shape[-1] % 2 == 0 and (gated := candidate.forward_gated(x, packed)) is not None:
+        outputs["gated"] = gated
+    residual, norm_weight = norm_inputs(outputs["forward"].shape, x.dtype, x.device)
+    if (added := candidate.forward_add_norm(x, packed, residual, norm_weight, NORM_EPS)) is not None:
+        total, norm = added
+        outputs |= {"residual": total, "weighted": norm.weighted, "inverse_rms": norm.inverse_rms().to(x.dtype)}
+        outputs["deferred"] = candidate.forward_deferred(deferred_input(x), packed, gated=False)
+        if "gated" in outputs:
+            outputs["deferred_gated"] = candidate.forward_deferred(deferred_input(x), packed, gated=True)
     return outputs
 
 
-def compare_served(outputs: list[torch.Tensor], ref: torch.Tensor, dtype: torch.dtype, tolerance: float):
-    """compare() for served_outputs: forward against ref, the gated form against silu(gate) * up of ref. Returns
-    the worst error and the first failure."""
-    results = [compare(outputs[0], ref, dtype, tolerance)]
-    if len(outputs) > 1:
-        gate, up = ref.chunk(2, dim=-1)
-        error, failure = compare(outputs[1], F.silu(gate) * up, dtype, tolerance)
-        results.append((error, f"gated: {failure}" if failure else ""))
+def norm_weight_for(columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A norm weight around 1, as trained models' are."""
+    return (1 + 0.5 * torch.cos(torch.arange(columns, device=device, dtype=torch.float32))).to(dtype)
+
+
+def norm_inputs(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual stream of a layer output's shape, several times its size, and a norm weight: fixed functions of the
+    position, so that a CUDA graph can capture them."""
+    positions = torch.arange(math.prod(shape), device=device, dtype=torch.float32).reshape(shape)
+    return (4 * torch.sin(positions)).to(dtype), norm_weight_for(shape[-1], dtype, device)
+
+
+def deferred_input(x: torch.Tensor) -> DeferredNorm:
+    """x as a residual stream whose norm is deferred (norm_weight_for), its squares summed PARTIAL_COLUMNS at a time."""
+    x32 = x.float()
+    weighted = (x32 * norm_weight_for(x.shape[-1], x.dtype, x.device).float()).to(x.dtype)
+    squares = x32.pow(2).reshape(*x.shape[:-1], -1, math.gcd(x.shape[-1], PARTIAL_COLUMNS)).sum(-1)
+    return DeferredNorm(weighted, squares, NORM_EPS)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * weight
+
+
+def compare_served(
+    outputs: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    dense: torch.Tensor,
+    weight: QuantizedWeight,
+    dtype: torch.dtype,
+    tolerance: float,
+) -> tuple[float, str]:
+    """compare() for served_outputs on input x, each against the float32 reference: forward against reference(x), the
+    gated forms against silu(gate) * up, the residual's sum, weighted sum and 1/rms against their float32 values,
+    and the deferred forms against the reference on x normed. Returns the worst error and the first failure."""
+    ref = reference(x, dense, weight)
+    expected = {"forward": ref}
+    if "residual" in outputs:
+        residual, norm_weight = (t.float() for t in norm_inputs(ref.shape, dtype, ref.device))
+        total = residual + ref
+        expected |= {
+            "residual": total,
+            "weighted": total * norm_weight,
+            "inverse_rms": torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + NORM_EPS),
+        }
+        normed = rms_norm_reference(x.float(), norm_weight_for(x.shape[-1], dtype, x.device).float())
+        expected["deferred"] = reference(normed, dense, weight)
+    for name, ungated in (("gated", "forward"), ("deferred_gated", "deferred")):
+        if name in outputs:
+            gate, up = expected[ungated].chunk(2, dim=-1)
+            expected[name] = F.silu(gate) * up
+    results = []
+    for name, out in outputs.items():
+        error, failure = compare(out, expected[name], dtype, tolerance)
+        results.append((error, f"{name}: {failure}" if failure and name != "forward" else failure))
     return max(error for error, _ in results), next((failure for _, failure in results if failure), "")
 
 
@@ -248,7 +306,7 @@ def check_graph_replay(
                     warm = served_outputs(candidate, static_x, packed)
                 torch.cuda.current_stream(device).wait_stream(stream)
                 dense = dequantize(weight, torch.float32)
-                _, failure = compare_served(warm, reference(static_x, dense, weight), dtype, tolerance)
+                _, failure = compare_served(warm, static_x, dense, weight, dtype, tolerance)
                 if failure:
                     return GraphReplayCheck(False, f"eager at {where}: {failure}")
                 graph = torch.cuda.CUDAGraph()
@@ -265,7 +323,7 @@ def check_graph_replay(
                         progress(f"graph replay at {where}, fresh input #{number}")
                     graph.replay()
                     torch.cuda.synchronize(device)
-                    _, failure = compare_served(static_outputs, reference(static_x, dense, weight), dtype, tolerance)
+                    _, failure = compare_served(static_outputs, static_x, dense, weight, dtype, tolerance)
                     if failure:
                         return GraphReplayCheck(
                             False, f"CUDA-graph replay at {where}, fresh input #{number}: {failure}"

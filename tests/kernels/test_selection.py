@@ -9,6 +9,7 @@ import torch
 from awqd.config import EngineSettings
 from awqd.errors import FailedPrecondition, InvalidArgument
 from awqd.kernels import registry
+from awqd.kernels.base import DeferredNorm
 from awqd.kernels.candidates.dequant_cublas import dequantize_gemm_layout
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.layouts import pack_gemm_layout, pack_gemv_fast_layout
@@ -225,6 +226,39 @@ class GatesRight(GatesTheWrongHalf):
         return torch.nn.functional.silu(gate) * up
 
 
+class DefersNormsRight(GatesRight):
+    """Deferred-norm forms as awqd's GEMV computes them, in torch: the boot check must pass them."""
+
+    name = "defers_norms_right"
+
+    def forward_add_norm(self, x, packed, residual, norm_weight, eps):
+        total = residual + self.forward(x, packed)
+        squares = total.float().pow(2).reshape(*total.shape[:-1], 4, -1).sum(-1)
+        return total, DeferredNorm(total * norm_weight, squares, eps)
+
+    def forward_deferred(self, norm, packed, gated):
+        x = (norm.weighted.float() * norm.inverse_rms()).to(norm.weighted.dtype)
+        return self.forward_gated(x, packed) if gated else self.forward(x, packed)
+
+
+class DefersNormsWithoutTheWeight(DefersNormsRight):
+    """Forgets the norm weight where it adds the residual: the engine would feed the next layer unweighted rows."""
+
+    name = "defers_norms_without_the_weight"
+
+    def forward_add_norm(self, x, packed, residual, norm_weight, eps):
+        return super().forward_add_norm(x, packed, residual, torch.ones_like(norm_weight), eps)
+
+
+class DefersNormsWithoutTheScale(DefersNormsRight):
+    """Takes a deferred norm's weighted rows as if they were normed: outputs off by the rows' rms."""
+
+    name = "defers_norms_without_the_scale"
+
+    def forward_deferred(self, norm, packed, gated):
+        return self.forward_gated(norm.weighted, packed) if gated else self.forward(norm.weighted, packed)
+
+
 def test_correctness_accepts_a_right_kernel_and_rejects_wrong_ones():
     cpu = torch.device("cpu")
     assert check_correctness(DequantMatmulCpu(), cpu, SHAPES, GROUP_SIZE).passed
@@ -242,6 +276,12 @@ def test_correctness_accepts_a_right_kernel_and_rejects_wrong_ones():
     assert check_correctness(GatesRight(), cpu, SHAPES, GROUP_SIZE).passed
     wrong_gate = check_correctness(GatesTheWrongHalf(), cpu, SHAPES, GROUP_SIZE)
     assert not wrong_gate.passed and "gated: relative error" in wrong_gate.error
+
+    assert check_correctness(DefersNormsRight(), cpu, SHAPES, GROUP_SIZE).passed
+    unweighted = check_correctness(DefersNormsWithoutTheWeight(), cpu, SHAPES, GROUP_SIZE)
+    assert not unweighted.passed and "weighted: relative error" in unweighted.error
+    unscaled = check_correctness(DefersNormsWithoutTheScale(), cpu, SHAPES, GROUP_SIZE)
+    assert not unscaled.passed and "deferred: relative error" in unscaled.error
 
 
 def test_dequantize_gemm_layout_matches_the_reference():

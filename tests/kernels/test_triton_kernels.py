@@ -44,6 +44,14 @@ GEMV_GATED = (
     ((96, 256), 32, 2, (64, 128, 1, 2)),
     ((80, 128), 32, 1, (8, 64, 3, 1)),  # split-K 3 asked for: gated runs unsplit
 )
+# The GEMV's deferred norm, both dtypes: (shape, group, batch, tile or None). As o or down, it adds its output to
+# the residual stream (unsplit, whatever the tile asks); as the next layer, it runs on the weighted rows, scaled by
+# 1/rms. The split-K tile checks that each slice's partial sums are scaled before they are added.
+GEMV_DEFERRED_NORM = (
+    ((96, 256), 64, 1, None),
+    ((128, 512), 128, 3, None),
+    ((80, 128), 32, 2, (8, 64, 3, 1)),
+)
 SUBPROCESS_TIMEOUT_S = 240
 
 
@@ -191,6 +199,8 @@ def run_matrix(kernel: str) -> None:
             )
     if kernel == "awqd_triton_skinny":
         check_merged_split_k(forced_configs(kernel), seed)
+    if kernel == "awqd_triton_gemv":
+        check_deferred_norm(seed)
 
     rejections = {
         "group size 16": case_weight(64, 128, 16, True, False, 1),
@@ -262,6 +272,62 @@ def check_merged_split_k(configs: list, seed: int) -> None:
         print(json.dumps({"case": f"merged split-K {config}", "ok": ok, "detail": detail}), flush=True)
 
 
+def check_deferred_norm(seed: int) -> None:
+    """Runs in the subprocess: the GEMV's two deferred-norm forms.
+    - gemv_add_norm: the residual stream plus the GEMV's output, bit for bit as the engine's norm kernel adds them;
+      the weighted sum within a last place of the sum times the norm weight; the partial sums of squares adding up
+      to the sum's;
+    - gemv and gemv_gated on a deferred norm: within tolerance of the reference on the normed rows."""
+    from awqd.engine.layers.triton_norm import add_rms_norm_rows
+    from awqd.kernels.measure import deferred_input, norm_weight_for, relative_error, rms_norm_reference
+    from awqd.kernels.triton.gemv import DEFAULT_TILE, GemvConfig, gemv, gemv_add_norm, gemv_gated
+    from awqd.kernels.triton.layout import TOLERANCES, pack_awqd_w4
+    from awqd.quant.reference import reference_linear
+
+    cpu = torch.device("cpu")
+    for (out_features, in_features), group_size, batch, tile in GEMV_DEFERRED_NORM:
+        seed += 1
+        weight = case_weight(out_features, in_features, group_size, True, bias=True, seed=seed)
+        packed = pack_awqd_w4(weight, cpu)
+        config = GemvConfig(*tile) if tile else None
+        for dtype in DTYPES:
+            generator = torch.Generator().manual_seed(seed)
+            x = torch.randn(batch, in_features, generator=generator).to(getattr(torch, dtype))
+            residual = (4 * torch.randn(batch, out_features, generator=generator)).to(x.dtype)
+            norm_weight = norm_weight_for(out_features, x.dtype, cpu)
+            total, norm = gemv_add_norm(x, packed, residual, norm_weight, 1e-5, config)
+            unsplit = dataclasses.replace(config or DEFAULT_TILE, split_k=1)
+            added = add_rms_norm_rows(residual, gemv(x, packed, unsplit), norm_weight, 1e-5)[0]
+            weighted = total.float() * norm_weight.float()
+            last_place = torch.finfo(x.dtype).eps * weighted.abs().clamp(min=torch.finfo(x.dtype).tiny)  # 0 sums
+            weighted_off = ((norm.weighted.float() - weighted).abs() / last_place).max()
+            squares_error = (norm.partial_squares.sum(-1) / total.float().pow(2).sum(-1) - 1).abs().max()
+            ok = torch.equal(total, added) and weighted_off <= 1 and squares_error <= 1e-5
+            detail = (
+                f"sum equal {torch.equal(total, added)}; weighted off by {weighted_off:.2f} last places; sum of "
+                f"squares off by {squares_error:.3g}"
+            )
+            case = f"adds a deferred norm [{out_features}x{in_features}] g{group_size} {dtype} batch {batch} {config}"
+            print(json.dumps({"case": case, "ok": bool(ok), "detail": detail}), flush=True)
+
+            deferred = deferred_input(x)
+            ref = reference_linear(rms_norm_reference(x.float(), norm_weight_for(in_features, x.dtype, cpu)), weight)
+            gate, up = ref.chunk(2, dim=-1)
+            outputs = {
+                "": (gemv(deferred.weighted, packed, config, norm=deferred), ref, TOLERANCES[x.dtype]),
+                "gated ": (
+                    gemv_gated(deferred.weighted, packed, config, norm=deferred),
+                    torch.nn.functional.silu(gate) * up,
+                    2 * TOLERANCES[x.dtype],  # as the gated cases above
+                ),
+            }
+            for form, (out, expected, tolerance) in outputs.items():
+                error = relative_error(out, expected)
+                case = f"{form}on a deferred norm [{out_features}x{in_features}] g{group_size} {dtype} {config}"
+                detail = f"relative error {error:.3g} (tolerance {tolerance})"
+                print(json.dumps({"case": case, "ok": error <= tolerance, "detail": detail}), flush=True)
+
+
 def run_tuning(kernel: str) -> None:
     """Runs in the subprocess: boot-time tuning on a tiny shape, then the tuned kernel against the reference."""
     from awqd.kernels.measure import relative_error
@@ -315,7 +381,9 @@ def test_kernel_matches_reference_and_rejects_what_it_cannot_compute(matrix_resu
     many_rows = (1 + len(GEMV_GATED)) * len(DTYPES) + 1 if kernel == "awqd_triton_gemv" else 0  # + odd gated rows
     misaligned = int(kernel in MISALIGNED_INPUT_KERNELS)
     merged = len(merged_cases(forced_configs(kernel))) if kernel == "awqd_triton_skinny" else 0
-    expected_cases = batch_cases + many_rows + 1 + misaligned + len(forced_configs(kernel)) * len(DTYPES) + merged + 5
+    deferred_norm = 3 * len(GEMV_DEFERRED_NORM) * len(DTYPES) if kernel == "awqd_triton_gemv" else 0
+    forced = len(forced_configs(kernel)) * len(DTYPES)
+    expected_cases = batch_cases + many_rows + 1 + misaligned + forced + merged + deferred_norm + 5
     assert len(results) == expected_cases
     failures = [f"{r['case']}: {r['detail']}" for r in results if not r["ok"]]
     assert not failures, f"{len(failures)} of {len(results)} cases failed:\n" + "\n".join(failures)

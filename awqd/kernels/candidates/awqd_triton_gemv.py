@@ -9,7 +9,7 @@ from awqd.kernels.triton.candidate import AwqdW4Candidate, TritonKernel
 def gemv_kernel() -> TritonKernel:
     from awqd.kernels.triton import gemv  # imports triton: only when this candidate is used
 
-    return TritonKernel(gemv.gemv, gemv.GemvConfig, gemv.tuning_space, gemv.gemv_gated)
+    return TritonKernel(gemv.gemv, gemv.GemvConfig, gemv.tuning_space, gemv.gemv_gated, gemv.gemv_add_norm)
 
 
 class AwqdTritonGemv(AwqdW4Candidate):

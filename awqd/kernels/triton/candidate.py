@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from awqd.kernels.base import Candidate, Tuned
+from awqd.kernels.base import Candidate, DeferredNorm, Tuned
 from awqd.kernels.triton import tuning
 from awqd.kernels.triton.layout import LAYOUT, AwqdW4, check_activations, pack_awqd_w4
 from awqd.quant.tensors import QuantizedWeight
@@ -20,6 +20,9 @@ class TritonKernel:
     config_type: type
     tuning_space: Callable[[int], Sequence[Any]]  # bucket -> configurations worth timing there (may be empty)
     launch_gated: Callable[..., torch.Tensor] | None = None  # (x, packed, config or None) -> silu(gate) * up
+    # (x, packed, residual, norm weight, eps, config or None) -> (residual + y, DeferredNorm); with it, launch and
+    # launch_gated take norm=DeferredNorm
+    launch_add_norm: Callable[..., tuple[torch.Tensor, DeferredNorm]] | None = None
 
 
 class AwqdW4Candidate(Candidate):
@@ -43,6 +46,26 @@ class AwqdW4Candidate(Candidate):
             return None
         rows, config = self.rows_and_tile(x, packed)  # the fused weight's own tile
         return launch(rows, packed, config).reshape(*x.shape[:-1], packed.out_features // 2)
+
+    def forward_add_norm(
+        self, x: torch.Tensor, packed: AwqdW4, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, DeferredNorm] | None:
+        launch = self.kernel().launch_add_norm
+        if launch is None:
+            return None
+        rows, config = self.rows_and_tile(x, packed)
+        total, norm = launch(rows, packed, residual.reshape(rows.shape[0], -1), norm_weight, eps, config)
+        leading = x.shape[:-1]
+        squares = norm.partial_squares.reshape(*leading, -1)
+        return total.reshape(*leading, -1), DeferredNorm(norm.weighted.reshape(*leading, -1), squares, eps)
+
+    def forward_deferred(self, norm: DeferredNorm, packed: AwqdW4, gated: bool) -> torch.Tensor:
+        kernel = self.kernel()
+        if kernel.launch_add_norm is None:
+            return super().forward_deferred(norm, packed, gated)
+        rows, config = self.rows_and_tile(norm.weighted, packed)
+        y = (kernel.launch_gated if gated else kernel.launch)(rows, packed, config, norm=norm)
+        return y.reshape(*norm.weighted.shape[:-1], y.shape[-1])
 
     def rows_and_tile(self, x: torch.Tensor, packed: AwqdW4) -> tuple[torch.Tensor, Any]:
         """x as contiguous rows [rows, in_features], and the tuned tile for them (None: the kernel's default)."""

@@ -20,6 +20,11 @@ slower at batch 1 on the H200, so rows stay apart.)
 Gated (gemv_gated): for the MLP's fused [gate; up] weight, a program takes BLOCK_N / 2 gate rows and the up rows
 of the same columns, interleaved, and ends in silu(gate) * up: the gating costs no launch of its own and the
 [rows, 2 x intermediate] product is never written. It rounds where the GEMV and the gating kernel would.
+Deferred norm (gemv_add_norm, then gemv or gemv_gated with norm=): the residual add and RMS norm between decoder
+sublayers without a launch of their own. The GEMV before them (o, down) adds its columns to the residual stream and
+writes them times the norm weight, with one sum of squares per program; the GEMV after them (gate_up, the next qkv)
+takes those rows and scales its products by 1/rms from the sums. No program waits on another (a norm run by the
+program that completes a row was 7% slower per decode step: bench/results/h200-2026-12-04-gemv-norm-epilogue).
 """
 
 import dataclasses
@@ -30,6 +35,7 @@ import triton
 import triton.language as tl
 
 from awqd.errors import InvalidArgument
+from awqd.kernels.base import DeferredNorm
 from awqd.kernels.triton.gating import silu_mul
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, k_slice, output_buffers, split_k_for
@@ -84,6 +90,12 @@ def awqd_w4_gemv_kernel(
     scale_zero_ptr,
     bias_ptr,
     out_ptr,
+    residual_ptr,  # ADD_NORM: the residual stream [rows, N] that the output joins; out_ptr gets the sum
+    norm_weight_ptr,  # ADD_NORM: [N]
+    weighted_ptr,  # ADD_NORM: the sum times the norm weight [rows, N]
+    squares_ptr,  # ADD_NORM: fp32 [rows, N / BLOCK_N] written, one per program; DEFERRED_NORM: [rows, SQUARES] read
+    SQUARES,
+    eps,
     N,
     K_WORDS,
     GROUP_SIZE: tl.constexpr,
@@ -96,6 +108,9 @@ def awqd_w4_gemv_kernel(
     IS_FP16: tl.constexpr,
     USE_ASM: tl.constexpr,
     GATED: tl.constexpr,
+    ADD_NORM: tl.constexpr,
+    DEFERRED_NORM: tl.constexpr,
+    BLOCK_SQUARES: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -141,12 +156,28 @@ def awqd_w4_gemv_kernel(
         acc += word_dot(w, sz, x01, x23, x45, x67, IS_FP16, USE_ASM)
     result = tl.sum(tl.sum(acc, axis=2), axis=0)
 
+    # Read and added after the loop: added before it, the reduction's wait came before the loop's loads, and a
+    # layer took up to 17% longer; read before it, the sums held registers through the loop and saved nothing
+    # (bench/results/h200-2026-12-04-deferred-norm).
+    if DEFERRED_NORM:
+        p = tl.arange(0, BLOCK_SQUARES)
+        squares = tl.load(squares_ptr + row.to(tl.int64) * SQUARES + p, mask=p < SQUARES, other=0.0)
+        result *= 1.0 / tl.sqrt(tl.sum(squares, axis=0) / (K_WORDS * 8) + eps)
     if HAS_BIAS and SPLIT_K == 1:
         result += tl.load(bias_ptr + n, mask=n_mask, other=0.0)
     if GATED:  # split-K is never gated (gemv_gated)
         gate, up = tl.split(tl.reshape(result.to(out_ptr.dtype.element_ty), (BLOCK_N // 2, 2)))
         columns = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(out_ptr + row.to(tl.int64) * (N // 2) + columns, silu_mul(gate, up), mask=columns < N // 2)
+    elif ADD_NORM:  # split-K never adds a norm (gemv_add_norm); rounded as the GEMV and then the norm kernel would
+        offsets = row.to(tl.int64) * N + n
+        residual = tl.load(residual_ptr + offsets, mask=n_mask, other=0.0)
+        norm_weight = tl.load(norm_weight_ptr + n, mask=n_mask, other=0.0)
+        total = (residual.to(tl.float32) + result.to(residual.dtype).to(tl.float32)).to(residual.dtype)
+        tl.store(out_ptr + offsets, total, mask=n_mask)
+        tl.store(weighted_ptr + offsets, (total.to(tl.float32) * norm_weight.to(tl.float32)).to(total.dtype), n_mask)
+        squares = tl.where(n_mask, total.to(tl.float32) * total.to(tl.float32), 0.0)
+        tl.store(squares_ptr + row.to(tl.int64) * tl.num_programs(1) + pid_n, tl.sum(squares, axis=0))
     elif SPLIT_K == 1:
         tl.store(out_ptr + row.to(tl.int64) * N + n, result.to(out_ptr.dtype.element_ty), mask=n_mask)
     else:
@@ -174,29 +205,85 @@ def load_step(w_rows, sz_rows, x_pairs, words, segments, word0, end, GROUP_WORDS
     return w, sz, x
 
 
-def gemv(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
-    """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
+def gemv(
+    x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None, norm: DeferredNorm | None = None
+) -> torch.Tensor:
+    """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype.
+    With a norm, x is its weighted rows, and its 1/rms scales each row's products before the bias."""
     config = config or gemv_config(x.shape[0], packed, x.device)
     target, out = output_buffers(x.shape[0], packed.out_features, config.split_k, x.dtype, x.device)
-    launch(x, packed, config, target, gated=False)
+    launch(x, packed, config, target, gated=False, norm=norm)
     return finish_split_k(target, packed.bias, out)
 
 
-def gemv_gated(x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None) -> torch.Tensor:
+def gemv_gated(
+    x: torch.Tensor, packed: AwqdW4, config: GemvConfig | None = None, norm: DeferredNorm | None = None
+) -> torch.Tensor:
     """silu(gate) * up for the fused [gate; up] weight (gate the first out_features / 2 rows): [rows, out_features /
     2] in x's dtype, as gemv and then the gating would give it. The config's tile, unsplit."""
     if packed.out_features % 2:
         raise InvalidArgument("weight", f"a gated GEMV needs [gate; up] rows, got {packed.out_features} (odd)")
     config = dataclasses.replace(config or DEFAULT_TILE, split_k=1)
     out = torch.empty((x.shape[0], packed.out_features // 2), dtype=x.dtype, device=x.device)
-    launch(x, packed, config, out, gated=True)
+    launch(x, packed, config, out, gated=True, norm=norm)
     return out
 
 
-def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Tensor, gated: bool) -> None:
+def gemv_add_norm(
+    x: torch.Tensor,
+    packed: AwqdW4,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    config: GemvConfig | None = None,
+) -> tuple[torch.Tensor, DeferredNorm]:
+    """(residual + gemv(x), that sum's RMS norm deferred): each program adds its columns to the residual stream and
+    writes their weighted values and their sum of squares, so no program waits on another and the norm costs no
+    launch. The config's tile, unsplit."""
+    if tuple(residual.shape) != (x.shape[0], packed.out_features) or residual.dtype != x.dtype:
+        raise InvalidArgument(
+            "residual",
+            f"expected {x.dtype} {[x.shape[0], packed.out_features]}, got {residual.dtype} {list(residual.shape)}",
+        )
+    config = dataclasses.replace(config or DEFAULT_TILE, split_k=1)
+    total = torch.empty_like(residual)
+    programs = triton.cdiv(packed.out_features, config.block_n)
+    squares = torch.empty((x.shape[0], programs), dtype=torch.float32, device=x.device)
+    added = AddedNorm(residual.contiguous(), norm_weight, DeferredNorm(torch.empty_like(residual), squares, eps))
+    launch(x, packed, config, total, gated=False, added=added)
+    return total, added.norm
+
+
+@dataclass(frozen=True)
+class AddedNorm:
+    """gemv_add_norm's operands: the residual stream and norm weight it reads, and the DeferredNorm it writes."""
+
+    residual: torch.Tensor
+    norm_weight: torch.Tensor
+    norm: DeferredNorm
+
+
+def launch(
+    x: torch.Tensor,
+    packed: AwqdW4,
+    config: GemvConfig,
+    target: torch.Tensor,
+    gated: bool,
+    norm: DeferredNorm | None = None,
+    added: AddedNorm | None = None,
+) -> None:
+    """norm: x is that DeferredNorm's weighted rows; added: gemv_add_norm's operands."""
     rows = x.shape[0]
     if x.data_ptr() % 4:  # the kernel reads activations as int32 pairs: a view 2 bytes into a buffer is copied
         x = x.clone()
+    if added is not None:
+        made = added.norm
+        norm_args = (added.residual, added.norm_weight, made.weighted, made.partial_squares, 0, made.eps)
+    elif norm is not None:
+        squares = norm.partial_squares.contiguous()
+        norm_args = (target, target, target, squares, squares.shape[-1], norm.eps)
+    else:
+        norm_args = (target, target, target, target, 0, 0.0)  # never read nor written
     # A gated program covers block_n / 2 columns of the gate and of the up rows: as many programs as ungated.
     grid = (rows, triton.cdiv(packed.out_features, config.block_n), config.split_k)
     awqd_w4_gemv_kernel[grid](
@@ -205,6 +292,7 @@ def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Te
         packed.scale_zero,
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
+        *norm_args,
         packed.out_features,
         packed.in_features // 8,
         GROUP_SIZE=packed.group_size,
@@ -217,6 +305,9 @@ def launch(x: torch.Tensor, packed: AwqdW4, config: GemvConfig, target: torch.Te
         IS_FP16=x.dtype == torch.float16,
         USE_ASM=not interpreting(),
         GATED=gated,
+        ADD_NORM=added is not None,
+        DEFERRED_NORM=norm is not None,
+        BLOCK_SQUARES=triton.next_power_of_2(norm_args[4]) if norm is not None else 1,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

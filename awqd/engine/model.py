@@ -16,7 +16,9 @@ embedding, the RMS norms and lm_head dense. Two entry points share one layer bod
 
 The residual adds, norms, rotary, decode attention and gating are awqd.engine.layers: one Triton kernel each on
 the GPU, torch on the CPU. Where the kernel routed for gate_up ends in the gating itself (awqd's GEMV), the gating
-runs in that kernel instead (gate).
+runs in that kernel instead (gate). Where the kernel routed for o and down also has a deferred-norm form (awqd's
+GEMV), the residual add and the next norm run in that launch and the next linear's, without a norm launch
+(add_norm_after).
 """
 
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from awqd.engine.layers.logits import logits
 from awqd.engine.layers.norm import add_rms_norm
 from awqd.engine.layers.rotary import apply_rotary, rotary_tables
 from awqd.errors import CheckpointError
+from awqd.kernels.base import DeferredNorm
 from awqd.kernels.linear import AwqLinear
 from awqd.models.loader import LoadedModel
 
@@ -50,11 +53,33 @@ def through_router(linear: AwqLinear, x: torch.Tensor) -> torch.Tensor:
     return linear(x)
 
 
-def gate(gate_up_proj: AwqLinear, h: torch.Tensor, project: Project) -> torch.Tensor:
+# A sublayer's normed input: the normed rows, or their norm deferred into the next linear's launch (add_norm_after).
+Normed = torch.Tensor | DeferredNorm
+
+
+def apply(linear: AwqLinear, h: Normed, project: Project) -> torch.Tensor:
+    """linear on a sublayer's normed input, in whichever form it comes."""
+    return linear.forward_deferred(h) if isinstance(h, DeferredNorm) else project(linear, h)
+
+
+def gate(gate_up_proj: AwqLinear, h: Normed, project: Project) -> torch.Tensor:
     """silu(gate) * up of the fused gate_up projection: in the routed kernel's epilogue where it has one (a launch
     fewer per layer), else the gating kernel after the projection. A caller's own project runs as it is."""
+    if isinstance(h, DeferredNorm):
+        return gate_up_proj.forward_deferred(h, gated=True)
     gated = gate_up_proj.forward_gated(h) if project is through_router else None
     return gated if gated is not None else silu_and_mul(project(gate_up_proj, h))
+
+
+def add_norm_after(
+    linear: AwqLinear, h: torch.Tensor, x: torch.Tensor, norm: torch.Tensor, eps: float, project: Project, defer: bool
+) -> tuple[torch.Tensor, Normed]:
+    """The residual stream x plus linear(h), and its RMS norm. Where the routed kernel has the form and the next
+    linear may take it (defer), the norm is split between this launch and the next linear's (awqd's GEMV: a launch
+    fewer); else the norm kernel runs after the projection. A caller's own project runs as it is."""
+    if defer and project is through_router and (added := linear.forward_add_norm(h, x, norm, eps)) is not None:
+        return added
+    return add_rms_norm(x, project(linear, h), norm, eps)
 
 
 @dataclass(frozen=True)
@@ -197,14 +222,18 @@ class DecoderModel:
 
     def _forward(self, token_ids: torch.Tensor, attention, project: Project = through_router) -> torch.Tensor:
         """The decoder layers; returns the final-normed hidden states. Each sublayer's output is added to the
-        residual stream inside the next norm's kernel."""
+        residual stream where the next norm runs (add_norm_after)."""
         eps = self.shape.rms_norm_eps
-        x, pending = F.embedding(token_ids, self.embed), None
-        for index, (input_norm, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(self.layers):
-            x, h = add_rms_norm(x, pending, input_norm, eps)
-            x, h = add_rms_norm(x, project(o_proj, attention(index, project(qkv_proj, h))), post_norm, eps)
-            pending = project(down_proj, gate(gate_up_proj, h, project))
-        return add_rms_norm(x, pending, self.final_norm, eps)[1]
+        last = len(self.layers) - 1
+        next_norms = [layer[0] for layer in self.layers[1:]] + [self.final_norm]
+        x, h = add_rms_norm(F.embedding(token_ids, self.embed), None, self.layers[0][0], eps)
+        for index, (_, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(self.layers):
+            qkv = apply(qkv_proj, h, project)
+            x, h = add_norm_after(o_proj, attention(index, qkv), x, post_norm, eps, project, defer=True)
+            mlp = gate(gate_up_proj, h, project)
+            # lm_head takes the final norm whole
+            x, h = add_norm_after(down_proj, mlp, x, next_norms[index], eps, project, defer=index < last)
+        return h
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return logits(hidden, self.lm_head, self.batch_invariant)

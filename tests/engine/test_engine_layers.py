@@ -10,7 +10,8 @@ launches (several programs per row and head, merged by the last to arrive) are a
 k and v, give the same result on a second launch, and leave their counters at zero.
 --batch-invariant's two matrix products (the fixed-tile AWQ GEMM and the Triton lm_head) are checked the same
 way: close to the reference, and each row bitwise the same whatever the row count. The GEMV's gated form equals
-the GEMV followed by the gating kernel, bit for bit.
+the GEMV followed by the gating kernel, bit for bit. Its deferred norm (the residual add in o's launch, 1/rms in
+gate_up's) gives the residual stream bit for bit, and gate_up's output within TOLERANCE of the norm kernel's path.
 
 bf16 runs on the GPU only (`python tests/engine/test_engine_layers.py --device cuda`, in bench/engine_check.py's run):
 the interpreter's float32 -> bf16 conversions do not round to nearest as the GPU does.
@@ -185,11 +186,47 @@ def gated_gemv_case(dtype, device, seed):
         fused = gate(gate_up, x, through_router)
         results[f"{rows} rows"] = {
             "fused": gate_up.forward_gated(x) is not None,
-            # A project of the caller's own runs the layer as it is, then the gating kernel.
-            "equals_gemv_then_gating": torch.equal(fused, gate(gate_up, x, lambda linear, rows: linear(rows))),
+            "equals_gemv_then_gating": torch.equal(fused, gate(gate_up, x, own_project)),
             "relative_error": relative_error(
                 fused.cpu(), silu_and_mul_torch(reference_linear(x.float().cpu(), weight))
             ),
+        }
+    return results
+
+
+def own_project(linear, rows):
+    """A caller's own project: the engine then runs the layer as it is, and the norm and gating kernels after it."""
+    return linear(rows)
+
+
+def deferred_norm_case(dtype, device, seed):
+    """The engine's residual add and norm between o and gate_up, both routed to awqd's GEMV: the norm deferred
+    (no norm launch) gives the residual stream bit for bit, and gate_up's output close to the norm kernel's path.
+    The last layer's down does not defer: lm_head takes the final norm whole."""
+    from awqd.engine.model import add_norm_after, gate, through_router
+    from awqd.kernels.base import Dispatch
+    from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv
+    from awqd.kernels.linear import AwqLinear, KernelRouter
+    from awqd.kernels.measure import random_weight
+
+    generator = torch.Generator().manual_seed(seed)
+    router = KernelRouter(Dispatch.single(AwqdTritonGemv()))
+    o_proj, gate_up = (
+        AwqLinear(random_weight(out, inp, 64, torch.device("cpu"), generator, bias=False), router, torch.device(device))
+        for out, inp in ((192, 256), (2 * 128, 192))
+    )
+    norm = (torch.rand(192, generator=generator) + 0.5).to(device, dtype)
+    results = {}
+    for rows in (1, 3):
+        h, x = (torch.randn(rows, n, generator=generator).to(device, dtype) for n in (256, 192))
+        deferred_x, deferred = add_norm_after(o_proj, h, x, norm, 1e-5, through_router, defer=True)
+        kept = add_norm_after(o_proj, h, x, norm, 1e-5, through_router, defer=False)[1]
+        plain_x, plain = add_norm_after(o_proj, h, x, norm, 1e-5, own_project, defer=True)
+        mlp = gate(gate_up, deferred, through_router)
+        results[f"{rows} rows"] = {
+            "deferred": not isinstance(deferred, torch.Tensor) and isinstance(kept, torch.Tensor),
+            "residual_equal": torch.equal(deferred_x, plain_x),
+            "relative_error": relative_error(mlp, gate(gate_up, plain, own_project)),
         }
     return results
 
@@ -247,6 +284,7 @@ def run_cases(device: str) -> list[dict]:
         if dtype != "float32":  # the AWQ kernels take fp16 and bf16 activations
             cases.append({"case": "batch invariance", "dtype": dtype, **batch_invariance_cases(torch_dtype, device, 9)})
             cases.append({"case": "gated gemv", "dtype": dtype, "rows": gated_gemv_case(torch_dtype, device, 11)})
+            cases.append({"case": "deferred norm", "dtype": dtype, "rows": deferred_norm_case(torch_dtype, device, 13)})
     return cases
 
 
@@ -260,6 +298,11 @@ def failures(cases: list[dict]) -> list[dict]:
         elif case["case"] == "gated gemv":
             ok = all(
                 r["fused"] and r["equals_gemv_then_gating"] and r["relative_error"] <= TOLERANCE[case["dtype"]]
+                for r in case["rows"].values()
+            )
+        elif case["case"] == "deferred norm":
+            ok = all(
+                r["deferred"] and r["residual_equal"] and r["relative_error"] <= TOLERANCE[case["dtype"]]
                 for r in case["rows"].values()
             )
         elif case["case"] == "batch invariance":
@@ -295,7 +338,8 @@ def test_layer_kernels_match_torch_under_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     cases = [json.loads(line) for line in done.stdout.splitlines()]
     per_dtype = len(ATTENTION_CASES) + len(ROTATE_AND_STORE_CASES) + 1  # and one norm/activation case
-    assert len(cases) == len(INTERPRETER_DTYPES) * per_dtype + 2  # and fp16's batch invariance and gated GEMV
+    # and fp16's batch invariance, gated GEMV and deferred norm
+    assert len(cases) == len(INTERPRETER_DTYPES) * per_dtype + 3
     assert failures(cases) == []
 
 

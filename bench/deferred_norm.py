@@ -11,8 +11,9 @@ and down is followed by the residual add and norm launch (awqd.engine.layers.tri
 add their output to the residual stream in their own launch (gemv_add_norm), and gate_up and the next layer's qkv
 scale by 1/rms. A timed pass (CUDA-graph replay) runs the layer on every weight copy in turn, each layer's output
 feeding the next, with enough copies to read past L2; the time is per layer. Then each linear alone in both of its
-forms, and the norm launch alone. Both forms run on the same tiles (TILES_TIMED). Writes DIR/deferred-norm.json
-and .md.
+forms, and the norm launch alone, on the same copies: with few copies, these carry the timed pass's own overhead and
+the smaller linears' reads hit L2, so they compare forms, not launch times. Both forms run on the same tiles
+(TILES_TIMED). Writes DIR/deferred-norm.json and .md.
 """
 
 import argparse

@@ -201,9 +201,10 @@ def served_outputs(candidate: Candidate, x: torch.Tensor, packed: Any) -> dict[s
     if (added := candidate.forward_add_norm(x, packed, residual, norm_weight, NORM_EPS)) is not None:
         total, norm = added
         outputs |= {"residual": total, "weighted": norm.weighted, "inverse_rms": norm.inverse_rms().to(x.dtype)}
-        outputs["deferred"] = candidate.forward_deferred(deferred_input(x), packed, gated=False)
+        deferred = deferred_input(x)
+        outputs["deferred"] = candidate.forward_deferred(deferred, packed, gated=False)
         if "gated" in outputs:
-            outputs["deferred_gated"] = candidate.forward_deferred(deferred_input(x), packed, gated=True)
+            outputs["deferred_gated"] = candidate.forward_deferred(deferred, packed, gated=True)
     return outputs
 
 

@@ -202,7 +202,7 @@ def own_project(linear, rows):
 def deferred_norm_case(dtype, device, seed):
     """The engine's residual add and norm between o and gate_up, both routed to awqd's GEMV: the norm deferred
     (no norm launch) gives the residual stream bit for bit, and gate_up's output close to the norm kernel's path.
-    The last layer's down does not defer: lm_head takes the final norm whole."""
+    Told not to defer (the last layer's down, before lm_head), it runs the norm kernel."""
     from awqd.engine.model import add_norm_after, gate, through_router
     from awqd.kernels.base import Dispatch
     from awqd.kernels.candidates.awqd_triton_gemv import AwqdTritonGemv

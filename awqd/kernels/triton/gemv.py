@@ -169,7 +169,7 @@ def awqd_w4_gemv_kernel(
         gate, up = tl.split(tl.reshape(result.to(out_ptr.dtype.element_ty), (BLOCK_N // 2, 2)))
         columns = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(out_ptr + row.to(tl.int64) * (N // 2) + columns, silu_mul(gate, up), mask=columns < N // 2)
-    elif ADD_NORM:  # split-K never adds a norm (gemv_add_norm); rounded as the GEMV and then the norm kernel would
+    elif ADD_NORM:  # never split (gemv_add_norm); the sum rounds as the GEMV's output and the norm kernel's add do
         offsets = row.to(tl.int64) * N + n
         residual = tl.load(residual_ptr + offsets, mask=n_mask, other=0.0)
         norm_weight = tl.load(norm_weight_ptr + n, mask=n_mask, other=0.0)

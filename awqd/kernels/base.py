@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from awqd.errors import FailedPrecondition
 from awqd.quant.tensors import QuantizedWeight
 
 
@@ -73,9 +74,12 @@ class Candidate(abc.ABC):
         return None
 
     def forward_deferred(self, norm: DeferredNorm, packed: Any, gated: bool) -> torch.Tensor:
-        """forward (gated: forward_gated) on the rows a DeferredNorm stands for. Only called on kernels whose
-        forward_add_norm made it."""
-        raise NotImplementedError(f"{self.name} has no deferred-norm form")
+        """forward (gated: forward_gated) on the rows a DeferredNorm stands for. Only kernels whose forward_add_norm
+        makes one have this form; the others refuse it."""
+        del norm, packed, gated
+        raise FailedPrecondition(
+            f"kernel {self.name} cannot take a deferred norm: only a kernel whose forward_add_norm defers one can"
+        )
 
     def tune(
         self,

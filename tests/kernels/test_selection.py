@@ -15,6 +15,7 @@ from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.layouts import pack_gemm_layout, pack_gemv_fast_layout
 from awqd.kernels.measure import (
     check_correctness,
+    deferred_input,
     measure_copy_bandwidth_gbps,
     random_weight,
     rotation_copies,
@@ -282,6 +283,15 @@ def test_correctness_accepts_a_right_kernel_and_rejects_wrong_ones():
     assert not unweighted.passed and "weighted: relative error" in unweighted.error
     unscaled = check_correctness(DefersNormsWithoutTheScale(), cpu, SHAPES, GROUP_SIZE)
     assert not unscaled.passed and "deferred: relative error" in unscaled.error
+
+
+def test_a_kernel_without_the_deferred_norm_form_refuses_one():
+    cpu = torch.device("cpu")
+    kernel = DequantMatmulCpu()
+    packed = kernel.prepare(random_weight(64, 128, GROUP_SIZE, cpu, torch.Generator().manual_seed(2), bias=False), cpu)
+    assert kernel.forward_add_norm(torch.randn(1, 128), packed, torch.randn(1, 64), torch.ones(64), 1e-5) is None
+    with pytest.raises(FailedPrecondition, match="dequant_matmul_cpu cannot take a deferred norm"):
+        kernel.forward_deferred(deferred_input(torch.randn(1, 128)), packed, gated=False)
 
 
 def test_dequantize_gemm_layout_matches_the_reference():

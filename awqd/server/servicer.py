@@ -8,7 +8,7 @@ bounded `blocking` executor, so the loop never waits on them.
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -34,8 +34,15 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.hosted_models()))
 
     async def Generate(self, request: pb.GenerateRequest, context):
+        async for response in self.generate(request, context.add_done_callback):
+            yield response
+
+    async def generate(
+        self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Generate's messages, for a call here or one a frontend process relays (awqd.server.relay)."""
         job = self.daemon.generate(messages.generate_params(request))
-        context.add_done_callback(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
+        on_call_end(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
         async for message in self.events.stream(job):
             yield messages.generate_response(message.delta, message.finished)
 

@@ -16,6 +16,7 @@ import structlog
 from awqd.errors import AwqdError, RetryLater
 from awqd.metrics import RPC_REQUESTS
 from awqd.server.auth import Authorizer
+from awqd.server.frames import PEER_KEY
 from awqd.server.limits import StreamLimit
 
 log = structlog.get_logger("awqd.rpc")
@@ -44,7 +45,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_call(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext):
-            started, peer = time.perf_counter(), context.peer()  # read while the call is alive (below)
+            started, peer = time.perf_counter(), client_peer(context)  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -56,16 +57,16 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN  # the handler ended the call itself
                 raise
             except Exception as error:
-                code, message = _status_for(method, error)
+                code, message = status_for(method, error)
                 await _abort(context, code, message, error)
             finally:
-                _log_rpc(method, code, started, peer)
+                log_rpc(method, code, started, peer)
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            started, peer = time.perf_counter(), context.peer()  # read while the call is alive (below)
+            started, peer = time.perf_counter(), client_peer(context)  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -77,31 +78,48 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as error:
-                code, message = _status_for(method, error)
+                code, message = status_for(method, error)
                 await _abort(context, code, message, error)
             finally:
                 if code is grpc.StatusCode.OK and context.cancelled():
                     code = grpc.StatusCode.CANCELLED
-                _log_rpc(method, code, started, peer)
+                log_rpc(method, code, started, peer)
 
         return wrapped
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
-    """Ends the call; a retry hint (RetryLater.retry_after_ms) travels as `retry-after-ms` trailing metadata."""
-    if isinstance(error, RetryLater) and error.retry_after_ms is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(error.retry_after_ms)),))
+    if hint := retry_hint(error):
+        context.set_trailing_metadata(hint)
     await context.abort(code, message)
 
 
-def _status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+def retry_hint(error: Exception) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a retryable error: RetryLater.retry_after_ms as `retry-after-ms`."""
+    if isinstance(error, RetryLater) and error.retry_after_ms is not None:
+        return (("retry-after-ms", str(error.retry_after_ms)),)
+    return ()
+
+
+def client_peer(context: grpc.aio.ServicerContext) -> str:
+    """The client's address; for a call a frontend process forwarded over the engine's Unix socket, the address the
+    frontend saw. Only that socket's peers are believed: a TCP client cannot pose as another."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        for key, value in context.invocation_metadata() or ():
+            if key == PEER_KEY and isinstance(value, str):
+                return value
+    return peer
+
+
+def status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, AwqdError):
         return grpc.StatusCode[error.code.name], str(error)
     log.error("rpc_failed", method=method, exc_info=error)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
 
 
-def _log_rpc(method: str, code: grpc.StatusCode, started: float, peer: str) -> None:
+def log_rpc(method: str, code: grpc.StatusCode, started: float, peer: str, **fields) -> None:
     RPC_REQUESTS.labels(method, code.name).inc()
     log.info(
         "rpc",
@@ -109,4 +127,5 @@ def _log_rpc(method: str, code: grpc.StatusCode, started: float, peer: str) -> N
         code=code.name,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
         peer=peer,
+        **fields,
     )

@@ -120,6 +120,14 @@ def serve(
             help="Generate and Benchmark streams in flight at once; more get RESOURCE_EXHAUSTED",
         ),
     ] = 4096,
+    frontend_processes: Annotated[
+        int,
+        typer.Option(
+            envvar="AWQD_FRONTEND_PROCESSES",
+            help="processes that accept --listen's connections (sharing its port) and relay Generate streams to the "
+            "engine, so hundreds of calls ending at once do not queue on one loop; 0 serves on the engine's process",
+        ),
+    ] = 0,
     max_prompt_tokens: Annotated[
         int, typer.Option(envvar="AWQD_MAX_PROMPT_TOKENS", help="longest prompt, in tokens, a request may send")
     ] = 8192,
@@ -239,6 +247,7 @@ def serve(
             reflection=reflection,
             max_message_bytes=max_message_bytes,
             max_concurrent_streams=max_concurrent_streams,
+            frontend_processes=frontend_processes,
             max_prompt_tokens=max_prompt_tokens,
             engine=EngineSettings(
                 kv_cache_fraction=kv_cache_fraction,

@@ -107,6 +107,7 @@ class ServeConfig:
     reflection: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 4096  # Generate and Benchmark streams in flight, daemon-wide
+    frontend_processes: int = 0  # processes that end the calls on --listen; 0: the engine's own loop does
     max_prompt_tokens: int = 8192
     engine: EngineSettings = field(default_factory=EngineSettings)
 
@@ -123,6 +124,12 @@ class ServeConfig:
         ):
             if value < 1:
                 raise InvalidArgument(flag, f"must be at least 1, got {value}")
+        if not 0 <= self.frontend_processes <= 64:
+            raise InvalidArgument("--frontend-processes", f"must be 0-64, got {self.frontend_processes}")
+        if self.frontend_processes and self.listen.startswith("unix:"):
+            raise InvalidArgument(
+                "--frontend-processes", "frontends share --listen's TCP port; a Unix socket cannot be shared"
+            )
         if self.max_prompt_tokens < 1:
             raise InvalidArgument("--max-prompt-tokens", f"must be at least 1, got {self.max_prompt_tokens}")
         if not 1 <= self.cpu_devices <= 64:

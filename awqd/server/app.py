@@ -1,10 +1,13 @@
 """The server's life cycle: bind (TLS or plaintext), serve health, reflection and metrics, boot, drain on SIGTERM."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import structlog
@@ -20,6 +23,7 @@ from awqd.server.events import EventBridge
 from awqd.server.interceptor import StatusInterceptor
 from awqd.server.limits import StreamLimit
 from awqd.server.metrics import serve_metrics
+from awqd.server.relay import Frontends, Relay, reserve_port
 from awqd.server.servicer import AwqdServicer
 from awqd.server.tls import server_credentials
 from awqd_client.v1 import awqd_pb2_grpc
@@ -67,14 +71,16 @@ async def _serve(
 
     # Daemon calls that block (LoadModel, UnloadModel, Describe, a benchmark's steps) run here, never on the loop.
     blocking = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
+    streams = StreamLimit(config.max_concurrent_streams)
     server = grpc.aio.server(
-        interceptors=[StatusInterceptor(authorizer, StreamLimit(config.max_concurrent_streams))],
+        interceptors=[StatusInterceptor(authorizer, streams)],
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ],
     )
-    awqd_pb2_grpc.add_AwqdServiceServicer_to_server(AwqdServicer(daemon, EventBridge(loop), blocking), server)
+    servicer = AwqdServicer(daemon, EventBridge(loop), blocking)
+    awqd_pb2_grpc.add_AwqdServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME, *device_services(daemon)):
@@ -84,42 +90,69 @@ async def _serve(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
 
-    try:
-        port = (
-            server.add_secure_port(config.listen, credentials)
-            if credentials
-            else server.add_insecure_port(config.listen)
+    async with contextlib.AsyncExitStack() as resources:
+        frontends = None
+        try:
+            if config.frontend_processes:
+                # The frontends listen on --listen; the engine serves them on Unix sockets in a private directory.
+                run_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="awqd-")))
+                listen, port_holder = reserve_port(config.listen)
+                if port_holder is not None:
+                    resources.callback(port_holder.close)
+                server.add_insecure_port(f"unix:{run_dir / 'engine.sock'}")
+                relay = Relay(servicer, authorizer, streams)
+                relay_server = await asyncio.start_unix_server(relay.connection, path=run_dir / "relay.sock")
+                resources.push_async_callback(_close_server, relay_server)
+                frontends = Frontends(config, relay, listen, run_dir)
+                port = int(listen.rpartition(":")[2])
+            elif credentials:
+                port = server.add_secure_port(config.listen, credentials)
+            else:
+                port = server.add_insecure_port(config.listen)
+        except (RuntimeError, OSError) as error:
+            log.error("bind_failed", listen=config.listen, error=str(error))
+            return 2
+        serve_metrics(config.metrics_listen, daemon)
+        await server.start()
+        if frontends is not None and (error := await frontends.start()) is not None:
+            log.error("bind_failed", listen=config.listen, error=error)
+            await server.stop(0)
+            return 2
+        host = config.listen.rsplit(":", 1)[0]
+        log.info(
+            "listening",
+            address=f"{host}:{port}",
+            port=port,
+            tls="mutual" if config.tls_client_ca else "server" if credentials else "off",
+            auth="tokens" if authorizer.enabled else "off",
+            reflection=config.reflection,
+            max_concurrent_streams=config.max_concurrent_streams,
+            frontend_processes=config.frontend_processes,
         )
-    except RuntimeError as error:
-        log.error("bind_failed", listen=config.listen, error=str(error))
-        return 2
-    serve_metrics(config.metrics_listen, daemon)
-    await server.start()
-    host = config.listen.rsplit(":", 1)[0]
-    log.info(
-        "listening",
-        address=f"{host}:{port}",
-        port=port,
-        tls="mutual" if config.tls_client_ca else "server" if credentials else "off",
-        auth="tokens" if authorizer.enabled else "off",
-        reflection=config.reflection,
-        max_concurrent_streams=config.max_concurrent_streams,
-    )
 
-    # Boot runs on its own thread, which the daemon may leave behind on SIGTERM (see serve).
-    booted = loop.run_in_executor(ThreadPoolExecutor(max_workers=1, thread_name_prefix="boot"), daemon.boot)
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((booted, stopping), return_when=asyncio.FIRST_COMPLETED)
-    if booted.done():
-        await _report_serving(health_servicer, daemon)
-    await stopping
+        # Boot runs on its own thread, which the daemon may leave behind on SIGTERM (see serve).
+        booted = loop.run_in_executor(ThreadPoolExecutor(max_workers=1, thread_name_prefix="boot"), daemon.boot)
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((booted, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if booted.done():
+            await _report_serving(health_servicer, daemon)
+        await stopping
 
-    log.info("draining", grace_period_s=config.grace_period_s)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.grace_period_s)
+        log.info("draining", grace_period_s=config.grace_period_s)
+        await health_servicer.enter_graceful_shutdown()
+        if frontends is not None:
+            # The frontends' calls in flight come through the engine's server and the relay, so both stay up
+            # until the frontends have drained.
+            await frontends.stop(config.grace_period_s)
+        await server.stop(config.grace_period_s)
     blocking.shutdown(wait=False, cancel_futures=True)
     await asyncio.to_thread(daemon.close)  # the loop runs on, so the models' last events still reach the bridge
     return 0
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def _report_serving(health_servicer: health.aio.HealthServicer, daemon: Daemon) -> None:

@@ -152,11 +152,16 @@ def test_bridge_raises_the_error_that_ended_a_job():
 
 STREAMS = 500
 NEW_TOKENS = 4
+CONNECTIONS = 4  # the kernel deals connections, not calls, to frontend processes
 BOUND_S = 150  # two slow cores take ~20 s; the bound is for a hung stream, not for speed
 
 
-def test_500_concurrent_streams_all_complete_or_end_with_a_status(demo_model_dir, awqd_cache_dir, tmp_path):
-    with serving(awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3") as daemon:
+@pytest.mark.parametrize("frontends", [0, 2], ids=["engine-loop", "2-frontend-processes"])
+def test_500_concurrent_streams_all_complete_or_end_with_a_status(demo_model_dir, awqd_cache_dir, tmp_path, frontends):
+    with serving(
+        awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3",
+        "--frontend-processes", str(frontends),
+    ) as daemon:  # fmt: skip
 
         async def one(stub, index: int) -> tuple[str, int, pb.Completion | None]:
             request = pb.GenerateRequest(
@@ -173,9 +178,14 @@ def test_500_concurrent_streams_all_complete_or_end_with_a_status(demo_model_dir
             return "OK", tokens, completion
 
         async def storm() -> list[tuple[str, int, pb.Completion | None]]:
-            async with grpc.aio.insecure_channel(daemon.target) as channel:
-                stub = awqd_pb2_grpc.AwqdServiceStub(channel)
-                return await asyncio.wait_for(asyncio.gather(*(one(stub, i) for i in range(STREAMS))), BOUND_S)
+            channels = [grpc.aio.insecure_channel(daemon.target) for _ in range(CONNECTIONS)]
+            try:
+                stubs = [awqd_pb2_grpc.AwqdServiceStub(channel) for channel in channels]
+                calls = (one(stubs[i % CONNECTIONS], i) for i in range(STREAMS))
+                return await asyncio.wait_for(asyncio.gather(*calls), BOUND_S)
+            finally:
+                for channel in channels:
+                    await channel.close()
 
         started = time.monotonic()
         outcomes = asyncio.run(storm())

@@ -1,0 +1,217 @@
+"""The engine's end of the frontend processes (--frontend-processes): it starts them, restarts one that dies, drains
+them on shutdown, and runs the Generate calls they relay.
+
+Why they exist: every stream of an admission wave finishes in the same decode step, and grpc.aio spends 40-80 µs
+of its loop to end one call, so on one loop the last of 256 streams waits 10-20 ms for the others' endings
+(bench/results/h200-2026-12-02-stream-end-burst). The frontends end calls on their own loops. The engine's loop
+then does little per stream: it serializes each message and appends it to its frontend's next frame.
+
+A relayed Generate gets what a direct one gets from the StatusInterceptor: authorization, the daemon-wide stream
+limit, the status code and retry hint, the `rpc` log line and the request counter. Other calls reach the engine's
+gRPC server on its Unix socket and go through the interceptor itself.
+"""
+
+import asyncio
+import contextlib
+import socket
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+
+from awqd.config import ServeConfig
+from awqd.errors import InvalidArgument
+from awqd.server import SERVICE_NAME
+from awqd.server.auth import Authorizer
+from awqd.server.frames import Outbox, read_batch
+from awqd.server.frontend import FrontendConfig
+from awqd.server.interceptor import log_rpc, retry_hint, status_for
+from awqd.server.limits import StreamLimit
+from awqd.server.servicer import AwqdServicer
+from awqd_client.v1 import awqd_pb2 as pb
+
+log = structlog.get_logger("awqd")
+
+GENERATE = f"/{SERVICE_NAME}/Generate"
+START_TIMEOUT_S = 60.0
+RESTART_DELAY_S = 1.0
+
+
+class Relay:
+    """Serves the relay socket: one connection per frontend process, and the Generate calls on it."""
+
+    def __init__(self, servicer: AwqdServicer, authorizer: Authorizer, streams: StreamLimit):
+        self.servicer = servicer
+        self.authorizer = authorizer
+        self.streams = streams
+        self.outboxes: dict[int, Outbox] = {}  # frontend index -> its connection's outbox
+        self.started: dict[int, asyncio.Future[str | None]] = {}  # frontend index -> None, or why it failed
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        outbox = Outbox(writer)
+        calls: dict[int, asyncio.Task] = {}
+        index = None
+        try:
+            while (batch := await read_batch(reader)) is not None:
+                for record in batch:
+                    kind = record[0]
+                    if kind == "open":
+                        _, call_id, request, metadata, peer = record
+                        task = asyncio.create_task(self._generate(outbox, call_id, request, metadata, peer, index))
+                        calls[call_id] = task
+                        task.add_done_callback(lambda _, call_id=call_id: calls.pop(call_id, None))
+                    elif kind == "cancel":
+                        if (task := calls.get(record[1])) is not None:
+                            task.cancel()
+                    elif kind == "listening":
+                        index = record[1]
+                        self.outboxes[index] = outbox
+                        self._report(index, None)
+                    elif kind == "bind_failed":
+                        self._report(record[1], record[2])
+        finally:
+            for task in list(calls.values()):
+                task.cancel()  # the frontend is gone, and its calls' connections with it
+            if index is not None and self.outboxes.get(index) is outbox:
+                del self.outboxes[index]
+            await outbox.close()
+
+    def _report(self, index: int, error: str | None) -> None:
+        started = self.started.get(index)
+        if started is not None and not started.done():
+            started.set_result(error)
+
+    async def _generate(
+        self, outbox: Outbox, call_id: int, request: bytes, metadata: tuple, peer: str, frontend: int | None
+    ) -> None:
+        started, code, details, trailing = time.perf_counter(), grpc.StatusCode.OK, "", ()
+        call_ended: list = []  # the servicer's callbacks for the end of the call
+        try:
+            self.authorizer.check(GENERATE, metadata)
+            try:
+                parsed = pb.GenerateRequest.FromString(request)
+            except Exception as error:  # protobuf's DecodeError, or another error on some inputs
+                raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
+            with self.streams.slot(GENERATE):
+                async for response in self.servicer.generate(parsed, call_ended.append):
+                    outbox.send(("message", call_id, response.SerializeToString()))
+            # A wave's streams all end in one step. Yield once, so that the frame with every stream's last message
+            # leaves before the ended calls' bookkeeping (log lines, counters) runs.
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the frontend's client cancelled; its call is over, send nothing
+            raise
+        except Exception as error:
+            code, details = status_for(GENERATE, error)
+            trailing = retry_hint(error)
+        finally:
+            for callback in call_ended:
+                callback(None)
+            log_rpc(GENERATE, code, started, peer, frontend=frontend)
+        outbox.send(("end", call_id, code.name, details, trailing))
+
+
+class Frontends:
+    """The frontend processes: each runs awqd.server.frontend on --listen's port."""
+
+    def __init__(self, config: ServeConfig, relay: Relay, listen: str, run_dir: Path):
+        self.config = config
+        self.relay = relay
+        self.listen = listen
+        self.run_dir = run_dir
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self._supervisor: asyncio.Task | None = None
+
+    def frontend_config(self, index: int) -> FrontendConfig:
+        config = self.config
+        return FrontendConfig(
+            index=index,
+            listen=self.listen,
+            relay_path=str(self.run_dir / "relay.sock"),
+            engine_target=f"unix:{self.run_dir / 'engine.sock'}",
+            grace_period_s=config.grace_period_s,
+            max_message_bytes=config.max_message_bytes,
+            tls_cert=str(config.tls_cert) if config.tls_cert else None,
+            tls_key=str(config.tls_key) if config.tls_key else None,
+            tls_client_ca=str(config.tls_client_ca) if config.tls_client_ca else None,
+            log_level=config.log_level,
+            log_format=config.log_format,
+        )
+
+    async def _spawn(self, index: int) -> str | None:
+        """Starts frontend `index`; None once it is listening, else why it is not."""
+        started = self.relay.started[index] = asyncio.get_running_loop().create_future()
+        command = [sys.executable, "-m", "awqd.server.frontend", self.frontend_config(index).to_json()]
+        process = self.processes[index] = await asyncio.create_subprocess_exec(*command)
+        exited = asyncio.ensure_future(process.wait())
+        await asyncio.wait((started, exited), timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            return started.result()
+        if exited.done():
+            return f"exited with code {process.returncode} before it was listening"
+        return f"not listening after {START_TIMEOUT_S:.0f} s"
+
+    async def start(self) -> str | None:
+        """Starts every frontend; None once all listen, else why one does not (the others are stopped)."""
+        count = self.config.frontend_processes
+        errors = await asyncio.gather(*(self._spawn(index) for index in range(count)))
+        failed = [f"frontend {index}: {error}" for index, error in enumerate(errors) if error is not None]
+        if failed:
+            await self.stop(0)
+            return "; ".join(failed)
+        self._supervisor = asyncio.create_task(self._supervise())
+        return None
+
+    async def _supervise(self) -> None:
+        """Restarts a frontend that exits while the daemon serves: its calls have ended, new ones must not fail."""
+        waits = {asyncio.ensure_future(p.wait()): index for index, p in self.processes.items()}
+        while waits:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                index = waits.pop(finished)
+                if self.stopping:
+                    continue
+                log.error("frontend_exited", frontend=index, code=finished.result(), action="restarting")
+                await asyncio.sleep(RESTART_DELAY_S)
+                if self.stopping:
+                    continue
+                if (error := await self._spawn(index)) is not None:
+                    log.error("frontend_restart_failed", frontend=index, error=error)
+                    continue
+                log.info("frontend_restarted", frontend=index, pid=self.processes[index].pid)
+                waits[asyncio.ensure_future(self.processes[index].wait())] = index
+
+    async def stop(self, grace_s: float) -> None:
+        """Drains every frontend (their calls in flight get grace_s), and kills one that outlives it."""
+        self.stopping = True
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()  # SIGTERM: the frontend drains
+        waiting = [process.wait() for process in self.processes.values()]
+        if waiting:
+            _, late = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace_s + 5)
+            if late:
+                for process in self.processes.values():
+                    if process.returncode is None:
+                        log.error("frontend_killed", pid=process.pid, reason="still running after the grace period")
+                        process.kill()
+                await asyncio.wait(late)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+
+
+def reserve_port(listen: str) -> tuple[str, socket.socket | None]:
+    """--listen with its port fixed. For port 0, a port the frontends can share, held by a socket that binds it
+    with SO_REUSEPORT but never listens, so it takes no connections; the caller keeps it until the daemon stops, so
+    a restarted frontend finds its port free."""
+    host, _, port = listen.rpartition(":")
+    if port != "0":
+        return listen, None
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host.strip("[]"), 0))
+    return f"{host}:{holder.getsockname()[1]}", holder

@@ -1,0 +1,248 @@
+"""--frontend-processes: real frontend processes on the daemon's port, relaying to the engine process.
+
+Every call below reaches the daemon through a frontend: with frontends, the engine process does not listen on
+--listen at all. Calls are made on fresh channels (new connections), which the kernel deals to the frontends.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from awqd_client.v1 import awqd_pb2 as pb
+from awqd_client.v1 import awqd_pb2_grpc
+
+from daemon_process import DaemonProcess, serving
+
+DEMO = "awqd-demo"
+PROMPT = "The weather today"  # greedy on the demo model runs to the length limit from this prompt
+LONG = 480  # fits the demo model's 512-token context with the prompt
+TOKEN = "frontend-test-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+FRONTENDS = 2
+
+
+@pytest.fixture(scope="module")
+def daemon(demo_model_dir, awqd_cache_dir, tmp_path_factory):
+    # One KV slot and one queue place, so that a third stream is over capacity and gets the retry hint.
+    with serving(
+        awqd_cache_dir,
+        "--model-root", str(tmp_path_factory.mktemp("models")),
+        "--selection-budget", "3",
+        "--frontend-processes", str(FRONTENDS),
+        "--max-batch-size", "1",
+        "--max-queued-requests", "1",
+        "--metrics-listen", "127.0.0.1:0",
+        "--auth-token", TOKEN,
+    ) as process:  # fmt: skip
+        yield process
+
+
+def frontend_pids(daemon: DaemonProcess) -> set[int]:
+    """The daemon's child processes that run awqd.server.frontend, from /proc."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == daemon.process.pid and b"awqd.server.frontend" in command:
+            pids.add(int(entry.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def streams_in_flight(daemon: DaemonProcess) -> float:
+    port = daemon.events("metrics_listening")[-1]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("awqd_streams_in_flight "):
+                return float(line.split()[1])
+    raise AssertionError("awqd_streams_in_flight is not exported")
+
+
+def generate(target: str, max_new_tokens: int = 8, metadata=AUTH, **fields) -> tuple[list[int], pb.Completion]:
+    """One Generate on a fresh channel: its tokens and its Completion."""
+    with grpc.insecure_channel(target) as channel:
+        request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=max_new_tokens, **fields)
+        tokens, completion = [], None
+        for message in awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request, metadata=metadata, timeout=60):
+            tokens += message.token_ids
+            if message.HasField("completion"):
+                completion = message.completion
+    assert completion is not None, "the stream ended OK without its Completion"
+    return tokens, completion
+
+
+def generate_rpcs(daemon: DaemonProcess, since: int = 0) -> list[dict]:
+    return [e for e in daemon.events("rpc")[since:] if e["method"] == "/awq.v1.AwqdService/Generate"]
+
+
+def test_every_frontend_relays_generate_and_forwards_the_other_calls(daemon):
+    assert len(frontend_pids(daemon)) == FRONTENDS
+    before = len(daemon.events("rpc"))
+    outputs = [generate(daemon.target) for _ in range(16)]  # 16 connections: both frontends get some
+    assert len({tuple(tokens) for tokens, _ in outputs}) == 1, "greedy tokens differ between calls"
+    for tokens, completion in outputs:
+        assert len(tokens) == completion.usage.completion_tokens == 8
+    with grpc.insecure_channel(daemon.target) as channel:
+        described = awqd_pb2_grpc.AwqdServiceStub(channel).Describe(pb.DescribeRequest(), metadata=AUTH, timeout=30)
+    assert [model.name for model in described.models] == [DEMO]
+
+    relayed = generate_rpcs(daemon, before)
+    assert Counter(e["code"] for e in relayed) == {"OK": 16}
+    assert {e["frontend"] for e in relayed} == set(range(FRONTENDS)), "a frontend relayed no call"
+    # Both the relayed and the forwarded calls are logged with the client's address, not the frontend's socket.
+    logged = daemon.events("rpc")[before:]
+    assert any(e["method"] == "/awq.v1.AwqdService/Describe" for e in logged)
+    assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in logged), {e["peer"] for e in logged}
+
+
+def test_statuses_through_a_frontend_are_the_engines(daemon):
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = awqd_pb2_grpc.AwqdServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as missing_token:
+            list(stub.Generate(pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4), timeout=30))
+        assert missing_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization" in missing_token.value.details()
+        with pytest.raises(grpc.RpcError) as forwarded:
+            stub.Describe(pb.DescribeRequest(), timeout=30)  # forwarded, not relayed: the engine's interceptor
+        assert forwarded.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as too_long:
+            request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=100_000)
+            list(stub.Generate(request, metadata=AUTH, timeout=30))
+        assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert too_long.value.details().startswith("max_new_tokens:")
+        with pytest.raises(grpc.RpcError) as unknown:
+            request = pb.GenerateRequest(model="nope", prompt=PROMPT, max_new_tokens=4)
+            list(stub.Generate(request, metadata=AUTH, timeout=30))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_frees_the_slots(daemon):
+    before = len(daemon.events("rpc"))
+    channels = [grpc.insecure_channel(daemon.target) for _ in range(3)]
+    try:
+        stubs = [awqd_pb2_grpc.AwqdServiceStub(channel) for channel in channels]
+        request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=LONG)
+        running = stubs[0].Generate(request, metadata=AUTH, timeout=60)
+        next(running)  # it holds the only slot
+        queued = stubs[1].Generate(request, metadata=AUTH, timeout=60)
+        wait_until(lambda: streams_in_flight(daemon) == 2, 30, "both streams to be in flight")
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stubs[2].Generate(pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4), metadata=AUTH))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        assert "--max-queued-requests 1" in refused.value.details()
+        assert int(dict(refused.value.trailing_metadata() or ())["retry-after-ms"]) >= 50
+        running.cancel()
+        queued.cancel()
+        wait_until(lambda: streams_in_flight(daemon) == 0, 30, "the cancelled streams to give their slots back")
+    finally:
+        for channel in channels:
+            channel.close()
+    codes = Counter(e["code"] for e in generate_rpcs(daemon, before))
+    assert codes == {"CANCELLED": 2, "RESOURCE_EXHAUSTED": 1}, codes
+    tokens, _ = generate(daemon.target)
+    assert len(tokens) == 8
+
+
+def test_a_killed_frontend_is_restarted_and_calls_go_on(daemon):
+    victim = min(frontend_pids(daemon))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: daemon.events("frontend_restarted"), 30, "the frontend to be restarted")
+    (exited,) = daemon.events("frontend_exited")
+    assert exited["code"] == -signal.SIGKILL
+    assert victim not in frontend_pids(daemon) and len(frontend_pids(daemon)) == FRONTENDS
+    outputs = [generate(daemon.target) for _ in range(8)]
+    assert all(len(tokens) == 8 for tokens, _ in outputs)
+    assert streams_in_flight(daemon) == 0
+
+
+def test_sigterm_drains_a_relayed_stream_then_everything_exits(demo_model_dir, awqd_cache_dir, tmp_path):
+    process = DaemonProcess(
+        awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3",
+        "--frontend-processes", "1", "--grace-period", "30",
+    )  # fmt: skip
+    try:
+        process.wait_serving()
+        (frontend,) = frontend_pids(process)
+        with grpc.insecure_channel(process.target) as channel:
+            request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=LONG)
+            stream = awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request, timeout=60)
+            tokens = list(next(stream).token_ids)
+            process.process.send_signal(signal.SIGTERM)
+            for message in stream:  # the stream in flight completes
+                tokens += message.token_ids
+                completion = message.completion if message.HasField("completion") else None
+        assert completion is not None and completion.usage.completion_tokens == len(tokens)
+        assert process.process.wait(timeout=60) == 0
+        wait_until(lambda: not alive(frontend), 10, "the frontend to exit")
+    finally:
+        process.stop()
+
+
+def test_frontends_exit_when_the_engine_process_dies(demo_model_dir, awqd_cache_dir, tmp_path):
+    with serving(
+        awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3", "--frontend-processes", "2"
+    ) as process:  # fmt: skip
+        frontends = frontend_pids(process)
+        assert len(frontends) == 2
+        process.process.kill()
+        process.process.wait(timeout=30)
+        wait_until(lambda: not any(alive(pid) for pid in frontends), 30, "the orphaned frontends to exit")
+
+
+def test_a_port_the_frontends_cannot_bind_is_a_clean_error(tmp_path):
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: no frontend may share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "awqd", "serve", "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path),
+                "--no-demo-model", "--metrics-listen", "off", "--frontend-processes", "2",
+            ],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 2
+    (failed,) = [DaemonProcess.parse(line) for line in result.stderr.splitlines() if "bind_failed" in line]
+    assert "frontend 0" in failed["error"] and "frontend 1" in failed["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_frontends_cannot_share_a_unix_socket(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "awqd", "serve", "--listen", f"unix:{tmp_path}/awqd.sock", "--cache-dir",
+            str(tmp_path), "--frontend-processes", "2",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--frontend-processes" in result.stderr

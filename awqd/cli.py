@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from awqd.config import EngineSettings, ModelSpec, ServeConfig
-from awqd.errors import AwqdError
+from awqd.errors import AwqdError, InvalidArgument
 from awqd.log import configure_logging
 
 app = typer.Typer(help="awqd: serve 4-bit AWQ models over gRPC on the kernels measured fastest for each GPU.")
@@ -121,13 +121,14 @@ def serve(
         ),
     ] = 4096,
     frontend_processes: Annotated[
-        int,
+        str,
         typer.Option(
             envvar="AWQD_FRONTEND_PROCESSES",
             help="processes that accept --listen's connections (sharing its port) and relay Generate streams to the "
-            "engine, so hundreds of calls ending at once do not queue on one loop; 0 serves on the engine's process",
+            "engine, so hundreds of calls ending at once do not queue on one loop; 0 serves on the engine's own "
+            "loop; auto: 2 on a node with a GPU, 0 without",
         ),
-    ] = 0,
+    ] = "auto",
     max_prompt_tokens: Annotated[
         int, typer.Option(envvar="AWQD_MAX_PROMPT_TOKENS", help="longest prompt, in tokens, a request may send")
     ] = 8192,
@@ -247,7 +248,7 @@ def serve(
             reflection=reflection,
             max_message_bytes=max_message_bytes,
             max_concurrent_streams=max_concurrent_streams,
-            frontend_processes=frontend_processes,
+            frontend_processes=frontend_count(frontend_processes),
             max_prompt_tokens=max_prompt_tokens,
             engine=EngineSettings(
                 kv_cache_fraction=kv_cache_fraction,
@@ -267,6 +268,16 @@ def serve(
     except AwqdError as error:
         raise typer.BadParameter(str(error)) from None
     raise typer.Exit(run_server(config))
+
+
+def frontend_count(flag: str) -> int | None:
+    """--frontend-processes: a count, or None for auto (ServeConfig.frontend_count decides once devices are known)."""
+    if flag == "auto":
+        return None
+    try:
+        return int(flag)
+    except ValueError:
+        raise InvalidArgument("--frontend-processes", f"must be a number of processes or auto, got {flag!r}") from None
 
 
 def plugin_specs(flags: list[str] | None) -> list[str]:

@@ -10,6 +10,9 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PREEMPTION_POLICIES = ("swap", "recompute")
 
 
+# Frontend processes by default on a node with a GPU: 2 and 4 gave the same 256-stream throughput and TTFT on an
+# H200 (bench/results/h200-2026-12-04-frontends), and 8 gave no more.
+AUTO_FRONTENDS_WITH_GPU = 2
 PLACE_EVERYWHERE = "all"  # one replica on every GPU (every CPU device on a node without GPUs)
 
 
@@ -107,7 +110,7 @@ class ServeConfig:
     reflection: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_streams: int = 4096  # Generate and Benchmark streams in flight, daemon-wide
-    frontend_processes: int = 0  # processes that end the calls on --listen; 0: the engine's own loop does
+    frontend_processes: int | None = None  # processes that end the calls on --listen; None: by the node's devices
     max_prompt_tokens: int = 8192
     engine: EngineSettings = field(default_factory=EngineSettings)
 
@@ -124,8 +127,8 @@ class ServeConfig:
         ):
             if value < 1:
                 raise InvalidArgument(flag, f"must be at least 1, got {value}")
-        if not 0 <= self.frontend_processes <= 64:
-            raise InvalidArgument("--frontend-processes", f"must be 0-64, got {self.frontend_processes}")
+        if self.frontend_processes is not None and not 0 <= self.frontend_processes <= 64:
+            raise InvalidArgument("--frontend-processes", f"must be 0-64 or auto, got {self.frontend_processes}")
         if self.frontend_processes and self.listen.startswith("unix:"):
             raise InvalidArgument(
                 "--frontend-processes", "frontends share --listen's TCP port; a Unix socket cannot be shared"
@@ -156,3 +159,10 @@ class ServeConfig:
     @property
     def resolved_model_root(self) -> Path:
         return (self.model_root or self.cache_dir / "models").resolve()
+
+    def frontend_count(self, node_has_gpu: bool) -> int:
+        """--frontend-processes, with auto resolved: frontends where a GPU's batches make hundreds of streams end at
+        once (bench/results/h200-2026-12-04-frontends), none on a CPU-only node or a Unix socket."""
+        if self.frontend_processes is not None:
+            return self.frontend_processes
+        return AUTO_FRONTENDS_WITH_GPU if node_has_gpu and not self.listen.startswith("unix:") else 0

@@ -92,8 +92,9 @@ async def _serve(
 
     async with contextlib.AsyncExitStack() as resources:
         frontends = None
+        frontend_count = config.frontend_count(any(device.kind == "cuda" for device in daemon.discovery.devices))
         try:
-            if config.frontend_processes:
+            if frontend_count:
                 # The frontends listen on --listen; the engine serves them on Unix sockets in a private directory.
                 run_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="awqd-")))
                 listen, port_holder = reserve_port(config.listen)
@@ -103,7 +104,7 @@ async def _serve(
                 relay = Relay(servicer, authorizer, streams)
                 relay_server = await asyncio.start_unix_server(relay.connection, path=run_dir / "relay.sock")
                 resources.push_async_callback(_close_server, relay_server)
-                frontends = Frontends(config, relay, listen, run_dir)
+                frontends = Frontends(config, frontend_count, relay, listen, run_dir)
                 port = int(listen.rpartition(":")[2])
             elif credentials:
                 port = server.add_secure_port(config.listen, credentials)
@@ -127,7 +128,7 @@ async def _serve(
             auth="tokens" if authorizer.enabled else "off",
             reflection=config.reflection,
             max_concurrent_streams=config.max_concurrent_streams,
-            frontend_processes=config.frontend_processes,
+            frontend_processes=frontend_count,
         )
 
         # Boot runs on its own thread, which the daemon may leave behind on SIGTERM (see serve).

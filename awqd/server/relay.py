@@ -116,8 +116,9 @@ class Relay:
 class Frontends:
     """The frontend processes: each runs awqd.server.frontend on --listen's port."""
 
-    def __init__(self, config: ServeConfig, relay: Relay, listen: str, run_dir: Path):
+    def __init__(self, config: ServeConfig, count: int, relay: Relay, listen: str, run_dir: Path):
         self.config = config
+        self.count = count
         self.relay = relay
         self.listen = listen
         self.run_dir = run_dir
@@ -156,8 +157,7 @@ class Frontends:
 
     async def start(self) -> str | None:
         """Starts every frontend; None once all listen, else why one does not (the others are stopped)."""
-        count = self.config.frontend_processes
-        errors = await asyncio.gather(*(self._spawn(index) for index in range(count)))
+        errors = await asyncio.gather(*(self._spawn(index) for index in range(self.count)))
         failed = [f"frontend {index}: {error}" for index, error in enumerate(errors) if error is not None]
         if failed:
             await self.stop(0)

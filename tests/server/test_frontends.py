@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from awqd.config import AUTO_FRONTENDS_WITH_GPU, ServeConfig
+from awqd.errors import InvalidArgument
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
@@ -246,3 +248,13 @@ def test_frontends_cannot_share_a_unix_socket(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "--frontend-processes" in result.stderr
+
+
+def test_auto_gives_frontends_to_a_node_with_a_gpu_only():
+    assert ServeConfig().frontend_count(node_has_gpu=True) == AUTO_FRONTENDS_WITH_GPU > 0
+    assert ServeConfig().frontend_count(node_has_gpu=False) == 0
+    assert ServeConfig(listen="unix:/run/awqd.sock").frontend_count(node_has_gpu=True) == 0
+    assert ServeConfig(frontend_processes=0).frontend_count(node_has_gpu=True) == 0
+    assert ServeConfig(frontend_processes=3).frontend_count(node_has_gpu=False) == 3
+    with pytest.raises(InvalidArgument, match="--frontend-processes"):
+        ServeConfig(frontend_processes=65)

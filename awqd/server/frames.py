@@ -19,7 +19,12 @@ import contextlib
 import pickle
 import struct
 
+import structlog
+
 _LENGTH = struct.Struct("!I")
+MAX_UNREAD_BYTES = 64 * 1024 * 1024  # ~64 MB of messages, far more than a step's for thousands of streams
+
+log = structlog.get_logger("awqd")
 
 # The metadata key of a forwarded call's client address. The engine believes it only on its Unix socket.
 PEER_KEY = "x-awqd-peer"
@@ -54,6 +59,11 @@ class Outbox:
             return  # the other end is gone; its reader has seen EOF and ends its calls
         frame = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         self._writer.write(_LENGTH.pack(len(frame)) + frame)
+        if self._writer.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            # The other end stopped reading (a frontend stopped or hung): drop it rather than buffer without bound.
+            # Its reader sees the connection end, and each side ends that connection's calls.
+            log.error("relay_peer_not_reading", unread_bytes=self._writer.transport.get_write_buffer_size())
+            self._writer.transport.abort()
 
     async def close(self) -> None:
         self._flush()

@@ -4,6 +4,7 @@ Every call below reaches the daemon through a frontend: with frontends, the engi
 --listen at all. Calls are made on fresh channels (new connections), which the kernel deals to the frontends.
 """
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ import pytest
 
 from awqd.config import AUTO_FRONTENDS_WITH_GPU, ServeConfig
 from awqd.errors import InvalidArgument
+from awqd.server import frames
+from awqd.server.frames import PEER_KEY
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
@@ -114,7 +117,8 @@ def test_every_frontend_relays_generate_and_forwards_the_other_calls(daemon):
     for tokens, completion in outputs:
         assert len(tokens) == completion.usage.completion_tokens == 8
     with grpc.insecure_channel(daemon.target) as channel:
-        described = awqd_pb2_grpc.AwqdServiceStub(channel).Describe(pb.DescribeRequest(), metadata=AUTH, timeout=30)
+        posing = (*AUTH, (PEER_KEY, "ipv4:192.0.2.1:1"))  # a client naming another peer: the frontend replaces it
+        described = awqd_pb2_grpc.AwqdServiceStub(channel).Describe(pb.DescribeRequest(), metadata=posing, timeout=30)
     assert [model.name for model in described.models] == [DEMO]
 
     relayed = generate_rpcs(daemon, before)
@@ -258,3 +262,27 @@ def test_auto_gives_frontends_to_a_node_with_a_gpu_only():
     assert ServeConfig(frontend_processes=3).frontend_count(node_has_gpu=False) == 3
     with pytest.raises(InvalidArgument, match="--frontend-processes"):
         ServeConfig(frontend_processes=65)
+
+
+def test_frames_carry_records_and_a_reader_that_stops_reading_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(frames, "MAX_UNREAD_BYTES", 1 << 20)
+
+    async def scenario() -> None:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+        server = await asyncio.start_unix_server(lambda r, w: accepted.set_result((r, w)), path=tmp_path / "relay")
+        _, writer = await asyncio.open_unix_connection(tmp_path / "relay")
+        peer_reader, peer_writer = await accepted
+        outbox = frames.Outbox(writer)
+        records = [("open", 1, b"request", (("authorization", "Bearer t"),), "ipv4:127.0.0.1:1"), ("cancel", 1)]
+        for record in records:
+            outbox.send(record)
+        assert await frames.read_batch(peer_reader) == records  # both in one frame
+        for call_id in range(200):  # 12.5 MiB that nobody reads
+            outbox.send(("message", call_id, b"x" * 65536))
+            await asyncio.sleep(0)
+        assert writer.transport.is_closing(), "the outbox kept buffering for a peer that does not read"
+        peer_writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())

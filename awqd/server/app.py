@@ -72,8 +72,9 @@ async def _serve(
     # Daemon calls that block (LoadModel, UnloadModel, Describe, a benchmark's steps) run here, never on the loop.
     blocking = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
     streams = StreamLimit(config.max_concurrent_streams)
+    frontend_count = config.frontend_count(any(device.kind == "cuda" for device in daemon.discovery.devices))
     server = grpc.aio.server(
-        interceptors=[StatusInterceptor(authorizer, streams)],
+        interceptors=[StatusInterceptor(authorizer, streams, frontends=frontend_count > 0)],
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -92,7 +93,6 @@ async def _serve(
 
     async with contextlib.AsyncExitStack() as resources:
         frontends = None
-        frontend_count = config.frontend_count(any(device.kind == "cuda" for device in daemon.discovery.devices))
         try:
             if frontend_count:
                 # The frontends listen on --listen; the engine serves them on Unix sockets in a private directory.

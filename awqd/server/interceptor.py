@@ -25,9 +25,12 @@ log = structlog.get_logger("awqd.rpc")
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps AwqdError to its status code, anything else to INTERNAL, and logs one line per RPC."""
 
-    def __init__(self, authorizer: Authorizer | None = None, streams: StreamLimit | None = None):
+    def __init__(
+        self, authorizer: Authorizer | None = None, streams: StreamLimit | None = None, frontends: bool = False
+    ):
         self.authorizer = authorizer or Authorizer()
         self.streams = streams
+        self.frontends = frontends  # frontend processes forward calls here: believe the peer they name
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -43,9 +46,19 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(unary_stream=wrap(method, behavior))
         return handler
 
+    def _peer(self, context: grpc.aio.ServicerContext) -> str:
+        """The client's address; for a call a frontend process forwarded over the engine's Unix socket, the address
+        the frontend saw. Only that socket's peers are believed, so a TCP client cannot pose as another."""
+        peer = context.peer()
+        if self.frontends and peer.startswith("unix:"):
+            for key, value in context.invocation_metadata() or ():
+                if key == PEER_KEY and isinstance(value, str):
+                    return value
+        return peer
+
     def _wrap_call(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext):
-            started, peer = time.perf_counter(), client_peer(context)  # read while the call is alive (below)
+            started, peer = time.perf_counter(), self._peer(context)  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -66,7 +79,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            started, peer = time.perf_counter(), client_peer(context)  # read while the call is alive (below)
+            started, peer = time.perf_counter(), self._peer(context)  # read while the call is alive (below)
             code = grpc.StatusCode.OK
             try:
                 self.authorizer.check(method, context.invocation_metadata())
@@ -99,17 +112,6 @@ def retry_hint(error: Exception) -> tuple[tuple[str, str], ...]:
     if isinstance(error, RetryLater) and error.retry_after_ms is not None:
         return (("retry-after-ms", str(error.retry_after_ms)),)
     return ()
-
-
-def client_peer(context: grpc.aio.ServicerContext) -> str:
-    """The client's address; for a call a frontend process forwarded over the engine's Unix socket, the address the
-    frontend saw. Only that socket's peers are believed: a TCP client cannot pose as another."""
-    peer = context.peer()
-    if peer.startswith("unix:"):
-        for key, value in context.invocation_metadata() or ():
-            if key == PEER_KEY and isinstance(value, str):
-                return value
-    return peer
 
 
 def status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:

@@ -54,8 +54,7 @@ class FrontendConfig:
 
 
 class Frontend(grpc.GenericRpcHandler):
-    def __init__(self, config: FrontendConfig, outbox: Outbox, engine: grpc.aio.Channel):
-        self.config = config
+    def __init__(self, outbox: Outbox, engine: grpc.aio.Channel):
         self.outbox = outbox
         self.engine = engine
         self.calls: dict[int, asyncio.Queue[Record]] = {}
@@ -125,7 +124,7 @@ async def _serve(config: FrontendConfig) -> int:
         ("grpc.max_receive_message_length", config.max_message_bytes),
     ]
     engine = grpc.aio.insecure_channel(config.engine_target, options=options)
-    frontend = Frontend(config, outbox, engine)
+    frontend = Frontend(outbox, engine)
     server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 1)])
     server.add_generic_rpc_handlers((frontend,))
     try:

@@ -1,10 +1,11 @@
 """The engine's end of the frontend processes (--frontend-processes): it starts them, restarts one that dies, drains
 them on shutdown, and runs the Generate calls they relay.
 
-Why they exist: every stream of an admission wave finishes in the same decode step, and grpc.aio spends 40-80 µs
-of its loop to end one call, so on one loop the last of 256 streams waits 10-20 ms for the others' endings
-(bench/results/h200-2026-12-02-stream-end-burst). The frontends end calls on their own loops. The engine's loop
-then does little per stream: it serializes each message and appends it to its frontend's next frame.
+Why they exist: on one loop, hundreds of calls that arrive together wait to be accepted behind the running calls'
+writes (76-449 ms at 256 streams on H200s), and grpc.aio spends 40-80 µs of that loop to end each call, all of a
+wave's in the same decode step. The frontends accept, write and end calls on their own loops; the engine's loop
+then does little per stream: it serializes each message and appends it to its frontend's next frame
+(bench/results/h200-2026-12-04-frontends).
 
 A relayed Generate gets what a direct one gets from the StatusInterceptor: authorization, the daemon-wide stream
 limit, the status code and retry hint, the `rpc` log line and the request counter. Other calls reach the engine's
@@ -23,10 +24,9 @@ import structlog
 
 from awqd.config import ServeConfig
 from awqd.errors import InvalidArgument
-from awqd.server import SERVICE_NAME
 from awqd.server.auth import Authorizer
 from awqd.server.frames import Outbox, read_batch
-from awqd.server.frontend import FrontendConfig
+from awqd.server.frontend import GENERATE, FrontendConfig
 from awqd.server.interceptor import log_rpc, retry_hint, status_for
 from awqd.server.limits import StreamLimit
 from awqd.server.servicer import AwqdServicer
@@ -34,7 +34,6 @@ from awqd_client.v1 import awqd_pb2 as pb
 
 log = structlog.get_logger("awqd")
 
-GENERATE = f"/{SERVICE_NAME}/Generate"
 START_TIMEOUT_S = 60.0
 RESTART_DELAY_S = 1.0
 
@@ -46,7 +45,6 @@ class Relay:
         self.servicer = servicer
         self.authorizer = authorizer
         self.streams = streams
-        self.outboxes: dict[int, Outbox] = {}  # frontend index -> its connection's outbox
         self.started: dict[int, asyncio.Future[str | None]] = {}  # frontend index -> None, or why it failed
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,15 +65,12 @@ class Relay:
                             task.cancel()
                     elif kind == "listening":
                         index = record[1]
-                        self.outboxes[index] = outbox
                         self._report(index, None)
                     elif kind == "bind_failed":
                         self._report(record[1], record[2])
         finally:
             for task in list(calls.values()):
                 task.cancel()  # the frontend is gone, and its calls' connections with it
-            if index is not None and self.outboxes.get(index) is outbox:
-                del self.outboxes[index]
             await outbox.close()
 
     def _report(self, index: int, error: str | None) -> None:

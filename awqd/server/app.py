@@ -1,8 +1,10 @@
-"""The server's life cycle: bind (TLS or plaintext), serve health, reflection and metrics, boot, drain on SIGTERM."""
+"""The server's life cycle: bind (TLS or plaintext, on this process or its frontend processes), serve health,
+reflection and metrics, boot, drain on SIGTERM."""
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -63,7 +65,8 @@ async def _serve(
     credentials: grpc.ServerCredentials | None,
     authorizer: Authorizer,
 ) -> int:
-    """The gRPC server on this thread's asyncio loop: one loop serves every stream, with no thread per stream."""
+    """The gRPC server on this thread's asyncio loop, with no thread per stream. With frontend processes, it serves
+    them on Unix sockets, and they serve --listen."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -73,6 +76,13 @@ async def _serve(
     blocking = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
     streams = StreamLimit(config.max_concurrent_streams)
     frontend_count = config.frontend_count(any(device.kind == "cuda" for device in daemon.discovery.devices))
+    run_dir = None
+    if frontend_count:
+        try:
+            run_dir = Path(tempfile.mkdtemp(prefix="awqd-"))  # mode 0700: the frontends' sockets
+        except OSError as error:
+            log.warning("frontends_disabled", reason=f"no private directory for their sockets: {error}")
+            frontend_count = 0
     server = grpc.aio.server(
         interceptors=[StatusInterceptor(authorizer, streams, frontends=frontend_count > 0)],
         options=[
@@ -94,9 +104,9 @@ async def _serve(
     async with contextlib.AsyncExitStack() as resources:
         frontends = None
         try:
-            if frontend_count:
+            if run_dir is not None:
                 # The frontends listen on --listen; the engine serves them on Unix sockets in a private directory.
-                run_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="awqd-")))
+                resources.callback(shutil.rmtree, run_dir, ignore_errors=True)
                 listen, port_holder = reserve_port(config.listen)
                 if port_holder is not None:
                     resources.callback(port_holder.close)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from awqd.config import AUTO_FRONTENDS_WITH_GPU, ServeConfig
 from awqd.errors import InvalidArgument
@@ -130,6 +132,16 @@ def test_every_frontend_relays_generate_and_forwards_the_other_calls(daemon):
     assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in logged), {e["peer"] for e in logged}
 
 
+def test_streaming_calls_are_forwarded_both_ways(daemon):
+    # Health's Watch streams from the engine; reflection is a bidirectional stream.
+    with grpc.insecure_channel(daemon.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "awq.v1.AwqdService" in services and "grpc.health.v1.Health" in services
+
+
 def test_statuses_through_a_frontend_are_the_engines(daemon):
     with grpc.insecure_channel(daemon.target) as channel:
         stub = awqd_pb2_grpc.AwqdServiceStub(channel)
@@ -153,6 +165,7 @@ def test_statuses_through_a_frontend_are_the_engines(daemon):
 
 def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_frees_the_slots(daemon):
     before = len(daemon.events("rpc"))
+    finished_before = len(daemon.events("generation_finished"))
     channels = [grpc.insecure_channel(daemon.target) for _ in range(3)]
     try:
         stubs = [awqd_pb2_grpc.AwqdServiceStub(channel) for channel in channels]
@@ -169,6 +182,15 @@ def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_free
         running.cancel()
         queued.cancel()
         wait_until(lambda: streams_in_flight(daemon) == 0, 30, "the cancelled streams to give their slots back")
+        # The engine ends a cancelled job at its next step boundary, after the stream's slot is back.
+        wait_until(
+            lambda: (
+                [e["finish_reason"] for e in daemon.events("generation_finished")[finished_before:]]
+                == ["cancelled", "cancelled"]
+            ),
+            30,
+            "the engine to end both jobs",
+        )
     finally:
         for channel in channels:
             channel.close()

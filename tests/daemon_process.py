@@ -7,12 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 
 class DaemonProcess:
@@ -72,6 +74,17 @@ class DaemonProcess:
                 pass
             time.sleep(0.2)
         raise TimeoutError("awqd did not become SERVING:\n" + "\n".join(self.log_lines[-50:]))
+
+    def streams_in_flight(self) -> float:
+        """awqd_streams_in_flight from the daemon's /metrics (it must run with --metrics-listen 127.0.0.1:0)."""
+        port = self.events("metrics_listening")[-1]["port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "awqd_streams_in_flight":
+                    return sample.value
+        raise AssertionError("awqd_streams_in_flight is not exported")
 
     def terminate(self, timeout: float) -> int:
         self.process.send_signal(signal.SIGTERM)

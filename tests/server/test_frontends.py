@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -83,15 +82,6 @@ def wait_until(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def streams_in_flight(daemon: DaemonProcess) -> float:
-    port = daemon.events("metrics_listening")[-1]["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("awqd_streams_in_flight "):
-                return float(line.split()[1])
-    raise AssertionError("awqd_streams_in_flight is not exported")
 
 
 def generate(target: str, max_new_tokens: int = 8, metadata=AUTH, **fields) -> tuple[list[int], pb.Completion]:
@@ -173,7 +163,7 @@ def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_free
         running = stubs[0].Generate(request, metadata=AUTH, timeout=60)
         next(running)  # it holds the only slot
         queued = stubs[1].Generate(request, metadata=AUTH, timeout=60)
-        wait_until(lambda: streams_in_flight(daemon) == 2, 30, "both streams to be in flight")
+        wait_until(lambda: daemon.streams_in_flight() == 2, 30, "both streams to be in flight")
         with pytest.raises(grpc.RpcError) as refused:
             list(stubs[2].Generate(pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4), metadata=AUTH))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
@@ -181,7 +171,7 @@ def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_free
         assert int(dict(refused.value.trailing_metadata() or ())["retry-after-ms"]) >= 50
         running.cancel()
         queued.cancel()
-        wait_until(lambda: streams_in_flight(daemon) == 0, 30, "the cancelled streams to give their slots back")
+        wait_until(lambda: daemon.streams_in_flight() == 0, 30, "the cancelled streams to give their slots back")
         # The engine ends a cancelled job at its next step boundary, after the stream's slot is back.
         wait_until(
             lambda: (
@@ -209,7 +199,7 @@ def test_a_killed_frontend_is_restarted_and_calls_go_on(daemon):
     assert victim not in frontend_pids(daemon) and len(frontend_pids(daemon)) == FRONTENDS
     outputs = [generate(daemon.target) for _ in range(8)]
     assert all(len(tokens) == 8 for tokens, _ in outputs)
-    assert streams_in_flight(daemon) == 0
+    assert daemon.streams_in_flight() == 0
 
 
 def test_sigterm_drains_a_relayed_stream_then_everything_exits(demo_model_dir, awqd_cache_dir, tmp_path):

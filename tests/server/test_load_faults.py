@@ -9,7 +9,6 @@ import shutil
 import statistics
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -18,7 +17,6 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
 from awqd.kernels.capability import FAMILIES
 from awqd.kernels.registry import candidate_names
@@ -89,18 +87,6 @@ def assert_complete(result: StreamResult, max_new_tokens: int) -> None:
     assert result.completion is not None, "stream ended without a Completion"
     assert result.completion.finish_reason == pb.FINISH_REASON_LENGTH
     assert result.completion.usage.completion_tokens == len(result.token_ids) == max_new_tokens
-
-
-def streams_in_flight(daemon: DaemonProcess) -> float:
-    port = daemon.events("metrics_listening")[-1]["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return next(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "awqd_streams_in_flight"
-    )
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -213,7 +199,7 @@ def test_over_capacity_is_refused_at_once_with_a_retry_hint_then_recovers(demo_m
             next(held[0])  # the only slot is taken: the second stream waits in the model's queue
             held_open = threading.Thread(target=next, args=(held[1],), daemon=True)
             held_open.start()
-            wait_until(lambda: streams_in_flight(daemon) == 2, 10, "both streams to be in flight")
+            wait_until(lambda: daemon.streams_in_flight() == 2, 10, "both streams to be in flight")
             with grpc.insecure_channel(daemon.target) as channel, pytest.raises(grpc.RpcError) as refused:
                 request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=4)
                 list(awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request, timeout=10))
@@ -222,12 +208,12 @@ def test_over_capacity_is_refused_at_once_with_a_retry_hint_then_recovers(demo_m
             assert "retry after about" in refused.value.details()
             retry_after = dict(refused.value.trailing_metadata() or ())["retry-after-ms"]
             assert int(retry_after) >= 50
-            assert streams_in_flight(daemon) == 2, "the refused call must not take or leak a slot"
+            assert daemon.streams_in_flight() == 2, "the refused call must not take or leak a slot"
             held_open.join(timeout=JOIN_TIMEOUT)  # the second stream's first token: the first one has finished
             assert not held_open.is_alive()
             for stream in held:
                 stream.close()
-        wait_until(lambda: streams_in_flight(daemon) == 0, 30, "the cancelled streams to give their slots back")
+        wait_until(lambda: daemon.streams_in_flight() == 0, 30, "the cancelled streams to give their slots back")
         fresh = StreamResult()
         with AwqdClient(daemon.target, timeout=30) as own:
             consume(own, fresh, 4)
@@ -305,7 +291,7 @@ def test_sigterm_drains_in_flight_streams_refuses_new_ones_and_exits_zero(demo_m
                 consume(own, results[slot], 400)
 
         threads = start_threads(client, streams)
-        wait_until(lambda: streams_in_flight(daemon) == streams, 30, "every stream to be in flight")
+        wait_until(lambda: daemon.streams_in_flight() == streams, 30, "every stream to be in flight")
         daemon.process.terminate()  # SIGTERM
         wait_until(lambda: daemon.events("draining"), 10, "the daemon to start draining")
         time.sleep(0.2)  # "draining" is logged just before the server stops taking calls

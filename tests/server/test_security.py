@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -364,15 +363,6 @@ def limited_daemon(demo_model_dir, awqd_cache_dir):
         yield daemon
 
 
-def streams_in_flight(daemon: DaemonProcess) -> float:
-    port = daemon.events("metrics_listening")[-1]["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("awqd_streams_in_flight "):
-                return float(line.split()[1])
-    raise AssertionError("awqd_streams_in_flight is not exported")
-
-
 def test_streams_over_the_limit_get_resource_exhausted(limited_daemon):
     request = pb.GenerateRequest(model=DEMO, prompt="The weather today", max_new_tokens=400)
     with (
@@ -382,7 +372,7 @@ def test_streams_over_the_limit_get_resource_exhausted(limited_daemon):
         # The model runs one generation at a time: the first stream runs, the others wait behind it.
         held = [awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request) for _ in range(MAX_STREAMS)]
         deadline = time.monotonic() + 30
-        while streams_in_flight(limited_daemon) < MAX_STREAMS:
+        while limited_daemon.streams_in_flight() < MAX_STREAMS:
             assert time.monotonic() < deadline, "the held streams never reached the daemon"
             time.sleep(0.02)
 
@@ -394,7 +384,7 @@ def test_streams_over_the_limit_get_resource_exhausted(limited_daemon):
         for call in held:
             call.cancel()  # capacity must come back, also from the stream that was still queued
         deadline = time.monotonic() + 60
-        while streams_in_flight(limited_daemon) > 0:
+        while limited_daemon.streams_in_flight() > 0:
             assert time.monotonic() < deadline, "cancelled streams kept their slots"
             time.sleep(0.05)
         messages = list(client.generate(DEMO, "hello", max_new_tokens=2))

@@ -182,20 +182,20 @@ class Frontends:
     async def stop(self, grace_s: float) -> None:
         """Drains every frontend (their calls in flight get grace_s), and kills one that outlives it."""
         self.stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()  # first, so that no restart starts a process after the ones stopped below
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()  # SIGTERM: the frontend drains
-        waiting = [process.wait() for process in self.processes.values()]
+        waiting = [asyncio.ensure_future(process.wait()) for process in self.processes.values()]
         if waiting:
-            _, late = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace_s + 5)
+            _, late = await asyncio.wait(waiting, timeout=grace_s + 5)
             if late:
                 for process in self.processes.values():
                     if process.returncode is None:
                         log.error("frontend_killed", pid=process.pid, reason="still running after the grace period")
                         process.kill()
                 await asyncio.wait(late)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
 
 
 def reserve_port(listen: str) -> tuple[str, socket.socket | None]:

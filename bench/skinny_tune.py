@@ -1,9 +1,11 @@
 """Sweep of awqd's skinny W4A16 kernel (awqd/kernels/triton/skinny.py) on one GPU, against the baselines.
 
 Run on the GPU machine from the repository root:
-    PYTHONPATH=.:clients/python/src python3 bench/skinny_tune.py OUT_DIR [--quick]
-For the fused Llama-2-7B decoder-layer shapes (qkv, o, gate_up, down; g128 with zero point) at 1..128 tokens it
-times every tile of the sweep space (--quick: the boot-time tuning space and the default only), checks each
+    PYTHONPATH=.:clients/python/src python3 bench/skinny_tune.py OUT_DIR [--space quick|full|scale-first]
+        [--batches 1,2,4]
+For the fused Llama-2-7B decoder-layer shapes (qkv, o, gate_up, down; g128 with zero point) at 1..128 tokens (or
+--batches) it times every tile of the sweep space (quick: the boot-time tuning space and the default only;
+scale-first: those and the scale-first tiles of SCALE_FIRST_TILES, from 16 tokens), checks each
 winner against the float32 reference (awqd.quant.reference), and times in the same run fp16 cuBLAS, awqd's GEMV
 and GEMM (their boot-time tuning spaces and defaults) and torch's tinygemm. Every timing is CUDA-graph replay over
 enough weight copies to stream past L2 (awqd.kernels.measure.time_passes). Compilation runs first, in parallel
@@ -12,7 +14,7 @@ Writes OUT_DIR/skinny-tune.json (per shape and batch: every kernel's best, the s
 OUT_DIR/skinny-tune.md (ms per decoder layer, the 4 shapes summed, per batch), and prints the table.
 
 CPU smoke test of the script itself (tiny shapes, the Triton interpreter, no tinygemm):
-    TRITON_INTERPRET=1 PYTHONPATH=.:clients/python/src python3 bench/skinny_tune.py /tmp/skinny --quick
+    TRITON_INTERPRET=1 PYTHONPATH=.:clients/python/src python3 bench/skinny_tune.py /tmp/skinny --space quick
 """
 
 import argparse
@@ -62,17 +64,39 @@ COMPILE_BUDGET_S = 90
 # About 300 distinct compilations over all batches: bounded so that compiling stays within COMPILE_BUDGET_S.
 SWEEP_TILES = ((64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (256, 64, 8), (256, 128, 8))
 SWEEP_PIPELINES = ((True, 3), (True, 5), (False, 2))
+# Scale-first tiles (SkinnyConfig.scale_first): (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), split-K by shape. Tiles
+# of more tokens than the batch are left out.
+SCALE_FIRST_TILES = (
+    (64, 128, 128, 4, 3),
+    (64, 128, 128, 4, 4),
+    (64, 256, 64, 8, 3),
+    (128, 64, 128, 4, 3),
+    (128, 128, 64, 4, 4),
+    (128, 128, 128, 8, 3),
+    (128, 128, 64, 8, 4),
+    (128, 256, 64, 8, 3),
+    (256, 64, 64, 4, 3),
+    (256, 128, 64, 8, 3),
+)
+SCALE_FIRST_MIN_BATCH = 16
+SPACES = ("quick", "full", "scale-first")
 
 
 def shape_only(out_features: int, in_features: int) -> AwqdW4:
     return AwqdW4(None, None, None, in_features, out_features, GROUP_SIZE)
 
 
-def skinny_space(batch: int, shape: tuple[int, int], device: torch.device, quick: bool) -> list[skinny.SkinnyConfig]:
+def skinny_space(batch: int, shape: tuple[int, int], device: torch.device, space: str) -> list[skinny.SkinnyConfig]:
     """Concrete (resolved) tiles to time, the boot-time tuning space first: split-K made explicit, no duplicates."""
     packed = shape_only(*shape)
     configs = [skinny.default_tile(batch), *skinny.tuning_space(batch)]
-    if not quick:
+    if space == "scale-first" and batch >= SCALE_FIRST_MIN_BATCH:
+        configs += [
+            skinny.SkinnyConfig(block_m, block_n, block_k, 0, warps, stages, scale_first=True)
+            for block_m, block_n, block_k, warps, stages in SCALE_FIRST_TILES
+            if block_m <= max(64, batch)
+        ]
+    if space == "full":
         block_m = skinny.block_m_for(batch)
         for (block_n, block_k, warps), (tma, stages) in itertools.product(SWEEP_TILES, SWEEP_PIPELINES):
             auto = skinny.skinny_split_k(batch, packed, block_m, block_n, min(block_k, GROUP_SIZE), device)
@@ -93,10 +117,10 @@ def gemv_space(batch: int) -> list[gemv.GemvConfig | None]:
 LAUNCHES: dict[str, Callable] = {"skinny": skinny.skinny, "gemm": gemm.gemm, "gemv": gemv.gemv}
 
 
-def jobs(shapes: dict, batches: tuple, device: torch.device, quick: bool) -> list[tuple[str, int, tuple, object]]:
+def jobs(shapes: dict, batches: tuple, device: torch.device, space: str) -> list[tuple[str, int, tuple, object]]:
     work = []
     for batch, shape in itertools.product(batches, shapes.values()):
-        work += [("skinny", batch, shape, config) for config in skinny_space(batch, shape, device, quick)]
+        work += [("skinny", batch, shape, config) for config in skinny_space(batch, shape, device, space)]
         work += [("gemm", batch, shape, config) for config in gemm_space(batch)]
         work += [("gemv", batch, shape, config) for config in gemv_space(batch)]
     return work
@@ -112,7 +136,7 @@ def compile_key(kernel: str, batch: int, shape: tuple[int, int], config, device:
     return f"{kernel} {config} {batch == 1} {batch % 16 == 0}"
 
 
-def compile_worker(index: int, workers: int, quick: bool) -> None:
+def compile_worker(index: int, workers: int, space: str, batches: tuple[int, ...]) -> None:
     """Compiles (by running once) the jobs whose key hashes to this worker; Triton's cache carries them over."""
     device = torch.device("cuda")
     generator = torch.Generator(device=device).manual_seed(index)
@@ -120,8 +144,8 @@ def compile_worker(index: int, workers: int, quick: bool) -> None:
         shape: pack_awqd_w4(random_weight(*shape, GROUP_SIZE, device, generator, bias=False), device)
         for shape in GPU_SHAPES.values()
     }
-    work = [(torch.float16, *job) for job in jobs(GPU_SHAPES, GPU_BATCHES, device, quick)]
-    work += [(torch.bfloat16, "skinny", b, shape, None) for b in GPU_BATCHES for shape in GPU_SHAPES.values()]
+    work = [(torch.float16, *job) for job in jobs(GPU_SHAPES, batches, device, space)]
+    work += [(torch.bfloat16, "skinny", b, shape, None) for b in batches for shape in GPU_SHAPES.values()]
     seen = set()
     with served_counters(device):  # the merging variants compile only where counters are held
         for dtype, kernel, batch, shape, config in work:
@@ -134,10 +158,10 @@ def compile_worker(index: int, workers: int, quick: bool) -> None:
         torch.cuda.synchronize()
 
 
-def precompile(workers: int, quick: bool) -> float:
+def precompile(workers: int, space: str, batches: tuple[int, ...]) -> float:
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=compile_worker, args=(i, workers, quick)) for i in range(workers)]
+    processes = [context.Process(target=compile_worker, args=(i, workers, space, batches)) for i in range(workers)]
     for process in processes:
         process.start()
     for process in processes:
@@ -220,7 +244,7 @@ def sweep_kernel(
     }, {config: ms for ms, config in timings}
 
 
-def measure_row(name: str, batch: int, shape: tuple, layer: ShapeWeights, device: torch.device, quick: bool) -> dict:
+def measure_row(name: str, batch: int, shape: tuple, layer: ShapeWeights, device: torch.device, space: str) -> dict:
     x = torch.randn(batch, shape[1], device=device, dtype=torch.float16)
     row: dict = {"shape": name, "out_in": list(shape), "batch": batch}
     row["fp16_cublas_ms"] = median_ms("cublas", [partial(F.linear, x, d) for d in layer.dense], device)
@@ -229,12 +253,22 @@ def measure_row(name: str, batch: int, shape: tuple, layer: ShapeWeights, device
         row["tinygemm_ms"] = median_ms("tinygemm", [partial(tinygemm.forward, x, p) for p in layer.tinygemm], device)
     else:
         row["tinygemm_error"] = layer.tinygemm
-    row["skinny"], skinny_ms = sweep_kernel("skinny", skinny_space(batch, shape, device, quick), x, layer, device)
+    row["skinny"], skinny_ms = sweep_kernel("skinny", skinny_space(batch, shape, device, space), x, layer, device)
     default = skinny.resolve(skinny.default_tile(batch), batch, shape_only(*shape), device)
     row["skinny_default_ms"] = skinny_ms.get(default)
     row["skinny_default_reduce_ms"] = skinny_ms.get(dataclasses.replace(default, merge=False))
-    tuned = [skinny_ms[config] for config in skinny_space(batch, shape, device, quick=True) if config in skinny_ms]
+    tuned = [skinny_ms[config] for config in skinny_space(batch, shape, device, "quick") if config in skinny_ms]
     row["skinny_tuning_space_best_ms"] = min(tuned, default=None)
+    scale_first = [(ms, config) for config, ms in skinny_ms.items() if config.scale_first]
+    if scale_first:
+        ms, config = min(scale_first, key=lambda timed: timed[0])
+        errors = {dtype: check("skinny", config, x.to(dtype), layer) for dtype in TOLERANCES}
+        row["skinny_scale_first"] = {
+            "best_ms": ms,
+            "best": dataclasses.asdict(config),
+            **{f"relative_error_{str(dtype)[6:]}": error for dtype, error in errors.items()},
+            "correct": all(error <= TOLERANCES[dtype] for dtype, error in errors.items()),
+        }
     row["skinny_bf16_default_error"] = check("skinny", None, x.to(torch.bfloat16), layer)
     row["skinny_bf16_default_correct"] = row["skinny_bf16_default_error"] <= TOLERANCES[torch.bfloat16]
     row["gemm"], _ = sweep_kernel("gemm", gemm_space(batch), x, layer, device)
@@ -256,6 +290,7 @@ COLUMNS = (
     ("skinny default, split-K reduce launch", "skinny_default_reduce_ms"),
     ("skinny default", "skinny_default_ms"),
     ("skinny tuned (boot space)", "skinny_tuning_space_best_ms"),
+    ("skinny scale-first best", "skinny_scale_first"),
     ("skinny best (sweep)", "skinny"),
 )
 
@@ -284,7 +319,10 @@ def layer_table(rows: list[dict], shapes: dict, batches: tuple, copy_gbps: float
         best = entry["skinny"]
         entry["skinny_gbps"] = layer_bytes / (best * 1e-3) / 1e9 if best else None
         entry["all_correct"] = all(
-            row["skinny"].get("correct") and row["skinny_bf16_default_correct"] for row in by_shape.values()
+            row["skinny"].get("correct")
+            and row["skinny_bf16_default_correct"]
+            and row.get("skinny_scale_first", {}).get("correct", True)
+            for row in by_shape.values()
         )
         summary.append(entry)
         cells = [f"{entry[key]:.4f}" if entry[key] is not None else "-" for _, key in COLUMNS]
@@ -298,16 +336,18 @@ def layer_table(rows: list[dict], shapes: dict, batches: tuple, copy_gbps: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--quick", action="store_true", help="time the boot-time tuning space and default only")
+    parser.add_argument("--space", choices=SPACES, default="full", help="which tiles to time (see above)")
+    parser.add_argument("--batches", type=lambda text: tuple(int(b) for b in text.split(",")), default=None)
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     on_gpu = torch.cuda.is_available() and not interpreting()
     device = torch.device("cuda" if on_gpu else "cpu")
     shapes, batches = (GPU_SHAPES, GPU_BATCHES) if on_gpu else (SMOKE_SHAPES, SMOKE_BATCHES)
+    batches = args.batches or batches
     import triton
 
-    compile_s = precompile(min(16, os.cpu_count() or 4), args.quick) if on_gpu else 0.0
+    compile_s = precompile(min(16, os.cpu_count() or 4), args.space, batches) if on_gpu else 0.0
     print(f"compiled in {compile_s:.0f} s", flush=True)
     copy_gbps = measure_copy_bandwidth_gbps(device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -318,20 +358,20 @@ def main() -> None:
             print(f"deadline: {batch} tokens and up not timed", flush=True)
             break
         for name, shape in shapes.items():
-            row = measure_row(name, batch, shape, layers[name], device, args.quick)
+            row = measure_row(name, batch, shape, layers[name], device, args.space)
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary, table = layer_table(rows, shapes, batches, copy_gbps)
     header = torch.cuda.get_device_name(device) if on_gpu else "CPU (Triton interpreter)"
     header += f", torch {torch.__version__}"
-    header += f", triton {triton.__version__}, {'quick' if args.quick else 'full'} sweep"
+    header += f", triton {triton.__version__}, {args.space} sweep"
     print(f"\n{header}\n\n{table}", flush=True)
     report = {
         "device": header,
         "copy_bandwidth_gbps": copy_gbps,
         "compile_s": compile_s,
         "wall_s": time.monotonic() - started,
-        "quick": args.quick,
+        "space": args.space,
         "per_shape": rows,
         "decoder_layer": summary,
     }

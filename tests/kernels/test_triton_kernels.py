@@ -93,6 +93,9 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
             ((128, 512), 32, 5, SkinnyConfig(16, 256, 32, 3, 8, 2, tma=False)),
             ((64, 128), 128, 40, SkinnyConfig(16, 128, 128, 3, 4, 2)),  # one K step: two empty slices
             ((64, 128), 64, 2, SkinnyConfig(16, 64, 64, 4, 4, 2, tma=False)),
+            # scale-first: the dequantized tile into one chained accumulator, with TMA and pointer loads
+            ((96, 256), 32, 70, SkinnyConfig(64, 64, 32, 3, 4, 3, scale_first=True)),
+            ((128, 512), 64, 17, SkinnyConfig(32, 128, 64, 1, 4, 2, tma=False, scale_first=True)),
         ]
     from awqd.kernels.triton.gemm import GemmConfig
 

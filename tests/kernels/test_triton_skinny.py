@@ -1,6 +1,7 @@
 """The skinny kernel's launch choices and its sm_90 operand path (awqd/kernels/triton/skinny.py); its numerics are
 in test_triton_kernels.py."""
 
+import dataclasses
 import re
 
 import pytest
@@ -56,6 +57,15 @@ def test_tuning_space_covers_the_skinny_buckets_only():
     assert {config.block_m for config in skinny.tuning_space(33)} == {64}
 
 
+def test_scale_first_tiles_compete_from_128_tokens_within_their_bucket():
+    for bucket in (1, 16, 64):
+        assert not any(config.scale_first for config in skinny.tuning_space(bucket))
+    for bucket in (128, 256, skinny.SKINNY_MAX_ROWS):
+        chained = [config for config in skinny.tuning_space(bucket) if config.scale_first]
+        assert chained and all(config.block_m <= bucket for config in chained)
+    assert not skinny.default_tile(skinny.SKINNY_MAX_ROWS).scale_first
+
+
 def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
     """The TMA kernel compiled for sm_90 (Triton compiles for a named target without a GPU), as Triton GPU IR;
     split, it merges the partials in-kernel where the tile does, as when split counters are held."""
@@ -83,6 +93,7 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
         "USE_ASM": True,
         "DOT_IN_FP32": False,
         "MERGE": split_k > 1 and config.merge,
+        "SCALE_FIRST": config.scale_first,
     }
     signature = {**tensors, **dict.fromkeys(constants, "constexpr")}
     attrs = {(kernel.arg_names.index("K_WORDS"),): [["tt.divisibility", 16]]}
@@ -103,6 +114,18 @@ def test_the_unpacked_weights_reach_the_mma_without_shared_memory(monkeypatch, r
     assert re.search(rf"ttng.warp_group_dot %\S+, .*: {operand}", ir)
     stored = re.findall(r"ttg.local_alloc %\S+ : \(tensor<([0-9x]+)x", ir)
     assert stored == [f"{config.block_m}x{config.block_k}"]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_scale_first_mmas_run_behind_the_next_unpack(monkeypatch, dtype):
+    """scale_first's point: with one accumulator chained through the MMAs, the loop waits for all but the last
+    wgmma issued (pendings 1), where the scaled-per-step form waits for every one (pendings 0)."""
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    chained = skinny.SkinnyConfig(128, 64, 128, 1, 4, 3, scale_first=True)
+    in_loop = re.findall(r"warp_group_dot_wait .*pendings = (\d+)", sm90_ttgir(chained, dtype, 1))
+    assert in_loop[:-1] and set(in_loop[:-1]) == {"1"}  # the last one, after the loop, drains it
+    scaled = dataclasses.replace(chained, scale_first=False)
+    assert set(re.findall(r"warp_group_dot_wait .*pendings = (\d+)", sm90_ttgir(scaled, dtype, 1))) == {"0"}
 
 
 def test_split_k_is_merged_in_kernel_only_where_it_won():

@@ -60,9 +60,14 @@ class SkinnyConfig:
     num_stages: int
     tma: bool = True
     merge: bool = False  # split-K partials added by the tile's last slice where the launch has split counters
+    # The scale goes into the weight tile before the MMA, so the MMAs chain on one accumulator and Triton runs each
+    # one behind the next step's unpack (sm_90: async wgmma, one pending). Such tiles keep the plain K order: the
+    # reordered activation tile would be rewritten to shared memory every step, which waits for the MMA reading it.
+    scale_first: bool = False
 
 
-SKINNY_MAX_ROWS = 128  # the regime it is built and tuned for; above it, it runs its default tile untuned
+SKINNY_MAX_ROWS = 512  # the largest bucket it is tuned for; above it, it runs its default tile untuned
+SCALE_FIRST_MIN_ROWS = 128
 PROGRAMS_PER_SM = 2  # the default tiles' registers and shared memory let two or three programs share an SM
 MAX_SPLIT_K = 16
 MIN_STEPS_PER_SLICE = 2  # a K slice shorter than this is all pipeline prologue
@@ -112,7 +117,21 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
             SkinnyConfig(block_m, 128, 128, 1, 4, 3),
         )
     reduced = (dataclasses.replace(default, merge=False),) if merge else ()
-    return (default, *others, *reduced, pointers)
+    return (default, *others, *reduced, *scale_first_tiles(bucket), pointers)
+
+
+def scale_first_tiles(bucket: int) -> tuple[SkinnyConfig, ...]:
+    """The scale-first tiles that won a linear in an H200 sweep at 128-512 tokens: qkv, gate_up and down at 512,
+    two or three of the four at 128 and 256 (bench/results/h200-2026-12-04-scale-first). Below 128 none won."""
+    if bucket < SCALE_FIRST_MIN_ROWS:
+        return ()
+    both = (
+        SkinnyConfig(128, 64, 128, 0, 4, 3, scale_first=True),
+        SkinnyConfig(128, 128, 64, 0, 8, 4, scale_first=True),
+    )
+    if bucket <= 128:
+        return (*both, SkinnyConfig(64, 128, 128, 0, 4, 3, scale_first=True))
+    return (*both, SkinnyConfig(256, 64, 64, 0, 4, 3, scale_first=True))
 
 
 @functools.cache
@@ -170,6 +189,23 @@ def fragment_order(t, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
 
 
 @triton.jit
+def tile_values(q_plus_1024, zero_plus_1024, scale, dtype: tl.constexpr, SCALE_FIRST: tl.constexpr):
+    """One nibble slot of the MMA's weight operand: the integers q - z (-15..15, exact in fp16 and bf16), or with
+    SCALE_FIRST the dequantized (q - z) * s, rounded once in fp16."""
+    if SCALE_FIRST:
+        return ((q_plus_1024 - zero_plus_1024) * scale).to(dtype)
+    return (q_plus_1024 - zero_plus_1024).to(dtype)
+
+
+@triton.jit
+def mma(weights, x, acc, DOT_IN_FP32: tl.constexpr):
+    """acc + weights @ x.T on the tensor cores (in fp32 under the interpreter's bf16, see dot_in_fp32)."""
+    if DOT_IN_FP32:
+        return tl.dot(weights, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
+    return tl.dot(weights, tl.trans(x), acc)
+
+
+@triton.jit
 def awqd_w4_skinny_kernel(
     x_src,  # a [M, K] tensor descriptor (USE_TMA) or pointer
     w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
@@ -194,6 +230,7 @@ def awqd_w4_skinny_kernel(
     USE_ASM: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     MERGE: tl.constexpr,
+    SCALE_FIRST: tl.constexpr,
 ):
     tl.static_assert(GROUP_SIZE % BLOCK_K == 0, "a K step must stay within one quantization group")
     pid_m, pid_n, pid_k, k_start, k_end = program_tile(M, K, BLOCK_M, BLOCK_K, SPLIT_K)
@@ -236,27 +273,27 @@ def awqd_w4_skinny_kernel(
 
         scale, zero_plus_1024 = split_scale_zero(sz)  # [BLOCK_N] each: this step's one group per row
         z = zero_plus_1024[:, None]
+        s = scale[:, None]
         q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
-        q_minus_z = join_words(
-            (q0 - z).to(operand_dtype),
-            (q1 - z).to(operand_dtype),
-            (q2 - z).to(operand_dtype),
-            (q3 - z).to(operand_dtype),
-            (q4 - z).to(operand_dtype),
-            (q5 - z).to(operand_dtype),
-            (q6 - z).to(operand_dtype),
-            (q7 - z).to(operand_dtype),
+        weights = join_words(
+            tile_values(q0, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q1, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q2, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q3, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q4, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q5, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q6, z, s, operand_dtype, SCALE_FIRST),
+            tile_values(q7, z, s, operand_dtype, SCALE_FIRST),
             BLOCK_N,
             BLOCK_K,
-        )  # [BLOCK_N, BLOCK_K]: integers -15..15, exact in fp16 and bf16
-        if USE_TMA:
-            q_minus_z = fragment_order(q_minus_z, BLOCK_N, BLOCK_K)
+        )  # [BLOCK_N, BLOCK_K]
+        if USE_TMA and not SCALE_FIRST:
+            weights = fragment_order(weights, BLOCK_N, BLOCK_K)
             x = fragment_order(x, BLOCK_M, BLOCK_K)
-        if DOT_IN_FP32:
-            step = tl.dot(q_minus_z, tl.trans(x.to(tl.float32)), input_precision="ieee")
-        else:
-            step = tl.dot(q_minus_z, tl.trans(x))
-        acc += step * scale.to(tl.float32)[:, None]
+        if SCALE_FIRST:  # the accumulator chains through the MMAs, which can then run behind the next unpack
+            acc = mma(weights, x, acc, DOT_IN_FP32)
+        else:  # each step's exact integer product, scaled in fp32: one rounding fewer, but the MMA is waited on
+            acc += mma(weights, x, tl.zeros_like(acc), DOT_IN_FP32) * scale.to(tl.float32)[:, None]
 
     store_transposed(target_ptr, bias_ptr, acc, m, n, m_mask, n_mask, M, N, pid_k, SPLIT_K, HAS_BIAS)
     if MERGE:
@@ -314,6 +351,7 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
         USE_ASM=not interpreting(),
         DOT_IN_FP32=dot_in_fp32(x.dtype),
         MERGE=counters is not None,
+        SCALE_FIRST=config.scale_first,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

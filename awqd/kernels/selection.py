@@ -84,6 +84,7 @@ class CandidateReport:
     correctness: CorrectnessCheck | None = None
     graph_replay: GraphReplayCheck | None = None  # CUDA only: the served mode of the decode buckets
     rejected: str = ""  # passed its checks, then crashed or measured the impossible while being timed
+    wrong_at: dict[int, str] = field(default_factory=dict)  # bucket -> why its tuned tiles failed the check there
     plugin: str = ""  # MODULE:CLASS for a plugin candidate
 
     @property
@@ -170,6 +171,7 @@ class DeviceDecisions:
                 report.correctness = CorrectnessCheck(**report.correctness)
             if report.graph_replay is not None:
                 report.graph_replay = GraphReplayCheck(**report.graph_replay)
+            report.wrong_at = {int(bucket): why for bucket, why in report.wrong_at.items()}  # JSON keys are strings
         decisions = [
             KernelDecision(
                 **{
@@ -447,6 +449,26 @@ def check_graphs(reports: list[CandidateReport], names: Sequence[str], plan: Pla
             report.graph_replay = GraphReplayCheck(True, "; ".join(notes), not notes)
 
 
+def check_eager_buckets(reports: list[CandidateReport], names: Sequence[str], plan: Plan) -> None:
+    """The buckets outside the CUDA-graph ones (prefill steps), eagerly, for each named candidate with tuned tiles:
+    its first check ran 1, 7 and 64 rows, and it serves each bucket with that bucket's tile. A candidate wrong at a
+    bucket is left out of it; one that crashes is rejected."""
+    for report in reports:
+        if report.name not in names or report.name not in plan.isolated.tuning:
+            continue
+        for bucket in (b for b in plan.buckets if b not in plan.graph_buckets):
+            if not report.usable:
+                break
+            reply = plan.call("check", name=report.name, rows=bucket)
+            if reply["ok"] and reply["passed"]:
+                continue
+            report.wrong_at[bucket] = f"wrong at {bucket} tokens with its tuned tiles: {reply['error']}"
+            log.warning("kernel_rejected_for_bucket", kernel=report.name, bucket=bucket, error=reply["error"])
+            if reply.get("crashed") or reply.get("poisoned"):
+                report.rejected = report.wrong_at[bucket]
+                plan.release(report.name)
+
+
 def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> DeviceDecisions:
     measured_at = datetime.now(UTC)
     notes = plan.notes
@@ -460,6 +482,7 @@ def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> D
     bandwidth = measure_bandwidth(plan)
     tuning = tune_all(usable, plan)
     check_graphs(reports, usable, plan)
+    check_eager_buckets(reports, usable, plan)
     timings, rejected = time_buckets(reports, plan, bandwidth)
 
     decisions = []
@@ -514,6 +537,9 @@ def time_buckets(
                 rejected[bucket].append(
                     Rejection(report.name, f"wrong on CUDA-graph replay: {report.graph_replay.error}")
                 )
+                continue
+            if bucket in report.wrong_at:
+                rejected[bucket].append(Rejection(report.name, report.wrong_at[bucket]))
                 continue
             reply = plan.call("time", name=report.name, bucket=bucket, cuda_graph=report.graph_safe)
             if not reply["ok"]:
@@ -647,13 +673,19 @@ def validate_cached(
     plan.isolated.install_tuning(stored.tuning)  # re-validation checks and times the tiles the cache chose
     check_all(reports, chosen, plan)
     check_graphs(reports, [d.kernel for d in stored.decisions if d.batch_tokens in plan.graph_buckets], plan)
-    failed = [r for r in reports if r.name in chosen and not (r.usable and r.graph_safe)]
-    if failed:
-        errors = "; ".join(
-            f"{r.name}: {r.correctness.error if r.correctness and not r.correctness.passed else r.graph_replay.error}"
-            for r in failed
-        )
-        notes.append(f"cached kernels failed their correctness re-check ({errors}); re-measuring")
+    check_eager_buckets(reports, [d.kernel for d in stored.decisions if d.batch_tokens not in plan.graph_buckets], plan)
+    errors = [
+        f"{report.name}: {check_failure(report)}"
+        for report in reports
+        if report.name in chosen and not (report.usable and report.graph_safe)
+    ]
+    errors += [
+        f"{decision.kernel}: {report.wrong_at[decision.batch_tokens]}"
+        for decision in stored.decisions
+        if (report := next_report(reports, decision.kernel)) and decision.batch_tokens in report.wrong_at
+    ]
+    if errors:
+        notes.append(f"cached kernels failed their correctness re-check ({'; '.join(errors)}); re-measuring")
         return None
     ordering_note = recheck_ordering(stored, reports, plan)
     if ordering_note.startswith("re-measuring"):
@@ -684,6 +716,13 @@ def validate_cached(
     )
     validated.copy_bandwidth_gbps = stored.copy_bandwidth_gbps
     return validated
+
+
+def check_failure(report: CandidateReport) -> str:
+    """Why a checked candidate is not usable (or not on CUDA-graph replay)."""
+    if report.correctness is not None and not report.correctness.passed:
+        return report.correctness.error
+    return report.rejected or report.graph_replay.error
 
 
 def next_report(reports: list[CandidateReport], name: str) -> CandidateReport | None:

@@ -20,6 +20,7 @@ import torch
 
 from awqd.kernels import plugins, registry
 from awqd.kernels.measure import (
+    CORRECTNESS_INPUTS,
     PreparedLayers,
     check_correctness,
     check_graph_replay,
@@ -53,9 +54,11 @@ class Worker:
     def bandwidth(self) -> dict[str, Any]:
         return {"gbps": measure_copy_bandwidth_gbps(self.device)}
 
-    def check(self, name: str, shapes: list, group_size: int) -> dict[str, Any]:
+    def check(self, name: str, shapes: list, group_size: int, rows: int = 0) -> dict[str, Any]:
+        """The eager check on CORRECTNESS_INPUTS, or with `rows` on that many rows alone."""
         candidate = registry.build(name)
-        return asdict(check_correctness(candidate, self.device, to_shapes(shapes), group_size, progress=self.at))
+        inputs = ((rows,),) if rows else CORRECTNESS_INPUTS
+        return asdict(check_correctness(candidate, self.device, to_shapes(shapes), group_size, inputs, self.at))
 
     def graph_check(self, name: str, shapes: list, group_size: int, bucket: int) -> dict[str, Any]:
         candidate = registry.build(name)

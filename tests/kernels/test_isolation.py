@@ -94,6 +94,25 @@ def test_a_timing_below_the_roofline_is_rejected(plugin_path):
     assert all(t.median_ms >= ROOFLINE_MARGIN * floor_ms for t in decision.timings)
 
 
+def test_a_tuned_tile_is_checked_at_the_buckets_it_serves(plugin_path):
+    """The first check runs before tuning, on 1, 7 and 64 rows. A tile tuned for larger steps is checked at the
+    buckets outside the CUDA-graph ones, and where it is wrong the candidate is left out of that bucket alone."""
+    activate("WrongWhenTunedWide")
+    result = select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=None, budget_s=60.0, buckets=(1, 64, 128, 256))
+    tuned = result.candidate("plugin_wrong_when_tuned_wide")
+    assert tuned.usable and tuned.correctness.passed
+    assert sorted(tuned.wrong_at) == [128, 256]
+    for decision in result.decisions:
+        left_out = {r.kernel: r.reason for r in decision.rejected}
+        if decision.batch_tokens <= 64:
+            assert tuned.name in {t.kernel for t in decision.timings} and tuned.name not in left_out
+        else:
+            assert tuned.name not in {t.kernel for t in decision.timings} and decision.kernel != tuned.name
+            assert left_out[tuned.name].startswith(f"wrong at {decision.batch_tokens} tokens with its tuned tiles")
+    reloaded = DeviceDecisions.from_dict(result.to_dict()).candidate(tuned.name)
+    assert reloaded.wrong_at == tuned.wrong_at
+
+
 def report(name: str, family: str, passed: bool) -> CandidateReport:
     check = CorrectnessCheck(passed, 0.0, 2e-2, "" if passed else "CUDA error: an illegal memory access")
     return CandidateReport(name, family, True, "ok", (), "x", correctness=check)

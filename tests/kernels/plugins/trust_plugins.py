@@ -1,14 +1,16 @@
-"""Plugin kernel candidates for the isolation tests: four that must be rejected, each for its own reason, and one
-correct one that is faster than the built-ins on the CPU. Loaded by spec, e.g. "trust_plugins:Aborts", with this
-directory on the path (tests/kernels/test_isolation.py puts it there)."""
+"""Plugin kernel candidates for the isolation tests: four that must be rejected, each for its own reason, one whose
+tuned tile is wrong at large buckets, and one correct one that is faster than the built-ins on the CPU. Loaded by
+spec, e.g. "trust_plugins:Aborts", with this directory on the path (tests/kernels/test_isolation.py puts it
+there)."""
 
 import os
 import time
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from awqd.kernels.base import Candidate
+from awqd.kernels.base import Candidate, Tuned
 from awqd.quant.reference import dequantize, reference_linear
 
 
@@ -87,6 +89,28 @@ class DenseFloat(CpuPlugin):
     def forward(self, x, packed):
         dense, bias = packed
         return F.linear(x.float(), dense, bias).to(x.dtype)
+
+
+class WrongWhenTunedWide(CpuPlugin):
+    """Right untuned, and right tuned up to 64 rows; the tile it tunes for more rows drops the bias and the last
+    input column. The first check (1, 7 and 64 rows, before tuning) cannot see that."""
+
+    name = "plugin_wrong_when_tuned_wide"
+    installed: ClassVar[dict[str, dict]] = {}  # device -> table: per process, as awqd's Triton kernels keep theirs
+
+    def tune(self, shapes, buckets, group_size, device, deadline):
+        table = {"wide": {"min_rows": 65}}
+        self.install_tuning(table, device)
+        return Tuned(table, [f"{self.name}: tuned 1 tile"])
+
+    def install_tuning(self, stored, device):
+        WrongWhenTunedWide.installed[str(device)] = stored
+
+    def forward(self, x, packed):
+        wide = WrongWhenTunedWide.installed.get(str(x.device), {}).get("wide")
+        if wide and x.reshape(-1, x.shape[-1]).shape[0] >= wide["min_rows"]:
+            return F.linear(x[..., :-1].float(), dequantize(packed, torch.float32)[:, :-1]).to(x.dtype)
+        return super().forward(x, packed)
 
 
 class NotACandidate:

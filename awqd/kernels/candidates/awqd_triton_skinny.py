@@ -10,7 +10,12 @@ from awqd.kernels.triton.candidate import AwqdW4Candidate, TritonKernel
 def skinny_kernel() -> TritonKernel:
     from awqd.kernels.triton import skinny  # imports triton: only when this candidate is used
 
-    return TritonKernel(skinny.skinny, skinny.SkinnyConfig, skinny.tuning_space)
+    return TritonKernel(
+        skinny.skinny,
+        skinny.SkinnyConfig,
+        skinny.tuning_space,
+        compile_tile=functools.partial(skinny.skinny, compile_only=True),
+    )
 
 
 class AwqdTritonSkinny(AwqdW4Candidate):

@@ -23,6 +23,7 @@ class TritonKernel:
     # (x, packed, residual, norm weight, eps, config or None) -> (residual + y, DeferredNorm); with it, launch and
     # launch_gated take norm=DeferredNorm
     launch_add_norm: Callable[..., tuple[torch.Tensor, DeferredNorm]] | None = None
+    compile_tile: Callable[..., Any] | None = None  # launch's arguments -> compiles, runs nothing (tuning.precompile)
 
 
 class AwqdW4Candidate(Candidate):
@@ -83,14 +84,23 @@ class AwqdW4Candidate(Candidate):
     ) -> Tuned:
         kernel = self.kernel()
         started = time.perf_counter()
+        notes = []
+        if kernel.compile_tile is not None:
+            compiled = tuning.precompile(
+                kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device, deadline
+            )
+            notes.append(
+                f"{self.name}: compiled {compiled} tiles on up to {tuning.COMPILE_THREADS} threads in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
         stored, untuned = tuning.tune(
             self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline
         )
         self.install_tuning(stored, device)
-        notes = [
+        notes.append(
             f"{self.name}: tuned {sum(map(len, stored.values()))} (shape, bucket) tiles in "
             f"{time.perf_counter() - started:.1f} s"
-        ]
+        )
         if untuned:
             notes.append(
                 f"{self.name}: the time budget left {untuned} (shape, bucket) pairs on the untuned default tiles"

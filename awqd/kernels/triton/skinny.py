@@ -309,8 +309,11 @@ def resolve(config: SkinnyConfig, rows: int, packed: AwqdW4, device: torch.devic
     return dataclasses.replace(config, block_k=block_k, split_k=split_k, tma=config.tma and use_tma(device))
 
 
-def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) -> torch.Tensor:
-    """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype."""
+def skinny(
+    x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None, compile_only: bool = False
+) -> torch.Tensor:
+    """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype.
+    compile_only compiles the launch's kernel and runs nothing (y is then left unwritten)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     rows = x.shape[0]
@@ -327,7 +330,9 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
         w_src = TensorDescriptor(w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // 8])
     else:
         x_src, w_src = x, packed.qweight
-    awqd_w4_skinny_kernel[(tiles, config.split_k)](
+    grid = (tiles, config.split_k)
+    kernel = functools.partial(awqd_w4_skinny_kernel.warmup, grid=grid) if compile_only else awqd_w4_skinny_kernel[grid]
+    kernel(
         x_src,
         w_src,
         packed.scale_zero,
@@ -355,4 +360,6 @@ def skinny(x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None) 
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return out if counters is not None else finish_split_k(target, packed.bias, out)
+    if compile_only or counters is not None:
+        return out
+    return finish_split_k(target, packed.bias, out)

@@ -10,21 +10,24 @@ untuned default.
 """
 
 import bisect
+import contextlib
 import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
 import torch
 
-from awqd.kernels.measure import per_launch_ms, random_layer_weights, rotation_copies
+from awqd.kernels.measure import per_launch_ms, random_layer_weights, rotation_copies, served_counters
 from awqd.kernels.triton.layout import pack_awqd_w4
 
 # (warm-up, timed passes) per configuration. Per launch, back to back, no pick was >5% slower than the fastest tile
 # in 180 rankings on two H200s (bench/results/h200-2026-12-03-tuning-per-launch).
 TUNING_REPETITIONS = (3, 10)
+COMPILE_THREADS = 8
 
 # kernel name -> device -> (out, in) -> sorted [(bucket, config)]
 Table = dict[tuple[int, int], list[tuple[int, Any]]]
@@ -49,6 +52,47 @@ def install(kernel: str, device: torch.device, stored: dict[str, dict[str, dict]
         table[out_features, in_features] = sorted((int(b), config_type(**fields)) for b, fields in by_bucket.items())
     with _lock:
         _tables[kernel, str(device)] = table
+
+
+def precompile(
+    compile_tile: Callable[..., Any],
+    space: Callable[[int], Sequence[Any]],
+    shapes: Sequence[tuple[int, int]],
+    buckets: Sequence[int],
+    group_size: int,
+    device: torch.device,
+    deadline: float,
+) -> int:
+    """Compile every tile tune() is about to time, on COMPILE_THREADS threads, until the deadline; returns how many
+    compiled. Compiled one at a time, as tune() first met them, compiling took most of the skinny kernel's tuning
+    time: on H200 boots with peers installed, 150-300 s budgets tuned only 10-15 of its 40 (shape, bucket) pairs
+    (bench/results/h200-2026-12-04-scale-first). Triton releases the interpreter lock for most of a compile: 8
+    sm_90 builds of the skinny kernel took 3.9 s on one thread and 2.2 s on two (a 2-core host)."""
+    layers = {
+        shape: pack_awqd_w4(random_layer_weights([shape], group_size, device, 1)[0][0], device)
+        for shape in dict.fromkeys(shapes)
+    }
+    jobs = [(shape, bucket, config) for shape in layers for bucket in buckets for config in space(bucket)]
+
+    def attempt(shape: tuple[int, int], bucket: int, config: Any) -> bool:
+        try:
+            with contextlib.ExitStack() as stack:
+                if device.type == "cuda":  # a new thread's current device is the first GPU
+                    stack.enter_context(torch.cuda.device(device))
+                stack.enter_context(served_counters(device))  # the tile as timed: merging where it merges
+                compile_tile(torch.randn(bucket, shape[1], device=device, dtype=torch.float16), layers[shape], config)
+            return True
+        except Exception:  # a tile that does not build is skipped again, with its reason, when it is timed
+            return False
+
+    if not jobs:
+        return 0
+    first = attempt(*jobs[0])  # on this thread: Triton sets up its state for the device at the first compile
+    pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="awqd-compile")
+    futures = [pool.submit(attempt, *job) for job in jobs[1:]]
+    done, _ = wait(futures, timeout=max(0.0, deadline - time.perf_counter()))
+    pool.shutdown(wait=False, cancel_futures=True)  # compiles under way finish in the background
+    return first + sum(future.result() for future in done)
 
 
 def tune(

@@ -23,7 +23,7 @@ class TritonKernel:
     # (x, packed, residual, norm weight, eps, config or None) -> (residual + y, DeferredNorm); with it, launch and
     # launch_gated take norm=DeferredNorm
     launch_add_norm: Callable[..., tuple[torch.Tensor, DeferredNorm]] | None = None
-    compile_tile: Callable[..., Any] | None = None  # launch's arguments -> compiles, runs nothing (tuning.precompile)
+    compile_tile: Callable[..., Any] | None = None  # launch's arguments -> compiles, runs nothing (tuning.Precompiler)
 
 
 class AwqdW4Candidate(Candidate):
@@ -84,23 +84,31 @@ class AwqdW4Candidate(Candidate):
     ) -> Tuned:
         kernel = self.kernel()
         started = time.perf_counter()
-        notes = []
-        if kernel.compile_tile is not None:
-            compiled = tuning.precompile(
-                kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device, deadline
+        precompiler = None
+        if kernel.compile_tile is not None and time.perf_counter() < deadline:
+            precompiler = tuning.Precompiler(
+                kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device
             )
-            notes.append(
-                f"{self.name}: compiled {compiled} tiles on up to {tuning.COMPILE_THREADS} threads in "
-                f"{time.perf_counter() - started:.1f} s"
+        try:
+            stored, untuned = tuning.tune(
+                self.name,
+                kernel.launch,
+                kernel.tuning_space,
+                shapes,
+                buckets,
+                group_size,
+                device,
+                deadline,
+                precompiler,
             )
-        stored, untuned = tuning.tune(
-            self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline
-        )
+        finally:
+            compiled = precompiler.stop() if precompiler is not None else 0
         self.install_tuning(stored, device)
-        notes.append(
+        notes = [
             f"{self.name}: tuned {sum(map(len, stored.values()))} (shape, bucket) tiles in "
             f"{time.perf_counter() - started:.1f} s"
-        )
+            + (f", {compiled} compiled ahead on {tuning.COMPILE_THREADS} threads" if precompiler is not None else "")
+        ]
         if untuned:
             notes.append(
                 f"{self.name}: the time budget left {untuned} (shape, bucket) pairs on the untuned default tiles"

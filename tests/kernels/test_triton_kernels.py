@@ -348,11 +348,8 @@ def run_tuning(kernel: str) -> None:
     print(json.dumps({"case": "tuned every bucket with a space", "ok": tuned_buckets == expected, "detail": stored}))
     compile_tile, space = candidate.kernel().compile_tile, candidate.kernel().tuning_space
     if compile_tile is not None:  # under the interpreter a compile is only the launch's set-up, on 8 threads
-        precompiler = tuning.Precompiler(compile_tile, space, [shape], buckets, 64, cpu)
-        for bucket in buckets:
-            for config in space(bucket):
-                precompiler.wait(shape, bucket, config, time.perf_counter() + 60)
-        compiled, tiles = precompiler.stop(), sum(len(space(bucket)) for bucket in buckets)
+        compiled = tuning.precompile(compile_tile, space, [shape], buckets, 64, cpu, time.perf_counter() + 60)
+        tiles = sum(len(space(bucket)) for bucket in buckets)
         print(json.dumps({"case": "precompiled every tile", "ok": compiled == tiles, "detail": f"{compiled}/{tiles}"}))
     installed = tuning.lookup(kernel, cpu, *shape, rows=1)
     stored_first = stored["96x256"][str(expected[0])]

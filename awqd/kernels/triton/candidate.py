@@ -23,7 +23,7 @@ class TritonKernel:
     # (x, packed, residual, norm weight, eps, config or None) -> (residual + y, DeferredNorm); with it, launch and
     # launch_gated take norm=DeferredNorm
     launch_add_norm: Callable[..., tuple[torch.Tensor, DeferredNorm]] | None = None
-    compile_tile: Callable[..., Any] | None = None  # launch's arguments -> compiles, runs nothing (tuning.Precompiler)
+    compile_tile: Callable[..., Any] | None = None  # launch's arguments -> compiles, runs nothing (tuning.precompile)
 
 
 class AwqdW4Candidate(Candidate):
@@ -84,30 +84,20 @@ class AwqdW4Candidate(Candidate):
     ) -> Tuned:
         kernel = self.kernel()
         started = time.perf_counter()
-        precompiler = None
-        if kernel.compile_tile is not None and time.perf_counter() < deadline:
-            precompiler = tuning.Precompiler(
-                kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device
+        compiled = None
+        if kernel.compile_tile is not None and started < deadline:  # half the time compiles, half times
+            until = started + (deadline - started) / 2
+            compiled = tuning.precompile(
+                kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device, until
             )
-        try:
-            stored, untuned = tuning.tune(
-                self.name,
-                kernel.launch,
-                kernel.tuning_space,
-                shapes,
-                buckets,
-                group_size,
-                device,
-                deadline,
-                precompiler,
-            )
-        finally:
-            compiled = precompiler.stop() if precompiler is not None else 0
+        stored, untuned = tuning.tune(
+            self.name, kernel.launch, kernel.tuning_space, shapes, buckets, group_size, device, deadline
+        )
         self.install_tuning(stored, device)
         notes = [
             f"{self.name}: tuned {sum(map(len, stored.values()))} (shape, bucket) tiles in "
             f"{time.perf_counter() - started:.1f} s"
-            + (f", {compiled} compiled ahead on {tuning.COMPILE_THREADS} threads" if precompiler is not None else "")
+            + (f", {compiled} compiled first on {tuning.COMPILE_THREADS} threads" if compiled is not None else "")
         ]
         if untuned:
             notes.append(

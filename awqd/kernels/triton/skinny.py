@@ -311,9 +311,9 @@ def resolve(config: SkinnyConfig, rows: int, packed: AwqdW4, device: torch.devic
 
 def skinny(
     x: torch.Tensor, packed: AwqdW4, config: SkinnyConfig | None = None, compile_only: bool = False
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """y = x @ W.T + bias for contiguous x [rows, in_features] in fp16 or bf16; y [rows, out_features] in x's dtype.
-    compile_only compiles the launch's kernel and runs nothing (y is then left unwritten)."""
+    compile_only compiles the launch's kernel and runs nothing (tuning compiles on threads); it returns None."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     rows = x.shape[0]
@@ -360,6 +360,6 @@ def skinny(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    if compile_only or counters is not None:
-        return out
-    return finish_split_k(target, packed.bias, out)
+    if compile_only:
+        return None
+    return out if counters is not None else finish_split_k(target, packed.bias, out)

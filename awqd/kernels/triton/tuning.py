@@ -54,57 +54,49 @@ def install(kernel: str, device: torch.device, stored: dict[str, dict[str, dict]
         _tables[kernel, str(device)] = table
 
 
-class Precompiler:
-    """Compiles the tiles tune() is about to time on COMPILE_THREADS threads, in the order it times them, so that
-    timing one tile overlaps compiling the next. Compiled one at a time, as tune() first met them, compiling took
-    most of the skinny kernel's tuning time: on H200 boots with the peers installed, 150-300 s budgets tuned only
-    10-15 of its 40 (shape, bucket) pairs (bench/results/h200-2026-12-04-scale-first). Triton releases the
-    interpreter lock for most of a compile: 8 sm_90 builds of the skinny kernel took 3.9 s on one thread and 2.2 s
-    on two (a 2-core host)."""
+def precompile(
+    compile_tile: Callable[..., Any],
+    space: Callable[[int], Sequence[Any]],
+    shapes: Sequence[tuple[int, int]],
+    buckets: Sequence[int],
+    group_size: int,
+    device: torch.device,
+    until: float,
+) -> int:
+    """Compile the tiles tune() is about to time, in its order, on COMPILE_THREADS threads until `until`; returns
+    how many compiled. Compiled one at a time, as tune() first met them, compiling took most of the skinny kernel's
+    tuning time: on H200 boots with the peers installed, 150-300 s budgets tuned only 10-15 of its 40 (shape,
+    bucket) pairs (bench/results/h200-2026-12-04-scale-first). Triton releases the interpreter lock for most of a
+    compile: 8 sm_90 builds of the skinny kernel took 3.9 s on one thread and 2.2 s on two (a 2-core host).
 
-    def __init__(
-        self,
-        compile_tile: Callable[..., Any],  # launch's arguments -> compiles, runs nothing
-        space: Callable[[int], Sequence[Any]],
-        shapes: Sequence[tuple[int, int]],
-        buckets: Sequence[int],
-        group_size: int,
-        device: torch.device,
-    ):
-        self.compile_tile, self.device = compile_tile, device
-        self.layers = {
-            shape: pack_awqd_w4(random_layer_weights([shape], group_size, device, 1)[0][0], device)
-            for shape in dict.fromkeys(shapes)
-        }
-        jobs = [(shape, bucket, config) for shape in self.layers for bucket in buckets for config in space(bucket)]
-        # The first on this thread: Triton sets up its state for the device at the first compile.
-        self.first = self.attempt(*jobs[0]) if jobs else False
-        self.pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="awqd-compile")
-        self.futures = {job: self.pool.submit(self.attempt, *job) for job in jobs[1:]}
+    Every thread has ended when this returns: timing captures CUDA graphs, and an allocation or a random draw on
+    another thread during a capture fails it. Timing beside the compiles failed that way on an H200."""
+    layers = {
+        shape: pack_awqd_w4(random_layer_weights([shape], group_size, device, 1)[0][0], device)
+        for shape in dict.fromkeys(shapes)
+    }
+    jobs = [(shape, bucket, config) for shape in layers for bucket in buckets for config in space(bucket)]
 
-    def attempt(self, shape: tuple[int, int], bucket: int, config: Any) -> bool:
+    def attempt(shape: tuple[int, int], bucket: int, config: Any) -> bool:
         try:
             with contextlib.ExitStack() as stack:
-                if self.device.type == "cuda":  # a new thread's current device is the first GPU
-                    stack.enter_context(torch.cuda.device(self.device))
-                stack.enter_context(served_counters(self.device))  # the tile as timed: merging where it merges
-                x = torch.randn(bucket, shape[1], device=self.device, dtype=torch.float16)
-                self.compile_tile(x, self.layers[shape], config)
+                if device.type == "cuda":  # a new thread's current device is the first GPU
+                    stack.enter_context(torch.cuda.device(device))
+                stack.enter_context(served_counters(device))  # the tile as timed: merging where it merges
+                x = torch.randn(bucket, shape[1], device=device, dtype=torch.float16)
+                compile_tile(x, layers[shape], config)
             return True
         except Exception:  # a tile that does not build is skipped again, with its reason, when it is timed
             return False
 
-    def wait(self, shape: tuple[int, int], bucket: int, config: Any, deadline: float) -> None:
-        """Until the tile's compile is done (so that timing does not compile it a second time), or the deadline."""
-        future = self.futures.get((shape, bucket, config))
-        if future is not None:
-            wait([future], timeout=max(0.0, deadline - time.perf_counter()))
-
-    def stop(self) -> int:
-        """Cancels the compiles not started (those under way finish in the background); how many compiled."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        done = (f for f in self.futures.values() if f.done() and not f.cancelled())
-        return self.first + sum(f.result() for f in done)
+    if not jobs:
+        return 0
+    first = attempt(*jobs[0])  # on this thread: Triton sets up its state for the device at the first compile
+    with ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="awqd-compile") as pool:
+        futures = [pool.submit(attempt, *job) for job in jobs[1:]]
+        wait(futures, timeout=max(0.0, until - time.perf_counter()))
+        pool.shutdown(wait=True, cancel_futures=True)  # the compiles under way finish; the rest are timed cold
+    return first + sum(f.result() for f in futures if not f.cancelled())
 
 
 def tune(
@@ -116,12 +108,10 @@ def tune(
     group_size: int,
     device: torch.device,
     deadline: float,
-    precompiler: Precompiler | None = None,
 ) -> tuple[dict[str, dict[str, dict]], int]:
     """Time space(bucket) on each distinct shape at each bucket; returns the stored form of the fastest per pair,
     and how many pairs the deadline left untimed (they stay on the default). A configuration that fails (e.g. needs
-    more shared memory than the device has) is skipped. A precompiler started on the same arguments is waited for
-    tile by tile."""
+    more shared memory than the device has) is skipped."""
     stored: dict[str, dict[str, dict]] = {}
     untuned = 0
     for out_features, in_features in dict.fromkeys(shapes):
@@ -138,8 +128,6 @@ def tune(
             x = torch.randn(bucket, in_features, device=device, dtype=torch.float16)
             best_ms, best = float("inf"), None
             for config in space(bucket):
-                if precompiler is not None:
-                    precompiler.wait((out_features, in_features), bucket, config, deadline)
                 launches = [partial(launch, x, layer, config) for layer in packed]
                 try:
                     launch_ms = per_launch_ms(kernel, launches, device, TUNING_REPETITIONS)

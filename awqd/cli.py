@@ -145,7 +145,7 @@ def serve(
     max_batch_size: Annotated[
         int,
         typer.Option(envvar="AWQD_MAX_BATCH_SIZE", help="sequences a model decodes together in one step"),
-    ] = 256,
+    ] = EngineSettings.max_batch_size,
     max_queued_requests: Annotated[
         int,
         typer.Option(
@@ -298,7 +298,7 @@ def check_kernels(
     budget: Annotated[float, typer.Option(help="seconds of selection, as --selection-budget")] = 240.0,
     graph_batch: Annotated[
         int, typer.Option(help="largest decode batch replayed as a CUDA graph (serve's --max-batch-size); 0: none")
-    ] = 64,
+    ] = EngineSettings.max_batch_size,
     cache_dir: Annotated[
         Path | None, typer.Option(help="also write the decisions to this cache directory (default: none)")
     ] = None,

@@ -105,3 +105,11 @@ def serving(cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> I
         yield process
     finally:
         process.stop()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Polls condition() until it is true; fails the test after `timeout` seconds, naming what it waited for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)

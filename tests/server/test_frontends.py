@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from awqd.server.frames import PEER_KEY
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess, serving
+from daemon_process import DaemonProcess, serving, wait_until
 
 DEMO = "awqd-demo"
 PROMPT = "The weather today"  # greedy on the demo model runs to the length limit from this prompt
@@ -75,13 +74,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def generate(target: str, max_new_tokens: int = 8, metadata=AUTH, **fields) -> tuple[list[int], pb.Completion]:

@@ -24,7 +24,7 @@ from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, wait_until
 
 DEMO = "awqd-demo"
 PROMPT = "The weather today"  # greedy on the demo model runs to the length limit from this prompt
@@ -87,15 +87,6 @@ def assert_complete(result: StreamResult, max_new_tokens: int) -> None:
     assert result.completion is not None, "stream ended without a Completion"
     assert result.completion.finish_reason == pb.FINISH_REASON_LENGTH
     assert result.completion.usage.completion_tokens == len(result.token_ids) == max_new_tokens
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def percentile(values: list[float], fraction: float) -> float:

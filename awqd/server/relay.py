@@ -118,6 +118,7 @@ class Frontends:
         self.listen = listen
         self.run_dir = run_dir
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.exits: dict[int, asyncio.Future] = {}  # per frontend: its process's exit code, once it has exited
         self.stopping = False
         self._supervisor: asyncio.Task | None = None
 
@@ -142,7 +143,7 @@ class Frontends:
         started = self.relay.started[index] = asyncio.get_running_loop().create_future()
         command = [sys.executable, "-m", "awqd.server.frontend", self.frontend_config(index).to_json()]
         process = self.processes[index] = await asyncio.create_subprocess_exec(*command)
-        exited = asyncio.ensure_future(process.wait())
+        exited = self.exits[index] = asyncio.ensure_future(process.wait())
         await asyncio.wait((started, exited), timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         if started.done():
             return started.result()
@@ -162,7 +163,7 @@ class Frontends:
 
     async def _supervise(self) -> None:
         """Restarts a frontend that exits while the daemon serves: its calls have ended, new ones must not fail."""
-        waits = {asyncio.ensure_future(p.wait()): index for index, p in self.processes.items()}
+        waits = {exited: index for index, exited in self.exits.items()}
         while waits:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for finished in done:
@@ -177,7 +178,7 @@ class Frontends:
                     log.error("frontend_restart_failed", frontend=index, error=error)
                     continue
                 log.info("frontend_restarted", frontend=index, pid=self.processes[index].pid)
-                waits[asyncio.ensure_future(self.processes[index].wait())] = index
+                waits[self.exits[index]] = index
 
     async def stop(self, grace_s: float) -> None:
         """Drains every frontend (their calls in flight get grace_s), and kills one that outlives it."""
@@ -187,7 +188,7 @@ class Frontends:
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()  # SIGTERM: the frontend drains
-        waiting = [asyncio.ensure_future(process.wait()) for process in self.processes.values()]
+        waiting = list(self.exits.values())
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=grace_s + 5)
             if late:

@@ -2,16 +2,18 @@
 candidates are rejected with their reasons, a correct plugin competes and is ranked by its timings, and the worker
 that a bad candidate killed is replaced for the rest."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from awqd.errors import FailedPrecondition
-from awqd.kernels import isolation, plugins, registry
+from awqd.kernels import cache, isolation, plugins, registry
 from awqd.kernels.isolation import IsolatedDevice, StepFailed
 from awqd.kernels.measure import ROOFLINE_MARGIN, CorrectnessCheck, GraphReplayCheck
 from awqd.kernels.selection import (
     CandidateReport,
+    DecisionSource,
     DeviceDecisions,
     candidate_reports,
     graph_buckets_for,
@@ -111,6 +113,25 @@ def test_a_tuned_tile_is_checked_at_the_buckets_it_serves(plugin_path):
             assert left_out[tuned.name].startswith(f"wrong at {decision.batch_tokens} tokens with its tuned tiles")
     reloaded = DeviceDecisions.from_dict(result.to_dict()).candidate(tuned.name)
     assert reloaded.wrong_at == tuned.wrong_at
+
+
+def test_a_cached_choice_whose_tuned_tile_is_now_wrong_is_re_measured(plugin_path, tmp_path, monkeypatch):
+    """Re-validating cached decisions checks a chosen kernel's tuned tiles at its eager buckets too."""
+    activate("WrongWhenTunedWide")
+    monkeypatch.setenv("TRUST_PLUGINS_WIDE_TILE_RIGHT", "1")
+    first = select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=tmp_path, budget_s=60.0, buckets=(1, 128))
+    assert first.source == DecisionSource.MEASURED and not first.candidate("plugin_wrong_when_tuned_wide").wrong_at
+    path = cache.cache_path(tmp_path, CPU.uuid)
+    stored = json.loads(path.read_text())
+    for decision in stored["decisions"]["decisions"]:  # as if it had won both buckets
+        decision["kernel"] = "plugin_wrong_when_tuned_wide"
+    path.write_text(json.dumps(stored))
+    monkeypatch.delenv("TRUST_PLUGINS_WIDE_TILE_RIGHT")
+    second = select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=tmp_path, budget_s=60.0, buckets=(1, 128))
+    failed = [note for note in second.notes if note.startswith("cached kernels failed their correctness re-check")]
+    assert failed and "wrong at 128 tokens with its tuned tiles" in failed[0], second.notes
+    assert second.source == DecisionSource.MEASURED
+    assert next(d for d in second.decisions if d.batch_tokens == 128).kernel != "plugin_wrong_when_tuned_wide"
 
 
 def report(name: str, family: str, passed: bool) -> CandidateReport:

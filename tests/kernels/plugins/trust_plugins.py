@@ -91,9 +91,13 @@ class DenseFloat(CpuPlugin):
         return F.linear(x.float(), dense, bias).to(x.dtype)
 
 
+RIGHT_ENV = "TRUST_PLUGINS_WIDE_TILE_RIGHT"
+
+
 class WrongWhenTunedWide(CpuPlugin):
     """Right untuned, and right tuned up to 64 rows; the tile it tunes for more rows drops the bias and the last
-    input column. The first check (1, 7 and 64 rows, before tuning) cannot see that."""
+    input column. The first check (1, 7 and 64 rows, before tuning) cannot see that. With RIGHT_ENV set, it is
+    right everywhere."""
 
     name = "plugin_wrong_when_tuned_wide"
     installed: ClassVar[dict[str, dict]] = {}  # device -> table: per process, as awqd's Triton kernels keep theirs
@@ -108,7 +112,7 @@ class WrongWhenTunedWide(CpuPlugin):
 
     def forward(self, x, packed):
         wide = WrongWhenTunedWide.installed.get(str(x.device), {}).get("wide")
-        if wide and x.reshape(-1, x.shape[-1]).shape[0] >= wide["min_rows"]:
+        if wide and x.reshape(-1, x.shape[-1]).shape[0] >= wide["min_rows"] and not os.environ.get(RIGHT_ENV):
             return F.linear(x[..., :-1].float(), dequantize(packed, torch.float32)[:, :-1]).to(x.dtype)
         return super().forward(x, packed)
 

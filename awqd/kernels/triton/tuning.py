@@ -66,7 +66,7 @@ def precompile(
     """Compile the tiles tune() is about to time, in its order, on COMPILE_THREADS threads until `until`; returns
     how many compiled. Compiled one at a time, as tune() first met them, compiling took most of the skinny kernel's
     tuning time: on H200 boots with the peers installed, 150-300 s budgets tuned only 10-15 of its 40 (shape,
-    bucket) pairs (bench/results/h200-2026-12-04-scale-first). Triton releases the interpreter lock for most of a
+    bucket) pairs (bench/results/h200-2026-12-04-own-kernels). Triton releases the interpreter lock for most of a
     compile: 8 sm_90 builds of the skinny kernel took 3.9 s on one thread and 2.2 s on two (a 2-core host).
 
     Every thread has ended when this returns: timing captures CUDA graphs, and an allocation or a random draw on

@@ -1,5 +1,6 @@
-"""awqd's own Triton kernel for skinny batches on the awqd_w4 layout (awqd/kernels/triton/skinny.py): 1 to 128
-tokens, each weight tile unpacked once and multiplied against every token on the tensor cores."""
+"""awqd's own Triton kernel for skinny batches on the awqd_w4 layout (awqd/kernels/triton/skinny.py), tuned for 1 to
+512 tokens: each weight tile unpacked once per program and multiplied against the tile's tokens on the tensor
+cores."""
 
 import functools
 

@@ -1,5 +1,5 @@
-"""awqd's W4A16 kernel for skinny batches (1 to ~64 tokens): each weight tile is read and unpacked once per program
-and multiplied against all of its tokens on the tensor cores, so the cost is nearly flat in M.
+"""awqd's W4A16 kernel for skinny batches (1 to ~64 tokens, and tuned to 512): each weight tile is read and unpacked
+once per program and multiplied against all of its tokens on the tensor cores, so the cost is nearly flat in M.
 
 The product is computed transposed, out.T = W @ x.T, as in gemm.py: the unpacked weight tile [BLOCK_N, BLOCK_K]
 is the MMA's A operand from registers, the few activation rows (padded to BLOCK_M >= 16) the B operand.
@@ -7,7 +7,8 @@ Per K step a program covers at most one quantization group per weight row (BLOCK
 and zero are one value per row: the tile is unpacked to the exact small integers q - z (1024 + q minus 1024 + z in
 fp16, unpack.py), the tensor cores form sum_k (q_k - z) x_k in fp32, and the step's fp32 result is scaled by s
 into the accumulator. That is sum_k x_k (q_k - z) s, the layout's semantics, with one rounding fewer than
-dequantizing to fp16 first; and q - z is exact in bf16 too.
+dequantizing to fp16 first; and q - z is exact in bf16 too. From 128 tokens the MMAs weigh more, and scale-first
+tiles (SkinnyConfig.scale_first) dequantize to (q - z) * s instead, so that the MMAs chain on one accumulator.
 
 Memory, not math, bounds this regime, so the kernel's job is to keep enough bytes in flight per SM (an H200 needs
 ~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages

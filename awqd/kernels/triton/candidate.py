@@ -85,8 +85,8 @@ class AwqdW4Candidate(Candidate):
         kernel = self.kernel()
         started = time.perf_counter()
         compiled = None
-        if kernel.compile_tile is not None and started < deadline:  # half the time compiles, half times
-            until = started + (deadline - started) / 2
+        if kernel.compile_tile is not None and started < deadline:
+            until = started + tuning.COMPILE_SHARE * (deadline - started)
             compiled = tuning.precompile(
                 kernel.compile_tile, kernel.tuning_space, shapes, buckets, group_size, device, until
             )

@@ -28,6 +28,10 @@ from awqd.kernels.triton.layout import pack_awqd_w4
 # in 180 rankings on two H200s (bench/results/h200-2026-12-03-tuning-per-launch).
 TUNING_REPETITIONS = (3, 10)
 COMPILE_THREADS = 8
+# Of a kernel's tuning time, what compiling on threads may take before timing starts. On H200s 256 skinny tiles
+# compiled in 13.6-16.0 s on 8 threads and then timed in 2.8 s (bench/results/h200-2026-12-04-own-kernels), so a
+# compiled tile costs about a sixth of its compile to time: compiling gets most of a share too short for both.
+COMPILE_SHARE = 0.8
 
 # kernel name -> device -> (out, in) -> sorted [(bucket, config)]
 Table = dict[tuple[int, int], list[tuple[int, Any]]]

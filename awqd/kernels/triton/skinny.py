@@ -123,7 +123,8 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
 
 def scale_first_tiles(bucket: int) -> tuple[SkinnyConfig, ...]:
     """The scale-first tiles that won a linear in an H200 sweep at 128-512 tokens: qkv, gate_up and down at 512,
-    two or three of the four at 128 and 256 (bench/results/h200-2026-12-04-scale-first). Below 128 none won."""
+    two or three of the four at 128 and 256 (bench/results/h200-2026-12-04-scale-first). Below 128 one won a
+    linear (qkv at 64 tokens, 2% off the layer), and none below 64: they are tuned from 128."""
     if bucket < SCALE_FIRST_MIN_ROWS:
         return ()
     both = (

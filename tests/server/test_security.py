@@ -25,7 +25,7 @@ from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess, serving
+from daemon_process import DaemonProcess, serving, wait_until
 
 AWQCTL = str(Path(sys.executable).parent / "awqctl")
 BOOT_ARGS = ("--no-demo-model", "--selection-budget", "3", "--metrics-listen", "off")
@@ -371,10 +371,7 @@ def test_streams_over_the_limit_get_resource_exhausted(limited_daemon):
     ):
         # The model runs one generation at a time: the first stream runs, the others wait behind it.
         held = [awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request) for _ in range(MAX_STREAMS)]
-        deadline = time.monotonic() + 30
-        while limited_daemon.streams_in_flight() < MAX_STREAMS:
-            assert time.monotonic() < deadline, "the held streams never reached the daemon"
-            time.sleep(0.02)
+        wait_until(lambda: limited_daemon.streams_in_flight() >= MAX_STREAMS, 30, "the held streams")
 
         with pytest.raises(AwqdError) as raised:
             list(client.generate(DEMO, "hello", max_new_tokens=2))
@@ -383,10 +380,7 @@ def test_streams_over_the_limit_get_resource_exhausted(limited_daemon):
 
         for call in held:
             call.cancel()  # capacity must come back, also from the stream that was still queued
-        deadline = time.monotonic() + 60
-        while limited_daemon.streams_in_flight() > 0:
-            assert time.monotonic() < deadline, "cancelled streams kept their slots"
-            time.sleep(0.05)
+        wait_until(lambda: limited_daemon.streams_in_flight() == 0, 60, "cancelled streams to give their slots back")
         messages = list(client.generate(DEMO, "hello", max_new_tokens=2))
         assert messages[-1].HasField("completion")
 

@@ -248,7 +248,7 @@ def serve(
             reflection=reflection,
             max_message_bytes=max_message_bytes,
             max_concurrent_streams=max_concurrent_streams,
-            frontend_processes=frontend_count(frontend_processes),
+            frontend_processes=parse_frontend_processes(frontend_processes),
             max_prompt_tokens=max_prompt_tokens,
             engine=EngineSettings(
                 kv_cache_fraction=kv_cache_fraction,
@@ -270,7 +270,7 @@ def serve(
     raise typer.Exit(run_server(config))
 
 
-def frontend_count(flag: str) -> int | None:
+def parse_frontend_processes(flag: str) -> int | None:
     """--frontend-processes: a count, or None for auto (ServeConfig.frontend_count decides once devices are known)."""
     if flag == "auto":
         return None

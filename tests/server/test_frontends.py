@@ -258,6 +258,15 @@ def test_frontends_cannot_share_a_unix_socket(tmp_path):
     assert "--frontend-processes" in result.stderr
 
 
+def test_a_frontend_count_that_is_not_a_number_is_refused_naming_the_flag(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "awqd", "serve", "--cache-dir", str(tmp_path), "--frontend-processes", "many"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--frontend-processes" in result.stderr and "number of processes or auto" in result.stderr
+
+
 def test_auto_gives_frontends_to_a_node_with_a_gpu_only():
     assert ServeConfig().frontend_count(node_has_gpu=True) == AUTO_FRONTENDS_WITH_GPU > 0
     assert ServeConfig().frontend_count(node_has_gpu=False) == 0

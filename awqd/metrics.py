@@ -82,6 +82,12 @@ class Gatherer:
 
 RPC_REQUESTS = Counter("awqd_rpc_requests", "Finished RPCs by full method name and status code", ["method", "code"])
 STREAMS_IN_FLIGHT = Gauge("awqd_streams_in_flight", "Generate and Benchmark streams running now")
+FRONTEND_PROCESSES = Gauge("awqd_frontend_processes", "Frontend processes (--frontend-processes) listening now")
+FRONTEND_RESTARTS = Counter(
+    "awqd_frontend_restarts",
+    "Restarts of frontend processes that exited while the daemon served, by outcome: restarted, or failed (retried)",
+    ["outcome"],
+)
 GENERATED_TOKENS = Counter("awqd_generated_tokens", "Tokens streamed to callers", ["model", "device"])
 KV_CACHE_PREEMPTIONS = Counter(
     "awqd_kv_cache_preemptions",

@@ -75,16 +75,22 @@ class DaemonProcess:
             time.sleep(0.2)
         raise TimeoutError("awqd did not become SERVING:\n" + "\n".join(self.log_lines[-50:]))
 
-    def streams_in_flight(self) -> float:
-        """awqd_streams_in_flight from the daemon's /metrics (it must run with --metrics-listen 127.0.0.1:0)."""
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample's value from the daemon's /metrics (it must run with --metrics-listen 127.0.0.1:0); None if the
+        sample is not exported."""
         port = self.events("metrics_listening")[-1]["port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "awqd_streams_in_flight":
+                if sample.name == name and labels.items() <= sample.labels.items():
                     return sample.value
-        raise AssertionError("awqd_streams_in_flight is not exported")
+        return None
+
+    def streams_in_flight(self) -> float:
+        value = self.metric("awqd_streams_in_flight")
+        assert value is not None, "awqd_streams_in_flight is not exported"
+        return value
 
     def terminate(self, timeout: float) -> int:
         self.process.send_signal(signal.SIGTERM)

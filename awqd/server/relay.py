@@ -24,6 +24,7 @@ import structlog
 
 from awqd.config import ServeConfig
 from awqd.errors import InvalidArgument
+from awqd.metrics import FRONTEND_PROCESSES, FRONTEND_RESTARTS
 from awqd.server.auth import Authorizer
 from awqd.server.frames import Outbox, read_batch
 from awqd.server.frontend import GENERATE, FrontendConfig
@@ -35,7 +36,12 @@ from awqd_client.v1 import awqd_pb2 as pb
 log = structlog.get_logger("awqd")
 
 START_TIMEOUT_S = 60.0
+# A frontend that exits is restarted after RESTART_DELAY_S. Each restart doubles the wait before the next one, up to
+# MAX_RESTART_DELAY_S, so a frontend that cannot start (its port taken) or keeps crashing is retried without end but
+# without a busy loop; one that served STEADY_S before it exited starts again from the first delay.
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+STEADY_S = 60.0
 
 
 class Relay:
@@ -119,8 +125,8 @@ class Frontends:
         self.run_dir = run_dir
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.exits: dict[int, asyncio.Future] = {}  # per frontend: its process's exit code, once it has exited
-        self.stopping = False
-        self._supervisor: asyncio.Task | None = None
+        self.listening_since: dict[int, float] = {}  # per frontend: when its current process began to listen
+        self._supervisors: list[asyncio.Task] = []
 
     def frontend_config(self, index: int) -> FrontendConfig:
         config = self.config
@@ -139,17 +145,28 @@ class Frontends:
         )
 
     async def _spawn(self, index: int) -> str | None:
-        """Starts frontend `index`; None once it is listening, else why it is not."""
-        started = self.relay.started[index] = asyncio.get_running_loop().create_future()
+        """Starts frontend `index`; None once it is listening, else why it is not (and its process has ended)."""
+        loop = asyncio.get_running_loop()
+        started = self.relay.started[index] = loop.create_future()
         command = [sys.executable, "-m", "awqd.server.frontend", self.frontend_config(index).to_json()]
         process = self.processes[index] = await asyncio.create_subprocess_exec(*command)
         exited = self.exits[index] = asyncio.ensure_future(process.wait())
         await asyncio.wait((started, exited), timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if started.done() and started.result() is None:
+            self.listening_since[index] = loop.time()
+            FRONTEND_PROCESSES.inc()
+            exited.add_done_callback(lambda _: FRONTEND_PROCESSES.dec())
+            return None
         if started.done():
-            return started.result()
-        if exited.done():
-            return f"exited with code {process.returncode} before it was listening"
-        return f"not listening after {START_TIMEOUT_S:.0f} s"
+            error = started.result()  # it could not bind, and exits by itself
+        elif exited.done():
+            error = f"exited with code {process.returncode} before it was listening"
+        else:
+            error = f"not listening after {START_TIMEOUT_S:.0f} s"
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await exited
+        return error
 
     async def start(self) -> str | None:
         """Starts every frontend; None once all listen, else why one does not (the others are stopped)."""
@@ -158,33 +175,35 @@ class Frontends:
         if failed:
             await self.stop(0)
             return "; ".join(failed)
-        self._supervisor = asyncio.create_task(self._supervise())
+        self._supervisors = [asyncio.create_task(self._keep_running(index)) for index in range(self.count)]
         return None
 
-    async def _supervise(self) -> None:
-        """Restarts a frontend that exits while the daemon serves: its calls have ended, new ones must not fail."""
-        waits = {exited: index for index, exited in self.exits.items()}
-        while waits:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                index = waits.pop(finished)
-                if self.stopping:
-                    continue
-                log.error("frontend_exited", frontend=index, code=finished.result(), action="restarting")
-                await asyncio.sleep(RESTART_DELAY_S)
-                if self.stopping:
-                    continue
-                if (error := await self._spawn(index)) is not None:
-                    log.error("frontend_restart_failed", frontend=index, error=error)
-                    continue
-                log.info("frontend_restarted", frontend=index, pid=self.processes[index].pid)
-                waits[self.exits[index]] = index
+    async def _keep_running(self, index: int) -> None:
+        """Restarts frontend `index` each time it exits while the daemon serves: its calls have ended, new ones must
+        not fail. A restart that fails is retried, each wait twice the last (up to MAX_RESTART_DELAY_S)."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAY_S
+        while True:
+            code = await self.exits[index]
+            if loop.time() - self.listening_since[index] >= STEADY_S:
+                delay = RESTART_DELAY_S
+            log.error("frontend_exited", frontend=index, code=code, action="restarting", restart_in_s=delay)
+            while True:
+                await asyncio.sleep(delay)
+                error = await self._spawn(index)
+                delay = min(2 * delay, MAX_RESTART_DELAY_S)
+                if error is None:
+                    break
+                FRONTEND_RESTARTS.labels("failed").inc()
+                log.error("frontend_restart_failed", frontend=index, error=error, retry_in_s=delay)
+            FRONTEND_RESTARTS.labels("restarted").inc()
+            log.info("frontend_restarted", frontend=index, pid=self.processes[index].pid)
 
     async def stop(self, grace_s: float) -> None:
         """Drains every frontend (their calls in flight get grace_s), and kills one that outlives it."""
-        self.stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()  # first, so that no restart starts a process after the ones stopped below
+        for supervisor in self._supervisors:  # first, so that no restart starts a process after the ones stopped below
+            supervisor.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()  # SIGTERM: the frontend drains

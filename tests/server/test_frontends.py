@@ -192,6 +192,42 @@ def test_a_killed_frontend_is_restarted_and_calls_go_on(daemon):
     outputs = [generate(daemon.target) for _ in range(8)]
     assert all(len(tokens) == 8 for tokens, _ in outputs)
     assert daemon.streams_in_flight() == 0
+    assert daemon.metric("awqd_frontend_processes") == FRONTENDS
+    assert daemon.metric("awqd_frontend_restarts_total", outcome="restarted") == 1
+
+
+def test_a_restart_that_cannot_bind_is_retried_until_it_can(demo_model_dir, awqd_cache_dir, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serving(
+        awqd_cache_dir, "--model-root", str(tmp_path), "--selection-budget", "3", "--frontend-processes", "1",
+        "--listen", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0",
+    ) as process:  # fmt: skip
+        (frontend,) = frontend_pids(process)
+        with socket.socket() as squatter:  # without SO_REUSEPORT: while it listens, no frontend can bind the port
+            os.kill(frontend, signal.SIGKILL)
+            wait_until(lambda: bound(squatter, port), 5, "the killed frontend's port to be free")
+            squatter.listen()
+            wait_until(lambda: process.events("frontend_restart_failed"), 30, "a restart to fail")
+            assert process.metric("awqd_frontend_processes") == 0
+            assert process.metric("awqd_frontend_restarts_total", outcome="failed") >= 1
+        (exited,) = process.events("frontend_exited")
+        failures = process.events("frontend_restart_failed")
+        assert exited["restart_in_s"] == 1.0 and failures[0]["retry_in_s"] == 2.0  # the wait doubles per restart
+        assert "Failed to bind" in failures[0]["error"], failures[0]
+        wait_until(lambda: process.events("frontend_restarted"), 60, "the restart to be retried once the port is free")
+        tokens, _ = generate(process.target, metadata=())
+        assert len(tokens) == 8
+        assert process.metric("awqd_frontend_processes") == 1
+
+
+def bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def test_sigterm_drains_a_relayed_stream_then_everything_exits(demo_model_dir, awqd_cache_dir, tmp_path):

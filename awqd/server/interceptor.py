@@ -7,8 +7,9 @@ its status code like any other.
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -58,53 +59,79 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_call(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext):
-            started, peer = time.perf_counter(), self._peer(context)  # read while the call is alive (below)
-            code = grpc.StatusCode.OK
-            try:
-                self.authorizer.check(method, context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            with (
+                rpc_scope(method, self._peer(context), context) as call,  # the peer read while the call is alive
+                admitted(method, metadata, self.authorizer, None),
+            ):
                 return await behavior(request, context)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # the handler ended the call itself
-                raise
-            except Exception as error:
-                code, message = status_for(method, error)
-                await _abort(context, code, message, error)
-            finally:
-                log_rpc(method, code, started, peer)
+            await _abort(context, call)  # reached only when the call failed: rpc_scope kept its status
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: Callable) -> Callable:
         async def wrapped(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            started, peer = time.perf_counter(), self._peer(context)  # read while the call is alive (below)
-            code = grpc.StatusCode.OK
-            try:
-                self.authorizer.check(method, context.invocation_metadata())
-                with self.streams.slot(method) if self.streams else nullcontext():
-                    async for response in behavior(request, context):
-                        yield response
-            except (asyncio.CancelledError, GeneratorExit):
-                # The client cancelled or its deadline passed: grpc cancels the call's task, or closes the generator.
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                code, message = status_for(method, error)
-                await _abort(context, code, message, error)
-            finally:
-                if code is grpc.StatusCode.OK and context.cancelled():
-                    code = grpc.StatusCode.CANCELLED
-                log_rpc(method, code, started, peer)
+            metadata = context.invocation_metadata()
+            with (
+                rpc_scope(method, self._peer(context), context) as call,  # the peer read while the call is alive
+                admitted(method, metadata, self.authorizer, self.streams),
+            ):
+                async for response in behavior(request, context):
+                    yield response
+            if call.failed:
+                await _abort(context, call)
 
         return wrapped
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, error: Exception):
-    if hint := retry_hint(error):
-        context.set_trailing_metadata(hint)
-    await context.abort(code, message)
+@dataclass
+class Call:
+    """How an RPC ended: its status code; for a call that failed, the details and trailing metadata to send."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    failed: bool = False  # an exception ended it, and its status is still to be sent
+    details: str = ""
+    trailing: tuple[tuple[str, str], ...] = ()
+
+
+@contextmanager
+def rpc_scope(method: str, peer: str, context: grpc.aio.ServicerContext | None = None, **log_fields) -> Iterator[Call]:
+    """One RPC's end as every call gets it, relayed Generate calls included: the status an exception maps to (kept
+    in the Call, not raised: the caller sends it its way), and the `rpc` log line and count. Cancellation passes
+    through, counted as CANCELLED. With the call's context, a call the handler aborted keeps the handler's code, and
+    a call that ends OK after its client went away counts as CANCELLED."""
+    started, call = time.perf_counter(), Call()
+    try:
+        yield call
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client cancelled or its deadline passed: grpc cancels the call's task, or closes the generator.
+        call.code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        call.code = context.code() or grpc.StatusCode.UNKNOWN  # the handler ended the call itself
+        raise
+    except Exception as error:
+        call.code, call.details = status_for(method, error)
+        call.failed, call.trailing = True, retry_hint(error)
+    finally:
+        if call.code is grpc.StatusCode.OK and context is not None and context.cancelled():
+            call.code = grpc.StatusCode.CANCELLED
+        log_rpc(method, call.code, started, peer, **log_fields)
+
+
+@contextmanager
+def admitted(method: str, metadata, authorizer: Authorizer, streams: StreamLimit | None) -> Iterator[None]:
+    """The call's authorization, then its stream slot, held until the call ends. Entered inside rpc_scope, so that a
+    refused call is logged and counted with its status code like any other."""
+    authorizer.check(method, metadata)
+    with streams.slot(method) if streams else nullcontext():
+        yield
+
+
+async def _abort(context: grpc.aio.ServicerContext, call: Call):
+    if call.trailing:
+        context.set_trailing_metadata(call.trailing)
+    await context.abort(call.code, call.details)
 
 
 def retry_hint(error: Exception) -> tuple[tuple[str, str], ...]:

@@ -7,19 +7,17 @@ wave's in the same decode step. The frontends accept, write and end calls on the
 then does little per stream: it serializes each message and appends it to its frontend's next frame
 (bench/results/h200-2026-12-04-frontends).
 
-A relayed Generate gets what a direct one gets from the StatusInterceptor: authorization, the daemon-wide stream
-limit, the status code and retry hint, the `rpc` log line and the request counter. Other calls reach the engine's
-gRPC server on its Unix socket and go through the interceptor itself.
+A relayed Generate runs through the StatusInterceptor's own rpc_scope and admitted, so it gets what a direct one gets:
+authorization, the daemon-wide stream limit, the status code and retry hint, the `rpc` log line and the request
+counter. Other calls reach the engine's gRPC server on its Unix socket and go through the interceptor itself.
 """
 
 import asyncio
 import contextlib
 import socket
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import structlog
 
 from awqd.config import ServeConfig
@@ -28,7 +26,7 @@ from awqd.metrics import FRONTEND_PROCESSES, FRONTEND_RESTARTS
 from awqd.server.auth import Authorizer
 from awqd.server.frames import Outbox, read_batch
 from awqd.server.frontend import GENERATE, FrontendConfig
-from awqd.server.interceptor import log_rpc, retry_hint, status_for
+from awqd.server.interceptor import admitted, rpc_scope
 from awqd.server.limits import StreamLimit
 from awqd.server.servicer import AwqdServicer
 from awqd_client.v1 import awqd_pb2 as pb
@@ -87,31 +85,25 @@ class Relay:
     async def _generate(
         self, outbox: Outbox, call_id: int, request: bytes, metadata: tuple, peer: str, frontend: int | None
     ) -> None:
-        started, code, details, trailing = time.perf_counter(), grpc.StatusCode.OK, "", ()
         call_ended: list = []  # the servicer's callbacks for the end of the call
         try:
-            self.authorizer.check(GENERATE, metadata)
-            try:
-                parsed = pb.GenerateRequest.FromString(request)
-            except Exception as error:  # protobuf's DecodeError, or another error on some inputs
-                raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
-            with self.streams.slot(GENERATE):
+            with (
+                rpc_scope(GENERATE, peer, frontend=frontend) as call,
+                admitted(GENERATE, metadata, self.authorizer, self.streams),
+            ):
+                try:
+                    parsed = pb.GenerateRequest.FromString(request)
+                except Exception as error:  # protobuf's DecodeError, or another error on some inputs
+                    raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
                 async for response in self.servicer.generate(parsed, call_ended.append):
                     outbox.send(("message", call_id, response.SerializeToString()))
-            # A wave's streams all end in one step. Yield once, so that the frame with every stream's last message
-            # leaves before the ended calls' bookkeeping (log lines, counters) runs.
-            await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED  # the frontend's client cancelled; its call is over, send nothing
-            raise
-        except Exception as error:
-            code, details = status_for(GENERATE, error)
-            trailing = retry_hint(error)
-        finally:
+                # A wave's streams all end in one step. Yield once, so that the frame with every stream's last
+                # message leaves before the ended calls' bookkeeping (log lines, counters) runs.
+                await asyncio.sleep(0)
+        finally:  # a cancelled call (its frontend's client cancelled) ends here: it is over, nothing is sent
             for callback in call_ended:
                 callback(None)
-            log_rpc(GENERATE, code, started, peer, frontend=frontend)
-        outbox.send(("end", call_id, code.name, details, trailing))
+        outbox.send(("end", call_id, call.code.name, call.details, call.trailing))
 
 
 class Frontends:

@@ -274,7 +274,13 @@ def select_kernels(
     decisions.duration_s = time.perf_counter() - started
     if forced:
         apply_forced(decisions, forced)
-    log.info("kernels_selected", device=device.uuid, source=decisions.source, duration_s=round(decisions.duration_s, 3))
+    log.info(
+        "kernels_selected",
+        device=device.uuid,
+        source=decisions.source,
+        duration_s=round(decisions.duration_s, 3),
+        kernels={str(d.batch_tokens): d.kernel for d in decisions.decisions},  # what serves each bucket, at a glance
+    )
     return decisions
 
 

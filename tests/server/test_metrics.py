@@ -105,6 +105,8 @@ def test_decisions_memory_and_model_state(daemon):
     decisions = [labels for labels in series(samples, "awqd_kernel_decision_info") if labels["device_uuid"] == "cpu"]
     assert {int(d["bucket"]): d["kernel"] for d in decisions} == {d.batch_tokens: d.kernel for d in cpu.decisions}
     assert all(d["device"] == "cpu" and d["source"] in SOURCES for d in decisions)
+    (logged,) = [e for e in daemon.events("kernels_selected") if e["device"] == "cpu"]
+    assert logged["kernels"] == {str(d.batch_tokens): d.kernel for d in cpu.decisions}
 
     cpu_labels = {"device_uuid": "cpu", "device": "cpu", "name": cpu.name}
     total = value(samples, "awqd_device_memory_total_bytes", **cpu_labels)

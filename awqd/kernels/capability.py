@@ -69,6 +69,9 @@ FBGEMM_CUTLASS_SASS = ("sm_90a",)
 DEQUANT_MATMUL_MIN_TOKENS = 1024  # AutoAWQ's GEMM switches to dequantize + matmul here
 GEMV_FAST_MAX_DECODE_BATCH = 8  # AutoAWQ's GEMV_FAST decodes with its GEMV below this
 AWQD_GEMV_MAX_TOKENS = 2  # awqd's GEMV wins at 1-2 tokens on the H200 (bench/results/h200-2026-12-02-gemv)
+# Where awqd's skinny kernel (2 tokens to DEQUANT_MATMUL_MIN_TOKENS) and its Triton dequantize + cuBLAS (from there)
+# were measured the fastest candidates (an H200: bench/results/h200-2026-12-04-own-kernels/engine-115fff5): Hopper.
+MEASURED_MAJOR = 9
 
 
 @dataclass(frozen=True)
@@ -359,17 +362,32 @@ def select_kernel_version(
     if compute_capability is None:
         return choice("reference_torch", "host CPU: AutoAWQ's kernels are CUDA-only; the torch reference runs here")
     cc = format_capability(compute_capability)
+    measured = compute_capability[0] == MEASURED_MAJOR
+    if batch_size >= DEQUANT_MATMUL_MIN_TOKENS and measured and "awqd_triton_dequant_cublas" in supported:
+        return choice(
+            "awqd_triton_dequant_cublas",
+            f"{batch_size} tokens >= {DEQUANT_MATMUL_MIN_TOKENS} on {cc}: awqd's Triton dequantize + cuBLAS, the "
+            "fastest measured from 2048 tokens (H200: 1.46 and 5.34 ms per Llama-2-7B layer at 2048 and 8192 tokens, "
+            "torch's dequantize + cuBLAS 3.73 and 7.76)",
+        )
+    skinny = measured and "awqd_triton_skinny" in supported
     if batch_size >= DEQUANT_MATMUL_MIN_TOKENS and "dequant_cublas" in supported:
         return choice(
             "dequant_cublas",
             f"{batch_size} tokens >= {DEQUANT_MATMUL_MIN_TOKENS}: AutoAWQ's GEMM dequantizes and calls an fp16 "
             "matmul here, where the matmul is compute-bound and a fused int4 kernel no longer wins",
         )
-    if batch_size <= AWQD_GEMV_MAX_TOKENS and "awqd_triton_gemv" in supported:
+    if batch_size <= (1 if skinny else AWQD_GEMV_MAX_TOKENS) and "awqd_triton_gemv" in supported:
         return choice(
             "awqd_triton_gemv",
-            f"{batch_size} tokens on {cc}: awqd's Triton GEMV, the fastest measured decode kernel at 1-2 tokens "
-            "(H200: 0.050-0.055 ms per Llama-2-7B layer at 1 token, tinygemm 0.094, fp16 cuBLAS 0.116)",
+            f"{batch_size} tokens on {cc}: awqd's Triton GEMV, the fastest measured decode kernel at 1 token "
+            "(H200: 0.046 ms per Llama-2-7B layer, the skinny kernel 0.058, tinygemm 0.094, fp16 cuBLAS 0.114)",
+        )
+    if skinny:
+        return choice(
+            "awqd_triton_skinny",
+            f"{batch_size} tokens on {cc}: awqd's skinny kernel, the fastest measured from 2 to 512 tokens (H200: "
+            "0.060-0.064 ms per Llama-2-7B layer at 2-16 tokens and 0.47 at 512; awqd's GEMM 0.20 and 1.17)",
         )
     if "awqd_triton_gemm" in supported:
         return choice(

@@ -161,10 +161,15 @@ ALL = set(REQUIREMENT_SOURCES)
     [
         (None, 1, ALL, "reference_torch", "host CPU"),
         ((9, 0), 1, ALL, "awqd_triton_gemv", "fastest measured decode kernel"),
-        ((9, 0), 7, ALL, "awqd_triton_gemm", "without their split-K atomics"),
+        ((9, 0), 2, ALL, "awqd_triton_skinny", "fastest measured from 2 to 512 tokens"),
+        ((9, 0), 512, ALL, "awqd_triton_skinny", "fastest measured from 2 to 512 tokens"),
+        ((8, 0), 2, ALL, "awqd_triton_gemv", "awqd's Triton GEMV"),  # the skinny kernel was measured on Hopper only
+        ((8, 0), 7, ALL, "awqd_triton_gemm", "without their split-K atomics"),
         ((9, 0), 7, ALL - {"triton"}, "autoawq_gemv_fast_cuda", "below 8 rows"),
         ((9, 0), 8, ALL - {"triton"}, "autoawq_gemm_cuda", "default GEMM"),
-        ((9, 0), 1024, ALL, "dequant_cublas", ">= 1024"),
+        ((9, 0), 1024, ALL, "awqd_triton_dequant_cublas", "fastest measured from 2048 tokens"),
+        ((9, 0), 8192, ALL - {"triton"}, "dequant_cublas", ">= 1024"),
+        ((8, 0), 1024, ALL, "dequant_cublas", ">= 1024"),
         ((7, 5), 1, ALL, "autoawq_gemv_cuda", "without awq_v2_ext"),
         ((7, 5), 2, ALL, "autoawq_gemm_cuda", "default GEMM"),
         ((9, 0), 1, ALL - {"awq_ext", "awq_v2_ext"}, "awqd_triton_gemv", "awqd's Triton GEMV"),

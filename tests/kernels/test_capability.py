@@ -1,6 +1,8 @@
 """The capability table, the capability-only kernel choice, and the registry that builds candidates by name."""
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,6 +186,22 @@ def test_select_kernel_version(capability, batch, available, expected, reason_pa
     assert choice.name == expected
     assert choice.family == registry.CANDIDATES[expected].family
     assert reason_part in choice.reason
+
+
+# An H200's decisions, every bucket measured with awqd's and torch's candidates (no peers installed).
+H200_DECISIONS = Path(__file__).parents[2] / "bench/results/h200-2026-12-04-own-kernels/engine-115fff5"
+
+
+def test_the_hopper_rules_name_the_kernel_measured_fastest_at_every_bucket_on_an_h200():
+    """The rules serve the buckets a short budget does not reach: stale, they prefilled on a 1.45x slower kernel
+    (bench/results/h200-2026-12-04-short-budget-rules)."""
+    (path,) = H200_DECISIONS.glob("decisions-*.json")
+    measured = json.loads(path.read_text())["decisions"]["decisions"]
+    installed = ALL - {"awq_ext", "awq_v2_ext", "fbgemm_bf16i4_rowwise", "gemlite"}
+    assert {d["source"] for d in measured} == {"measured"} and len(measured) == 12
+    for decision in measured:
+        choice = select_kernel_version((9, 0), decision["batch_tokens"], installed)
+        assert choice.name == decision["kernel"], decision["reason"]
 
 
 def test_probe_requirements_matches_this_machine():

@@ -3,12 +3,14 @@
     python3 bench/ncu_kernels.py --out DIR [--cases awqd_triton_gemv@1,awqd_triton_gemm@16,...]
 
 For each case (candidate@tokens, or candidate@tokens/split-k=S: a Triton candidate's tuned tiles with K split S
-ways) it runs itself under `ncu --clock-control none` (the clocks stay as they are) with the profiler off except
-around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096,
-gate_up 22016x4096, down 4096x11008; W4 g128 with a zero point), after the candidate was tuned for that bucket and
-warmed up. Per kernel launch it keeps the duration, achieved DRAM bandwidth (bytes read over duration, and % of
-peak), achieved and theoretical occupancy, registers, grid and block, and the warp-stall breakdown (cycles per
-issued instruction by reason). Writes ncu-kernels.json and ncu-kernels.md under --out.
+ways) it tunes the candidate for that bucket here, outside Nsight Compute: timed under ncu, the tuner picked other
+tiles than a plain process does (bench/results/h200-2026-12-04-own-kernels/ncu-20d4138). Then it runs itself under
+`ncu --clock-control none` (the clocks stay as they are) with those tiles installed and the profiler off except
+around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096, gate_up 22016x4096, down
+4096x11008; W4 g128 with a zero point), after a warm-up. Per kernel launch it keeps the duration, achieved DRAM
+bandwidth (bytes read over duration, and % of peak), achieved and theoretical occupancy, registers, grid and block,
+and the warp-stall breakdown (cycles per issued instruction by reason). Writes ncu-kernels.json, ncu-kernels.md
+and each case's tiles (tiles-CASE.json) under --out.
 
 The child mode (--child) is what ncu runs; it is not meant to be called by hand.
 """
@@ -65,30 +67,50 @@ STALLS = (
 STALL_METRIC = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
 
 
-def child(case: str, tune_s: float) -> None:
-    """Tunes and warms one candidate at one bucket, then profiles one pass over the four linears."""
+def parse_case(case: str) -> tuple[str, int, int | None]:
+    """'name@tokens[/split-k=S]' -> (name, tokens, S or None)."""
+    kernel, _, split_k = case.partition("/split-k=")
+    name, tokens = kernel.split("@")
+    return name, int(tokens), int(split_k) if split_k else None
+
+
+def tune_case(case: str, tune_s: float) -> dict:
+    """The candidate's tiles for the case's bucket, tuned on this process's GPU: {"table": stored table or None,
+    "notes": [...]}; with a split-K, every tuned tile split that many ways."""
     import torch
 
     from awqd.kernels import registry
-    from awqd.kernels.measure import random_layer_weights, served_counters
 
-    kernel, _, split_k = case.partition("/split-k=")
-    name, tokens = kernel.split("@")
+    name, tokens, split_k = parse_case(case)
     device = torch.device("cuda:0")
-    candidate = registry.build(name)
-    tuned = candidate.tune(SHAPES, [int(tokens)], GROUP_SIZE, device, time.perf_counter() + tune_s)
-    notes = tuned.notes
+    tuned = registry.build(name).tune(SHAPES, [tokens], GROUP_SIZE, device, time.perf_counter() + tune_s)
+    notes = list(tuned.notes)
     if split_k:  # the tuned tiles with K split this many ways, to compare the same tiles split and unsplit
         if not tuned.table:
             raise SystemExit(f"{case}: {name} has no tuned tiles to split")
         for by_bucket in tuned.table.values():
             for config in by_bucket.values():
-                config["split_k"] = int(split_k)
-        candidate.install_tuning(tuned.table, device)
-        notes.append(f"split-K forced to {split_k} on every tuned tile: {tuned.table}")
+                config["split_k"] = split_k
+        notes.append(f"split-K forced to {split_k} on every tuned tile")
+    return {"table": tuned.table, "notes": notes}
+
+
+def child(case: str, tiles: Path) -> None:
+    """Installs the tiles tune_case chose, warms the candidate up, then profiles one pass over the four linears."""
+    import torch
+
+    from awqd.kernels import registry
+    from awqd.kernels.measure import random_layer_weights, served_counters
+
+    name, tokens, _ = parse_case(case)
+    device = torch.device("cuda:0")
+    candidate = registry.build(name)
+    table = json.loads(tiles.read_text())["table"]
+    if table:
+        candidate.install_tuning(table, device)
     weights = random_layer_weights(SHAPES, GROUP_SIZE, device, 1)[0]
     packed = [candidate.prepare(weight, device) for weight in weights]
-    inputs = [torch.randn(int(tokens), i, dtype=torch.float16, device=device) for _, i in SHAPES]
+    inputs = [torch.randn(tokens, i, dtype=torch.float16, device=device) for _, i in SHAPES]
     with served_counters(device):  # as the engine runs them
         for _ in range(3):
             for x, p in zip(inputs, packed, strict=True):
@@ -99,10 +121,13 @@ def child(case: str, tune_s: float) -> None:
             candidate.forward(x, p)
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStop()
-    print(json.dumps({"case": case, "notes": notes}))
 
 
-def profile(case: str, tune_s: float) -> dict:
+def profile(case: str, tune_s: float, out: Path) -> dict:
+    started = time.perf_counter()
+    tuned = tune_case(case, tune_s)
+    tiles = out / f"tiles-{case.replace('/', '-')}.json"
+    tiles.write_text(json.dumps(tuned, indent=1))
     metrics = ",".join([*METRICS, *(STALL_METRIC.format(s) for s in STALLS)])
     command = [
         "ncu",
@@ -121,12 +146,12 @@ def profile(case: str, tune_s: float) -> dict:
         __file__,
         "--child",
         case,
-        "--tune-s",
-        str(tune_s),
+        "--tiles",
+        str(tiles),
     ]
-    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     result = {"case": case, "exit_status": done.returncode, "seconds": round(time.perf_counter() - started, 1)}
+    result.update(tuned)
     if done.returncode != 0:
         result["stderr"] = done.stderr[-3000:]
     header = next((i for i, line in enumerate(done.stdout.splitlines()) if line.startswith('"ID"')), None)
@@ -189,9 +214,10 @@ def main() -> int:
     parser.add_argument("--cases", default=DEFAULT_CASES)
     parser.add_argument("--tune-s", type=float, default=20.0, help="tuning time per case before profiling")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tiles", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.tune_s)
+        child(args.child, args.tiles)
         return 0
     import torch
 
@@ -203,7 +229,7 @@ def main() -> int:
         "cases": [],
     }
     for case in args.cases.split(","):
-        data["cases"].append(profile(case, args.tune_s))
+        data["cases"].append(profile(case, args.tune_s, args.out))
         (args.out / "ncu-kernels.json").write_text(json.dumps(data, indent=1))
         (args.out / "ncu-kernels.md").write_text(markdown(data))
     print(markdown(data))

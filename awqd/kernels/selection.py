@@ -67,6 +67,7 @@ DEFAULT_GRAPH_BATCH = 256  # the engine's default --max-batch-size: decode steps
 NOISE_MARGINS = {"cuda": 0.10, "cpu": 0.25}
 # Of the time left after correctness checks, what tuning launch configurations may take; timing gets the rest.
 TUNING_SHARE = 0.5
+BUDGET_RAN_OUT = "not measured: the time budget ran out"  # a rule decision's reason starts with it
 REFERENCE = "reference_torch"
 SHAPED_STEPS = ("check", "graph_check", "tune", "time")
 
@@ -281,6 +282,16 @@ def select_kernels(
         duration_s=round(decisions.duration_s, 3),
         kernels={str(d.batch_tokens): d.kernel for d in decisions.decisions},  # what serves each bucket, at a glance
     )
+    if unmeasured := [d.batch_tokens for d in decisions.decisions if d.reason.startswith(BUDGET_RAN_OUT)]:
+        # Those buckets serve the capability rules' kernels, which may be slower than the measured best (on an H200,
+        # stale rules once prefilled 1.45x slower: bench/results/h200-2026-12-04-short-budget-rules).
+        log.warning(
+            "selection_budget_ran_out",
+            device=device.uuid,
+            budget_s=budget_s,
+            buckets=unmeasured,
+            action="these buckets follow the capability rules; raise --selection-budget to measure them",
+        )
     return decisions
 
 
@@ -496,7 +507,7 @@ def measure(device: DeviceInfo, reports: list[CandidateReport], plan: Plan) -> D
         if timings.get(bucket):
             decisions.append(measured_decision(bucket, timings[bucket]))
         else:
-            why = "not measured: the time budget ran out" if bucket not in timings else "no candidate could be timed"
+            why = BUDGET_RAN_OUT if bucket not in timings else "no candidate could be timed"
             decisions += rule_decisions(device, reports, [bucket], why, plan.graph_buckets)
         if decisions and decisions[-1].batch_tokens == bucket:
             decisions[-1].rejected = rejected.get(bucket, [])

@@ -4,6 +4,7 @@ Also the measuring helpers, the layer shapes, and the candidate layouts against 
 """
 
 import pytest
+import structlog
 import torch
 
 from awqd.config import EngineSettings
@@ -90,7 +91,11 @@ def test_every_candidate_is_explained(decisions):
 
 
 def test_budget_exhausted_falls_back_to_capability_rules():
-    result = select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=None, budget_s=0.0, buckets=(1, 16))
+    with structlog.testing.capture_logs() as logs:
+        result = select_kernels(CPU, SHAPES, GROUP_SIZE, cache_dir=None, budget_s=0.0, buckets=(1, 16))
+    (warning,) = [entry for entry in logs if entry["event"] == "selection_budget_ran_out"]
+    assert warning["log_level"] == "warning" and warning["buckets"] == [1, 16]
+    assert "--selection-budget" in warning["action"]
     assert result.source == "capability_rule"
     for decision in result.decisions:
         assert decision.source == "capability_rule" and decision.kernel == "reference_torch"

@@ -150,11 +150,12 @@ class Frontends:
             exited.add_done_callback(lambda _: FRONTEND_PROCESSES.dec())
             return None
         if started.done():
-            error = started.result()  # it could not bind, and exits by itself
+            error = started.result()  # it could not bind
         elif exited.done():
             error = f"exited with code {process.returncode} before it was listening"
         else:
             error = f"not listening after {START_TIMEOUT_S:.0f} s"
+        if not exited.done():  # a frontend that failed is not left running, however it failed
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         await exited

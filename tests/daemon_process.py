@@ -75,17 +75,21 @@ class DaemonProcess:
             time.sleep(0.2)
         raise TimeoutError("awqd did not become SERVING:\n" + "\n".join(self.log_lines[-50:]))
 
-    def metric(self, name: str, **labels: str) -> float | None:
-        """A sample's value from the daemon's /metrics (it must run with --metrics-listen 127.0.0.1:0); None if the
-        sample is not exported."""
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample on the daemon's /metrics, by (name, labels) (it must run with --metrics-listen 127.0.0.1:0)."""
         port = self.events("metrics_listening")[-1]["port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    return sample.value
-        return None
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of the first sample named `name` whose labels include `labels`; None if none is exported."""
+        wanted = labels.items()
+        return next((v for (n, ls), v in self.scrape().items() if n == name and wanted <= dict(ls).items()), None)
 
     def streams_in_flight(self) -> float:
         value = self.metric("awqd_streams_in_flight")

@@ -1,17 +1,15 @@
 """The Prometheus endpoint of a real daemon hosting the demo model, scraped on loopback during and after Generate."""
 
 import time
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from awqd_client import AwqdClient, AwqdError
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
-from daemon_process import DaemonProcess, serving
+from daemon_process import serving
 
 DEMO = "awqd-demo"
 GENERATE = "/awq.v1.AwqdService/Generate"
@@ -30,17 +28,6 @@ def daemon(demo_model_dir, awqd_cache_dir):
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(daemon: DaemonProcess) -> Samples:
-    port = daemon.events("metrics_listening")[-1]["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def value(samples: Samples, name: str, /, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
@@ -50,7 +37,7 @@ def series(samples: Samples, name: str) -> list[dict[str, str]]:
 
 
 def test_metrics_during_and_after_generate(daemon):
-    before = scrape(daemon)
+    before = daemon.scrape()
     request = pb.GenerateRequest(model=DEMO, prompt="The weather today", max_new_tokens=300)
     with grpc.insecure_channel(daemon.target) as channel:
         stub = awqd_pb2_grpc.AwqdServiceStub(channel)
@@ -58,16 +45,16 @@ def test_metrics_during_and_after_generate(daemon):
         deadline = time.monotonic() + 30
         # One scrape reads the stream gauge before the queue, and the loop can take the second call in between: so
         # poll until one scrape sees both streams, while the first one runs (300 tokens) and the second waits.
-        during = scrape(daemon)
+        during = daemon.scrape()
         while not (
             value(during, "awqd_queue_depth", model=DEMO, device="cpu") == 1
             and value(during, "awqd_streams_in_flight") == 2
         ):
             assert time.monotonic() < deadline, "no scrape saw one Generate running and the other queued"
-            during = scrape(daemon)
+            during = daemon.scrape()
         assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") > 0  # the running one's
         completions = [list(call)[-1].completion for call in calls]
-    after = scrape(daemon)
+    after = daemon.scrape()
 
     def grew(name: str, /, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -99,7 +86,7 @@ def test_metrics_during_and_after_generate(daemon):
 
 
 def test_decisions_memory_and_model_state(daemon):
-    samples = scrape(daemon)
+    samples = daemon.scrape()
     with AwqdClient(daemon.target) as client:
         cpu = client.describe().devices[0]
     decisions = [labels for labels in series(samples, "awqd_kernel_decision_info") if labels["device_uuid"] == "cpu"]
@@ -122,10 +109,10 @@ def test_decisions_memory_and_model_state(daemon):
 
 
 def test_refused_calls_are_counted_with_their_code(daemon):
-    before = value(scrape(daemon), "awqd_rpc_requests_total", method=GENERATE, code="NOT_FOUND")
+    before = value(daemon.scrape(), "awqd_rpc_requests_total", method=GENERATE, code="NOT_FOUND")
     with AwqdClient(daemon.target) as client, pytest.raises(AwqdError):
         list(client.generate("no-such-model", "hello"))
-    after = value(scrape(daemon), "awqd_rpc_requests_total", method=GENERATE, code="NOT_FOUND")
+    after = value(daemon.scrape(), "awqd_rpc_requests_total", method=GENERATE, code="NOT_FOUND")
     assert after == before + 1
 
 

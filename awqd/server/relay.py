@@ -95,11 +95,14 @@ class Relay:
                     parsed = pb.GenerateRequest.FromString(request)
                 except Exception as error:  # protobuf's DecodeError, or another error on some inputs
                     raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
-                async for response in self.servicer.generate(parsed, call_ended.append):
-                    outbox.send(("message", call_id, response.SerializeToString()))
-                # A wave's streams all end in one step. Yield once, so that the frame with every stream's last
-                # message leaves before the ended calls' bookkeeping (log lines, counters) runs.
-                await asyncio.sleep(0)
+                # The messages are appended to the frame as the engine hands them over, on the bridge's wake-up.
+                # That wake-up's first one scheduled the frame's write, so when a wave's streams all end in one
+                # step, their last messages leave before the ended calls' bookkeeping (log lines, counters) runs.
+                await self.servicer.generate_to(
+                    parsed,
+                    call_ended.append,
+                    lambda response: outbox.send(("message", call_id, response.SerializeToString())),
+                )
         finally:  # a cancelled call (its frontend's client cancelled) ends here: it is over, nothing is sent
             for callback in call_ended:
                 callback(None)

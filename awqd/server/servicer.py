@@ -1,18 +1,19 @@
 """awq.v1.AwqdService: translates requests into daemon calls and results into messages, nothing more.
 
-It runs on the server's asyncio loop. Generate streams the engine's events through the EventBridge; daemon calls
-that can block (loading a model, unloading one, reading device memory, a benchmark's measurements) run on the
-bounded `blocking` executor, so the loop never waits on them.
+It runs on the server's asyncio loop. Generate streams the engine's events through the EventBridge (pulled by a
+call here, pushed for one a frontend relays); daemon calls that can block (loading a model, unloading one, reading
+device memory, a benchmark's measurements) run on the bounded `blocking` executor, so the loop never waits on them.
 """
 
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
 from awqd.daemon import Daemon
+from awqd.engine.sequence import Job
 from awqd.server import messages
 from awqd.server.events import EventBridge
 from awqd_client.v1 import awqd_pb2 as pb
@@ -34,17 +35,26 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.hosted_models()))
 
     async def Generate(self, request: pb.GenerateRequest, context):
-        async for response in self.generate(request, context.add_done_callback):
-            yield response
+        async for message in self.events.stream(self._start(request, context.add_done_callback)):
+            yield messages.generate_response(message.delta, message.finished)
 
-    async def generate(
-        self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]
-    ) -> AsyncIterator[pb.GenerateResponse]:
-        """Generate's messages, for a call here or one a frontend process relays (awqd.server.relay)."""
+    async def generate_to(
+        self,
+        request: pb.GenerateRequest,
+        on_call_end: Callable[[Callable[[object], None]], None],
+        send: Callable[[pb.GenerateResponse], None],
+    ) -> None:
+        """Generate for a call a frontend process relays (awqd.server.relay): each message goes to send, on the
+        loop, as the engine hands it over; returns after the last, or raises the error that ended the job."""
+        job = self._start(request, on_call_end)
+        await self.events.deliver(
+            job, lambda message: send(messages.generate_response(message.delta, message.finished))
+        )
+
+    def _start(self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]) -> Job:
         job = self.daemon.generate(messages.generate_params(request))
         on_call_end(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
-        async for message in self.events.stream(job):
-            yield messages.generate_response(message.delta, message.finished)
+        return job
 
     async def Benchmark(self, request: pb.BenchmarkRequest, context):
         stop = threading.Event()

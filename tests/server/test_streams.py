@@ -49,7 +49,8 @@ def test_a_blocking_reader_still_gets_the_events():
     assert [type(event) for event in blocking.results()] == [TokenDelta, Finished]
 
 
-def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
+@pytest.mark.parametrize("form", ["pull", "push"])
+def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst(form):
     async def scenario() -> tuple[list[list[str]], int]:
         loop = asyncio.get_running_loop()
         bridge = EventBridge(loop)
@@ -63,7 +64,14 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
 
         loop.call_soon_threadsafe = counting
         jobs = [job() for _ in range(50)]
-        streams = [bridge.stream(each) for each in jobs]
+
+        async def pull(running: Job) -> list[str]:
+            return [rendered(message) async for message in bridge.stream(running)]
+
+        async def push(running: Job) -> list[str]:
+            sent = []
+            await bridge.deliver(running, lambda message: sent.append(rendered(message)))
+            return sent
 
         def engine_step() -> None:  # one decode step's tokens for every stream, then each one's summary
             for token in (1, 2):
@@ -72,10 +80,8 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
             for each in jobs:
                 each.events.put(finished(2))
 
-        async def read(stream) -> list[str]:
-            return [rendered(message) async for message in stream]
-
-        readers = asyncio.gather(*(read(stream) for stream in streams))
+        readers = asyncio.gather(*((pull if form == "pull" else push)(each) for each in jobs))
+        await asyncio.sleep(0)  # every reader is listening
         thread = threading.Thread(target=engine_step)
         thread.start()
         thread.join()  # the loop is held meanwhile, so the whole burst is pending before it runs: deterministic
@@ -84,7 +90,7 @@ def test_bridge_streams_from_engine_threads_and_wakes_the_loop_once_per_burst():
 
     counted_before = {message: delivery_lags(message) for message in ("first", "last")}
     texts, wakeups = asyncio.run(scenario())
-    # Each stream was two tokens and its completion behind when it read: one message for all three.
+    # Each stream's two tokens and its completion came in one burst: one message for all three.
     assert texts == [["12 end"]] * 50
     assert wakeups == 1, f"{wakeups} loop wake-ups for one burst of 150 events"
     for message, (count, total) in counted_before.items():  # each stream's first token and completion, once each
@@ -148,6 +154,86 @@ def test_bridge_raises_the_error_that_ended_a_job():
             await anext(stream)
 
     asyncio.run(scenario())
+
+
+def test_push_sends_each_wake_up_as_it_comes_and_ends_after_the_last():
+    async def scenario() -> tuple[list[str], bool]:
+        bridge = EventBridge(asyncio.get_running_loop())
+        running = job()
+        sent = []
+        done = bridge.deliver(running, lambda message: sent.append(rendered(message)))
+        running.events.put(TokenDelta("a", (1,)))
+        await asyncio.sleep(0)  # the wake-up runs
+        running.events.put(TokenDelta("b", (2,)))
+        await asyncio.sleep(0)
+        before_the_end = done.done()
+        running.events.put(finished(2))
+        await asyncio.wait_for(done, timeout=10)
+        return sent, before_the_end
+
+    assert asyncio.run(scenario()) == (["a", "b", "end"], False)
+
+
+def test_push_fails_only_the_stream_whose_send_raised():
+    async def scenario() -> tuple[list[str], BaseException | None]:
+        bridge = EventBridge(asyncio.get_running_loop())
+        broken, healthy = job(), job()
+        sent = []
+
+        def refuse(message: Message) -> None:
+            raise ValueError("cannot serialize")
+
+        failed = bridge.deliver(broken, refuse)
+        fine = bridge.deliver(healthy, lambda message: sent.append(rendered(message)))
+        for running in (broken, healthy):  # one burst: the broken stream's send runs first
+            running.events.put(TokenDelta("a", (1,)))
+            running.events.put(finished(1))
+        await asyncio.wait_for(fine, timeout=10)
+        await asyncio.wait((failed,), timeout=10)
+        return sent, failed.exception()
+
+    sent, error = asyncio.run(scenario())
+    assert sent == ["a end"]
+    assert isinstance(error, ValueError)
+
+
+def test_push_sends_what_came_before_the_error_that_ended_a_job_then_raises_it():
+    async def scenario() -> list[str]:
+        bridge = EventBridge(asyncio.get_running_loop())
+        failing = job()
+        sent = []
+        done = bridge.deliver(failing, lambda message: sent.append(rendered(message)))
+        failing.events.put(TokenDelta("a", (1,)))
+        failing.events.put(ResourceExhausted("queue full", retry_after_ms=70))
+        with pytest.raises(ResourceExhausted):
+            await asyncio.wait_for(done, timeout=10)
+        return sent
+
+    assert asyncio.run(scenario()) == ["a"]
+
+
+@pytest.mark.parametrize("form", ["pull", "push"])
+def test_a_stream_whose_reader_went_away_drops_its_later_events(form):
+    async def scenario() -> tuple[list[str], list[dict]]:
+        loop = asyncio.get_running_loop()
+        errors = []  # what the loop's callbacks raised: a dropped event must raise nothing there
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        bridge = EventBridge(loop)
+        running = job()
+        sent = []
+        if form == "push":
+            bridge.deliver(running, lambda message: sent.append(rendered(message))).cancel()
+        else:
+            stream = bridge.stream(running)
+            running.events.put(TokenDelta("a", (1,)))
+            sent.append(rendered(await anext(stream)))
+            await stream.aclose()
+        running.events.put(TokenDelta("b", (2,)))
+        running.events.put(finished(2))
+        await asyncio.sleep(0.01)
+        return sent, errors
+
+    assert asyncio.run(scenario()) == ([] if form == "push" else ["a"], [])
 
 
 STREAMS = 500

@@ -110,8 +110,8 @@ INTER_TOKEN_LATENCY = BulkHistogram(
 STREAM_DELIVERY_LAG = Histogram(
     "awqd_stream_delivery_lag_seconds",
     "From the engine handing a Generate stream's first token (message first) or its completion (message last) to the "
-    "event bridge, to the loop sending it (to a frontend's frame, or written by the stream's RPC): how far the "
-    "server's loop is behind the engine",
+    "event bridge, to the loop sending the message that carries it (to a frontend's frame, or written by the stream's "
+    "RPC; from the oldest event a merged message carries): how far the server's loop is behind the engine",
     ["model", "message"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 1),
 )

@@ -9,11 +9,13 @@ then go as one write instead of two.
 A stream gets its messages in one of two ways:
 - deliver (push): the bridge calls the stream's send with each message, in the wake-up itself. Nothing runs per
   stream but that call: no task switch, no queue. The frontend relay uses it, where a send appends to a frame; at
-  256 streams the loop's work per token and stream is a third of the pull form's (~2 against ~6 µs on this CPU).
+  256 streams that halves the loop's work per token and stream, hand-over to frame (5.5 against 11.5 µs on a
+  2-core EPYC, bench/results/cpu-2026-12-04-push-relay).
 - stream (pull): an async iterator, for a writer that awaits each write (grpc.aio's own Generate). A stream that
   has fallen behind (several messages wait when it reads) sends them as one, which keeps a loop that is behind from
   falling further behind.
-How far behind the loop is shows in awqd_stream_delivery_lag_seconds, at each stream's first token and completion.
+How far behind the loop is shows in awqd_stream_delivery_lag_seconds, at each stream's first token and completion,
+from the hand-over of the oldest event in the message that carries it.
 """
 
 import asyncio
@@ -64,7 +66,7 @@ class DeliveryLag:
 
 class Delivery:
     """One job's events on the loop, a wake-up's worth at a time, to send. `done` completes after the last message
-    is sent, or fails with the error that ended the job, or with the one send raised; once it is done (or
+    is sent, or fails with the error that ended the job or the one that send raised; once it is done (or
     cancelled: the caller went away), later events are dropped."""
 
     def __init__(self, send: Callable[[Message], None], lag: DeliveryLag | None, done: asyncio.Future[None]):

@@ -95,9 +95,10 @@ class Relay:
                     parsed = pb.GenerateRequest.FromString(request)
                 except Exception as error:  # protobuf's DecodeError, or another error on some inputs
                     raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
-                # The messages are appended to the frame as the engine hands them over, on the bridge's wake-up.
-                # That wake-up's first one scheduled the frame's write, so when a wave's streams all end in one
-                # step, their last messages leave before the ended calls' bookkeeping (log lines, counters) runs.
+                # Each message is appended to the frame in the bridge's wake-up that brings it. The wake-up's first
+                # append schedules the frame's write ahead of the calls the wake-up ends, so when a wave's streams
+                # all end in one step, their last messages leave before those calls' bookkeeping (log lines,
+                # counters) runs.
                 await self.servicer.generate_to(
                     parsed,
                     call_ended.append,

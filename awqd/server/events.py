@@ -8,9 +8,9 @@ then go as one write instead of two.
 
 A stream gets its messages in one of two ways:
 - deliver (push): the bridge calls the stream's send with each message, in the wake-up itself. Nothing runs per
-  stream but that call: no task switch, no queue. The frontend relay uses it, where a send appends to a frame; at
-  256 streams that halves the loop's work per token and stream, hand-over to frame (5.5 against 11.5 µs on a
-  2-core EPYC, bench/results/cpu-2026-12-04-push-relay).
+  stream but that call: no task switch, no queue. The frontend relay uses it, where a send appends to a frame; on a
+  2-core EPYC it cut the loop's work per token and stream, hand-over to frame, 1.6-2.1x (3.9-5.5 against 6.2-11.5 µs
+  at 256 streams, bench/results/cpu-2026-12-04-push-relay).
 - stream (pull): an async iterator, for a writer that awaits each write (grpc.aio's own Generate). A stream that
   has fallen behind (several messages wait when it reads) sends them as one, which keeps a loop that is behind from
   falling further behind.

@@ -8,10 +8,15 @@ and given back at once when it ends or is preempted; BlockTables is the only cod
 Block 0 is never handed out: it is the padding block. Decode pads its batch to a bucket, and the padding rows (and
 the unused tail of every row of the device-side table) point at block 0, so they write and read only there.
 
+With prefix caching, prompts that start with the same tokens share those whole blocks (BlockTables says how).
+
 SwapSpace is where a preempted sequence's blocks wait in host memory (preemption by swap, awqd.engine.scheduler):
 its own BlockTables over a host pool, and the copies out of the device cache and back into it.
 """
 
+import hashlib
+from array import array
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -81,7 +86,15 @@ def allocate(plan: KvCachePlan, num_layers: int, num_kv_heads: int, head_dim: in
 
 
 class BlockTables:
-    """Which blocks each sequence owns, in position order, and the free list. A block has one owner or is free.
+    """Which blocks each sequence owns, in position order, and the free list.
+
+    With prefix caching, a full block of prompt tokens can be shared: its key is its tokens and every token before
+    them (prefix_keys), published once a prefill has written it, and a later sequence whose prompt starts with the
+    same tokens takes the same blocks instead of new ones. A block is then held by every table that lists it; when
+    the last one lets go, a published block keeps its k/v as a cached block, still found by its key, until a new
+    block is needed and none is free: then the least recently released cached block is reused. Cached blocks count
+    as free. Blocks are written only by a table that holds them alone, before they are published: a prefix hit
+    covers whole blocks, and at least the prompt's last token is prefilled again (its logits are the first token).
 
     Only the scheduler thread changes it; Describe and metrics read the counts.
     """
@@ -90,14 +103,23 @@ class BlockTables:
         self.blocks = blocks
         self._free = list(range(blocks, PADDING_BLOCK, -1))  # a stack: the lowest numbers go out first
         self._tables: dict[Hashable, list[int]] = {}
+        self._holders: dict[int, int] = {}  # blocks in some table, and in how many
+        self._cached: OrderedDict[int, None] = OrderedDict()  # published blocks no table holds, oldest release first
+        self._published: dict[bytes, int] = {}  # prefix key -> block
+        self._keys: dict[int, bytes] = {}  # block -> its prefix key, for published blocks
 
     @property
     def free_blocks(self) -> int:
-        return len(self._free)
+        return len(self._free) + len(self._cached)
 
     @property
     def used_blocks(self) -> int:
-        return self.blocks - len(self._free)
+        return self.blocks - self.free_blocks
+
+    @property
+    def cached_blocks(self) -> int:
+        """Published blocks no sequence holds: free, but a later prompt with the same prefix can still take them."""
+        return len(self._cached)
 
     def table(self, owner: Hashable) -> list[int]:
         return self._tables.get(owner, [])
@@ -106,19 +128,77 @@ class BlockTables:
         """Makes the owner's table cover positions 0..tokens-1. False, with nothing taken, if too few are free."""
         table = self._tables.setdefault(owner, [])
         missing = blocks_for(tokens) - len(table)
-        if missing > len(self._free):
+        if missing > self.free_blocks:
             if not table:
                 del self._tables[owner]
             return False
         for _ in range(missing):
-            table.append(self._free.pop())
+            block = self._free.pop() if self._free else self._evict()
+            self._holders[block] = 1
+            table.append(block)
         return True
 
     def release(self, owner: Hashable) -> int:
-        """Gives all the owner's blocks back; returns how many."""
+        """Gives all the owner's blocks back; returns how many. A published block that no table holds any more is
+        kept as a cached block."""
         table = self._tables.pop(owner, [])
-        self._free.extend(reversed(table))
+        for block in reversed(table):
+            self._holders[block] -= 1
+            if self._holders[block]:
+                continue
+            del self._holders[block]
+            if block in self._keys:
+                self._cached[block] = None
+            else:
+                self._free.append(block)
         return len(table)
+
+    def cached_prefix(self, keys: list[bytes]) -> list[int]:
+        """The published blocks of the longest run of `keys` from the first (prefix_keys of a prompt)."""
+        blocks = []
+        for key in keys:
+            block = self._published.get(key)
+            if block is None:
+                break
+            blocks.append(block)
+        return blocks
+
+    def blocks_needed(self, tokens: int, prefix: list[int]) -> int:
+        """Free blocks a new table covering `tokens` positions takes when it starts with the cached `prefix`: those
+        of the prefix that other tables hold are not taken from the free ones."""
+        return blocks_for(tokens) - sum(block in self._holders for block in prefix)
+
+    def share(self, owner: Hashable, prefix: list[int]) -> None:
+        """Starts the owner's (empty) table with the blocks of a cached prefix (cached_prefix)."""
+        assert not self.table(owner), "a prefix starts a table"
+        for block in prefix:
+            self._cached.pop(block, None)
+            self._holders[block] = self._holders.get(block, 0) + 1
+        self._tables[owner] = list(prefix)
+
+    def publish(self, owner: Hashable, keys: list[bytes]) -> None:
+        """Makes the owner's first len(keys) blocks, now written, findable by their prefix keys. A key another
+        block already has keeps that block."""
+        for key, block in zip(keys, self.table(owner), strict=False):
+            if key not in self._published and block not in self._keys:
+                self._published[key] = block
+                self._keys[block] = key
+
+    def _evict(self) -> int:
+        block, _ = self._cached.popitem(last=False)
+        del self._published[self._keys.pop(block)]
+        return block
+
+
+def prefix_keys(token_ids: list[int], blocks: int) -> list[bytes]:
+    """The keys of the first `blocks` full blocks of a prompt: block i's key digests its tokens and block i-1's key,
+    so it names every token from the prompt's start to the block's end."""
+    keys, key = [], b""
+    for start in range(0, blocks * BLOCK_TOKENS, BLOCK_TOKENS):
+        tokens = array("q", token_ids[start : start + BLOCK_TOKENS]).tobytes()
+        key = hashlib.blake2b(key + tokens, digest_size=16).digest()
+        keys.append(key)
+    return keys
 
 
 def plan_swap_blocks(plan: KvCachePlan, bytes_per_token: int, swap_space_gib: float) -> int:

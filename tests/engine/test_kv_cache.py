@@ -17,6 +17,7 @@ from awqd.engine.kv_cache import (
     blocks_for,
     plan_kv_cache,
     plan_swap_blocks,
+    prefix_keys,
 )
 
 OWNERS = 6
@@ -178,3 +179,96 @@ def test_swapped_blocks_come_back_bit_for_bit_through_a_fragmented_swap_space():
     for owner in range(4):
         assert_stamped(cache, tables, owner)
     assert swap.tables.used_blocks == 0 and swap.tables.free_blocks == 8
+
+
+FAMILIES = 3  # prompts of one family start with the same tokens; of two families, they share none
+
+
+def family_prompt(family: int, tokens: int) -> list[int]:
+    return [family * 10_000 + position for position in range(tokens)]
+
+
+def block_stamp(family: int, index: int) -> float:
+    return float(family * 100 + index + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    blocks=st.integers(1, 24),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["join", "join", "leave"]),
+            st.integers(0, OWNERS - 1),
+            st.integers(0, FAMILIES - 1),
+            st.integers(1, 5 * BLOCK_TOKENS),
+        ),
+        max_size=80,
+    ),
+)
+def test_shared_prefix_blocks_hold_their_prompts_kv_and_are_neither_leaked_nor_reused_while_held(blocks, ops):
+    """Prompts join as the scheduler admits them: the cached blocks of their start are shared, the prefill writes the
+    rest (stamped here with the family and block index), and its full blocks are published. Every table must then
+    read its own prompt's k/v in every block, shared or not, whatever was evicted or reused; a block is held by
+    exactly the tables that list it; and what is free (cached blocks included) is really free."""
+    tables = BlockTables(blocks)
+    cache = small_cache(blocks)
+    joined: dict[int, tuple[int, int]] = {}  # owner -> (family, tokens)
+    for op, owner, family, tokens in ops:
+        if op == "join" and owner not in joined:
+            prompt = family_prompt(family, tokens)
+            keys = prefix_keys(prompt, tokens // BLOCK_TOKENS)
+            prefix = tables.cached_prefix(keys[: (tokens - 1) // BLOCK_TOKENS])
+            if tables.blocks_needed(tokens + 1, prefix) > tables.free_blocks:
+                continue
+            tables.share(owner, prefix)
+            assert tables.grow(owner, tokens + 1)
+            for index, block in enumerate(tables.table(owner)[len(prefix) :], start=len(prefix)):
+                cache.k[0][block] = block_stamp(family, index)  # the prefill writes what the cache does not hold
+            tables.publish(owner, keys)
+            joined[owner] = (family, tokens)
+        elif op == "leave" and owner in joined:
+            assert tables.release(owner) == blocks_for(joined.pop(owner)[1] + 1)
+        held = [block for owner in joined for block in tables.table(owner)]
+        assert PADDING_BLOCK not in held and all(1 <= block <= blocks for block in held)
+        assert tables.used_blocks == len(set(held)), "a held block is counted as free, or a free one as held"
+        assert tables.free_blocks + tables.used_blocks == blocks and tables.cached_blocks <= tables.free_blocks
+        for owner, (family, tokens) in joined.items():
+            table = tables.table(owner)
+            assert len(table) == blocks_for(tokens + 1) and len(set(table)) == len(table)
+            for index, block in enumerate(table):
+                assert cache.k[0][block].flatten()[0] == block_stamp(family, index), "a block lost its k/v"
+    # What is free is really free: one new owner takes all of it, cached blocks included.
+    assert tables.grow("last", tables.free_blocks * BLOCK_TOKENS)
+    assert tables.cached_blocks == 0 and tables.free_blocks == 0
+    every = {block for owner in [*joined, "last"] for block in tables.table(owner)}
+    assert every == set(range(1, blocks + 1))
+    # Reusing a cached block unpublished it: only blocks still held are found.
+    still_held = {block for owner in joined for block in tables.table(owner)}
+    for family in range(FAMILIES):
+        assert set(tables.cached_prefix(prefix_keys(family_prompt(family, 5 * BLOCK_TOKENS), 5))) <= still_held
+
+
+def test_a_released_prompts_blocks_stay_cached_until_a_new_block_needs_them():
+    tables = BlockTables(4)
+    prompt = family_prompt(1, 2 * BLOCK_TOKENS + 3)  # two full blocks and a partial one
+    keys = prefix_keys(prompt, 2)
+    assert tables.grow("first", len(prompt) + 1)
+    tables.publish("first", keys)
+    first = tables.table("first")
+    assert tables.release("first") == 3
+    assert (tables.cached_blocks, tables.free_blocks, tables.used_blocks) == (2, 4, 0)
+    assert tables.cached_prefix(keys) == first[:2]
+    assert tables.cached_prefix(prefix_keys(family_prompt(2, 2 * BLOCK_TOKENS), 2)) == []
+    # A longer prompt with the same start takes the cached blocks and one more.
+    longer = prefix_keys(family_prompt(1, 3 * BLOCK_TOKENS + 1), 3)
+    prefix = tables.cached_prefix(longer)
+    assert prefix == first[:2] and tables.blocks_needed(3 * BLOCK_TOKENS + 2, prefix) == 4
+    tables.share("second", prefix)
+    assert tables.grow("second", 3 * BLOCK_TOKENS + 2)
+    assert tables.table("second")[:2] == first[:2] and tables.cached_blocks == 0
+    # While held, a cached prefix counts once: another owner sharing it needs only its own blocks.
+    assert tables.blocks_needed(2 * BLOCK_TOKENS + 1, tables.cached_prefix(keys)) == 1
+    tables.release("second")
+    # With nothing else free, a new block evicts the least recently released cached block, and its key is gone.
+    assert tables.grow("big", 4 * BLOCK_TOKENS)
+    assert tables.cached_blocks == 0 and tables.cached_prefix(keys) == []

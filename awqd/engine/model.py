@@ -32,6 +32,7 @@ from awqd.engine.kv_cache import KvCache
 from awqd.engine.layers.activation import silu_and_mul
 from awqd.engine.layers.attention import (
     AttentionShape,
+    attention_after_cached,
     causal_attention,
     decode_attention,
     prompt_attention,
@@ -141,24 +142,29 @@ class DecoderModel:
         ]
         self.cos, self.sin = rotary_tables(hf.model.rotary_emb, loaded.context_length, self.device, self.dtype)
 
-    def prefill(self, prompts: list[torch.Tensor], tables: torch.Tensor, cache: KvCache) -> torch.Tensor:
-        """prompts[i] [T_i] at positions 0..T_i-1 into the blocks of tables[i] (int32 [N, >= blocks of T_i], on the
-        device); returns each prompt's last-position logits [N, vocab].
+    def prefill(
+        self, prompts: list[torch.Tensor], tables: torch.Tensor, cache: KvCache, cached: list[int] | None = None
+    ) -> torch.Tensor:
+        """prompts[i] [T_i] at positions cached[i]..cached[i]+T_i-1 (cached[i] defaults to 0) into the blocks of
+        tables[i] (int32 [N, >= blocks of its positions], on the device), whose positions before cached[i] hold
+        k/v already (a prefix-cache hit); returns each prompt's last-position logits [N, vocab].
 
         The prompts run as one sequence of sum(T_i) rows: every linear runs once on all of them, so the kernel
         router picks by that total. Only attention looks at where one prompt ends and the next begins.
         """
+        cached = cached or [0] * len(prompts)
         lengths = torch.tensor([prompt.shape[0] for prompt in prompts])
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-        # Each row's prompt and its position within it, the prompts' offsets, and each prompt's last row: built on
-        # the host and copied once.
+        # Each row's prompt and its position, the prompts' offsets, and each prompt's last row: built on the host and
+        # copied once.
         sequences = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
-        positions = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
+        starts = torch.repeat_interleave(torch.tensor(cached) - offsets[:-1], lengths)
+        positions = torch.arange(int(offsets[-1])) + starts
         host = torch.cat([sequences, positions, offsets, offsets[1:] - 1]).to(self.device, non_blocking=True)
         rows, count = len(sequences), len(prompts)
         sequences, positions, offsets, last_rows = host.split([rows, rows, count + 1, count])
         return self.prefill_rows(
-            torch.cat(prompts), sequences, positions, lengths.tolist(), offsets.int(), last_rows, tables, cache
+            torch.cat(prompts), sequences, positions, lengths.tolist(), offsets.int(), last_rows, tables, cache, cached
         )
 
     def prefill_rows(
@@ -171,17 +177,23 @@ class DecoderModel:
         last_rows: torch.Tensor,
         tables: torch.Tensor,
         cache: KvCache,
+        cached: list[int] | None = None,
     ) -> torch.Tensor:
         """prefill() on rows laid out by the caller: row r is token_ids[r] at positions[r] of prompt sequences[r]
         (whose blocks are tables[sequences[r]]); lengths are the prompts' row counts in order, offsets (int32 [N + 1],
-        on the device; None for one prompt) their first rows and the total; returns the logits of rows last_rows.
-        Only device tensors are read, so a step of one (padded) prompt can be captured as a graph."""
+        on the device; None for one prompt) their first rows and the total; cached (None: all 0) how many positions
+        of each prompt's sequence precede its rows in the cache; returns the logits of rows last_rows. Without
+        cached positions, only device tensors are read, so a step of one (padded) prompt can be captured as a
+        graph."""
+        after_cached = cached is not None and any(cached)
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             q, k, v = rotate_and_store(
                 qkv, sequences, positions, tables, self.cos, self.sin, k_cache, v_cache, self.attention_shape
             )
+            if after_cached:
+                return attention_after_cached(q, k, v, lengths, cached, tables, k_cache, v_cache, self.attention_shape)
             return prompt_attention(q, k, v, lengths, offsets, self.attention_shape)
 
         return self._logits(self._forward(token_ids, attention)[last_rows])

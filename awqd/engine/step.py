@@ -88,17 +88,23 @@ class StepRunner:
     def step_kernel(self, tokens: int) -> StepKernel:
         return StepKernel(self.router.bucket_for(tokens), self.router.candidate_for(tokens).name)
 
-    def prefill(self, prompts: list[list[int]], tables: list[list[int]]) -> tuple[torch.Tensor, StepKernel]:
+    def prefill(
+        self, prompts: list[list[int]], tables: list[list[int]], cached: list[int] | None = None
+    ) -> tuple[torch.Tensor, StepKernel]:
         """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
-        last position, and the kernel that ran (picked by the prompts' total token count)."""
-        lengths = [len(prompt) for prompt in prompts]
-        if len(prompts) == 1 and lengths[0] <= max(self.prefill_buckets, default=0):
-            return self._prefill_padded(prompts[0], tables[0])
-        ids = torch.tensor([token for prompt in prompts for token in prompt], dtype=torch.int64)
+        last position, and the kernel that ran (picked by the token count the pass runs). The first cached[i]
+        positions of prompt i are in its blocks already (a prefix-cache hit, whole blocks shared with other
+        sequences): they are neither run nor written, except by a lone prompt's padded pass (_prefill_padded)."""
+        cached = cached or [0] * len(prompts)
+        if len(prompts) == 1 and len(prompts[0]) <= max(self.prefill_buckets, default=0):
+            return self._prefill_padded(prompts[0], tables[0], cached[0])
+        rest = [prompt[start:] for prompt, start in zip(prompts, cached, strict=True)]
+        lengths = [len(prompt) for prompt in rest]
+        ids = torch.tensor([token for prompt in rest for token in prompt], dtype=torch.int64)
         ids = ids.to(self.model.device, non_blocking=True)
         device_tables = padded_tables(tables, len(tables)).to(self.model.device, non_blocking=True)
         with split_counters.held(self.split_counters):
-            logits = self.model.prefill(list(ids.split(lengths)), device_tables, self.cache)
+            logits = self.model.prefill(list(ids.split(lengths)), device_tables, self.cache, cached)
         return logits, self.step_kernel(sum(lengths))
 
     def decode(
@@ -123,10 +129,14 @@ class StepRunner:
         logits = self._run("decode", padded, self.graphs, self.eager_keys, lambda: self._decode_rows(padded))
         return logits[:rows], self.step_kernel(padded)
 
-    def _prefill_padded(self, prompt: list[int], table: list[int]) -> tuple[torch.Tensor, StepKernel]:
-        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured."""
+    def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
+        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.
+
+        The graph attends over the prompt's own rows, so it runs the whole prompt even when its first `cached`
+        positions are in shared blocks: those rows, like the padding rows, write their k/v to the padding block.
+        Replaying the whole prompt beats launching its uncached rest eagerly, which is host-bound."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
-        sequences = [0] * length + [PADDING_SEQUENCE] * (padded - length)
+        sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
         host = torch.tensor([*prompt, *[0] * (padded - length), *sequences, length - 1], dtype=torch.int64)
         host_table = padded_tables([table], 1)
         if self.cuda_graphs:

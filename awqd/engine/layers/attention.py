@@ -10,15 +10,17 @@ row's result depends on the batch's size (not on its other rows). The torch vers
 and the reference the kernel is tested against.
 
 Prefill attention: rotate_and_store writes the prompts' k and v to the cache; then each prompt's rows attend
-causally over that prompt alone. Several prompts on a GPU go to one variable-length flash-attention call per
-layer: one SDPA call per prompt cost 64 x 32 launches and about 20 ms of GPU time for a 64-prompt step on an H200,
-with more on the host (bench/results/h200-2026-12-02-prefill).
+causally over that prompt alone, or, after a prefix-cache hit, over its sequence in the cache from position 0.
+Several prompts on a GPU go to one variable-length flash-attention call per layer: one SDPA call per prompt cost 64 x
+32 launches and about 20 ms of GPU time for a 64-prompt step on an H200, with more on the host
+(bench/results/h200-2026-12-02-prefill).
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from awqd.engine.layers.dispatch import use_triton
 from awqd.engine.layers.rotary import apply_rotary
@@ -123,6 +125,49 @@ def prompt_attention(
         causal_attention(*segment, shape.sliding_window)
         for segment in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
     ]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def attention_after_cached(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: list[int],
+    cached: list[int],
+    tables: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    shape: AttentionShape,
+) -> torch.Tensor:
+    """prompt_attention for prompts whose sequences start with cached[i] positions already in the cache (a
+    prefix-cache hit): prompt i's rows, at positions cached[i]..cached[i]+lengths[i]-1, attend causally over their
+    sequence from position 0, read through tables[i] (rotate_and_store has stored the rows' own k and v there). One
+    SDPA call per prompt with a hit; the others attend over their own rows. Returns [T, heads * head_dim].
+
+    The causal mask of rows that come after cached positions is aligned to the lower right (causal_lower_right), which
+    torch serves with flash or memory-efficient attention on a GPU instead of a materialized [rows, span] mask; those
+    kernels take as many k/v heads as query heads, so grouped k/v heads are repeated. Only a sliding window that cuts
+    into the span needs an explicit mask."""
+    outputs = []
+    group = shape.num_heads // shape.num_kv_heads
+    for index, (q_i, k_i, v_i) in enumerate(zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)):
+        start, rows = cached[index], lengths[index]
+        if not start:
+            outputs.append(causal_attention(q_i, k_i, v_i, shape.sliding_window))
+            continue
+        span = start + rows
+        table = tables[index : index + 1].long()
+        keys, values = (gather(cache, table, span) for cache in (cache_k, cache_v))  # [1, kv_heads, span, head_dim]
+        if group > 1:
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        if shape.sliding_window is not None and span > shape.sliding_window:
+            positions = torch.arange(start, span, device=q.device)[:, None]
+            columns = torch.arange(span, device=q.device)[None, :]
+            mask = (columns <= positions) & (columns > positions - shape.sliding_window)
+        else:
+            mask = causal_lower_right(rows, span)
+        out = F.scaled_dot_product_attention(q_i.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask)
+        outputs.append(out[0].transpose(0, 1).reshape(rows, -1))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 

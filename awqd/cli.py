@@ -213,6 +213,14 @@ def serve(
             "every batch size; slower than the per-bucket decisions)",
         ),
     ] = False,
+    prefix_caching: Annotated[
+        bool,
+        typer.Option(
+            envvar="AWQD_PREFIX_CACHING",
+            help="prompts that start with the same tokens as an earlier one share its KV-cache blocks (whole blocks "
+            "of 16) and skip their prefill; off with --batch-invariant",
+        ),
+    ] = True,
 ) -> None:
     """Serve the gRPC API until SIGTERM or SIGINT."""
     from awqd.server.app import serve as run_server
@@ -263,6 +271,7 @@ def serve(
                 cuda_graphs=cuda_graphs,
                 overlap_decode=overlap_decode,
                 batch_invariant=batch_invariant,
+                prefix_caching=prefix_caching,
             ),
         )
     except AwqdError as error:

@@ -79,6 +79,10 @@ class EngineSettings:
     # GPU computes (awqd.engine.scheduler). Off: every step waits for the previous one's host work, as a baseline.
     overlap_decode: bool = True
     batch_invariant: bool = False  # fixed-tile GEMM and lm_head, unsplit attention, at every batch size
+    # Prompts share the KV-cache blocks of a start they have in common (awqd.engine.kv_cache). Off with
+    # batch_invariant: a prompt's rest attends over cached blocks by another kernel than a whole prompt's, so its
+    # tokens would depend on what ran before it.
+    prefix_caching: bool = True
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,17 @@ KV_CACHE_PREEMPTIONS = Counter(
     "blocks wait in host memory and are copied back) or recompute (they are prefilled again)",
     ["model", "device", "mode"],
 )
+PREFIX_CACHE_PROMPT_TOKENS = Counter(
+    "awqd_prefix_cache_prompt_tokens",
+    "Prompt tokens of admitted requests that could use the prefix cache (not pinned, not a benchmark)",
+    ["model", "device"],
+)
+PREFIX_CACHE_HIT_TOKENS = Counter(
+    "awqd_prefix_cache_hit_tokens",
+    "Of those prompt tokens, the ones whose k/v came from cached blocks of an earlier prompt with the same start; "
+    "divided by awqd_prefix_cache_prompt_tokens, the hit rate",
+    ["model", "device"],
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "awqd_time_to_first_token_seconds",
     "From the request's arrival (queueing included) to its first generated token",

@@ -47,7 +47,8 @@ def run_round(plan: BatchSweepPlan, streams: int, new_tokens: int, budget: Budge
     jobs = []
     for seed in range(streams):
         ids = prompt_ids(loaded.config.vocab_size, loaded.tokenizer.all_special_ids, plan.prompt_tokens, seed)
-        jobs.append(Job(params=params, prompt_ids=ids, pinned=None, cancelled=budget.stop))
+        # Each round sends the same prompts: they would hit the prefix cache, and the round would not measure prefill.
+        jobs.append(Job(params=params, prompt_ids=ids, pinned=None, cancelled=budget.stop, prefix_caching=False))
     for job in jobs:
         plan.hosted.scheduler.submit(job)
     finished = []

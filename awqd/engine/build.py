@@ -32,6 +32,7 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
     )
     cache = allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, loaded.device)
     runner = StepRunner(model, cache, router, settings.cuda_graphs, settings.max_batch_size)
+    prefix_caching = settings.prefix_caching and not settings.batch_invariant
     swap_gib = settings.swap_space_gib if settings.preemption == "swap" else 0.0
     swap = SwapSpace(cache, plan_swap_blocks(plan, bytes_per_token, swap_gib))
     log.info(
@@ -49,6 +50,7 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         cuda_graphs=runner.cuda_graphs,
         overlap_decode=settings.overlap_decode,
         batch_buckets=list(runner.batch_buckets),
+        prefix_caching=prefix_caching,
     )
     limits = AdmissionLimits(
         settings.max_queued_requests,
@@ -56,7 +58,9 @@ def build_engine(name: str, loaded: LoadedModel, router: KernelRouter, settings:
         settings.prefill_tokens_per_step,
         settings.max_decode_stall_ms / 1000,
     )
-    return Scheduler(name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits, settings.overlap_decode)
+    return Scheduler(
+        name, runner, swap, loaded.tokenizer, eos_ids(loaded), limits, settings.overlap_decode, prefix_caching
+    )
 
 
 def eos_ids(loaded: LoadedModel) -> frozenset[int]:

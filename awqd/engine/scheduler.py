@@ -9,7 +9,8 @@ At each step boundary the scheduler
    --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
    stalled for long; it copies the swapped-out ones' blocks back from host memory, and prefills the rest in one
    forward pass (a lone prompt's replays a CUDA graph); if that pass (or a copy) fails, only the requests it held
-   fail;
+   fail. With prefix caching, a prompt whose start another prompt's prefill published shares those blocks, and the
+   pass skips them (awqd.engine.kv_cache.BlockTables); after the pass, each prompt publishes its own full blocks;
 3. unless the queue's head could join at once (a burst: the next boundary admits it first, until the running
    batch has waited --max-decode-stall-ms, so the burst's last prompts get their first tokens sooner), gives each
    running sequence the block its next position needs, preempting when blocks run out (below), runs one decode
@@ -69,7 +70,7 @@ import torch
 from awqd import metrics
 from awqd.config import PREEMPTION_POLICIES
 from awqd.engine.inflight import InFlightStep
-from awqd.engine.kv_cache import BlockTables, SwapSpace, blocks_for
+from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, SwapSpace, blocks_for
 from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, FinishReason, Job, Sequence, summary
 from awqd.engine.step import StepRunner
@@ -99,6 +100,7 @@ class Scheduler:
         eos_ids: frozenset[int],
         limits: AdmissionLimits,
         overlap_decode: bool = True,
+        prefix_caching: bool = False,
     ):
         self.name = name
         self.runner = runner
@@ -108,6 +110,7 @@ class Scheduler:
         self.eos_ids = eos_ids
         self.limits = limits
         self.overlap_decode = overlap_decode
+        self.prefix_caching = prefix_caching
         self.max_sequence_tokens = runner.cache.plan.max_seq_len
         self.blocks = BlockTables(runner.cache.plan.blocks)
         self.preempted_by: collections.Counter[str] = collections.Counter()  # preemptions by mode: swap, recompute
@@ -125,6 +128,8 @@ class Scheduler:
         self._tokens_streamed = metrics.GENERATED_TOKENS.labels(name, self.device)
         self._time_to_first_token = metrics.TIME_TO_FIRST_TOKEN.labels(name, self.device)
         self._token_gaps = metrics.INTER_TOKEN_LATENCY.gatherer((name, self.device))
+        self._prompt_tokens_looked_up = metrics.PREFIX_CACHE_PROMPT_TOKENS.labels(name, self.device)
+        self._prompt_tokens_cached = metrics.PREFIX_CACHE_HIT_TOKENS.labels(name, self.device)
         self._preemptions_counted = {
             mode: metrics.KV_CACHE_PREEMPTIONS.labels(name, self.device, mode) for mode in PREEMPTION_POLICIES
         }
@@ -240,32 +245,39 @@ class Scheduler:
         prompt_tokens = 0
         batch = [seq.job for seq in self._running]
         while (admissible := self._admissible_head(batch)) is not None:
-            head, (job, ids, positions) = admissible
-            if admitted and prompt_tokens + len(ids) > self.limits.prefill_tokens:
+            head, plan = admissible
+            if admitted and prompt_tokens + len(plan.ids) > self.limits.prefill_tokens:
                 break
             (self._preempted if isinstance(head, Sequence) else self._waiting).popleft()
-            seq = head if isinstance(head, Sequence) else Sequence(job, self.tokenizer, self.eos_ids)
-            self.blocks.grow(seq, positions)
+            seq = head if isinstance(head, Sequence) else Sequence(plan.job, self.tokenizer, self.eos_ids)
+            self.blocks.share(seq, plan.prefix)
+            self.blocks.grow(seq, plan.positions)
+            seq.cached_tokens = len(plan.prefix) * BLOCK_TOKENS
+            if seq is not head:  # a new request, not a preempted one resuming
+                seq.cached_prompt_tokens = seq.cached_tokens
+                if self._caches(plan.job):
+                    self._prompt_tokens_looked_up.inc(len(plan.ids))
+                    self._prompt_tokens_cached.inc(seq.cached_tokens)
             admitted.append(seq)
-            prompt_tokens += len(ids)
-            batch.append(job)
+            prompt_tokens += len(plan.ids)
+            batch.append(plan.job)
         if admitted:
             self._pin(admitted[0].job)
         return admitted
 
-    def _admissible_head(self, batch: list[Job]) -> tuple[Job | Sequence, tuple[Job, list[int], int]] | None:
+    def _admissible_head(self, batch: list[Job]) -> tuple[Job | Sequence, "ResumePlan"] | None:
         """Under the lock: the queue's head, preempted sequences first, and its _resume_plan, if it may join a batch of
         these jobs now (a batch's jobs share one pin: the first's)."""
         if not (self._preempted or self._waiting) or len(batch) >= self.runner.max_rows:
             return None
         head = self._preempted[0] if self._preempted else self._waiting[0]
         plan = self._resume_plan(head)
-        job, _, positions = plan
+        job = plan.job
         if batch and job.pin != batch[0].pin:
             return None  # the head pins another kernel: let the running batch drain first
         if any(other.exclusive for other in batch) or (job.exclusive and batch):
             return None  # an exclusive run has the model to itself
-        if blocks_for(positions) > self.blocks.free_blocks:
+        if self.blocks.blocks_needed(plan.positions, plan.prefix) > self.blocks.free_blocks:
             return None  # the head waits for blocks; nothing overtakes it
         return head, plan
 
@@ -287,15 +299,20 @@ class Scheduler:
             self._stalled_since = now
         return True
 
-    def _resume_plan(self, head: Job | Sequence) -> tuple[Job, list[int], int]:
-        """The queue head's job, the ids its prefill runs, and the positions its blocks must cover for its prefill and
-        next decode step. A swapped-out sequence runs no prefill: its k/v for positions 0..position-1 come back from
-        host memory and the next decode step writes its position."""
-        if not isinstance(head, Sequence):
-            return head, head.prompt_ids, len(head.prompt_ids) + 1
-        if self.swap.holds(head):
-            return head.job, [], head.position + 1
-        return head.job, head.prefill_ids, len(head.prefill_ids) + 1
+    def _resume_plan(self, head: Job | Sequence) -> "ResumePlan":
+        """What the queue head needs to join the batch. A swapped-out sequence runs no prefill: its k/v for positions
+        0..position-1 come back from host memory and the next decode step writes its position."""
+        if isinstance(head, Sequence) and self.swap.holds(head):
+            return ResumePlan(head.job, [], head.position + 1, [])
+        job, ids = (head.job, head.prefill_ids) if isinstance(head, Sequence) else (head, head.prompt_ids)
+        # Whole blocks only, and never the last id: the prefill must run it for the next token's logits.
+        keys = job.prefix_keys[: (len(ids) - 1) // BLOCK_TOKENS] if self._caches(job) else []
+        return ResumePlan(job, ids, len(ids) + 1, self.blocks.cached_prefix(keys))
+
+    def _caches(self, job: Job) -> bool:
+        """Whether the job's prompt may share cached blocks and publish its own. Not for a pinned or exclusive job:
+        those are benchmark runs, which measure the prefill, and a pinned kernel's k/v would be shared with others."""
+        return self.prefix_caching and job.prefix_caching and job.pinned is None and not job.exclusive
 
     def _pin(self, job: Job) -> None:
         if job.pinned is not None:
@@ -312,7 +329,9 @@ class Scheduler:
             return
         try:
             logits, kernel = self.runner.prefill(
-                [seq.prefill_ids for seq in group], [self.blocks.table(seq) for seq in group]
+                [seq.prefill_ids for seq in group],
+                [self.blocks.table(seq) for seq in group],
+                [seq.cached_tokens for seq in group],
             )
             sampling = SamplingBatch.build(
                 [seq.sampling for seq in group], [len(seq.token_times) for seq in group], logits.device
@@ -321,6 +340,9 @@ class Scheduler:
         except Exception as error:
             self._fail(group, error)
             return
+        for seq in group:
+            if self._caches(seq.job):
+                self.blocks.publish(seq, seq.job.prefix_keys)  # only after a pass that did not fail
         for seq, token in zip(group, tokens, strict=True):
             seq.count_step("prefill", kernel)
             if self._accept(seq, token):
@@ -514,6 +536,14 @@ class Scheduler:
             self._running.clear()
         for job in jobs:
             job.events.put(error)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    job: Job
+    ids: list[int]  # what its prefill runs over: none for a swap-in
+    positions: int  # what its blocks must cover for the prefill and the next decode step
+    prefix: list[int]  # cached blocks holding its first ids' k/v, which the prefill skips
 
 
 @dataclass(frozen=True)

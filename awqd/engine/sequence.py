@@ -14,8 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from awqd.engine.detokenize import IncrementalDecoder, StopMatcher
+from awqd.engine.kv_cache import BLOCK_TOKENS, prefix_keys
 from awqd.engine.request import GenerateParams
 from awqd.engine.sampling import RowSampling
 from awqd.engine.step import StepKernel
@@ -53,6 +55,7 @@ class Finished:
     total_ms: float
     queue_ms: float
     kernels: tuple[KernelUse, ...]
+    cached_prompt_tokens: int = 0  # prompt tokens whose k/v came from the prefix cache
     token_times: tuple[float, ...] = ()  # each sampled token's perf_counter time, eos included
     received_at: float = 0.0  # the request's arrival, perf_counter
 
@@ -103,9 +106,15 @@ class Job:
     prompt_ids: list[int]
     pinned: Candidate | None
     exclusive: bool = False  # runs alone, with nothing batched beside it (a SINGLE_QUERY benchmark run)
+    prefix_caching: bool = True  # may share cached prompt blocks (a benchmark that measures prefill opts out)
     received_at: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
     events: JobEvents = field(default_factory=JobEvents)
+
+    @cached_property
+    def prefix_keys(self) -> list[bytes]:
+        """The prefix-cache keys of the prompt's full blocks (awqd.engine.kv_cache.prefix_keys), computed once."""
+        return prefix_keys(self.prompt_ids, len(self.prompt_ids) // BLOCK_TOKENS)
 
     @property
     def pin(self) -> str:
@@ -134,6 +143,8 @@ class Sequence:
         self.started_at = time.perf_counter()
         # Where the last sampled token's k/v go when a decode step feeds it; accept() moves it past the prompt.
         self.position = len(job.prompt_ids) - 1
+        self.cached_tokens = 0  # the first prefill_ids whose k/v its blocks took from the prefix cache at admission
+        self.cached_prompt_tokens = 0  # cached_tokens when the request was admitted first: what its usage reports
         self.last_token = 0  # the token the next decode step feeds
         self.generated: list[int] = []  # the tokens accepted so far that the sequence goes on from
         self.token_times: list[float] = []
@@ -178,11 +189,23 @@ class Sequence:
         self.finish_reason = reason or self.finish_reason
         if self.finish_reason in (FinishReason.LENGTH, FinishReason.EOS) and (tail := self.stops.flush()):
             self.job.events.put(TokenDelta(text=tail, token_ids=()))
-        return summary(self.job, self.finish_reason, self.started_at, self.token_times, self.step_kernels)
+        return summary(
+            self.job,
+            self.finish_reason,
+            self.started_at,
+            self.token_times,
+            self.step_kernels,
+            self.cached_prompt_tokens,
+        )
 
 
 def summary(
-    job: Job, reason: FinishReason, started_at: float, token_times: list[float], step_kernels: Counter | None = None
+    job: Job,
+    reason: FinishReason,
+    started_at: float,
+    token_times: list[float],
+    step_kernels: Counter | None = None,
+    cached_prompt_tokens: int = 0,
 ) -> Finished:
     received_at = job.received_at
     return Finished(
@@ -195,6 +218,7 @@ def summary(
         else 0.0,
         total_ms=(time.perf_counter() - received_at) * 1000,
         queue_ms=(started_at - received_at) * 1000,
+        cached_prompt_tokens=cached_prompt_tokens,
         kernels=tuple(
             KernelUse(phase=phase, batch_tokens=bucket, kernel=kernel, steps=steps)
             for (phase, bucket, kernel), steps in (step_kernels or {}).items()

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from awqd.config import EngineSettings, ServeConfig
 from awqd.engine.build import build_engine
@@ -169,6 +170,37 @@ def test_batched_prefill_equals_each_prompt_alone(fused_model, sliding_window):
         torch.testing.assert_close(batched_kv, alone_kv, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("sliding_window", [None, 20])
+def test_a_prefill_after_a_cached_prefix_equals_the_whole_prompts(fused_model, sliding_window):
+    """Three prompts prefilled whole, against the same three where the cache already holds the start of two (whole
+    blocks, shared by both, as a prefix-cache hit leaves them) and the pass runs only the rest: the same logits and
+    the same k/v in every block. A window of 20 cuts into the 32 cached positions."""
+    loaded, _ = fused_model
+    config = copy.copy(loaded.config)
+    config.sliding_window = sliding_window
+    model = DecoderModel(dataclasses.replace(loaded, config=config))
+    shape = model.shape
+    plan = plan_kv_cache(shape.kv_bytes_per_token(model.dtype), 64, CPU, 0.9, 256)
+    whole_cache, cached_cache = (
+        allocate(plan, shape.num_layers, shape.num_kv_heads, shape.head_dim, model.dtype, CPU) for _ in range(2)
+    )
+    start = torch.arange(100, 132)  # two blocks
+    prompts = [
+        torch.cat([start, torch.arange(7, 12)]),
+        torch.arange(500, 521),
+        torch.cat([start, torch.arange(40, 59)]),
+    ]
+    tables = torch.tensor([[3, 1, 7, 0], [2, 6, 0, 0], [3, 1, 4, 5]], dtype=torch.int32)  # blocks 3 and 1 shared
+    with torch.inference_mode():
+        whole = model.prefill(prompts, tables, whole_cache)
+        model.prefill([start], tables[:1], cached_cache)  # an earlier prompt wrote blocks 3 and 1
+        rests = [prompts[0][32:], prompts[1], prompts[2][32:]]
+        after_cached = model.prefill(rests, tables, cached_cache, cached=[32, 0, 32])
+    torch.testing.assert_close(after_cached, whole, rtol=1e-5, atol=1e-5)
+    for whole_kv, cached_kv in zip(whole_cache.k + whole_cache.v, cached_cache.k + cached_cache.v, strict=True):
+        torch.testing.assert_close(cached_kv, whole_kv, rtol=1e-5, atol=1e-5)
+
+
 def test_engine_greedy_tokens_match_transformers_greedy(hf_model, fused_model, demo_model_dir):
     loaded, router = fused_model
     scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=1024))
@@ -284,7 +316,7 @@ def test_failing_prefill_fails_only_its_group(demo_model_dir, monkeypatch):
         scheduler.submit(running)
         first = next(running.results())
 
-        def failing_prefill(prompts, tables, cache):
+        def failing_prefill(prompts, tables, cache, cached):
             raise RuntimeError(f"injected fault in a prefill of {len(prompts)} prompts")
 
         monkeypatch.setattr(scheduler.runner.model, "prefill", failing_prefill)
@@ -395,6 +427,8 @@ def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(d
             assert swapped > 0 and recomputed > 0
         assert [tokens for tokens, _ in together] == alone
         assert all(finished.completion_tokens == len(tokens) for tokens, finished in together)
+        # Each prompt's first block was cached by its run alone: a preempted one still reports it when it ends.
+        assert all(finished.cached_prompt_tokens == BLOCK_TOKENS for _, finished in together)
         prefills = sum(use.steps for _, finished in together for use in finished.kernels if use.phase == "prefill")
         assert prefills == len(jobs) + recomputed, "a recompute is one more prefill; a swap-in is none"
         assert scheduler.blocks.used_blocks == 0 and scheduler.swap.tables.used_blocks == 0
@@ -526,3 +560,69 @@ def test_a_prompt_alone_padded_to_its_bucket_prefills_as_unpadded_and_pads_only_
             assert not after[untouched].any()  # ... nor into any block but the padding block
     finally:
         scheduler.close()
+
+
+def test_a_padded_prefill_after_a_cached_prefix_writes_only_the_rest(demo_model_dir):
+    """A lone prompt's padded pass (what a GPU engine replays) runs the whole prompt even after a prefix-cache hit,
+    but leaves the shared blocks as they are: the cached positions' rows write to the padding block."""
+    scheduler = switching_engine(demo_model_dir, max_batch_size=4)
+    try:
+        runner, cache = scheduler.runner, scheduler.runner.cache
+        prompt, table = list(range(300, 337)), [5, 9, 2]
+        with torch.inference_mode():
+            eager, _ = runner.prefill([prompt], [table])
+            eager_kv = [layer.clone() for layer in cache.k + cache.v]
+            for layer in cache.k + cache.v:
+                layer.fill_(7.0)  # block 5 stands for a shared block: its k/v must not be written again
+            runner.prefill_buckets = (16, 48, 64)
+            padded, _ = runner.prefill([prompt], [table], [BLOCK_TOKENS])
+        torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
+        for before, after in zip(eager_kv, cache.k + cache.v, strict=True):
+            assert bool((after[5] == 7.0).all()), "the pass wrote into the shared block"
+            torch.testing.assert_close(after[9], before[9], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
+    finally:
+        scheduler.close()
+
+
+def prefix_cache_tokens(model: str) -> tuple[float, float]:
+    labels = {"model": model, "device": "cpu"}
+    return tuple(
+        REGISTRY.get_sample_value(f"awqd_prefix_cache_{kind}_tokens_total", labels) or 0.0 for kind in ("prompt", "hit")
+    )
+
+
+def test_prompts_with_a_cached_start_share_its_blocks_and_give_the_same_tokens(demo_model_dir):
+    """A prompt's full blocks are published after its prefill and kept when it ends. Later prompts that start the
+    same way take them and prefill only the rest, with the tokens an engine without the cache gives; the hit is in
+    each Finished and in the metrics. Pinned runs, exclusive runs and jobs that opt out neither take nor publish."""
+    cached, plain = (switching_engine(demo_model_dir, 8, prefix_caching=on) for on in (True, False))
+    try:
+        assert (cached.prefix_caching, plain.prefix_caching) == (True, False)
+        start = list(range(300, 350))  # three full blocks and two tokens
+        prompts = [[*start, 7, 8, 9], start + list(range(60, 80)), list(range(900, 930)), start[:48]]
+        expected = [run_alone(plain, prompt, params(10))[0] for prompt in prompts]
+        assert plain.blocks.cached_blocks == 0
+
+        _, first = run_alone(cached, start, params(10))
+        assert first.cached_prompt_tokens == 0 and cached.blocks.cached_blocks == 3
+        looked_up, hit = prefix_cache_tokens("demo")
+        jobs = [Job(params(10), prompt, pinned=None) for prompt in prompts]
+        submit_together(cached, jobs)
+        outcomes = [tokens_of(job) for job in jobs]
+        assert [tokens for tokens, _ in outcomes] == expected
+        # 48 tokens but its last must run for its logits: the first two blocks only
+        assert [finished.cached_prompt_tokens for _, finished in outcomes] == [48, 48, 0, 32]
+        assert prefix_cache_tokens("demo") == (looked_up + sum(map(len, prompts)), hit + 48 + 48 + 32)
+        assert cached.blocks.used_blocks == 0
+
+        pinned = Job(params(4), start, pinned=cached.router.dispatch.candidates[0])
+        exclusive = Job(params(4), start, pinned=None, exclusive=True)
+        opted_out = Job(params(4), start, pinned=None, prefix_caching=False)
+        for job in (pinned, exclusive, opted_out):
+            cached.submit(job)
+            assert tokens_of(job)[1].cached_prompt_tokens == 0
+        assert prefix_cache_tokens("demo")[1] == hit + 48 + 48 + 32
+    finally:
+        cached.close()
+        plain.close()

@@ -191,6 +191,7 @@ def replica(replica: Replica, device_uuid: str) -> pb.ModelReplica:
     if replica.scheduler is not None:
         message.kv_cache_blocks = replica.scheduler.blocks.blocks
         message.kv_cache_blocks_in_use = replica.scheduler.blocks.used_blocks
+        message.kv_cache_blocks_cached = replica.scheduler.blocks.cached_blocks
     if replica.warmup is not None:
         message.warmup_duration.CopyFrom(duration(replica.warmup.duration_s))
     return message
@@ -232,6 +233,8 @@ def model(hosted: HostedModel, device_uuids: dict[str, str] | None = None) -> pb
         message.kv_cache_blocks = plan.blocks
         message.kv_cache_block_tokens = plan.block_tokens
         message.kv_cache_blocks_in_use = scheduler.blocks.used_blocks
+        message.kv_cache_blocks_cached = scheduler.blocks.cached_blocks
+        message.prefix_caching = scheduler.prefix_caching
     if hosted.warmup is not None:
         warmup = hosted.warmup
         message.warmed_up_at.CopyFrom(timestamp(warmup.finished_at))
@@ -266,7 +269,11 @@ def generate_response(delta: TokenDelta | None, finished: Finished | None) -> pb
 def completion(event: Finished) -> pb.Completion:
     return pb.Completion(
         finish_reason=FINISH_REASONS[event.finish_reason],
-        usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+        usage=pb.Usage(
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            cached_prompt_tokens=event.cached_prompt_tokens,
+        ),
         timings=pb.GenerationTimings(
             time_to_first_token_ms=event.time_to_first_token_ms,
             ms_per_output_token=event.ms_per_output_token,

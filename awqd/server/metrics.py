@@ -47,6 +47,11 @@ class DaemonCollector(Collector):
         kv_tokens = GaugeMetricFamily(
             "awqd_kv_cache_tokens", "KV-cache capacity in tokens (blocks x tokens per block)", labels=engine
         )
+        kv_blocks_cached = GaugeMetricFamily(
+            "awqd_kv_cache_blocks_cached",
+            "Free KV-cache blocks that still hold a prompt prefix's k/v for later requests (the prefix cache)",
+            labels=engine,
+        )
         for hosted in self.daemon.models.list():
             for replica in list(hosted.replicas):
                 if replica.scheduler is None:
@@ -56,9 +61,10 @@ class DaemonCollector(Collector):
                 kv_blocks.add_metric(labels, scheduler.blocks.blocks)
                 kv_blocks_in_use.add_metric(labels, scheduler.blocks.used_blocks)
                 kv_tokens.add_metric(labels, scheduler.runner.cache.plan.capacity_tokens)
+                kv_blocks_cached.add_metric(labels, scheduler.blocks.cached_blocks)
             for state in MODEL_STATES:
                 model_state.add_metric([hosted.name, state], float(hosted.state == state))
-        yield from (queue_depth, model_state, kv_blocks, kv_blocks_in_use, kv_tokens)
+        yield from (queue_depth, model_state, kv_blocks, kv_blocks_in_use, kv_tokens, kv_blocks_cached)
 
         decisions = InfoMetricFamily(
             "awqd_kernel_decision",

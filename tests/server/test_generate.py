@@ -215,6 +215,17 @@ def test_describe_lists_the_model(client):
     assert model.HasField("warmed_up_at") and model.HasField("warmup_duration")
 
 
+def test_a_prompt_that_starts_like_an_earlier_one_reports_its_cached_tokens(client):
+    start = list(range(200, 245))  # 45 ids: two full blocks, then the rest
+    first = [m for m in client.generate(DEMO, prompt_token_ids=start, max_new_tokens=4)][-1].completion
+    again = [m for m in client.generate(DEMO, prompt_token_ids=[*start, 7, 8], max_new_tokens=4)][-1].completion
+    assert (first.usage.prompt_tokens, first.usage.cached_prompt_tokens) == (45, 0)
+    assert (again.usage.prompt_tokens, again.usage.cached_prompt_tokens) == (47, 32)
+    (model,) = [m for m in client.describe().models if m.name == DEMO]
+    assert model.prefix_caching and model.kv_cache_blocks_cached >= 2
+    assert model.replicas[0].kv_cache_blocks_cached == model.kv_cache_blocks_cached
+
+
 @pytest.mark.parametrize("path", ["../outside", "/etc", "nested/../../outside"])
 def test_paths_outside_the_model_root_are_refused(client, path):
     with pytest.raises(AwqdError) as raised:

@@ -223,6 +223,12 @@ def replicas_table(models: Iterable[awqd_pb2.Model]) -> Table:
     return table
 
 
+def cached_blocks(model: awqd_pb2.Model) -> str:
+    if not model.prefix_caching:
+        return ""
+    return f"{model.kv_cache_blocks_cached} cached, "
+
+
 def kv_cache_summary(model: awqd_pb2.Model) -> str:
     if not model.kv_cache_tokens:
         return ""
@@ -233,7 +239,7 @@ def kv_cache_summary(model: awqd_pb2.Model) -> str:
         )
     return (
         f"{model.kv_cache_tokens} tokens ({model.kv_cache_blocks} blocks of {model.kv_cache_block_tokens}, "
-        f"{model.kv_cache_blocks_in_use} in use, {human_bytes(model.kv_cache_bytes)})"
+        f"{model.kv_cache_blocks_in_use} in use, {cached_blocks(model)}{human_bytes(model.kv_cache_bytes)})"
     )
 
 
@@ -265,13 +271,18 @@ def loaded_line(model: awqd_pb2.Model) -> str:
     )
 
 
+def cached_prompt(usage: awqd_pb2.Usage) -> str:
+    return f" ({usage.cached_prompt_tokens} cached)" if usage.cached_prompt_tokens else ""
+
+
 def completion_summary(completion: awqd_pb2.Completion) -> str:
     """One line for stderr after a generation: why it ended, tokens, latencies and the kernels that ran."""
     timings = completion.timings
     kernels = ", ".join(f"{use.phase}@{use.batch_tokens} {use.kernel} x{use.steps}" for use in completion.kernels)
     return (
         f"[{label(awqd_pb2.FinishReason, completion.finish_reason)}] "
-        f"{completion.usage.prompt_tokens} prompt + {completion.usage.completion_tokens} new tokens, "
+        f"{completion.usage.prompt_tokens} prompt{cached_prompt(completion.usage)} + "
+        f"{completion.usage.completion_tokens} new tokens, "
         f"TTFT {timings.time_to_first_token_ms:.1f} ms, {timings.ms_per_output_token:.2f} ms/token, "
         f"total {timings.total_ms:.1f} ms; kernels: {kernels or '-'}"
     )

@@ -302,7 +302,7 @@ class KernelSelection(_message.Message):
     def __init__(self, source: _Optional[_Union[DecisionSource, str]] = ..., measured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fingerprint: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., copy_bandwidth_gbps: _Optional[float] = ..., worker_startup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_restarts: _Optional[int] = ..., graph_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use", "replicas")
+    __slots__ = ("name", "path", "architecture", "quant_config", "device", "weight_memory_bytes", "extra_layout_memory_bytes", "state", "error", "kernel", "context_length", "load_duration", "kv_cache_tokens", "kv_cache_slots", "max_sequence_tokens", "kv_cache_bytes", "warmed_up_at", "warmup_duration", "warmup_graphs", "warmup_graph_memory_bytes", "kv_cache_blocks", "kv_cache_block_tokens", "kv_cache_blocks_in_use", "replicas", "prefix_caching", "kv_cache_blocks_cached")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,8 @@ class Model(_message.Message):
     KV_CACHE_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BLOCKS_IN_USE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     architecture: str
@@ -351,10 +353,12 @@ class Model(_message.Message):
     kv_cache_block_tokens: int
     kv_cache_blocks_in_use: int
     replicas: _containers.RepeatedCompositeFieldContainer[ModelReplica]
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_block_tokens: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ModelReplica, _Mapping]]] = ...) -> None: ...
+    prefix_caching: bool
+    kv_cache_blocks_cached: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., architecture: _Optional[str] = ..., quant_config: _Optional[_Union[QuantConfig, _Mapping]] = ..., device: _Optional[str] = ..., weight_memory_bytes: _Optional[int] = ..., extra_layout_memory_bytes: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kernel: _Optional[str] = ..., context_length: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_tokens: _Optional[int] = ..., kv_cache_slots: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., warmed_up_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_graphs: _Optional[int] = ..., warmup_graph_memory_bytes: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_block_tokens: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ModelReplica, _Mapping]]] = ..., prefix_caching: _Optional[bool] = ..., kv_cache_blocks_cached: _Optional[int] = ...) -> None: ...
 
 class ModelReplica(_message.Message):
-    __slots__ = ("device", "device_uuid", "state", "error", "queued_requests", "running_requests", "load_tokens", "kv_cache_blocks", "kv_cache_blocks_in_use", "requests_routed", "load_duration", "warmup_duration")
+    __slots__ = ("device", "device_uuid", "state", "error", "queued_requests", "running_requests", "load_tokens", "kv_cache_blocks", "kv_cache_blocks_in_use", "requests_routed", "load_duration", "warmup_duration", "kv_cache_blocks_cached")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +371,7 @@ class ModelReplica(_message.Message):
     REQUESTS_ROUTED_FIELD_NUMBER: _ClassVar[int]
     LOAD_DURATION_FIELD_NUMBER: _ClassVar[int]
     WARMUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     device: str
     device_uuid: str
     state: ModelState
@@ -379,7 +384,8 @@ class ModelReplica(_message.Message):
     requests_routed: int
     load_duration: _duration_pb2.Duration
     warmup_duration: _duration_pb2.Duration
-    def __init__(self, device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., queued_requests: _Optional[int] = ..., running_requests: _Optional[int] = ..., load_tokens: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., requests_routed: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    kv_cache_blocks_cached: int
+    def __init__(self, device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., queued_requests: _Optional[int] = ..., running_requests: _Optional[int] = ..., load_tokens: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ..., kv_cache_blocks_in_use: _Optional[int] = ..., requests_routed: _Optional[int] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kv_cache_blocks_cached: _Optional[int] = ...) -> None: ...
 
 class QuantConfig(_message.Message):
     __slots__ = ("w_bit", "group_size", "zero_point", "packing")
@@ -440,12 +446,14 @@ class Completion(_message.Message):
     def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., kernels: _Optional[_Iterable[_Union[KernelUse, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    cached_prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerationTimings(_message.Message):
     __slots__ = ("time_to_first_token_ms", "ms_per_output_token", "total_ms", "queue_ms")

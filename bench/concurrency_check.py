@@ -20,6 +20,8 @@ overlapped decode (OUT/overlap/); its default levels are 64,256 with no held rou
 10-minute GPU command on a WORK whose kernel decisions are measured already.
 
 --dry-run is the CPU run (a minute or two): the embedded demo model, levels 1,8,32, 32+32 tokens, 64 held streams.
+--prompt-tokens, --new-tokens and --shared-prefix-tokens (the first prompt ids, the same in every stream) change the
+requests; with --variant cached="" --variant uncached="--no-prefix-caching" the two boots compare the prefix cache.
 Writes OUT/grpc-concurrency.{json,md} and OUT/daemon.log (under OUT/NAME/ per variant); stops the daemon with
 SIGTERM, as an operator would.
 """
@@ -70,6 +72,9 @@ def main() -> int:
     )
     parser.add_argument("--levels", help="comma-separated concurrent stream counts (default: by mode)")
     parser.add_argument("--hold", type=int, help="streams held at once after the levels (default: by mode; 0: none)")
+    parser.add_argument("--prompt-tokens", type=int, help="each stream's prompt (default: by mode)")
+    parser.add_argument("--new-tokens", type=int, help="each stream's generation (default: by mode)")
+    parser.add_argument("--shared-prefix-tokens", type=int, default=0, help="prompt ids the same in every stream")
     # Together under the GPU machine's 10 minutes per command: a cold boot takes ~4 min, the levels ~1-2 min.
     parser.add_argument("--client-processes", type=int, default=4, help="client processes the streams are dealt to")
     parser.add_argument("--boot-timeout", type=float, default=360.0, help="seconds to wait for SERVING")
@@ -90,14 +95,14 @@ def main() -> int:
     if args.dry_run:
         model = "awqd-demo"
         serve += ["--selection-budget", "3"]
-        levels, hold = "1,8,32", 64
-        client = ["--prompt-tokens", "32", "--new-tokens", "32"]
+        levels, hold, prompt, new = "1,8,32", 64, 32, 32
     else:
         model = "synth"
         synthesize(code_root, work / "models" / "llama-2-7b")
         serve += ["--model-root", str(work / "models"), "--model", f"{model}=llama-2-7b"]
-        levels, hold = "1,32,56,64,128,256", 1000
-        client = ["--prompt-tokens", "128", "--new-tokens", "128"]
+        levels, hold, prompt, new = "1,32,56,64,128,256", 1000, 128, 128
+    client = ["--prompt-tokens", str(args.prompt_tokens or prompt), "--new-tokens", str(args.new_tokens or new)]
+    client += ["--shared-prefix-tokens", str(args.shared_prefix_tokens)]
     if args.compare_overlap:
         levels, hold = ("8,32" if args.dry_run else "64,256"), 0
     client += ["--processes", str(args.client_processes), "--metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
@@ -156,7 +161,7 @@ def comparison(out: Path, variants: dict[str, str]) -> str:
     columns = (
         "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "server_ttft_p99_ms", "ttft_client_minus_server_p99_ms",
         "inter_token_p50_ms", "inter_token_p99_ms", "server_ms_per_token", "overhead_us_per_token",
-        "server_lag_first_ms", "codes",
+        "server_lag_first_ms", "cached_prompt_share", "codes",
     )  # fmt: skip
     lines = [
         "# The same daemon, model and levels, one boot per variant",
@@ -165,8 +170,8 @@ def comparison(out: Path, variants: dict[str, str]) -> str:
         "",
         "| streams | variant | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | server TTFT p99 ms | client - server "
         "TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | server ms/token | overhead µs/token | server loop "
-        "lag at first token ms | statuses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "lag at first token ms | prompt share cached | statuses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     results = {}
     for run in variants:

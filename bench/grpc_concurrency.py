@@ -5,8 +5,11 @@ torch, no awqd, not awqd_client's wrapper. Every stream runs on one asyncio loop
 spend a thread per stream and measures the server rather than itself.
 
 Per concurrency level (--levels), all the level's streams start at once, each a greedy request of --prompt-tokens
-prompt token ids (drawn with a fixed seed per stream, so two runs send the same work) and --new-tokens new tokens.
-With --warmup, an untimed round at the same level runs first. Then per level:
+prompt token ids (drawn with a fixed seed per stream, the streams numbered across the run: two runs send the same
+work, and no round repeats an earlier round's prompts, which would hit the prefix cache) and --new-tokens new tokens.
+With --shared-prefix-tokens S, the first S ids are the same in every stream, as a system prompt would be, and
+the table reports the share of prompt tokens the server's prefix cache served. With --warmup, an untimed round at
+the same level runs first. Then per level:
 - aggregate tok/s counted at the client: tokens received / (last token's arrival - first request sent);
 - TTFT p50/p99 at the client (request sent -> first token), the server's own (the engine's receipt of the
   request -> its first token sampled), and the client's minus the server's, p50/p99: what the network, the gRPC
@@ -102,8 +105,12 @@ class Client:
             await channel.close()
 
     def request(self, index: int) -> pb.GenerateRequest:
+        shared = random.Random("shared prefix")
+        ids = [
+            shared.randrange(*TOKEN_RANGE) for _ in range(min(self.args.shared_prefix_tokens, self.args.prompt_tokens))
+        ]
         rng = random.Random(index)
-        ids = [rng.randrange(*TOKEN_RANGE) for _ in range(self.args.prompt_tokens)]
+        ids += [rng.randrange(*TOKEN_RANGE) for _ in range(self.args.prompt_tokens - len(ids))]
         return pb.GenerateRequest(
             model=self.args.model, prompt_token_ids=ids, max_new_tokens=self.args.new_tokens, temperature=0.0
         )
@@ -143,8 +150,8 @@ class SpreadClient:
         barrier = context.Barrier(args.processes)
         self.pool = ProcessPoolExecutor(args.processes, context, initializer=_start_worker, initargs=(args, barrier))
 
-    async def round(self, streams: int) -> list[Stream]:
-        parts = [list(range(first, streams, self.processes)) for first in range(self.processes)]
+    async def round(self, indices: list[int]) -> list[Stream]:
+        parts = [indices[first :: self.processes] for first in range(self.processes)]
         done = await asyncio.gather(*(asyncio.wrap_future(self.pool.submit(_worker_round, part)) for part in parts))
         return [stream for part in done for stream in part]
 
@@ -195,6 +202,8 @@ def summary(streams: list[Stream]) -> dict:
         if s.completion is not None and len(s.arrivals) > 1 and s.completion.timings.ms_per_output_token > 0
     ]
     token_messages = sum(s.token_messages for s in streams)
+    prompt = sum(s.completion.usage.prompt_tokens for s in streams if s.completion is not None)
+    cached = sum(s.completion.usage.cached_prompt_tokens for s in streams if s.completion is not None)
     client_ms = statistics.fmean(c for c, _ in paired) if paired else None
     server_ms = statistics.fmean(s for _, s in paired) if paired else None
     return {
@@ -216,6 +225,7 @@ def summary(streams: list[Stream]) -> dict:
         "client_ms_per_token": rounded(client_ms, 4),
         "server_ms_per_token": rounded(server_ms, 4),
         "overhead_us_per_token": rounded(statistics.fmean((c - s) * 1000 for c, s in paired) if paired else None, 1),
+        "cached_prompt_share": rounded(cached / prompt if prompt else None, 3),
     }
 
 
@@ -277,8 +287,13 @@ async def run(args: argparse.Namespace, results: dict, write) -> None:
     client = Client(args)
     rounds = SpreadClient(args) if args.processes > 1 else None
 
+    sent = 0
+
     async def play(streams: int) -> list[Stream]:
-        return await (rounds.round(streams) if rounds else client.streams(list(range(streams))))
+        # Every stream of the run has its own prompt, so no round's prefill hits the prefix cache of one before it.
+        nonlocal sent
+        indices, sent = list(range(sent, sent + streams)), sent + streams
+        return await (rounds.round(indices) if rounds else client.streams(indices))
 
     async def measured(level: int) -> dict:
         """One timed round: the client's summary, and with --metrics the server loop's mean delivery lag in it."""
@@ -314,7 +329,8 @@ def markdown(data: dict) -> str:
     lines = [
         f"# Concurrent gRPC streams: {settings['target']}, model {settings['model']}",
         "",
-        f"P={settings['prompt_tokens']} prompt tokens, N={settings['new_tokens']} new tokens, greedy; "
+        f"P={settings['prompt_tokens']} prompt tokens (the first {settings['shared_prefix_tokens']} the same in every "
+        f"stream), N={settings['new_tokens']} new tokens, greedy; "
         f"{settings['channels']} client connections per client process, {settings['processes']} process(es), one "
         "asyncio loop each (bench/grpc_concurrency.py, raw stubs). "
         f"Server: awqd {server.get('awqd_version', '?')} on {', '.join(server.get('devices', [])) or '?'}. "
@@ -322,8 +338,8 @@ def markdown(data: dict) -> str:
         "",
         "| concurrent streams | aggregate tok/s (client) | TTFT p50 ms | TTFT p99 ms | server TTFT p99 ms | "
         "inter-token p50 ms | inter-token p99 ms | server ms/token | overhead µs/token | "
-        "server loop lag first / last ms | tokens per message | statuses | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "server loop lag first / last ms | tokens per message | prompt share cached | statuses | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = list(data["levels"])
     if "hold" in data:
@@ -333,7 +349,8 @@ def markdown(data: dict) -> str:
             f"| {row['level']} | {row['tokens_per_s']} | {row['ttft_p50_ms']} | {row['ttft_p99_ms']} | "
             f"{row['server_ttft_p99_ms']} | {row['inter_token_p50_ms']} | {row['inter_token_p99_ms']} | "
             f"{row['server_ms_per_token']} | {row['overhead_us_per_token']} | {row.get('server_lag_first_ms', '-')} / "
-            f"{row.get('server_lag_last_ms', '-')} | {row.get('tokens_per_message', '-')} | {row['codes']} | "
+            f"{row.get('server_lag_last_ms', '-')} | {row.get('tokens_per_message', '-')} | "
+            f"{row.get('cached_prompt_share', '-')} | {row['codes']} | "
             f"{row['lost']} |"
         )
     for error in data.get("errors", []):
@@ -348,6 +365,12 @@ def main() -> int:
     parser.add_argument("--levels", default="1,32,56,64,128,256", help="comma-separated concurrent stream counts")
     parser.add_argument("--hold", type=int, default=0, help="after the levels, hold this many streams at once")
     parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument(
+        "--shared-prefix-tokens",
+        type=int,
+        default=0,
+        help="the first this many prompt ids are the same in every stream",
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--warmup", action="store_true", help="an untimed round before each level")
     parser.add_argument("--channels", type=int, default=4, help="client connections per client process")

@@ -360,6 +360,7 @@ def main() -> int:
         max_batch_size=most,
         max_queued_requests=most,
         prefill_tokens_per_step=args.prefill_tokens_per_step,
+        prefix_caching=False,  # its prompts repeat: a prefix-cache hit would skip the prefills it compares
     )
     equality_ids = {batch: prompts(vocab_size, batch, args.prompt_tokens, first_seed=1000 + batch) for batch in batches}
     equality = Equality(equality_ids, args.equality_tokens, fixed)

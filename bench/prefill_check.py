@@ -203,7 +203,7 @@ def main() -> int:
     with step(results, "engine_load", 300):
         held = [registry.build(name) for name in sorted(usable | set(pins))]
         loaded = load_model(checkpoint, device, router, extra_candidates=held, fuse=True)
-        scheduler = build_engine("synth", loaded, router, EngineSettings(kv_cache_fraction=0.5))
+        scheduler = build_engine("synth", loaded, router, EngineSettings(kv_cache_fraction=0.5, prefix_caching=False))
     if "engine_load" not in results.data["steps"]:
         return 1
     runner, vocab = scheduler.runner, loaded.config.vocab_size

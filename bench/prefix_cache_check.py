@@ -1,0 +1,283 @@
+"""The prefix cache on a GPU, in-process: `python3 bench/prefix_cache_check.py --out DIR [--cache-dir D]`.
+
+On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), for prompts whose first S tokens are in the KV cache
+already (a prefix-cache hit), on the engine's own runner and scheduler:
+
+1. correctness, against the whole prompt prefilled eagerly in one pass: the last position's logits (largest
+   difference relative to the logits' own size, and whether the argmax agrees) and the k/v the rest wrote. For
+   several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone within the
+   CUDA-graph buckets (its padded pass, replayed, runs the whole prompt): the shared blocks must come out unchanged,
+   bit for bit;
+2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
+   both in this run;
+3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
+   streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
+   the pass that skips the cached tokens runs fewer tokens, which can pick another kernel (on this CPU's dry run,
+   3 of 4 streams matched: 384 tokens ran the reference kernel, 128 the int4 one).
+
+Writes prefix-cache-check.json and prefix-cache-check.md to --out. A CPU dry run: --device cpu --arch tiny
+--prompt-tokens 96 --cached-tokens 64.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine_check
+from engine_check import Results, greedy, run_jobs, step, synchronize
+
+from awqd.config import EngineSettings
+from awqd.engine.build import build_engine
+from awqd.engine.kv_cache import BLOCK_TOKENS
+from awqd.kernels import registry
+from awqd.kernels.linear import KernelRouter
+from awqd.kernels.selection import select_kernels
+from awqd.kernels.shapes import engine_layer_shapes
+from awqd.models.checkpoint import open_checkpoint
+from awqd.models.loader import load_model
+from awqd.models.synth import synthesize
+from awqd.node.devices import discover
+
+RUNS = 5
+NEW_TOKENS = 64
+RELATIVE_TOLERANCE = 2e-2  # of the logits' largest magnitude: fp16 rounding differs between the two attention paths
+
+
+class Blocks:
+    """Hands out fresh block tables from the scheduler's BlockTables, and gives them all back at the end."""
+
+    def __init__(self, scheduler):
+        self.tables = scheduler.blocks
+        self.owners: list[str] = []
+
+    def take(self, tokens: int) -> list[int]:
+        owner = f"prefix-check-{len(self.owners)}"
+        if not self.tables.grow(owner, tokens):
+            raise RuntimeError(f"the KV cache has too few free blocks for {tokens} tokens")
+        self.owners.append(owner)
+        return self.tables.table(owner)
+
+    def release(self) -> None:
+        for owner in self.owners:
+            self.tables.release(owner)
+        self.owners.clear()
+
+
+def write_start(model, cache, ids: list[int], table: list[int]) -> None:
+    """The cached start, written by its own prefill, as an earlier request's would have."""
+    tables = torch.tensor([table], dtype=torch.int32, device=model.device)
+    model.prefill([torch.tensor(ids, device=model.device)], tables, cache)
+
+
+def kv_rows(cache, table: list[int], start: int, end: int) -> torch.Tensor:
+    """Positions start..end-1 of the sequence in `table`, every layer's k and v: [2 * layers, kv_heads, n, dim]."""
+    index = torch.tensor(table, device=cache.k[0].device)
+    layers = [layer[index].transpose(0, 1).flatten(1, 2)[:, start:end] for layer in (*cache.k, *cache.v)]
+    return torch.stack(layers)
+
+
+def compare(reference: torch.Tensor, measured: torch.Tensor) -> dict:
+    scale = reference.float().abs().max().item() or 1.0
+    difference = (measured.float() - reference.float()).abs().max().item() / scale
+    agree = bool((measured.argmax(-1) == reference.argmax(-1)).all())
+    return {"relative_difference": difference, "argmax_agrees": agree, "ok": agree and difference <= RELATIVE_TOLERANCE}
+
+
+def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
+    runner, model, cache = scheduler.runner, scheduler.runner.model, scheduler.runner.cache
+    blocks = Blocks(scheduler)
+    shared_start = engine_check.prompt(vocab, 1, cached)
+    prompts = [shared_start + engine_check.prompt(vocab, 10 + i, prompt_tokens - cached) for i in range(2)]
+    device = model.device
+    rows = {}
+    try:
+        whole_tables = [blocks.take(prompt_tokens) for _ in prompts]
+        whole = model.prefill(
+            [torch.tensor(ids, device=device) for ids in prompts],
+            torch.tensor(whole_tables, dtype=torch.int32, device=device),
+            cache,
+        )
+        # The cached start, then shared by both prompts' tables.
+        start_table = blocks.take(cached)
+        write_start(model, cache, shared_start, start_table)
+        rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
+        shared_before = kv_rows(cache, start_table, 0, cached).clone()
+        logits, _ = runner.prefill(prompts, rest_tables, [cached, cached])
+        rows["together"] = compare(whole, logits)
+        rows["together"]["rest_kv"] = compare_kv(cache, whole_tables, rest_tables, cached, prompt_tokens)
+        alone_table = start_table + blocks.take(prompt_tokens - cached)
+        padded = prompt_tokens <= max(runner.prefill_buckets, default=0)
+        for replay in range(2 if padded else 0):  # the first pass captures the graph, the second replays it
+            logits, _ = runner.prefill([prompts[0]], [alone_table], [cached])
+            rows[f"alone_padded_{'replayed' if replay else 'captured'}"] = compare(whole[:1], logits)
+        rows["shared_blocks_unchanged"] = bool(torch.equal(kv_rows(cache, start_table, 0, cached), shared_before))
+        synchronize(device)
+    finally:
+        blocks.release()
+    return rows
+
+
+def compare_kv(cache, whole_tables, rest_tables, cached: int, prompt_tokens: int) -> float:
+    """The largest difference of the rests' k/v from the whole prompts', relative to their largest magnitude."""
+    worst = 0.0
+    for whole_table, rest_table in zip(whole_tables, rest_tables, strict=True):
+        reference = kv_rows(cache, whole_table, cached, prompt_tokens).float()
+        measured = kv_rows(cache, rest_table, cached, prompt_tokens).float()
+        worst = max(worst, ((measured - reference).abs().max() / reference.abs().max().clamp_min(1e-6)).item())
+    return worst
+
+
+def timed_ms(run, device) -> float:
+    run()
+    synchronize(device)
+    times = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached: int) -> dict:
+    runner, model, cache = scheduler.runner, scheduler.runner.model, scheduler.runner.cache
+    blocks = Blocks(scheduler)
+    shared_start = engine_check.prompt(vocab, 2, cached)
+    prompts = [shared_start + engine_check.prompt(vocab, 100 + i, prompt_tokens - cached) for i in range(count)]
+    device = model.device
+    try:
+        start_table = blocks.take(cached)
+        write_start(model, cache, shared_start, start_table)
+        whole_tables = [blocks.take(prompt_tokens) for _ in prompts]
+        rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
+        # Several prompts go eagerly in both forms: the runner pads and replays only a prompt alone.
+        whole_ms = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
+        cached_ms = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
+    finally:
+        blocks.release()
+    return {"prompts": count, "whole_ms": whole_ms, "cached_ms": cached_ms, "speedup": whole_ms / cached_ms}
+
+
+def greedy_tokens(scheduler, vocab: int, count: int, prompt_tokens: int, cached: int) -> dict:
+    shared_start = engine_check.prompt(vocab, 3, cached)
+    prompts = [shared_start + engine_check.prompt(vocab, 200 + i, prompt_tokens - cached) for i in range(count)]
+    scheduler.prefix_caching = False
+    without = run_jobs(scheduler, prompts, greedy(NEW_TOKENS))
+    scheduler.prefix_caching = True
+    run_jobs(scheduler, [[*shared_start, 5]], greedy(1))  # an earlier request publishes the shared start
+    with_cache = run_jobs(scheduler, prompts, greedy(NEW_TOKENS))
+    return {
+        "streams": count,
+        "streams_matching": sum(a == b for (a, _), (b, _) in zip(without, with_cache, strict=True)),
+        "cached_prompt_tokens": sorted({finished.cached_prompt_tokens for _, finished in with_cache}),
+        "ttft_ms_without": statistics.median(f.time_to_first_token_ms for _, f in without),
+        "ttft_ms_with": statistics.median(f.time_to_first_token_ms for _, f in with_cache),
+    }
+
+
+def markdown(data: dict) -> str:
+    setup = data.get("setup", {})
+    lines = [
+        f"# Prefix cache on {data.get('device', {}).get('name', '?')}",
+        "",
+        f"{setup.get('arch')}: prompts of {setup.get('prompt_tokens')} tokens, the first {setup.get('cached_tokens')} "
+        f"cached. Started {data['started_at']}.",
+        "",
+        "## Against the whole prompt prefilled at once",
+        "",
+        "| pass | logits: largest difference / largest logit | argmax agrees | ok |",
+        "|---|---|---|---|",
+    ]
+    checks = data.get("correctness", {})
+    for name, row in checks.items():
+        if isinstance(row, dict):
+            lines.append(f"| {name} | {row['relative_difference']:.2e} | {row['argmax_agrees']} | {row['ok']} |")
+    if "together" in checks:
+        lines.append(f"\nThe rests' k/v: largest difference {checks['together']['rest_kv']:.2e} of the largest value.")
+    if "shared_blocks_unchanged" in checks:
+        lines.append(f"Shared blocks unchanged, bit for bit: {checks['shared_blocks_unchanged']}.")
+    if times := data.get("prefill"):
+        lines += [
+            "",
+            "## One eager prefill step",
+            "",
+            "| prompts | whole ms | cached start ms | speedup |",
+            "|---|---|---|---|",
+            f"| {times['prompts']} | {times['whole_ms']:.2f} | {times['cached_ms']:.2f} | {times['speedup']:.2f}x |",
+        ]
+    if tokens := data.get("greedy"):
+        lines += [
+            "",
+            f"## Greedy, {NEW_TOKENS} tokens, through the scheduler",
+            "",
+            f"{tokens['streams_matching']} of {tokens['streams']} streams give the same tokens with the cache as "
+            f"without; cached_prompt_tokens {tokens['cached_prompt_tokens']}; median TTFT "
+            f"{tokens['ttft_ms_with']:.1f} ms with, {tokens['ttft_ms_without']:.1f} ms without.",
+        ]
+    lines += [f"- **Error:** {error}" for error in data["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arch", default="llama-2-7b")
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--selection-budget", type=float, default=150.0)
+    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+    parser.add_argument("--prompt-tokens", type=int, default=384, help="within the CUDA-graph buckets (512)")
+    parser.add_argument("--cached-tokens", type=int, default=256, help="whole blocks of 16")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step, and streams, in steps 2 and 3")
+    args = parser.parse_args()
+    if args.cached_tokens % BLOCK_TOKENS or not 0 < args.cached_tokens < args.prompt_tokens:
+        parser.error(f"--cached-tokens must be whole blocks of {BLOCK_TOKENS}, below --prompt-tokens")
+    results = Results(args.out, "prefix-cache-check", markdown)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    results.data["device"] = {
+        "name": torch.cuda.get_device_name(device) if on_gpu else "CPU",
+        "torch": torch.__version__,
+    }
+    results.data["setup"] = {key: value for key, value in vars(args).items() if key not in ("out", "cache_dir")}
+    work = Path(tempfile.mkdtemp(prefix="awqd-prefix-cache-check-"))
+    checkpoint = work / args.arch
+    with step(results, "synthesize", 240):
+        synthesize(args.arch, checkpoint, version="GEMM")
+    with step(results, "kernel_selection", args.selection_budget + 180):
+        info = next(d for d in discover().devices if d.torch_device == str(device))
+        shapes = list(engine_layer_shapes(open_checkpoint(checkpoint).config).values())
+        decisions = select_kernels(info, shapes, 128, args.cache_dir or work / "cache", budget_s=args.selection_budget)
+        results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
+    if results.data["errors"]:
+        return 1
+    router = KernelRouter(decisions.dispatch())
+    with step(results, "engine_load", 300):
+        held = [registry.build(name) for name in decisions.usable_names()]
+        loaded = load_model(checkpoint, device, router, extra_candidates=held, fuse=True)
+        scheduler = build_engine("synth", loaded, router, EngineSettings(kv_cache_fraction=0.5))
+        scheduler.eos_ids = frozenset()  # random weights: decode exactly NEW_TOKENS every run
+    if results.data["errors"]:
+        return 1
+    vocab, sizes = loaded.config.vocab_size, (args.prompt_tokens, args.cached_tokens)
+    with torch.inference_mode():
+        with step(results, "correctness", 300):
+            results.data["correctness"] = correctness(scheduler, vocab, *sizes)
+        with step(results, "prefill", 300):
+            results.data["prefill"] = prefill_times(scheduler, vocab, args.prompts, *sizes)
+    with step(results, "greedy", 300):
+        results.data["greedy"] = greedy_tokens(scheduler, vocab, args.prompts, *sizes)
+    scheduler.close()
+    results.write()
+    print(markdown(results.data))
+    return 0 if not results.data["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,13 +88,14 @@ def allocate(plan: KvCachePlan, num_layers: int, num_kv_heads: int, head_dim: in
 class BlockTables:
     """Which blocks each sequence owns, in position order, and the free list.
 
-    With prefix caching, a full block of prompt tokens can be shared: its key is its tokens and every token before
-    them (prefix_keys), published once a prefill has written it, and a later sequence whose prompt starts with the
-    same tokens takes the same blocks instead of new ones. A block is then held by every table that lists it; when
-    the last one lets go, a published block keeps its k/v as a cached block, still found by its key, until a new
-    block is needed and none is free: then the least recently released cached block is reused. Cached blocks count
-    as free. Blocks are written only by a table that holds them alone, before they are published: a prefix hit
-    covers whole blocks, and at least the prompt's last token is prefilled again (its logits are the first token).
+    With prefix caching, a full block can be shared. Its key names its tokens and every token before them
+    (prefix_keys). It is published once the prefill or decode step that wrote its last position has completed. A later
+    sequence whose prompt starts with the same tokens (a system prompt, or a conversation's earlier turns with the
+    answers generated then) takes the same blocks instead of new ones. A block is then held by every table that lists
+    it. When the last one lets go, a published block keeps its k/v as a cached block, still found by its key, until a
+    new block is needed and none is free: then the least recently released cached block is reused. Cached blocks
+    count as free. Blocks are written only by a table that holds them alone, before they are published: a prefix hit
+    covers whole blocks, and at least the prompt's last token is prefilled again (its logits give the next token).
 
     Only the scheduler thread changes it; Describe and metrics read the counts.
     """
@@ -176,10 +177,10 @@ class BlockTables:
             self._holders[block] = self._holders.get(block, 0) + 1
         self._tables[owner] = list(prefix)
 
-    def publish(self, owner: Hashable, keys: list[bytes]) -> None:
-        """Makes the owner's first len(keys) blocks, now written, findable by their prefix keys. A key another
-        block already has keeps that block."""
-        for key, block in zip(keys, self.table(owner), strict=False):
+    def publish(self, owner: Hashable, keys: list[bytes], first: int = 0) -> None:
+        """Makes the owner's blocks first..len(keys)-1, now written for good, findable by their prefix keys. A key
+        another block already has keeps that block."""
+        for key, block in zip(keys[first:], self.table(owner)[first:], strict=False):
             if key not in self._published and block not in self._keys:
                 self._published[key] = block
                 self._keys[block] = key
@@ -190,14 +191,14 @@ class BlockTables:
         return block
 
 
-def prefix_keys(token_ids: list[int], blocks: int) -> list[bytes]:
-    """The keys of the first `blocks` full blocks of a prompt: block i's key digests its tokens and block i-1's key,
-    so it names every token from the prompt's start to the block's end."""
-    keys, key = [], b""
-    for start in range(0, blocks * BLOCK_TOKENS, BLOCK_TOKENS):
-        tokens = array("q", token_ids[start : start + BLOCK_TOKENS]).tobytes()
-        key = hashlib.blake2b(key + tokens, digest_size=16).digest()
-        keys.append(key)
+def prefix_keys(token_ids: list[int], blocks: int, known: list[bytes] | None = None) -> list[bytes]:
+    """The keys of the first `blocks` full blocks of a sequence's tokens: block i's key digests its tokens and block
+    i-1's key, so it names every token from the sequence's start to the block's end. `known` are the keys of its
+    first blocks, computed before: they are kept, and only the blocks after them are digested."""
+    keys = list(known or [])
+    for index in range(len(keys), blocks):
+        tokens = array("q", token_ids[index * BLOCK_TOKENS : (index + 1) * BLOCK_TOKENS]).tobytes()
+        keys.append(hashlib.blake2b((keys[-1] if keys else b"") + tokens, digest_size=16).digest())
     return keys
 
 

@@ -9,8 +9,9 @@ At each step boundary the scheduler
    --prefill-tokens-per-step prompt tokens per boundary (one longer prompt goes alone) so the running batch is not
    stalled for long; it copies the swapped-out ones' blocks back from host memory, and prefills the rest in one
    forward pass (a lone prompt's replays a CUDA graph); if that pass (or a copy) fails, only the requests it held
-   fail. With prefix caching, a prompt whose start another prompt's prefill published shares those blocks, and the
-   pass skips them (awqd.engine.kv_cache.BlockTables); after the pass, each prompt publishes its own full blocks;
+   fail. With prefix caching, a prompt whose start another sequence published shares those blocks, and the pass
+   skips them (awqd.engine.kv_cache.BlockTables); after the pass, and as decode steps fill them, each sequence
+   publishes its own full blocks;
 3. unless the queue's head could join at once (a burst: the next boundary admits it first, until the running
    batch has waited --max-decode-stall-ms, so the burst's last prompts get their first tokens sooner), gives each
    running sequence the block its next position needs, preempting when blocks run out (below), runs one decode
@@ -70,7 +71,7 @@ import torch
 from awqd import metrics
 from awqd.config import PREEMPTION_POLICIES
 from awqd.engine.inflight import InFlightStep
-from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, SwapSpace, blocks_for
+from awqd.engine.kv_cache import BLOCK_TOKENS, BlockTables, SwapSpace, blocks_for, prefix_keys
 from awqd.engine.sampling import SamplingBatch, choose_tokens
 from awqd.engine.sequence import Finished, FinishReason, Job, Sequence, summary
 from awqd.engine.step import StepRunner
@@ -304,9 +305,13 @@ class Scheduler:
         0..position-1 come back from host memory and the next decode step writes its position."""
         if isinstance(head, Sequence) and self.swap.holds(head):
             return ResumePlan(head.job, [], head.position + 1, [])
-        job, ids = (head.job, head.prefill_ids) if isinstance(head, Sequence) else (head, head.prompt_ids)
+        job, ids, keys = (
+            (head.job, head.prefill_ids, head.block_keys)
+            if isinstance(head, Sequence)
+            else (head, head.prompt_ids, head.prefix_keys)
+        )
         # Whole blocks only, and never the last id: the prefill must run it for the next token's logits.
-        keys = job.prefix_keys[: (len(ids) - 1) // BLOCK_TOKENS] if self._caches(job) else []
+        keys = keys[: (len(ids) - 1) // BLOCK_TOKENS] if self._caches(job) else []
         return ResumePlan(job, ids, len(ids) + 1, self.blocks.cached_prefix(keys))
 
     def _caches(self, job: Job) -> bool:
@@ -341,8 +346,7 @@ class Scheduler:
             self._fail(group, error)
             return
         for seq in group:
-            if self._caches(seq.job):
-                self.blocks.publish(seq, seq.job.prefix_keys)  # only after a pass that did not fail
+            self._publish(seq, len(seq.prefill_ids))  # only after a pass that did not fail
         for seq, token in zip(group, tokens, strict=True):
             seq.count_step("prefill", kernel)
             if self._accept(seq, token):
@@ -463,7 +467,20 @@ class Scheduler:
             self._tokens_streamed.inc()
         if len(times := seq.token_times) > 1:
             self._token_gaps.observe(times[-1] - times[-2])
+        if not done and seq.position % BLOCK_TOKENS == 0:
+            self._publish(seq, seq.position)  # the step that completed wrote a block's last position
         return done
+
+    def _publish(self, seq: Sequence, written: int) -> None:
+        """With prefix caching, publishes the sequence's full blocks among its first `written` positions that it has
+        not published yet: steps that completed wrote them, and it never writes them again. So a later prompt that
+        starts with its tokens, generated ones included (a conversation's next turn), shares them."""
+        if not self._caches(seq.job):
+            return
+        blocks, first = written // BLOCK_TOKENS, len(seq.block_keys)
+        known = (seq.block_keys or seq.job.prefix_keys)[:blocks]
+        seq.block_keys = prefix_keys(seq.prefill_ids, blocks, known)
+        self.blocks.publish(seq, seq.block_keys, first)
 
     def _end_cancelled(self) -> None:
         for seq in [seq for seq in self._running if seq.job.cancelled.is_set()]:

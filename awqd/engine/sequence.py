@@ -145,6 +145,7 @@ class Sequence:
         self.position = len(job.prompt_ids) - 1
         self.cached_tokens = 0  # the first prefill_ids whose k/v its blocks took from the prefix cache at admission
         self.cached_prompt_tokens = 0  # cached_tokens when the request was admitted first: what its usage reports
+        self.block_keys: list[bytes] = []  # the prefix keys of its full blocks written so far, once published
         self.last_token = 0  # the token the next decode step feeds
         self.generated: list[int] = []  # the tokens accepted so far that the sequence goes on from
         self.token_times: list[float] = []

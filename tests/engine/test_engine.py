@@ -410,7 +410,8 @@ def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(d
     blocks written) fills the swap space, and the second falls back to recompute."""
     scheduler = preemption_engine(demo_model_dir, preemption, swap_blocks)
     try:
-        prompts = [[token + index for token in range(20, 40)] for index in range(4)]
+        # One shared first block (the prefix cache keeps it: each run alone takes and releases it last), then their own.
+        prompts = [[*range(20, 36), *(token + index for token in range(36, 40))] for index in range(4)]
         requests = [params(40), params(40), params(40, temperature=0.9, top_k=40, seed=77), params(40)]
         alone = [run_alone(scheduler, p, r)[0] for p, r in zip(prompts, requests, strict=True)]
         assert scheduler.preemptions == 0
@@ -427,7 +428,7 @@ def test_preempted_sequences_give_the_tokens_they_would_have_given_unpreempted(d
             assert swapped > 0 and recomputed > 0
         assert [tokens for tokens, _ in together] == alone
         assert all(finished.completion_tokens == len(tokens) for tokens, finished in together)
-        # Each prompt's first block was cached by its run alone: a preempted one still reports it when it ends.
+        # A preempted one still reports the shared block it was admitted with when it ends.
         assert all(finished.cached_prompt_tokens == BLOCK_TOKENS for _, finished in together)
         prefills = sum(use.steps for _, finished in together for use in finished.kernels if use.phase == "prefill")
         assert prefills == len(jobs) + recomputed, "a recompute is one more prefill; a swap-in is none"
@@ -623,6 +624,24 @@ def test_prompts_with_a_cached_start_share_its_blocks_and_give_the_same_tokens(d
             cached.submit(job)
             assert tokens_of(job)[1].cached_prompt_tokens == 0
         assert prefix_cache_tokens("demo")[1] == hit + 48 + 48 + 32
+    finally:
+        cached.close()
+        plain.close()
+
+
+def test_a_conversations_next_turn_shares_the_blocks_its_answer_filled(demo_model_dir):
+    """Blocks that decode steps fill are published too, so a next turn's prompt (the first prompt, the answer, a new
+    question) shares them, with the tokens an engine without the cache gives."""
+    cached, plain = (switching_engine(demo_model_dir, 4, prefix_caching=on) for on in (True, False))
+    try:
+        first = list(range(300, 340))  # 40 tokens: two full blocks
+        answer, finished = run_alone(cached, first, params(40))
+        assert finished.finish_reason == "length"
+        # Written: the prompt and 39 answer tokens (the last is never fed), 79 positions: four full blocks.
+        next_turn = [*first, *answer, 11, 12, 13]
+        tokens, finished = run_alone(cached, next_turn, params(8))
+        assert finished.cached_prompt_tokens == 4 * BLOCK_TOKENS
+        assert tokens == run_alone(plain, next_turn, params(8))[0]
     finally:
         cached.close()
         plain.close()

@@ -9,7 +9,8 @@ already (a prefix-cache hit), on the engine's own runner and scheduler:
    CUDA-graph buckets (its padded pass, replayed, runs the whole prompt): the shared blocks must come out unchanged,
    bit for bit;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
-   both in this run;
+   both in this run; and of a prompt alone as the runner serves it (padded, its CUDA graph replayed over the whole
+   prompt) against its rest run eagerly, which is what the runner's choice for a lone prompt rests on;
 3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
    streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
    the pass that skips the cached tokens runs fewer tokens, which can pick another kernel (on this CPU's dry run,
@@ -158,11 +159,25 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
         whole_tables = [blocks.take(prompt_tokens) for _ in prompts]
         rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
         # Several prompts go eagerly in both forms: the runner pads and replays only a prompt alone.
-        whole_ms = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
-        cached_ms = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
+        times = {
+            "prompts": count,
+            "whole_ms": timed_ms(lambda: runner.prefill(prompts, whole_tables), device),
+            "cached_ms": timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device),
+        }
+        times["speedup"] = times["whole_ms"] / times["cached_ms"]
+        # A prompt alone: what the runner does (its padded graph, over the whole prompt) against its rest run eagerly.
+        times["alone_padded_ms"] = timed_ms(lambda: runner.prefill(prompts[:1], rest_tables[:1], [cached]), device)
+        buckets, runner.prefill_buckets = runner.prefill_buckets, ()
+        times["alone_padded"] = prompt_tokens <= max(buckets, default=0)
+        try:
+            times["alone_eager_rest_ms"] = timed_ms(
+                lambda: runner.prefill(prompts[:1], rest_tables[:1], [cached]), device
+            )
+        finally:
+            runner.prefill_buckets = buckets
     finally:
         blocks.release()
-    return {"prompts": count, "whole_ms": whole_ms, "cached_ms": cached_ms, "speedup": whole_ms / cached_ms}
+    return times
 
 
 def greedy_tokens(scheduler, vocab: int, count: int, prompt_tokens: int, cached: int) -> dict:
@@ -211,6 +226,10 @@ def markdown(data: dict) -> str:
             "| prompts | whole ms | cached start ms | speedup |",
             "|---|---|---|---|",
             f"| {times['prompts']} | {times['whole_ms']:.2f} | {times['cached_ms']:.2f} | {times['speedup']:.2f}x |",
+            "",
+            f"A prompt alone: {times['alone_padded_ms']:.2f} ms as served "
+            f"({'padded, its CUDA graph over the whole prompt' if times['alone_padded'] else 'no graph bucket here'}), "
+            f"{times['alone_eager_rest_ms']:.2f} ms with only its rest run eagerly.",
         ]
     if tokens := data.get("greedy"):
         lines += [

@@ -191,14 +191,16 @@ class BlockTables:
         return block
 
 
-def prefix_keys(token_ids: list[int], blocks: int, known: list[bytes] | None = None) -> list[bytes]:
+def prefix_keys(token_ids: list[int], blocks: int, known: list[bytes] | None = None, salt: str = "") -> list[bytes]:
     """The keys of the first `blocks` full blocks of a sequence's tokens: block i's key digests its tokens and block
-    i-1's key, so it names every token from the sequence's start to the block's end. `known` are the keys of its
-    first blocks, computed before: they are kept, and only the blocks after them are digested."""
+    i-1's key (the first block's, the salt's), so it names every token from the sequence's start to the block's end,
+    and the salt. `known` are the keys of its first blocks, computed before: they are kept, and only the blocks after
+    them are digested."""
     keys = list(known or [])
+    first = hashlib.blake2b(b"cache salt " + salt.encode(), digest_size=16).digest() if salt else b""
     for index in range(len(keys), blocks):
         tokens = array("q", token_ids[index * BLOCK_TOKENS : (index + 1) * BLOCK_TOKENS]).tobytes()
-        keys.append(hashlib.blake2b((keys[-1] if keys else b"") + tokens, digest_size=16).digest())
+        keys.append(hashlib.blake2b((keys[-1] if keys else first) + tokens, digest_size=16).digest())
     return keys
 
 

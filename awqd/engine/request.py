@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from awqd.errors import InvalidArgument
 
+MAX_CACHE_SALT_BYTES = 256
+
 
 @dataclass(frozen=True)
 class GenerateParams:
@@ -18,6 +20,7 @@ class GenerateParams:
     seed: int | None
     stop: tuple[str, ...]
     kernel: str
+    cache_salt: str = ""  # prompts share cached blocks only with prompts of the same salt
 
     def validate(self, max_new_tokens_cap: int) -> None:
         """Checks that need no model; raises InvalidArgument naming the field."""
@@ -39,6 +42,8 @@ class GenerateParams:
             raise InvalidArgument("top_p", f"must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise InvalidArgument("stop", "stop sequences must not be empty strings")
+        if len(self.cache_salt.encode()) > MAX_CACHE_SALT_BYTES:
+            raise InvalidArgument("cache_salt", f"must be at most {MAX_CACHE_SALT_BYTES} bytes")
 
     def prompt_ids(self, tokenizer, vocab_size: int, context_length: int) -> list[int]:
         """Tokenizes the prompt and checks it against the model's vocabulary and context window."""

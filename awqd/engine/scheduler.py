@@ -479,7 +479,7 @@ class Scheduler:
             return
         blocks, first = written // BLOCK_TOKENS, len(seq.block_keys)
         known = (seq.block_keys or seq.job.prefix_keys)[:blocks]
-        seq.block_keys = prefix_keys(seq.prefill_ids, blocks, known)
+        seq.block_keys = prefix_keys(seq.prefill_ids, blocks, known, seq.job.params.cache_salt)
         self.blocks.publish(seq, seq.block_keys, first)
 
     def _end_cancelled(self) -> None:

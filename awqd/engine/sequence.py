@@ -114,7 +114,7 @@ class Job:
     @cached_property
     def prefix_keys(self) -> list[bytes]:
         """The prefix-cache keys of the prompt's full blocks (awqd.engine.kv_cache.prefix_keys), computed once."""
-        return prefix_keys(self.prompt_ids, len(self.prompt_ids) // BLOCK_TOKENS)
+        return prefix_keys(self.prompt_ids, len(self.prompt_ids) // BLOCK_TOKENS, salt=self.params.cache_salt)
 
     @property
     def pin(self) -> str:

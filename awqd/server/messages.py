@@ -256,6 +256,7 @@ def generate_params(request: pb.GenerateRequest) -> GenerateParams:
         seed=request.seed if request.HasField("seed") else None,
         stop=tuple(request.stop),
         kernel=request.kernel,
+        cache_salt=request.cache_salt,
     )
 
 

@@ -272,3 +272,10 @@ def test_a_released_prompts_blocks_stay_cached_until_a_new_block_needs_them():
     # With nothing else free, a new block evicts the least recently released cached block, and its key is gone.
     assert tables.grow("big", 4 * BLOCK_TOKENS)
     assert tables.cached_blocks == 0 and tables.cached_prefix(keys) == []
+
+
+def test_a_cache_salt_changes_every_key_and_the_same_salt_gives_the_same_keys():
+    prompt = family_prompt(1, 3 * BLOCK_TOKENS)
+    plain, salted, again, other = (prefix_keys(prompt, 3, salt=salt) for salt in ("", "a", "a", "b"))
+    assert salted == again and len(set(plain + salted + other)) == 9
+    assert prefix_keys(prompt, 3, salted[:1], salt="a") == salted  # later blocks chain on the known ones

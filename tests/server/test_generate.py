@@ -179,6 +179,7 @@ def test_concurrent_streams_on_one_model_all_complete(daemon):
         ({"prompt": None, "prompt_token_ids": [5] * 600}, grpc.StatusCode.INVALID_ARGUMENT, "context window"),
         ({"prompt": None, "prompt_token_ids": [10**6]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_token_ids"),
         ({"stop": [""]}, grpc.StatusCode.INVALID_ARGUMENT, "stop"),
+        ({"cache_salt": "é" * 129}, grpc.StatusCode.INVALID_ARGUMENT, "cache_salt"),
         ({"kernel": "no_such_kernel"}, grpc.StatusCode.INVALID_ARGUMENT, "kernel"),
         ({"kernel": "autoawq_gemv_cuda"}, grpc.StatusCode.FAILED_PRECONDITION, "supported:"),
     ],
@@ -224,6 +225,16 @@ def test_a_prompt_that_starts_like_an_earlier_one_reports_its_cached_tokens(clie
     (model,) = [m for m in client.describe().models if m.name == DEMO]
     assert model.prefix_caching and model.kv_cache_blocks_cached >= 2
     assert model.replicas[0].kv_cache_blocks_cached == model.kv_cache_blocks_cached
+
+
+def test_prompts_share_cached_blocks_only_within_one_cache_salt(client):
+    start = list(range(400, 445))
+
+    def cached(salt: str) -> int:
+        messages = client.generate(DEMO, prompt_token_ids=[*start, 9], max_new_tokens=2, cache_salt=salt)
+        return list(messages)[-1].completion.usage.cached_prompt_tokens
+
+    assert (cached("tenant-a"), cached("tenant-b"), cached(""), cached("tenant-a")) == (0, 0, 0, 32)
 
 
 @pytest.mark.parametrize("path", ["../outside", "/etc", "nested/../../outside"])

@@ -174,6 +174,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(min=0, help="Sampling seed; the same seed gives the same text.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop at this string (repeatable).")] = None,
     kernel: Annotated[str, typer.Option(help='"auto", gemm, gemv, gemv_fast or a candidate name.')] = "auto",
+    cache_salt: Annotated[
+        str, typer.Option(help="Share cached prompt blocks only with requests of the same salt (one per tenant).")
+    ] = "",
     json_output: Annotated[bool, typer.Option("--json", help="Print each stream message as one JSON line.")] = False,
 ) -> None:
     """Stream generated text to stdout; a one-line summary follows on stderr."""
@@ -188,6 +191,7 @@ def generate(
         seed=seed,
         stop=stop or (),
         kernel=kernel,
+        cache_salt=cache_salt,
     )
     completion: awqd_pb2.Completion | None = None
     last_text = "\n"

@@ -96,6 +96,7 @@ class AwqdClient:
         seed: int | None = None,
         stop: Sequence[str] = (),
         kernel: str = "",
+        cache_salt: str = "",
         timeout: float | None = None,
     ) -> Generator[awqd_pb2.GenerateResponse, None, None]:
         """Stream the generation: text deltas, the last message carrying the completion summary.
@@ -114,6 +115,7 @@ class AwqdClient:
             seed=seed,
             stop=stop,
             kernel=kernel,
+            cache_salt=cache_salt,
         )
         return self._stream(self._stub.Generate, request, timeout)
 

@@ -253,7 +253,7 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
     parser.add_argument("--prompt-tokens", type=int, default=384, help="within the CUDA-graph buckets (512)")
     parser.add_argument("--cached-tokens", type=int, default=256, help="whole blocks of 16")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step, and streams, in steps 2 and 3")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per step, and streams, in steps 2 and 3")
     args = parser.parse_args()
     if args.cached_tokens % BLOCK_TOKENS or not 0 < args.cached_tokens < args.prompt_tokens:
         parser.error(f"--cached-tokens must be whole blocks of {BLOCK_TOKENS}, below --prompt-tokens")

@@ -3,6 +3,7 @@
 On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), for prompts whose first S tokens are in the KV cache
 already (a prefix-cache hit), on the engine's own runner and scheduler:
 
+0. attention_after_cached's one variable-length flash call against its per-prompt SDPA path, on random tensors;
 1. correctness, against the whole prompt prefilled eagerly in one pass: the last position's logits (largest
    difference relative to the logits' own size, and whether the argmax agrees) and the k/v the rest wrote. For
    several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone within the
@@ -21,6 +22,7 @@ Writes prefix-cache-check.json and prefix-cache-check.md to --out. A CPU dry run
 """
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -36,7 +38,8 @@ from engine_check import Results, greedy, run_jobs, step, synchronize
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
-from awqd.engine.kv_cache import BLOCK_TOKENS
+from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
+from awqd.engine.layers.attention import AttentionShape, CachedSpans, attention_after_cached
 from awqd.kernels import registry
 from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import select_kernels
@@ -69,6 +72,33 @@ class Blocks:
         for owner in self.owners:
             self.tables.release(owner)
         self.owners.clear()
+
+
+def flash_against_per_prompt(device: torch.device) -> list[dict]:
+    """attention_after_cached's one flash-attention call against its per-prompt SDPA path (the CPU's), on random
+    queries and a random paged cache: mixed cached starts (one of them 0) and rests, with and without grouped-query
+    heads, in fp16 and bf16; the largest relative error."""
+    lengths, cached = [1, 17, 128, 40, 300], [16, 0, 256, 512, 32]
+    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+    rows = []
+    for heads, kv_heads in ((32, 32), (32, 8)):
+        shape = AttentionShape(heads, kv_heads, 128, None)
+        for dtype in (torch.float16, torch.bfloat16):
+            generator = torch.Generator(device=device).manual_seed(heads + kv_heads)
+            per_sequence = max(map(blocks_for, (c + n for c, n in zip(cached, lengths, strict=True))))
+            cache_k, cache_v = (
+                torch.randn(1 + len(lengths) * per_sequence, kv_heads, BLOCK_TOKENS, 128, device=device, dtype=dtype)
+                for _ in range(2)
+            )
+            order = torch.randperm(len(lengths) * per_sequence, generator=torch.Generator().manual_seed(0)) + 1
+            tables = order.view(len(lengths), per_sequence).to(device=device, dtype=torch.int32)
+            q = torch.randn(sum(lengths), heads, 128, device=device, dtype=dtype, generator=generator)
+            spans = CachedSpans.build(tables, lengths, cached, BLOCK_TOKENS)
+            flash = attention_after_cached(q, lengths, offsets, spans, cache_k, cache_v, shape)
+            per_prompt = attention_after_cached(q, lengths, None, spans, cache_k, cache_v, shape)
+            error = ((flash.float() - per_prompt.float()).norm() / per_prompt.float().norm()).item()
+            rows.append({"heads": heads, "kv_heads": kv_heads, "dtype": str(dtype), "relative_error": error})
+    return rows
 
 
 def write_start(model, cache, ids: list[int], table: list[int]) -> None:
@@ -240,6 +270,9 @@ def markdown(data: dict) -> str:
             f"without; cached_prompt_tokens {tokens['cached_prompt_tokens']}; median TTFT "
             f"{tokens['ttft_ms_with']:.1f} ms with, {tokens['ttft_ms_without']:.1f} ms without.",
         ]
+    if rows := data.get("flash_against_per_prompt"):
+        lines += ["", "## One flash call against a call per prompt (random tensors)", ""]
+        lines += [f"- {r['heads']}/{r['kv_heads']} heads, {r['dtype']}: {r['relative_error']:.2e}" for r in rows]
     lines += [f"- **Error:** {error}" for error in data["errors"]]
     return "\n".join(lines) + "\n"
 
@@ -265,6 +298,9 @@ def main() -> int:
         "torch": torch.__version__,
     }
     results.data["setup"] = {key: value for key, value in vars(args).items() if key not in ("out", "cache_dir")}
+    if on_gpu:
+        with step(results, "flash_against_per_prompt", 60):
+            results.data["flash_against_per_prompt"] = flash_against_per_prompt(device)
     work = Path(tempfile.mkdtemp(prefix="awqd-prefix-cache-check-"))
     checkpoint = work / args.arch
     with step(results, "synthesize", 240):

@@ -32,6 +32,7 @@ from awqd.engine.kv_cache import KvCache
 from awqd.engine.layers.activation import silu_and_mul
 from awqd.engine.layers.attention import (
     AttentionShape,
+    CachedSpans,
     attention_after_cached,
     causal_attention,
     decode_attention,
@@ -185,15 +186,16 @@ class DecoderModel:
         of each prompt's sequence precede its rows in the cache; returns the logits of rows last_rows. Without
         cached positions, only device tensors are read, so a step of one (padded) prompt can be captured as a
         graph."""
-        after_cached = cached is not None and any(cached)
+        block_tokens = cache.k[0].shape[2]
+        spans = CachedSpans.build(tables, lengths, cached, block_tokens) if cached is not None and any(cached) else None
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             q, k, v = rotate_and_store(
                 qkv, sequences, positions, tables, self.cos, self.sin, k_cache, v_cache, self.attention_shape
             )
-            if after_cached:
-                return attention_after_cached(q, k, v, lengths, cached, tables, k_cache, v_cache, self.attention_shape)
+            if spans is not None:
+                return attention_after_cached(q, lengths, offsets, spans, k_cache, v_cache, self.attention_shape)
             return prompt_attention(q, k, v, lengths, offsets, self.attention_shape)
 
         return self._logits(self._forward(token_ids, attention)[last_rows])

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from awqd.engine.layers.dispatch import use_triton
 from awqd.engine.layers.rotary import apply_rotary
@@ -128,47 +127,80 @@ def prompt_attention(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+@dataclass(frozen=True)
+class CachedSpans:
+    """Where each prompt's whole sequence lies in the paged cache, for one prefill pass after prefix-cache hits: its
+    cached start and its own rows (which rotate_and_store writes there first), as (block, offset) slots, prompt after
+    prompt. Built once per pass; every layer gathers its keys and values through it."""
+
+    cached: list[int]  # each prompt's positions before its rows
+    spans: list[int]  # each prompt's positions in all: the cached ones and its rows
+    blocks: torch.Tensor  # [sum(spans)] each position's block, on the device
+    slots: torch.Tensor  # [sum(spans)] its offset in the block
+    offsets: torch.Tensor  # int32 [N + 1] the prompts' first positions in the gathered keys, and the total
+
+    @classmethod
+    def build(cls, tables: torch.Tensor, lengths: list[int], cached: list[int], block_tokens: int) -> "CachedSpans":
+        spans = [start + rows for start, rows in zip(cached, lengths, strict=True)]
+        counts = torch.tensor(spans)
+        starts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        sequences = torch.repeat_interleave(torch.arange(len(spans)), counts)
+        positions = torch.arange(int(starts[-1])) - torch.repeat_interleave(starts[:-1], counts)
+        host = torch.cat([sequences, positions, starts]).to(tables.device, non_blocking=True)
+        sequences, positions, starts = host.split([len(positions), len(positions), len(starts)])
+        blocks = tables[sequences, positions // block_tokens].long()
+        return cls(cached, spans, blocks, positions % block_tokens, starts.int())
+
+    def gather(self, cache: torch.Tensor) -> torch.Tensor:
+        """[sum(spans), kv_heads, head_dim] from cache [blocks, kv_heads, block_tokens, head_dim]."""
+        return cache[self.blocks, :, self.slots]
+
+
 def attention_after_cached(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
     lengths: list[int],
-    cached: list[int],
-    tables: torch.Tensor,
+    offsets: torch.Tensor | None,
+    spans: CachedSpans,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     shape: AttentionShape,
 ) -> torch.Tensor:
-    """prompt_attention for prompts whose sequences start with cached[i] positions already in the cache (a
-    prefix-cache hit): prompt i's rows, at positions cached[i]..cached[i]+lengths[i]-1, attend causally over their
-    sequence from position 0, read through tables[i] (rotate_and_store has stored the rows' own k and v there). One
-    SDPA call per prompt with a hit; the others attend over their own rows. Returns [T, heads * head_dim].
+    """prompt_attention for prompts whose sequences start with positions already in the cache (a prefix-cache hit):
+    prompt i's rows, at positions cached[i]..cached[i]+lengths[i]-1, attend causally over their sequence from
+    position 0. q [T, heads, head_dim] as in prompt_attention. Returns [T, heads * head_dim].
 
-    The causal mask of rows that come after cached positions is aligned to the lower right (causal_lower_right), which
-    torch serves with flash or memory-efficient attention on a GPU instead of a materialized [rows, span] mask; those
-    kernels take as many k/v heads as query heads, so grouped k/v heads are repeated. Only a sliding window that cuts
-    into the span needs an explicit mask."""
-    outputs = []
-    group = shape.num_heads // shape.num_kv_heads
-    for index, (q_i, k_i, v_i) in enumerate(zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)):
-        start, rows = cached[index], lengths[index]
-        if not start:
-            outputs.append(causal_attention(q_i, k_i, v_i, shape.sliding_window))
-            continue
-        span = start + rows
-        table = tables[index : index + 1].long()
-        keys, values = (gather(cache, table, span) for cache in (cache_k, cache_v))  # [1, kv_heads, span, head_dim]
-        if group > 1:
-            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-        if shape.sliding_window is not None and span > shape.sliding_window:
-            positions = torch.arange(start, span, device=q.device)[:, None]
-            columns = torch.arange(span, device=q.device)[None, :]
-            mask = (columns <= positions) & (columns > positions - shape.sliding_window)
-        else:
-            mask = causal_lower_right(rows, span)
-        out = F.scaled_dot_product_attention(q_i.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask)
-        outputs.append(out[0].transpose(0, 1).reshape(rows, -1))
+    On a GPU it is one variable-length flash-attention call, as for prompts without a hit: given more keys than
+    queries, flash aligns the causal mask to the lower right, so a prompt's row r sees its keys 0..cached[i]+r. The
+    CPU, and a sequence longer than the sliding window, take one masked SDPA call per prompt."""
+    keys, values = spans.gather(cache_k), spans.gather(cache_v)
+    if offsets is not None and _varlen_flash_serves(q, spans.spans, shape):
+        out = torch.ops.aten._flash_attention_forward(
+            q, keys, values, offsets, spans.offsets, max(lengths), max(spans.spans), 0.0, True, False
+        )[0]
+        return out.reshape(q.shape[0], -1)
+    outputs = [
+        causal_attention_after(q_i, k_i, v_i, start, shape.sliding_window)
+        for q_i, k_i, v_i, start in zip(
+            q.split(lengths), keys.split(spans.spans), values.split(spans.spans), spans.cached, strict=True
+        )
+    ]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def causal_attention_after(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None
+) -> torch.Tensor:
+    """One sequence's rows q [T, heads, head_dim] at positions start..start+T-1 attending over its keys and values
+    k, v [start + T, kv_heads, head_dim] causally, within the sliding window if any; returns [T, heads * head_dim]."""
+    rows, span = q.shape[0], k.shape[0]
+    positions = torch.arange(start, span, device=q.device)[:, None]
+    columns = torch.arange(span, device=q.device)[None, :]
+    mask = columns <= positions
+    if window is not None:
+        mask &= columns > positions - window
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T or span, head_dim]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return out[0].transpose(0, 1).reshape(rows, -1)
 
 
 def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionShape) -> bool:

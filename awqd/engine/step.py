@@ -134,7 +134,8 @@ class StepRunner:
 
         The graph attends over the prompt's own rows, so it runs the whole prompt even when its first `cached`
         positions are in shared blocks: those rows, like the padding rows, write their k/v to the padding block.
-        Replaying the whole prompt beats launching its uncached rest eagerly, which is host-bound."""
+        Replaying the whole prompt should beat launching its uncached rest eagerly, which is host-bound
+        (bench/prefix_cache_check.py times both on a GPU)."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
         sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
         host = torch.tensor([*prompt, *[0] * (padded - length), *sequences, length - 1], dtype=torch.int64)

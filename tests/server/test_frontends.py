@@ -77,8 +77,10 @@ def alive(pid: int) -> bool:
 
 
 def generate(target: str, max_new_tokens: int = 8, metadata=AUTH, **fields) -> tuple[list[int], pb.Completion]:
-    """One Generate on a fresh channel: its tokens and its Completion."""
-    with grpc.insecure_channel(target) as channel:
+    """One Generate on a fresh channel and connection: its tokens and its Completion. (Channels share grpc's global
+    subchannel pool unless told not to, so calls on fresh channels could still reuse one connection, and so reach one
+    frontend.)"""
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         request = pb.GenerateRequest(model=DEMO, prompt=PROMPT, max_new_tokens=max_new_tokens, **fields)
         tokens, completion = [], None
         for message in awqd_pb2_grpc.AwqdServiceStub(channel).Generate(request, metadata=metadata, timeout=60):

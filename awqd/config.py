@@ -80,8 +80,8 @@ class EngineSettings:
     overlap_decode: bool = True
     batch_invariant: bool = False  # fixed-tile GEMM and lm_head, unsplit attention, at every batch size
     # Prompts share the KV-cache blocks of a start they have in common (awqd.engine.kv_cache). Off with
-    # batch_invariant: a prompt's rest attends over cached blocks by another kernel than a whole prompt's, so its
-    # tokens would depend on what ran before it.
+    # batch_invariant, which promises tokens that do not depend on what else ran: a pass over cached k/v is not shown
+    # to give the bits of a whole prompt's pass.
     prefix_caching: bool = True
 
 

@@ -120,6 +120,16 @@ def step(results: Results, name: str, limit_s: float):
         results.write()
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser, selection_budget_s: float = 150.0) -> None:
+    """The options every in-process engine check shares: where results go, the synthetic architecture, the device,
+    and the kernel selection's budget and decision cache."""
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arch", default="llama-2-7b")
+    parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
+    parser.add_argument("--selection-budget", type=float, default=selection_budget_s)
+    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+
+
 def prompt(vocab_size: int, seed: int, tokens: int = PROMPT_TOKENS) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(100, vocab_size, (tokens,), generator=generator).tolist()
@@ -302,12 +312,8 @@ def compare(expected: list[list[int]], actual: list[list[int]]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", default="llama-2-7b")
-    parser.add_argument("--selection-budget", type=float, default=150.0)
-    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+    add_engine_arguments(parser)
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8)
-    parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     parser.add_argument(
         "--graph-vs-eager-only",
         action="store_true",

@@ -305,11 +305,7 @@ def preemption_phase(results, loaded, router, settings, args, bytes_per_token, i
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", default="llama-2-7b")
-    parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--selection-budget", type=float, default=150.0)
-    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+    engine_check.add_engine_arguments(parser)
     parser.add_argument("--kv-cache-fraction", type=float, default=0.9)
     parser.add_argument("--streams", default="64,128,256")
     parser.add_argument("--equality-batches", default="1,16,32")

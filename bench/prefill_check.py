@@ -156,11 +156,7 @@ def markdown(data: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", default="llama-2-7b")
-    parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--selection-budget", type=float, default=240.0)
-    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+    engine_check.add_engine_arguments(parser, selection_budget_s=240.0)
     parser.add_argument("--buckets", help="comma-separated selection buckets (default: the daemon's for the device)")
     parser.add_argument("--prompts", default="4,16,64", help="prompts per prefill step (128 tokens each)")
     parser.add_argument("--kernels", default=",".join(LARGE_CANDIDATES), help="candidates to pin, where usable")

@@ -279,11 +279,7 @@ def markdown(data: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", default="llama-2-7b")
-    parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--selection-budget", type=float, default=150.0)
-    parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+    engine_check.add_engine_arguments(parser)
     parser.add_argument("--prompt-tokens", type=int, default=384, help="within the CUDA-graph buckets (512)")
     parser.add_argument("--cached-tokens", type=int, default=256, help="whole blocks of 16")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per step, and streams, in steps 2 and 3")

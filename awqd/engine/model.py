@@ -37,6 +37,7 @@ from awqd.engine.layers.attention import (
     causal_attention,
     decode_attention,
     prompt_attention,
+    ragged_rows,
     rotate_and_store,
 )
 from awqd.engine.layers.logits import logits
@@ -154,18 +155,16 @@ class DecoderModel:
         router picks by that total. Only attention looks at where one prompt ends and the next begins.
         """
         cached = cached or [0] * len(prompts)
-        lengths = torch.tensor([prompt.shape[0] for prompt in prompts])
-        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        lengths = [prompt.shape[0] for prompt in prompts]
         # Each row's prompt and its position, the prompts' offsets, and each prompt's last row: built on the host and
         # copied once.
-        sequences = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
-        starts = torch.repeat_interleave(torch.tensor(cached) - offsets[:-1], lengths)
-        positions = torch.arange(int(offsets[-1])) + starts
+        sequences, within, offsets = ragged_rows(lengths)
+        positions = within + torch.tensor(cached)[sequences]
         host = torch.cat([sequences, positions, offsets, offsets[1:] - 1]).to(self.device, non_blocking=True)
         rows, count = len(sequences), len(prompts)
         sequences, positions, offsets, last_rows = host.split([rows, rows, count + 1, count])
         return self.prefill_rows(
-            torch.cat(prompts), sequences, positions, lengths.tolist(), offsets.int(), last_rows, tables, cache, cached
+            torch.cat(prompts), sequences, positions, lengths, offsets.int(), last_rows, tables, cache, cached
         )
 
     def prefill_rows(

@@ -127,6 +127,15 @@ def prompt_attention(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+def ragged_rows(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences of counts[i] rows laid one after another, on the host: each row's sequence, its index within that
+    sequence, and the sequences' first rows and the total (int64 [N + 1])."""
+    sizes = torch.tensor(counts)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+    sequences = torch.repeat_interleave(torch.arange(len(counts)), sizes)
+    return sequences, torch.arange(int(offsets[-1])) - offsets[:-1][sequences], offsets
+
+
 @dataclass(frozen=True)
 class CachedSpans:
     """Where each prompt's whole sequence lies in the paged cache, for one prefill pass after prefix-cache hits: its
@@ -142,10 +151,7 @@ class CachedSpans:
     @classmethod
     def build(cls, tables: torch.Tensor, lengths: list[int], cached: list[int], block_tokens: int) -> "CachedSpans":
         spans = [start + rows for start, rows in zip(cached, lengths, strict=True)]
-        counts = torch.tensor(spans)
-        starts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-        sequences = torch.repeat_interleave(torch.arange(len(spans)), counts)
-        positions = torch.arange(int(starts[-1])) - torch.repeat_interleave(starts[:-1], counts)
+        sequences, positions, starts = ragged_rows(spans)
         host = torch.cat([sequences, positions, starts]).to(tables.device, non_blocking=True)
         sequences, positions, starts = host.split([len(positions), len(positions), len(starts)])
         blocks = tables[sequences, positions // block_tokens].long()
@@ -179,28 +185,12 @@ def attention_after_cached(
         )[0]
         return out.reshape(q.shape[0], -1)
     outputs = [
-        causal_attention_after(q_i, k_i, v_i, start, shape.sliding_window)
+        causal_attention(q_i, k_i, v_i, shape.sliding_window, start)
         for q_i, k_i, v_i, start in zip(
             q.split(lengths), keys.split(spans.spans), values.split(spans.spans), spans.cached, strict=True
         )
     ]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-
-def causal_attention_after(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None
-) -> torch.Tensor:
-    """One sequence's rows q [T, heads, head_dim] at positions start..start+T-1 attending over its keys and values
-    k, v [start + T, kv_heads, head_dim] causally, within the sliding window if any; returns [T, heads * head_dim]."""
-    rows, span = q.shape[0], k.shape[0]
-    positions = torch.arange(start, span, device=q.device)[:, None]
-    columns = torch.arange(span, device=q.device)[None, :]
-    mask = columns <= positions
-    if window is not None:
-        mask &= columns > positions - window
-    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T or span, head_dim]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    return out[0].transpose(0, 1).reshape(rows, -1)
 
 
 def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionShape) -> bool:
@@ -216,18 +206,24 @@ def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionSh
     )
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
-    """One sequence's rows q [T, heads, head_dim] attending over k, v [T, kv_heads, head_dim] causally, within the
-    sliding window if any; returns [T, heads * head_dim]."""
-    length = q.shape[0]
-    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T, head_dim]
-    if window is not None and length > window:
-        rows = torch.arange(length, device=q.device)
-        mask = (rows[None, :] <= rows[:, None]) & (rows[None, :] > rows[:, None] - window)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    else:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, start: int = 0
+) -> torch.Tensor:
+    """One sequence's rows q [T, heads, head_dim], at positions start..start+T-1, attending over its keys and values
+    k, v [start + T, kv_heads, head_dim] causally, within the sliding window if any; returns [T, heads * head_dim].
+    Rows from position 0 with no window cutting in take SDPA's own causal mask; the others an explicit one."""
+    rows, span = q.shape[0], k.shape[0]
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, T or span, head_dim]
+    if start == 0 and (window is None or span <= window):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return out[0].transpose(0, 1).reshape(length, -1)
+    else:
+        positions = torch.arange(start, span, device=q.device)[:, None]
+        columns = torch.arange(span, device=q.device)[None, :]
+        mask = columns <= positions
+        if window is not None:
+            mask &= columns > positions - window
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return out[0].transpose(0, 1).reshape(rows, -1)
 
 
 def rotate_and_store(

@@ -99,18 +99,20 @@ class Client:
             for _ in range(args.channels)
         ]
         self.stubs = [awqd_pb2_grpc.AwqdServiceStub(channel) for channel in self.channels]
+        shared = random.Random("shared prefix")
+        self.shared_prefix = [
+            shared.randrange(*TOKEN_RANGE) for _ in range(min(args.shared_prefix_tokens, args.prompt_tokens))
+        ]
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
 
     def request(self, index: int) -> pb.GenerateRequest:
-        shared = random.Random("shared prefix")
-        ids = [
-            shared.randrange(*TOKEN_RANGE) for _ in range(min(self.args.shared_prefix_tokens, self.args.prompt_tokens))
-        ]
         rng = random.Random(index)
-        ids += [rng.randrange(*TOKEN_RANGE) for _ in range(self.args.prompt_tokens - len(ids))]
+        ids = self.shared_prefix + [
+            rng.randrange(*TOKEN_RANGE) for _ in range(self.args.prompt_tokens - len(self.shared_prefix))
+        ]
         return pb.GenerateRequest(
             model=self.args.model, prompt_token_ids=ids, max_new_tokens=self.args.new_tokens, temperature=0.0
         )

@@ -55,7 +55,7 @@ from awqd.kernels import registry
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemmBatchInvariant
 from awqd.kernels.linear import KernelRouter
-from awqd.kernels.selection import resolve_forced, select_kernels
+from awqd.kernels.selection import DeviceDecisions, resolve_forced, select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
@@ -128,6 +128,30 @@ def add_engine_arguments(parser: argparse.ArgumentParser, selection_budget_s: fl
     parser.add_argument("--device", default="cuda:0", help="cpu runs the same steps slowly (use --arch tiny)")
     parser.add_argument("--selection-budget", type=float, default=selection_budget_s)
     parser.add_argument("--cache-dir", type=Path, help="a decision cache to re-validate (a daemon's --cache-dir)")
+
+
+def synthesized_decisions(
+    results: Results, args: argparse.Namespace, device: torch.device, buckets: list[int] | None = None
+) -> tuple[Path, DeviceDecisions] | None:
+    """Synthesizes --arch into a temporary folder and selects its kernels on `device` (re-validating --cache-dir's
+    decisions, when given), each as a step of `results`: the checkpoint and the decisions, or None if a step
+    failed."""
+    work = Path(tempfile.mkdtemp(prefix=f"awqd-{results.name}-"))
+    checkpoint = work / args.arch
+    with step(results, "synthesize", 240):
+        synthesize(args.arch, checkpoint, version="GEMM")
+    if "synthesize" not in results.data["steps"]:
+        return None
+    with step(results, "kernel_selection", args.selection_budget + 180):
+        info = next(d for d in discover().devices if d.torch_device == str(device))
+        shapes = list(engine_layer_shapes(open_checkpoint(checkpoint).config).values())
+        cache_dir = args.cache_dir or work / "cache"
+        decisions = select_kernels(info, shapes, 128, cache_dir, budget_s=args.selection_budget, buckets=buckets)
+        results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
+        results.data["selection_notes"] = decisions.notes
+    if "kernel_selection" not in results.data["steps"]:
+        return None
+    return checkpoint, decisions
 
 
 def prompt(vocab_size: int, seed: int, tokens: int = PROMPT_TOKENS) -> list[int]:

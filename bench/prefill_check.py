@@ -20,7 +20,6 @@ import argparse
 import itertools
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +35,9 @@ from awqd.engine.build import build_engine
 from awqd.engine.layers.attention import AttentionShape, prompt_attention
 from awqd.kernels import registry
 from awqd.kernels.linear import KernelRouter
-from awqd.kernels.selection import select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
-from awqd.models.synth import synthesize
-from awqd.node.devices import discover
 
 PROMPT_TOKENS = 128
 LARGE_CANDIDATES = (
@@ -171,27 +167,11 @@ def main() -> int:
     if on_gpu:
         with step(results, "varlen_against_per_prompt", 60):
             results.data["varlen_against_per_prompt"] = varlen_against_per_prompt(device)
-    work = Path(tempfile.mkdtemp(prefix="awqd-prefill-check-"))
-    checkpoint = work / args.arch
-    with step(results, "synthesize", 240):
-        synthesize(args.arch, checkpoint, version="GEMM")
-    config = open_checkpoint(checkpoint).config
-    shapes = engine_layer_shapes(config)
     buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else None
-    with step(results, "kernel_selection", args.selection_budget + 180):
-        info = next(d for d in discover().devices if d.torch_device == str(device))
-        decisions = select_kernels(
-            info,
-            list(shapes.values()),
-            128,
-            args.cache_dir or work / "cache",
-            buckets=buckets,
-            budget_s=args.selection_budget,
-        )
-        results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
-        results.data["selection_notes"] = decisions.notes
-    if "kernel_selection" not in results.data["steps"]:
+    if (synthesized := engine_check.synthesized_decisions(results, args, device, buckets)) is None:
         return 1
+    checkpoint, decisions = synthesized
+    shapes = engine_layer_shapes(open_checkpoint(checkpoint).config)
     usable = set(decisions.usable_names())
     pins = [name for name in args.kernels.split(",") if name in usable]
     results.data["not_usable"] = [name for name in args.kernels.split(",") if name not in usable]

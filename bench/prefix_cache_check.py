@@ -25,7 +25,6 @@ import argparse
 import itertools
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,12 +41,7 @@ from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
 from awqd.engine.layers.attention import AttentionShape, CachedSpans, attention_after_cached
 from awqd.kernels import registry
 from awqd.kernels.linear import KernelRouter
-from awqd.kernels.selection import select_kernels
-from awqd.kernels.shapes import engine_layer_shapes
-from awqd.models.checkpoint import open_checkpoint
 from awqd.models.loader import load_model
-from awqd.models.synth import synthesize
-from awqd.node.devices import discover
 
 RUNS = 5
 NEW_TOKENS = 64
@@ -297,17 +291,10 @@ def main() -> int:
     if on_gpu:
         with step(results, "flash_against_per_prompt", 60):
             results.data["flash_against_per_prompt"] = flash_against_per_prompt(device)
-    work = Path(tempfile.mkdtemp(prefix="awqd-prefix-cache-check-"))
-    checkpoint = work / args.arch
-    with step(results, "synthesize", 240):
-        synthesize(args.arch, checkpoint, version="GEMM")
-    with step(results, "kernel_selection", args.selection_budget + 180):
-        info = next(d for d in discover().devices if d.torch_device == str(device))
-        shapes = list(engine_layer_shapes(open_checkpoint(checkpoint).config).values())
-        decisions = select_kernels(info, shapes, 128, args.cache_dir or work / "cache", budget_s=args.selection_budget)
-        results.data["decisions"] = {d.batch_tokens: d.kernel for d in decisions.decisions}
-    if results.data["errors"]:
+    synthesized = engine_check.synthesized_decisions(results, args, device)
+    if synthesized is None or results.data["errors"]:
         return 1
+    checkpoint, decisions = synthesized
     router = KernelRouter(decisions.dispatch())
     with step(results, "engine_load", 300):
         held = [registry.build(name) for name in decisions.usable_names()]

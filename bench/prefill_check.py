@@ -21,6 +21,7 @@ import itertools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,25 +84,34 @@ def time_prefill(runner, prompts: list[list[int]], device: torch.device) -> floa
     return statistics.median(times)
 
 
-def varlen_against_per_prompt(device: torch.device) -> list[dict]:
-    """prompt_attention's one flash-attention call for several prompts against one SDPA call per prompt (the CPU
-    path), on mixed lengths, with and without grouped-query heads, in fp16 and bf16: the largest relative error."""
-    lengths = [1, 17, 128, 300, 513, 64]
-    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+def attention_errors(compare: Callable) -> list[dict]:
+    """compare(shape, dtype, seed) -> (one flash call's output, the per-prompt path's), with and without grouped-query
+    heads (32/32, 32/8, head_dim 128), in fp16 and bf16: the relative error of each."""
     rows = []
     for heads, kv_heads in ((32, 32), (32, 8)):
         shape = AttentionShape(heads, kv_heads, 128, None)
         for dtype in (torch.float16, torch.bfloat16):
-            generator = torch.Generator(device=device).manual_seed(heads + kv_heads)
-            q, k, v = (
-                torch.randn(sum(lengths), h, 128, device=device, dtype=dtype, generator=generator)
-                for h in (heads, kv_heads, kv_heads)
-            )
-            together = prompt_attention(q, k, v, lengths, offsets, shape)
-            alone = prompt_attention(q, k, v, lengths, None, shape)
-            error = ((together.float() - alone.float()).norm() / alone.float().norm()).item()
+            flash, per_prompt = compare(shape, dtype, heads + kv_heads)
+            error = ((flash.float() - per_prompt.float()).norm() / per_prompt.float().norm()).item()
             rows.append({"heads": heads, "kv_heads": kv_heads, "dtype": str(dtype), "relative_error": error})
     return rows
+
+
+def varlen_against_per_prompt(device: torch.device) -> list[dict]:
+    """prompt_attention's one flash-attention call for several prompts against one SDPA call per prompt (the CPU
+    path), on mixed lengths: attention_errors."""
+    lengths = [1, 17, 128, 300, 513, 64]
+    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+
+    def compare(shape: AttentionShape, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        q, k, v = (
+            torch.randn(sum(lengths), h, 128, device=device, dtype=dtype, generator=generator)
+            for h in (shape.num_heads, shape.num_kv_heads, shape.num_kv_heads)
+        )
+        return prompt_attention(q, k, v, lengths, offsets, shape), prompt_attention(q, k, v, lengths, None, shape)
+
+    return attention_errors(compare)
 
 
 def profile_prefill(runner, prompts: list[list[int]], out: Path) -> str:

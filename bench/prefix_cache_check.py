@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_check
+import prefill_check
 from engine_check import Results, greedy, run_jobs, step, synchronize
 
 from awqd.config import EngineSettings
@@ -71,28 +72,23 @@ class Blocks:
 def flash_against_per_prompt(device: torch.device) -> list[dict]:
     """attention_after_cached's one flash-attention call against its per-prompt SDPA path (the CPU's), on random
     queries and a random paged cache: mixed cached starts (one of them 0) and rests, with and without grouped-query
-    heads, in fp16 and bf16; the largest relative error."""
+    heads, in fp16 and bf16: prefill_check.attention_errors."""
     lengths, cached = [1, 17, 128, 40, 300], [16, 0, 256, 512, 32]
     offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
-    rows = []
-    for heads, kv_heads in ((32, 32), (32, 8)):
-        shape = AttentionShape(heads, kv_heads, 128, None)
-        for dtype in (torch.float16, torch.bfloat16):
-            generator = torch.Generator(device=device).manual_seed(heads + kv_heads)
-            per_sequence = max(map(blocks_for, (c + n for c, n in zip(cached, lengths, strict=True))))
-            cache_k, cache_v = (
-                torch.randn(1 + len(lengths) * per_sequence, kv_heads, BLOCK_TOKENS, 128, device=device, dtype=dtype)
-                for _ in range(2)
-            )
-            order = torch.randperm(len(lengths) * per_sequence, generator=torch.Generator().manual_seed(0)) + 1
-            tables = order.view(len(lengths), per_sequence).to(device=device, dtype=torch.int32)
-            q = torch.randn(sum(lengths), heads, 128, device=device, dtype=dtype, generator=generator)
-            spans = CachedSpans.build(tables, lengths, cached, BLOCK_TOKENS)
-            flash = attention_after_cached(q, lengths, offsets, spans, cache_k, cache_v, shape)
-            per_prompt = attention_after_cached(q, lengths, None, spans, cache_k, cache_v, shape)
-            error = ((flash.float() - per_prompt.float()).norm() / per_prompt.float().norm()).item()
-            rows.append({"heads": heads, "kv_heads": kv_heads, "dtype": str(dtype), "relative_error": error})
-    return rows
+    per_sequence = max(map(blocks_for, (c + n for c, n in zip(cached, lengths, strict=True))))
+    order = torch.randperm(len(lengths) * per_sequence, generator=torch.Generator().manual_seed(0)) + 1
+    tables = order.view(len(lengths), per_sequence).to(device=device, dtype=torch.int32)
+    spans = CachedSpans.build(tables, lengths, cached, BLOCK_TOKENS)
+
+    def compare(shape: AttentionShape, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        blocks = (1 + len(lengths) * per_sequence, shape.num_kv_heads, BLOCK_TOKENS, 128)
+        cache_k, cache_v = (torch.randn(blocks, device=device, dtype=dtype, generator=generator) for _ in range(2))
+        q = torch.randn(sum(lengths), shape.num_heads, 128, device=device, dtype=dtype, generator=generator)
+        flash = attention_after_cached(q, lengths, offsets, spans, cache_k, cache_v, shape)
+        return flash, attention_after_cached(q, lengths, None, spans, cache_k, cache_v, shape)
+
+    return prefill_check.attention_errors(compare)
 
 
 def write_start(model, cache, ids: list[int], table: list[int]) -> None:

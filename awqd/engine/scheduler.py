@@ -305,14 +305,13 @@ class Scheduler:
         0..position-1 come back from host memory and the next decode step writes its position."""
         if isinstance(head, Sequence) and self.swap.holds(head):
             return ResumePlan(head.job, [], head.position + 1, [])
-        job, ids, keys = (
-            (head.job, head.prefill_ids, head.block_keys)
-            if isinstance(head, Sequence)
-            else (head, head.prompt_ids, head.prefix_keys)
-        )
+        job, ids = (head.job, head.prefill_ids) if isinstance(head, Sequence) else (head, head.prompt_ids)
+        if not self._caches(job):
+            return ResumePlan(job, ids, len(ids) + 1, [])
+        keys = head.block_keys if isinstance(head, Sequence) else job.prefix_keys  # the prompt's, hashed only here
         # Whole blocks only, and never the last id: the prefill must run it for the next token's logits.
-        keys = keys[: (len(ids) - 1) // BLOCK_TOKENS] if self._caches(job) else []
-        return ResumePlan(job, ids, len(ids) + 1, self.blocks.cached_prefix(keys))
+        prefix = self.blocks.cached_prefix(keys[: (len(ids) - 1) // BLOCK_TOKENS])
+        return ResumePlan(job, ids, len(ids) + 1, prefix)
 
     def _caches(self, job: Job) -> bool:
         """Whether the job's prompt may share cached blocks and publish its own. Not for a pinned or exclusive job:

@@ -9,11 +9,13 @@ import pytest
 
 from awqd import metrics
 from awqd.config import EngineSettings
+from awqd.engine import model as engine_model
 from awqd.engine.kv_cache import blocks_for
+from awqd.engine.layers.attention import attention_after_cached
 from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
-from awqd.engine.warmup import burst_lengths, prefill_sizes
+from awqd.engine.warmup import CACHED_HIT_TOKENS, burst_lengths, prefill_sizes
 from awqd.errors import FailedPrecondition, ResourceExhausted, Unavailable, WarmupFailed
 from awqd.hosting.manager import ModelManager
 from awqd.kernels.base import Candidate, Dispatch
@@ -88,6 +90,31 @@ def test_a_loaded_model_is_ready_only_once_warm(manager, demo_model_dir):
     assert any("on the CPU" in note for note in report.notes)
     assert hosted.load_seconds >= report.duration_s
     assert generate(manager, "demo").completion_tokens == 4
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_warm_up_runs_a_pass_after_a_prefix_cache_hit_when_the_cache_is_on(
+    tmp_path, demo_model_dir, monkeypatch, prefix_caching
+):
+    """A first hit's pass would otherwise pay for what it alone runs (the cached starts' gather, attention over more
+    keys than queries); the warm-up's own blocks all go back."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])  # the prompts' rest lengths
+        return attention_after_cached(*args, **kwargs)
+
+    monkeypatch.setattr(engine_model, "attention_after_cached", counted)
+    settings = EngineSettings(kv_cache_tokens=4096, max_batch_size=8, prefix_caching=prefix_caching)
+    manager = ModelManager(tmp_path, "cpu", CpuPlanner(), settings)
+    try:
+        hosted = manager.load("demo", demo_model_dir)
+        layers = hosted.scheduler.runner.model.shape.num_layers
+        assert calls == ([[CACHED_HIT_TOKENS, CACHED_HIT_TOKENS]] * layers if prefix_caching else [])
+        blocks = hosted.scheduler.blocks
+        assert blocks.free_blocks == blocks.blocks
+    finally:
+        manager.close()
 
 
 def test_a_model_failing_warm_up_is_failed_with_the_reason_and_the_other_serves(manager, demo_model_dir, nan_model_dir):

@@ -176,10 +176,16 @@ def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
     for bucket in runner.prefill_buckets:
         _prefill(scheduler, [bucket], steps)
         steps.check_capture(runner.prefill_eager_keys.get(("", bucket)), f"{bucket}-token prefill")
-    if scheduler.prefix_caching and plan.max_seq_len > CACHED_HIT_TOKENS + 1:
+    if scheduler.prefix_caching:
         # Two prompts, so that the pass is not a lone prompt's padded one, which attends over its own rows only.
-        hit = min(plan.max_seq_len - 1, 2 * CACHED_HIT_TOKENS)
-        _prefill(scheduler, [hit, hit], steps, cached=CACHED_HIT_TOKENS)
+        lengths = [2 * CACHED_HIT_TOKENS] * 2
+        if max(lengths) <= plan.max_seq_len and sum(map(blocks_for, lengths)) <= scheduler.blocks.free_blocks:
+            _prefill(scheduler, lengths, steps, cached=CACHED_HIT_TOKENS)
+        else:
+            steps.notes.append(
+                f"no pass after a prefix-cache hit: two {lengths[0]}-token prompts do not fit the KV cache, so the "
+                "first hit runs its kernels for the first time"
+            )
     return tuple(sorted({*sizes, *runner.prefill_buckets}))
 
 

@@ -10,7 +10,7 @@ import pytest
 from awqd import metrics
 from awqd.config import EngineSettings
 from awqd.engine import model as engine_model
-from awqd.engine.kv_cache import blocks_for
+from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
 from awqd.engine.layers.attention import attention_after_cached
 from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import Scheduler
@@ -113,6 +113,17 @@ def test_warm_up_runs_a_pass_after_a_prefix_cache_hit_when_the_cache_is_on(
         assert calls == ([[CACHED_HIT_TOKENS, CACHED_HIT_TOKENS]] * layers if prefix_caching else [])
         blocks = hosted.scheduler.blocks
         assert blocks.free_blocks == blocks.blocks
+    finally:
+        manager.close()
+
+
+def test_a_kv_cache_too_small_for_the_hit_pass_still_loads_and_says_so(tmp_path, demo_model_dir):
+    settings = EngineSettings(kv_cache_tokens=6 * BLOCK_TOKENS, max_batch_size=2)
+    manager = ModelManager(tmp_path, "cpu", CpuPlanner(), settings)
+    try:
+        hosted = manager.load("demo", demo_model_dir)
+        assert hosted.state == "ready"
+        assert any("no pass after a prefix-cache hit" in note for note in hosted.warmup.notes)
     finally:
         manager.close()
 

@@ -16,7 +16,11 @@ the same level runs first. Then per level:
   server and the loop add;
 - inter-token time p50/p99 at the client;
 - the server's own ms per token (Completion.timings.ms_per_output_token), and the streaming overhead per token:
-  the client's mean inter-token time minus the server's ms per token, per stream, averaged (microseconds);
+  the client's mean inter-token time minus the server's ms per token, per stream, averaged (microseconds). Both
+  means run from the stream's first token to its last. So, per stream, this is the last token's delivery delay
+  (arrival minus the server's sampling) minus the first token's, over the gaps between them. A cost that every
+  message pays alike cancels. What is left is how much later the last token is delivered than the first. At 256
+  streams, every stream's last token comes in the same step, so this is about the end burst;
 - with --metrics (the daemon's metrics URL), the server loop's mean delivery lag at each stream's first token and
   completion (awqd_stream_delivery_lag_seconds), which separates the server's share of the overhead from the client's;
 - tokens per message: above 1 when the server's loop fell behind and coalesced a stream's pending token deltas;

@@ -11,7 +11,10 @@ already (a prefix-cache hit), on the engine's own runner and scheduler:
    bit for bit;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
    both in this run; and of a prompt alone as the runner serves it (padded, its CUDA graph replayed over the whole
-   prompt) against its rest run eagerly, which is what the runner's choice for a lone prompt rests on;
+   prompt) against its rest run eagerly, which is what the runner's choice for a lone prompt rests on. Eagerly, the
+   rest and the whole prompt also give the host's share (the time until the call returned), and with --profile
+   torch.profiler's table of each (profile-alone-eager-*.txt): past the graph buckets, they are a lone hit and a lone
+   miss as served;
 3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
    streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
    the pass that skips the cached tokens runs fewer tokens, which can pick another kernel (on this CPU's dry run,
@@ -22,6 +25,7 @@ Writes prefix-cache-check.json and prefix-cache-check.md to --out. A CPU dry run
 """
 
 import argparse
+import functools
 import itertools
 import statistics
 import sys
@@ -155,19 +159,35 @@ def compare_kv(cache, whole_tables, rest_tables, cached: int, prompt_tokens: int
     return worst
 
 
-def timed_ms(run, device) -> float:
+def timed_ms(run, device) -> tuple[float, float]:
+    """The median ms from run()'s call to the end of its device work, and the median ms until run() returned: the
+    host's share, near the whole where the host's launches bound the step."""
     run()
     synchronize(device)
-    times = []
+    times, host = [], []
     for _ in range(RUNS):
         started = time.perf_counter()
         run()
+        host.append((time.perf_counter() - started) * 1000)
         synchronize(device)
         times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(host)
 
 
-def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached: int) -> dict:
+def profiled(run, device, path: Path) -> None:
+    """torch.profiler's table of one run (after a warm one), by the host time each op takes itself, into path."""
+    run()
+    synchronize(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        run()
+        synchronize(device)
+    path.write_text(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
+
+
+def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached: int, profiles: Path | None) -> dict:
     runner, model, cache = scheduler.runner, scheduler.runner.model, scheduler.runner.cache
     blocks = Blocks(scheduler)
     shared_start = engine_check.prompt(vocab, 2, cached)
@@ -179,20 +199,23 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
         whole_tables = [blocks.take(prompt_tokens) for _ in prompts]
         rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
         # Several prompts go eagerly in both forms: the runner pads and replays only a prompt alone.
-        times = {
-            "prompts": count,
-            "whole_ms": timed_ms(lambda: runner.prefill(prompts, whole_tables), device),
-            "cached_ms": timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device),
-        }
+        times = {"prompts": count}
+        times["whole_ms"], _ = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
+        times["cached_ms"], _ = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
         times["speedup"] = times["whole_ms"] / times["cached_ms"]
-        # A prompt alone: what the runner does (its padded graph, over the whole prompt) against its rest run eagerly.
-        times["alone_padded_ms"] = timed_ms(lambda: runner.prefill(prompts[:1], rest_tables[:1], [cached]), device)
+        # A prompt alone: what the runner does (its padded graph, over the whole prompt) against its rest run eagerly,
+        # and, eagerly too, the whole prompt without a hit: past the graph buckets, that is a miss as served.
+        alone_rest = functools.partial(runner.prefill, prompts[:1], rest_tables[:1], [cached])
+        alone_whole = functools.partial(runner.prefill, prompts[:1], whole_tables[:1])
+        times["alone_padded_ms"], _ = timed_ms(alone_rest, device)
         buckets, runner.prefill_buckets = runner.prefill_buckets, ()
         times["alone_padded"] = prompt_tokens <= max(buckets, default=0)
         try:
-            times["alone_eager_rest_ms"] = timed_ms(
-                lambda: runner.prefill(prompts[:1], rest_tables[:1], [cached]), device
-            )
+            times["alone_eager_rest_ms"], times["alone_eager_rest_host_ms"] = timed_ms(alone_rest, device)
+            times["alone_eager_whole_ms"], times["alone_eager_whole_host_ms"] = timed_ms(alone_whole, device)
+            if profiles is not None:
+                profiled(alone_rest, device, profiles / "profile-alone-eager-rest.txt")
+                profiled(alone_whole, device, profiles / "profile-alone-eager-whole.txt")
         finally:
             runner.prefill_buckets = buckets
     finally:
@@ -249,7 +272,9 @@ def markdown(data: dict) -> str:
             "",
             f"A prompt alone: {times['alone_padded_ms']:.2f} ms as served "
             f"({'padded, its CUDA graph over the whole prompt' if times['alone_padded'] else 'no graph bucket here'}), "
-            f"{times['alone_eager_rest_ms']:.2f} ms with only its rest run eagerly.",
+            f"{times['alone_eager_rest_ms']:.2f} ms with only its rest run eagerly. Eagerly, its rest took "
+            f"{times['alone_eager_rest_host_ms']:.2f} ms of the host until the call returned, and the whole prompt "
+            f"{times['alone_eager_whole_ms']:.2f} ms ({times['alone_eager_whole_host_ms']:.2f} ms of the host).",
         ]
     if tokens := data.get("greedy"):
         lines += [
@@ -273,6 +298,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=384, help="within the CUDA-graph buckets (512)")
     parser.add_argument("--cached-tokens", type=int, default=256, help="whole blocks of 16")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per step, and streams, in steps 2 and 3")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of a lone prompt's eager passes")
     args = parser.parse_args()
     if args.cached_tokens % BLOCK_TOKENS or not 0 < args.cached_tokens < args.prompt_tokens:
         parser.error(f"--cached-tokens must be whole blocks of {BLOCK_TOKENS}, below --prompt-tokens")
@@ -304,7 +330,8 @@ def main() -> int:
         with step(results, "correctness", 300):
             results.data["correctness"] = correctness(scheduler, vocab, *sizes)
         with step(results, "prefill", 300):
-            results.data["prefill"] = prefill_times(scheduler, vocab, args.prompts, *sizes)
+            profiles = args.out if args.profile else None
+            results.data["prefill"] = prefill_times(scheduler, vocab, args.prompts, *sizes, profiles)
     with step(results, "greedy", 300):
         results.data["greedy"] = greedy_tokens(scheduler, vocab, args.prompts, *sizes)
     scheduler.close()

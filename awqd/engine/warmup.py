@@ -183,8 +183,8 @@ def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
             _prefill(scheduler, lengths, steps, cached=CACHED_HIT_TOKENS)
         else:
             steps.notes.append(
-                f"no pass after a prefix-cache hit: two {lengths[0]}-token prompts do not fit the KV cache, so the "
-                "first hit runs its kernels for the first time"
+                f"no pass after a prefix-cache hit: two {lengths[0]}-token prompts do not fit the KV cache or the "
+                "context, so the first hit runs its kernels for the first time"
             )
     return tuple(sorted({*sizes, *runner.prefill_buckets}))
 

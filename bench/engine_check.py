@@ -120,6 +120,18 @@ def step(results: Results, name: str, limit_s: float):
         results.write()
 
 
+def device_summary(device: torch.device) -> dict:
+    """What a check's results say of the device it ran on."""
+    on_gpu = device.type == "cuda"
+    return {
+        "name": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or 'host'})",
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser, selection_budget_s: float = 150.0) -> None:
     """The options every in-process engine check shares: where results go, the synthetic architecture, the device,
     and the kernel selection's budget and decision cache."""
@@ -351,13 +363,7 @@ def main() -> int:
         results.write()
         return 2
     on_gpu = device.type == "cuda"
-    results.data["device"] = {
-        "name": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or 'host'})",
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-    }
+    results.data["device"] = device_summary(device)
     results.data["setup"] = {"arch": args.arch, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS}
     results.data["targets"] = TARGETS
     work = Path(tempfile.mkdtemp(prefix="awqd-engine-check-"))

@@ -170,10 +170,7 @@ def main() -> int:
     results = Results(args.out, "prefill-check", markdown)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    results.data["device"] = {
-        "name": torch.cuda.get_device_name(device) if on_gpu else "CPU",
-        "torch": torch.__version__,
-    }
+    results.data["device"] = engine_check.device_summary(device)
     if on_gpu:
         with step(results, "varlen_against_per_prompt", 60):
             results.data["varlen_against_per_prompt"] = varlen_against_per_prompt(device)

@@ -305,10 +305,7 @@ def main() -> int:
     results = Results(args.out, "prefix-cache-check", markdown)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    results.data["device"] = {
-        "name": torch.cuda.get_device_name(device) if on_gpu else "CPU",
-        "torch": torch.__version__,
-    }
+    results.data["device"] = engine_check.device_summary(device)
     results.data["setup"] = {key: value for key, value in vars(args).items() if key not in ("out", "cache_dir")}
     if on_gpu:
         with step(results, "flash_against_per_prompt", 60):

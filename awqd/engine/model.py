@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
-from awqd.engine.kv_cache import KvCache
+from awqd.engine.kv_cache import PADDING_BLOCK, KvCache
 from awqd.engine.layers.activation import silu_and_mul
 from awqd.engine.layers.attention import (
     AttentionShape,
     CachedSpans,
+    PaddedSpan,
     attention_after_cached,
     causal_attention,
     decode_attention,
@@ -188,14 +189,54 @@ class DecoderModel:
         block_tokens = cache.k[0].shape[2]
         spans = CachedSpans.build(tables, lengths, cached, block_tokens) if cached is not None and any(cached) else None
 
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if spans is not None:
+                k_cache, v_cache = cache.k[layer], cache.v[layer]
+                return attention_after_cached(q, lengths, offsets, spans, k_cache, v_cache, self.attention_shape)
+            return prompt_attention(q, k, v, lengths, offsets, self.attention_shape)
+
+        return self._prefill_pass(token_ids, sequences, positions, last_rows, tables, cache, attend)
+
+    def prefill_after_hit(
+        self,
+        token_ids: torch.Tensor,
+        sequences: torch.Tensor,
+        positions: torch.Tensor,
+        offsets: torch.Tensor,
+        last_rows: torch.Tensor,
+        tables: torch.Tensor,
+        cache: KvCache,
+        keys: int,
+    ) -> torch.Tensor:
+        """One prompt's rows after a prefix-cache hit, padded, laid out as for prefill_rows (the prompt's sequence
+        is tables[0]): offsets (int64 [6], on the device) are the rows' 0, the prompt's rows and all rows, then the
+        keys' 0, its span and its span plus the padding rows; its sequence is gathered into `keys` slots (PaddedSpan).
+        Only device tensors are read, so the pass can be captured as a graph per (rows, keys)."""
+        span = PaddedSpan.build(tables[0], offsets, keys, cache.k[0].shape[2], PADDING_BLOCK)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return span.attend(q, cache.k[layer], cache.v[layer], self.attention_shape)
+
+        return self._prefill_pass(token_ids, sequences, positions, last_rows, tables, cache, attend)
+
+    def _prefill_pass(
+        self,
+        token_ids: torch.Tensor,
+        sequences: torch.Tensor,
+        positions: torch.Tensor,
+        last_rows: torch.Tensor,
+        tables: torch.Tensor,
+        cache: KvCache,
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The layers over prefill rows: each layer stores its rows' rotated k/v, then attend(layer, q, k, v)."""
+
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             q, k, v = rotate_and_store(
                 qkv, sequences, positions, tables, self.cos, self.sin, k_cache, v_cache, self.attention_shape
             )
-            if spans is not None:
-                return attention_after_cached(q, lengths, offsets, spans, k_cache, v_cache, self.attention_shape)
-            return prompt_attention(q, k, v, lengths, offsets, self.attention_shape)
+            return attend(layer, q, k, v)
 
         return self._logits(self._forward(token_ids, attention)[last_rows])
 

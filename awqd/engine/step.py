@@ -12,8 +12,12 @@ bucket at every position and block assignment.
 A prompt that arrives alone (the single-query case, where time to first token is the prompt's one forward pass)
 is padded to a prompt-length bucket (PREFILL_BUCKETS, 1.5x apart, up to 512 tokens): its rows are the bucket's
 rows, the padding rows write their k/v only to the padding block and their logits are not read. Eagerly, a prefill
-launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. Several
-prompts admitted together stay eager, at their exact total: they are throughput, not latency.
+launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. A longer
+prompt alone after a prefix-cache hit whose rest fits a bucket replays a graph too: its rest padded to the bucket,
+attending over its sequence gathered into a number of key slots (a second set of buckets). Eagerly, that rest was
+host-bound: on an H100 host, 45.7 ms against 10.5 replayed, for a 1024-token prompt with 896 cached
+(bench/results/h100-2026-12-05-lone-hit-graph). Several prompts admitted together stay eager, at their exact
+total: they are throughput, not latency.
 
 A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
 that shape); later steps replay it. Warm-up (awqd.engine.warmup) runs that first step for every unpinned bucket
@@ -22,6 +26,7 @@ cannot be captured) leaves that key eager, with the reason kept and logged. On t
 every step is eager: the same code, minus capture.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import structlog
@@ -80,6 +85,14 @@ class StepRunner:
         self.prefill_positions = torch.arange(longest, dtype=torch.int64, device=model.device)
         self.prefill_last = torch.zeros(1, dtype=torch.int64, device=model.device)
         self.prefill_tables = torch.full((2, table_shape[1]), PADDING_BLOCK, dtype=torch.int32, device=model.device)
+        # A lone prompt past the prefill buckets whose uncached rest fits one: the rest is padded to a bucket, and its
+        # sequence gathered into a number of key slots from a second set of buckets (awqd.engine.layers.attention.
+        # PaddedSpan). They run from twice the longest prefill bucket to what the longest context can ask for.
+        self.key_buckets = key_buckets(longest, cache.plan.max_seq_len) if self.prefill_buckets else ()
+        self.hit_positions = torch.zeros(longest, dtype=torch.int64, device=model.device)
+        self.hit_offsets = torch.zeros(6, dtype=torch.int64, device=model.device)
+        self.hit_graphs: dict[tuple[str, tuple[int, int]], Captured] = {}  # by (pin, (rows, keys))
+        self.hit_eager_keys: dict[tuple[str, tuple[int, int]], Exception] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def batch_bucket(self, rows: int) -> int:
@@ -98,6 +111,9 @@ class StepRunner:
         cached = cached or [0] * len(prompts)
         if len(prompts) == 1 and len(prompts[0]) <= max(self.prefill_buckets, default=0):
             return self._prefill_padded(prompts[0], tables[0], cached[0])
+        hit = self.hit_buckets(len(prompts[0]), cached[0]) if len(prompts) == 1 else None
+        if hit is not None:
+            return self.prefill_after_hit(prompts[0], tables[0], cached[0], *hit)
         rest = [prompt[start:] for prompt, start in zip(prompts, cached, strict=True)]
         lengths = [len(prompt) for prompt in rest]
         ids = torch.tensor([token for prompt in rest for token in prompt], dtype=torch.int64)
@@ -129,6 +145,15 @@ class StepRunner:
         logits = self._run("decode", padded, self.graphs, self.eager_keys, lambda: self._decode_rows(padded))
         return logits[:rows], self.step_kernel(padded)
 
+    def hit_buckets(self, length: int, cached: int) -> tuple[int, int] | None:
+        """The (rows, keys) buckets of a lone prompt's pass after a prefix-cache hit of `cached` positions, or None
+        where it has none: the prompt fits a prefill bucket (its whole prompt is replayed), or its rest does not."""
+        longest = max(self.prefill_buckets, default=0)
+        if not cached or length <= longest or length - cached > longest or not self.key_buckets:
+            return None
+        rows = next(bucket for bucket in self.prefill_buckets if bucket >= length - cached)
+        return rows, next(bucket for bucket in self.key_buckets if bucket >= cached + rows)
+
     def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
         """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.
 
@@ -138,21 +163,47 @@ class StepRunner:
         (bench/prefix_cache_check.py times both on a GPU)."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
         sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
-        host = torch.tensor([*prompt, *[0] * (padded - length), *sequences, length - 1], dtype=torch.int64)
+        self._stage(prompt, sequences, table, [])
+        graphs, failures = self.prefill_graphs, self.prefill_eager_keys
+        logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
+        return logits, self.step_kernel(padded)
+
+    def prefill_after_hit(
+        self, prompt: list[int], table: list[int], cached: int, rows: int, keys: int
+    ) -> tuple[torch.Tensor, StepKernel]:
+        """A lone prompt's uncached rest, padded to `rows`, attending over its sequence gathered into `keys` slots
+        (hit_buckets picks them); replayed once the (rows, keys) graph is captured. The padding rows sit at
+        position 0 of the padding sequence, as in _prefill_padded."""
+        rest = len(prompt) - cached
+        padding = rows - rest
+        span = cached + rest
+        positions = [*range(cached, span), *[0] * padding]
+        offsets = [0, rest, rows, 0, span, span + padding]
+        extra = self._stage(prompt[cached:], [0] * rest + [PADDING_SEQUENCE] * padding, table, [*positions, *offsets])
+        self.hit_positions[:rows].copy_(extra[:rows], non_blocking=True)
+        self.hit_offsets.copy_(extra[rows:], non_blocking=True)
+        graphs, failures = self.hit_graphs, self.hit_eager_keys
+        logits = self._run("prefill after a hit", (rows, keys), graphs, failures, lambda: self._hit_rows(rows, keys))
+        return logits, self.step_kernel(rows)
+
+    def _stage(self, ids: list[int], sequences: list[int], table: list[int], extra: list[int]) -> torch.Tensor:
+        """Copies a lone prompt's rows into the static prefill buffers: its ids (padded with 0 to as many rows as
+        `sequences` names), each row's table row, its blocks and its last row. Returns `extra` on the host, pinned
+        with the rest, for the caller to copy on."""
+        padded, length = len(sequences), len(ids)
+        host = torch.tensor([*ids, *[0] * (padded - length), *sequences, length - 1, *extra], dtype=torch.int64)
         host_table = padded_tables([table], 1)
         if self.cuda_graphs:
             host, host_table = host.pin_memory(), host_table.pin_memory()
-        ids, sequences, last = host.split([padded, padded, 1])
+        ids, sequences, last, extra_host = host.split([padded, padded, 1, len(extra)])
         self.prefill_ids[:padded].copy_(ids, non_blocking=True)
         self.prefill_sequences[:padded].copy_(sequences, non_blocking=True)
         self.prefill_last.copy_(last, non_blocking=True)
         self.prefill_tables[0].fill_(PADDING_BLOCK)
         self.prefill_tables[0, : host_table.shape[1]].copy_(host_table[0], non_blocking=True)
-        graphs, failures = self.prefill_graphs, self.prefill_eager_keys
-        logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
-        return logits, self.step_kernel(padded)
+        return extra_host
 
-    def _run(self, phase: str, size: int, graphs: dict, failures: dict, forward) -> torch.Tensor:
+    def _run(self, phase: str, size: int | tuple[int, int], graphs: dict, failures: dict, forward) -> torch.Tensor:
         """Replays the (pin, size) graph if there is one; else runs eagerly, then captures it (with CUDA graphs)."""
         pin = self.router.pinned.name if self.router.pinned is not None else ""
         key = (pin, size)
@@ -191,6 +242,22 @@ class StepRunner:
         return self.model.prefill_rows(
             ids, sequences, positions, [padded], None, self.prefill_last, self.prefill_tables, self.cache
         )
+
+    def _hit_rows(self, rows: int, keys: int) -> torch.Tensor:
+        ids, sequences, positions = self.prefill_ids[:rows], self.prefill_sequences[:rows], self.hit_positions[:rows]
+        tables, last = self.prefill_tables, self.prefill_last
+        return self.model.prefill_after_hit(ids, sequences, positions, self.hit_offsets, last, tables, self.cache, keys)
+
+
+def key_buckets(longest_rows: int, max_seq_len: int) -> tuple[int, ...]:
+    """Key slots for a lone prompt's pass after a hit, doubling from twice `longest_rows` (the longest prefill
+    bucket) up to the most a prompt of max_seq_len can ask for: its cached start and a padded rest. Empty where
+    every prompt fits a prefill bucket."""
+    if max_seq_len <= longest_rows:
+        return ()
+    limit = max_seq_len + longest_rows
+    doubling = (2 * longest_rows * 2**i for i in range(64))
+    return (*(bucket for bucket in itertools.takewhile(lambda b: b < limit, doubling)), limit)
 
 
 def padded_tables(tables: list[list[int]], rows: int) -> torch.Tensor:

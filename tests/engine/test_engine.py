@@ -22,6 +22,7 @@ from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, BlockTables, alloc
 from awqd.engine.model import DecoderModel, ModelShape
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
+from awqd.engine.step import key_buckets
 from awqd.errors import InvalidArgument, ResourceExhausted
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
@@ -645,3 +646,50 @@ def test_a_conversations_next_turn_shares_the_blocks_its_answer_filled(demo_mode
     finally:
         cached.close()
         plain.close()
+
+
+@pytest.mark.parametrize("sliding_window", [None, 20])
+def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_would_run(
+    demo_model_dir, sliding_window
+):
+    """What a GPU engine captures for a lone prompt past the prefill buckets whose rest fits one, run eagerly: its
+    rest padded to a row bucket, attending over its sequence gathered into a key bucket. The same logits and k/v as
+    the whole prompt's eager pass; the shared blocks untouched; the padding rows write only the padding block. A
+    window of 20 cuts into the 32 cached positions (the masked form; flash serves the GPU without one)."""
+    router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
+    loaded = load_model(demo_model_dir, CPU, router, fuse=True)
+    config = copy.copy(loaded.config)
+    config.sliding_window = sliding_window
+    loaded = dataclasses.replace(loaded, config=config)
+    scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=4))
+    try:
+        runner, cache = scheduler.runner, scheduler.runner.cache
+        prompt, table = list(range(300, 337)), [5, 9, 2]  # 37 tokens; blocks 5 and 9 hold the cached start
+        with torch.inference_mode():
+            whole, _ = runner.prefill([prompt], [table])
+            whole_kv = [layer.clone() for layer in cache.k + cache.v]
+            for layer in cache.k + cache.v:
+                layer[2].zero_()  # the rest's block
+                layer[PADDING_BLOCK].zero_()
+            runner.prefill_buckets, runner.key_buckets = (8, 16), key_buckets(16, cache.plan.max_seq_len)
+            assert runner.hit_buckets(len(prompt), 2 * BLOCK_TOKENS) == (8, 64)  # 5 rows; 32 + 8 keys
+            assert runner.hit_buckets(len(prompt), BLOCK_TOKENS) is None  # a rest of 21 fits no row bucket
+            assert runner.hit_buckets(16, 8) is None  # the whole prompt fits one: it is replayed whole
+            after_hit, kernel = runner.prefill([prompt], [table], [2 * BLOCK_TOKENS])
+        assert kernel.bucket == runner.step_kernel(8).bucket
+        torch.testing.assert_close(after_hit, whole, rtol=1e-5, atol=1e-5)
+        for before, after in zip(whole_kv, cache.k + cache.v, strict=True):
+            torch.testing.assert_close(after[[5, 9]], before[[5, 9]], rtol=0, atol=0)
+            torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
+            assert not after[2, :, 5:].any()  # the 3 padding rows wrote nothing into the prompt's block ...
+            untouched = [b for b in range(after.shape[0]) if b not in (5, 9, 2, PADDING_BLOCK)]
+            assert not after[untouched].any()  # ... nor into any block but the padding block
+            assert after[PADDING_BLOCK].any()
+    finally:
+        scheduler.close()
+
+
+def test_key_buckets_double_up_to_what_the_longest_context_can_ask_for():
+    assert key_buckets(512, 4096) == (1024, 2048, 4096, 4608)
+    assert key_buckets(512, 2048) == (1024, 2048, 2560)
+    assert key_buckets(512, 512) == ()

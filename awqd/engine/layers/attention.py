@@ -193,6 +193,53 @@ def attention_after_cached(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+@dataclass(frozen=True)
+class PaddedSpan:
+    """One prompt's pass after a prefix-cache hit in shapes fixed by buckets, so that it can be captured as a CUDA
+    graph and replayed at any cached start: its rows padded to a row bucket, its sequence gathered into a fixed
+    number of key slots. Its sizes live on the device only. The rows and the slots form two variable-length
+    sequences: the prompt's rows over its span (cached positions, then its rows), and the padding rows over as
+    many slots past the span, read from the padding block, so that every row sees a key and no padding row sees
+    the prompt's."""
+
+    blocks: torch.Tensor  # [keys] each slot's block: the span's through the table, the padding block past it
+    slots: torch.Tensor  # [keys] its offset in the block
+    q_offsets: torch.Tensor  # int32 [3]: 0, the prompt's rows, all rows
+    k_offsets: torch.Tensor  # int32 [3]: 0, the span, the span and one slot per padding row
+
+    @classmethod
+    def build(
+        cls, table: torch.Tensor, offsets: torch.Tensor, keys: int, block_tokens: int, padding_block: int
+    ) -> "PaddedSpan":
+        """table [blocks per sequence] the prompt's blocks; offsets [6] on the device: q_offsets, then k_offsets."""
+        offsets = offsets.int()
+        q_offsets, k_offsets = offsets[:3], offsets[3:]
+        positions = torch.arange(keys, device=table.device)
+        columns = (positions // block_tokens).clamp(max=table.shape[0] - 1)
+        blocks = torch.where(positions < k_offsets[1], table[columns].long(), padding_block)
+        return cls(blocks, positions % block_tokens, q_offsets, k_offsets)
+
+    def attend(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, shape: AttentionShape):
+        """q [rows, heads, head_dim] over the gathered slots, each row causally over its sequence's keys aligned to
+        their end (flash's variable-length convention). Returns [rows, heads * head_dim]."""
+        keys, values = cache_k[self.blocks, :, self.slots], cache_v[self.blocks, :, self.slots]
+        rows, slots = q.shape[0], keys.shape[0]
+        if _varlen_flash_serves(q, [slots], shape):
+            flash = torch.ops.aten._flash_attention_forward
+            out = flash(q, keys, values, self.q_offsets, self.k_offsets, rows, slots, 0.0, True, False)[0]
+            return out.reshape(rows, -1)
+        row = torch.arange(rows, device=q.device)
+        sequence = (row >= self.q_offsets[1]).long()
+        last = self.k_offsets[sequence + 1] - self.q_offsets[sequence + 1] + row  # each row's last key
+        column = torch.arange(slots, device=q.device)[None, :]
+        mask = (column >= self.k_offsets[sequence][:, None]) & (column <= last[:, None])
+        if shape.sliding_window is not None:
+            mask &= column > last[:, None] - shape.sliding_window
+        q, keys, values = (t.transpose(0, 1).unsqueeze(0) for t in (q, keys, values))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return out[0].transpose(0, 1).reshape(rows, -1)
+
+
 def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionShape) -> bool:
     """Flash attention's own limits (sm80+, fp16/bf16, head_dim a multiple of 8 up to 256); a prompt longer than the
     sliding window takes the SDPA path, which masks the window explicitly."""

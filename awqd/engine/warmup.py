@@ -9,10 +9,11 @@
    lengths, as a wave of clients arriving together would be admitted. Its first run pays once for what the
    bucket sizes leave lazy at large row counts (library kernels' configurations, the allocator's growth).
    Then one prompt at every prompt-length bucket: a prompt that comes alone is padded to one and replayed as a
-   CUDA graph (awqd.engine.step), captured here after its first, eager, step. With the prefix cache on, last, a
-   pass after prefix-cache hits, whose attention gathers the cached starts and attends over more keys than
-   queries. Left lazy, it made the first hit slow: on an H200, a lone 1024-token prompt's first hit took 104 ms to
-   its first token, the later ones 49-58 ms.
+   CUDA graph (awqd.engine.step), captured here after its first, eager, step. With the prefix cache on, a lone
+   prompt's pass after a hit past those buckets at every (rows, keys) bucket pair, captured likewise; last, an eager
+   pass of two prompts after prefix-cache hits, whose attention gathers the cached starts and attends over more keys
+   than queries. Left lazy, it made the first hit slow: on an H200, a lone 1024-token prompt's first hit took 104 ms
+   to its first token, the later ones 49-58 ms.
 2. Decode at every batch bucket up to the KV-cache slot count, unpinned: each bucket's first step runs eagerly
    (compiling its kernels) and its CUDA graph is captured right after (awqd.engine.step). A request that pins a
    kernel still captures that pin's graphs on its first steps.
@@ -54,7 +55,7 @@ class WarmupReport:
     started_at: datetime
     finished_at: datetime
     duration_s: float
-    graphs: int  # CUDA graphs held after warm-up: decode and single-prompt prefill
+    graphs: int  # CUDA graphs held after warm-up: decode, single-prompt prefill and its pass after a hit
     graph_memory_bytes: int  # device memory the captures added (the graphs' pool), after emptying the cache
     prefill_tokens: tuple[int, ...]  # the prefill step sizes run, eager and padded
     decode_batches: tuple[int, ...]  # the decode batch buckets run
@@ -103,7 +104,7 @@ def warm_up(name: str, scheduler: Scheduler) -> WarmupReport:
         reserved_before = _reserved_after_emptying(device)
         prefill_tokens = _warm_prefill(scheduler, steps)
         decode_batches = _warm_decode(runner, steps)
-        graphs = len(runner.graphs) + len(runner.prefill_graphs)
+        graphs = len(runner.graphs) + len(runner.prefill_graphs) + len(runner.hit_graphs)
         graph_memory = max(0, _reserved_after_emptying(device) - reserved_before) if graphs else 0
     _generate_once(name, scheduler, steps)
     finished = time.perf_counter()
@@ -177,6 +178,7 @@ def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
         _prefill(scheduler, [bucket], steps)
         steps.check_capture(runner.prefill_eager_keys.get(("", bucket)), f"{bucket}-token prefill")
     if scheduler.prefix_caching:
+        _warm_hits(runner, steps)
         # Two prompts, so that the pass is not a lone prompt's padded one, which attends over its own rows only.
         lengths = [2 * CACHED_HIT_TOKENS] * 2
         if max(lengths) <= plan.max_seq_len and sum(map(blocks_for, lengths)) <= scheduler.blocks.free_blocks:
@@ -187,6 +189,17 @@ def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
                 "context, so the first hit runs its kernels for the first time"
             )
     return tuple(sorted({*sizes, *runner.prefill_buckets}))
+
+
+def _warm_hits(runner: StepRunner, steps: _Steps) -> None:
+    """A lone prompt's pass after a prefix-cache hit, at every (rows, keys) bucket pair: its rows from position 0
+    into the padding block, which the pass's graph does not tell from a hit."""
+    for rows in runner.prefill_buckets:
+        for keys in runner.key_buckets:
+            with steps.step(f"{rows}-row prefill after a hit over {keys} keys") as what:
+                logits, _ = runner.prefill_after_hit([0] * rows, [], 0, rows, keys)
+                _check_finite(logits, what)
+            steps.check_capture(runner.hit_eager_keys.get(("", (rows, keys))), what)
 
 
 def _prefill(scheduler: Scheduler, lengths: list[int], steps: _Steps, cached: int = 0) -> None:

@@ -6,22 +6,27 @@ import gc
 import threading
 
 import pytest
+import torch
 
 from awqd import metrics
 from awqd.config import EngineSettings
 from awqd.engine import model as engine_model
+from awqd.engine.build import build_engine
 from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
 from awqd.engine.layers.attention import attention_after_cached
 from awqd.engine.request import GenerateParams
 from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Finished, Job
-from awqd.engine.warmup import CACHED_HIT_TOKENS, burst_lengths, prefill_sizes
+from awqd.engine.step import key_buckets
+from awqd.engine.warmup import CACHED_HIT_TOKENS, burst_lengths, prefill_sizes, warm_up
 from awqd.errors import FailedPrecondition, ResourceExhausted, Unavailable, WarmupFailed
 from awqd.hosting.manager import ModelManager
 from awqd.kernels.base import Candidate, Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
 from awqd.kernels.candidates.reference_torch import ReferenceTorch
+from awqd.kernels.linear import KernelRouter
 from awqd.kernels.triton import compilations
+from awqd.models.loader import load_model
 
 
 class CpuPlanner:
@@ -116,6 +121,31 @@ def test_warm_up_runs_a_pass_after_a_prefix_cache_hit_when_the_cache_is_on(
         assert blocks.free_blocks == blocks.blocks
     finally:
         manager.close()
+
+
+def test_warm_up_runs_a_lone_prompts_pass_after_a_hit_at_every_bucket_pair(demo_model_dir):
+    """What a GPU engine captures before it turns ready for a lone prompt past the prefill buckets after a hit (its
+    rest padded, over its gathered keys), run eagerly on the CPU: every (rows, keys) pair, only with the cache on."""
+    router = KernelRouter(CpuPlanner().plan("cpu", "auto")[0])
+    for prefix_caching in (True, False):
+        loaded = load_model(demo_model_dir, torch.device("cpu"), router, fuse=True)
+        settings = EngineSettings(kv_cache_tokens=4096, max_batch_size=2, prefix_caching=prefix_caching)
+        scheduler = build_engine("demo", loaded, router, settings)
+        try:
+            runner = scheduler.runner
+            runner.prefill_buckets, runner.key_buckets = (8, 16), key_buckets(16, 64)
+            passes = []
+            served = runner.prefill_after_hit
+
+            def counted(prompt, table, cached, rows, keys, served=served, passes=passes):
+                passes.append((rows, keys))
+                return served(prompt, table, cached, rows, keys)
+
+            runner.prefill_after_hit = counted
+            warm_up("demo", scheduler)
+            assert passes == ([(8, 32), (8, 64), (8, 80), (16, 32), (16, 64), (16, 80)] if prefix_caching else [])
+        finally:
+            scheduler.close()
 
 
 def test_a_kv_cache_too_small_for_the_hit_pass_still_loads_and_says_so(tmp_path, demo_model_dir):

@@ -3,18 +3,18 @@
 On a Llama-2-7B-shaped synthetic AWQ checkpoint (awqd synth), for prompts whose first S tokens are in the KV cache
 already (a prefix-cache hit), on the engine's own runner and scheduler:
 
-0. attention_after_cached's one variable-length flash call against its per-prompt SDPA path, on random tensors;
+0. attention_after_cached's one variable-length flash call against its per-prompt SDPA path, and PaddedSpan's
+   (a lone prompt's rest after a hit) against its masked form, on random tensors;
 1. correctness, against the whole prompt prefilled eagerly in one pass: the last position's logits (largest
    difference relative to the logits' own size, and whether the argmax agrees) and the k/v the rest wrote. For
-   several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone within the
-   CUDA-graph buckets (its padded pass, replayed, runs the whole prompt): the shared blocks must come out unchanged,
-   bit for bit;
+   several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone, captured
+   and replayed: within the prefill buckets its padded pass runs the whole prompt, past them its padded rest
+   attends over its gathered keys. The shared blocks must come out unchanged, bit for bit;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
-   both in this run; and of a prompt alone as the runner serves it (padded, its CUDA graph replayed over the whole
-   prompt) against its rest run eagerly, which is what the runner's choice for a lone prompt rests on. Eagerly, the
-   rest and the whole prompt also give the host's share (the time until the call returned), and with --profile
-   torch.profiler's table of each (profile-alone-eager-*.txt): past the graph buckets, they are a lone hit and a lone
-   miss as served;
+   both in this run; and of a prompt alone as the runner serves it (a CUDA graph, as above) against its rest run
+   eagerly (a lone hit as served until the rest's graph), and the whole prompt eagerly (past the prefill buckets, a
+   lone miss as served). Each gives the host's share (the time until the call returned), and with --profile the
+   eager ones torch.profiler's table (profile-alone-eager-*.txt);
 3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
    streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
    the pass that skips the cached tokens runs fewer tokens, which can pick another kernel (on this CPU's dry run,
@@ -42,14 +42,19 @@ from engine_check import Results, greedy, run_jobs, step, synchronize
 
 from awqd.config import EngineSettings
 from awqd.engine.build import build_engine
-from awqd.engine.kv_cache import BLOCK_TOKENS, blocks_for
-from awqd.engine.layers.attention import AttentionShape, CachedSpans, attention_after_cached
+from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, blocks_for
+from awqd.engine.layers.attention import AttentionShape, CachedSpans, PaddedSpan, attention_after_cached
 from awqd.kernels import registry
 from awqd.kernels.linear import KernelRouter
 from awqd.models.loader import load_model
 
 RUNS = 5
 NEW_TOKENS = 64
+SERVED_AS = {
+    "padded": "padded, its CUDA graph over the whole prompt",
+    "hit": "its rest padded, its CUDA graph over the gathered keys",
+    "eager": "no graph bucket here",
+}
 RELATIVE_TOLERANCE = 2e-2  # of the logits' largest magnitude: fp16 rounding differs between the two attention paths
 
 
@@ -91,6 +96,29 @@ def flash_against_per_prompt(device: torch.device) -> list[dict]:
         q = torch.randn(sum(lengths), shape.num_heads, 128, device=device, dtype=dtype, generator=generator)
         flash = attention_after_cached(q, lengths, offsets, spans, cache_k, cache_v, shape)
         return flash, attention_after_cached(q, lengths, None, spans, cache_k, cache_v, shape)
+
+    return prefill_check.attention_errors(compare)
+
+
+def padded_span_flash_against_masked(device: torch.device) -> list[dict]:
+    """PaddedSpan.attend's flash call (what a lone prompt's graph after a hit runs) against its masked SDPA form in
+    float32 on the CPU, on random queries and a random paged cache: a 100-token rest padded to 128 rows after 512
+    cached positions, gathered into 1024 key slots; every row, the padding rows' too."""
+    cached, rest, rows, keys = 512, 100, 128, 1024
+    width = blocks_for(keys)
+    table = (torch.randperm(width, generator=torch.Generator().manual_seed(1)) + 1).to(device, torch.int32)
+    offsets = torch.tensor([0, rest, rows, 0, cached + rest, cached + rows], device=device)
+    span = PaddedSpan.build(table, offsets, keys, BLOCK_TOKENS, PADDING_BLOCK)
+    on_cpu = PaddedSpan.build(table.cpu(), offsets.cpu(), keys, BLOCK_TOKENS, PADDING_BLOCK)
+
+    def compare(shape: AttentionShape, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        blocks = (1 + width, shape.num_kv_heads, BLOCK_TOKENS, 128)
+        cache_k, cache_v = (torch.randn(blocks, device=device, dtype=dtype, generator=generator) for _ in range(2))
+        q = torch.randn(rows, shape.num_heads, 128, device=device, dtype=dtype, generator=generator)
+        flash = span.attend(q, cache_k, cache_v, shape)
+        masked = on_cpu.attend(*(t.cpu().float() for t in (q, cache_k, cache_v)), shape)
+        return flash, masked.to(device, dtype)
 
     return prefill_check.attention_errors(compare)
 
@@ -138,15 +166,23 @@ def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
         rows["together"] = compare(whole, logits)
         rows["together"]["rest_kv"] = compare_kv(cache, whole_tables, rest_tables, cached, prompt_tokens)
         alone_table = start_table + blocks.take(prompt_tokens - cached)
-        padded = prompt_tokens <= max(runner.prefill_buckets, default=0)
-        for replay in range(2 if padded else 0):  # the first pass captures the graph, the second replays it
+        served = served_as(runner, prompt_tokens, cached)
+        for replay in range(2 if served != "eager" else 0):  # the first pass captures the graph, the second replays it
             logits, _ = runner.prefill([prompts[0]], [alone_table], [cached])
-            rows[f"alone_padded_{'replayed' if replay else 'captured'}"] = compare(whole[:1], logits)
+            rows[f"alone_{served}_{'replayed' if replay else 'captured'}"] = compare(whole[:1], logits)
+            rows["alone_rest_kv"] = compare_kv(cache, whole_tables[:1], [alone_table], cached, prompt_tokens)
         rows["shared_blocks_unchanged"] = bool(torch.equal(kv_rows(cache, start_table, 0, cached), shared_before))
         synchronize(device)
     finally:
         blocks.release()
     return rows
+
+
+def served_as(runner, prompt_tokens: int, cached: int) -> str:
+    """How the runner serves a lone prompt after a hit: its whole prompt's graph, its rest's graph, or eagerly."""
+    if prompt_tokens <= max(runner.prefill_buckets, default=0):
+        return "padded"
+    return "hit" if runner.hit_buckets(prompt_tokens, cached) is not None else "eager"
 
 
 def compare_kv(cache, whole_tables, rest_tables, cached: int, prompt_tokens: int) -> float:
@@ -203,13 +239,14 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
         times["whole_ms"], _ = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
         times["cached_ms"], _ = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
         times["speedup"] = times["whole_ms"] / times["cached_ms"]
-        # A prompt alone: what the runner does (its padded graph, over the whole prompt) against its rest run eagerly,
-        # and, eagerly too, the whole prompt without a hit: past the graph buckets, that is a miss as served.
+        # A prompt alone: what the runner does (a graph: its padded whole prompt within the prefill buckets, its
+        # padded rest past them) against its rest run eagerly, and, eagerly too, the whole prompt without a hit:
+        # past the graph buckets, that is a miss as served.
         alone_rest = functools.partial(runner.prefill, prompts[:1], rest_tables[:1], [cached])
         alone_whole = functools.partial(runner.prefill, prompts[:1], whole_tables[:1])
-        times["alone_padded_ms"], _ = timed_ms(alone_rest, device)
+        times["alone_served_as"] = served_as(runner, prompt_tokens, cached)
+        times["alone_served_ms"], times["alone_served_host_ms"] = timed_ms(alone_rest, device)
         buckets, runner.prefill_buckets = runner.prefill_buckets, ()
-        times["alone_padded"] = prompt_tokens <= max(buckets, default=0)
         try:
             times["alone_eager_rest_ms"], times["alone_eager_rest_host_ms"] = timed_ms(alone_rest, device)
             times["alone_eager_whole_ms"], times["alone_eager_whole_host_ms"] = timed_ms(alone_whole, device)
@@ -259,6 +296,8 @@ def markdown(data: dict) -> str:
             lines.append(f"| {name} | {row['relative_difference']:.2e} | {row['argmax_agrees']} | {row['ok']} |")
     if "together" in checks:
         lines.append(f"\nThe rests' k/v: largest difference {checks['together']['rest_kv']:.2e} of the largest value.")
+    if "alone_rest_kv" in checks:
+        lines.append(f"A lone prompt's rest k/v: largest difference {checks['alone_rest_kv']:.2e} of the largest.")
     if "shared_blocks_unchanged" in checks:
         lines.append(f"Shared blocks unchanged, bit for bit: {checks['shared_blocks_unchanged']}.")
     if times := data.get("prefill"):
@@ -270,8 +309,8 @@ def markdown(data: dict) -> str:
             "|---|---|---|---|",
             f"| {times['prompts']} | {times['whole_ms']:.2f} | {times['cached_ms']:.2f} | {times['speedup']:.2f}x |",
             "",
-            f"A prompt alone: {times['alone_padded_ms']:.2f} ms as served "
-            f"({'padded, its CUDA graph over the whole prompt' if times['alone_padded'] else 'no graph bucket here'}), "
+            f"A prompt alone: {times['alone_served_ms']:.2f} ms as served "
+            f"({SERVED_AS[times['alone_served_as']]}; {times['alone_served_host_ms']:.2f} ms of the host), "
             f"{times['alone_eager_rest_ms']:.2f} ms with only its rest run eagerly. Eagerly, its rest took "
             f"{times['alone_eager_rest_host_ms']:.2f} ms of the host until the call returned, and the whole prompt "
             f"{times['alone_eager_whole_ms']:.2f} ms ({times['alone_eager_whole_host_ms']:.2f} ms of the host).",
@@ -287,6 +326,9 @@ def markdown(data: dict) -> str:
         ]
     if rows := data.get("flash_against_per_prompt"):
         lines += ["", "## One flash call against a call per prompt (random tensors)", ""]
+        lines += [f"- {r['heads']}/{r['kv_heads']} heads, {r['dtype']}: {r['relative_error']:.2e}" for r in rows]
+    if rows := data.get("padded_span_flash_against_masked"):
+        lines += ["", "## A lone prompt's rest after a hit: flash against the masked form (random tensors)", ""]
         lines += [f"- {r['heads']}/{r['kv_heads']} heads, {r['dtype']}: {r['relative_error']:.2e}" for r in rows]
     lines += [f"- **Error:** {error}" for error in data["errors"]]
     return "\n".join(lines) + "\n"
@@ -310,6 +352,8 @@ def main() -> int:
     if on_gpu:
         with step(results, "flash_against_per_prompt", 60):
             results.data["flash_against_per_prompt"] = flash_against_per_prompt(device)
+        with step(results, "padded_span_flash_against_masked", 60):
+            results.data["padded_span_flash_against_masked"] = padded_span_flash_against_masked(device)
     synthesized = engine_check.synthesized_decisions(results, args, device)
     if synthesized is None or results.data["errors"]:
         return 1

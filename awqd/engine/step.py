@@ -12,12 +12,12 @@ bucket at every position and block assignment.
 A prompt that arrives alone (the single-query case, where time to first token is the prompt's one forward pass)
 is padded to a prompt-length bucket (PREFILL_BUCKETS, 1.5x apart, up to 512 tokens): its rows are the bucket's
 rows, the padding rows write their k/v only to the padding block and their logits are not read. Eagerly, a prefill
-launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. A longer
-prompt alone after a prefix-cache hit whose rest fits a bucket replays a graph too: its rest padded to the bucket,
-attending over its sequence gathered into a number of key slots (a second set of buckets). Eagerly, that rest was
-host-bound: on an H100 host, 45.7 ms against 10.5 replayed, for a 1024-token prompt with 896 cached
-(bench/results/h100-2026-12-05-lone-hit-graph). Several prompts admitted together stay eager, at their exact
-total: they are throughput, not latency.
+launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. A prompt
+alone after a prefix-cache hit whose rest fits a bucket replays a graph of its rest: padded to a power-of-two
+bucket, attending over its sequence gathered into a number of key slots (a second set of buckets, hit_buckets).
+Eagerly, that rest was host-bound: on an H100 host, 45.7 ms against 10.5 replayed, for a 1024-token prompt with
+896 cached (bench/results/h100-2026-12-05-lone-hit-graph). Several prompts admitted together stay eager, at their
+exact total: they are throughput, not latency.
 
 A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
 that shape); later steps replay it. Warm-up (awqd.engine.warmup) runs that first step for every unpinned bucket
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from awqd.engine.kv_cache import PADDING_BLOCK, KvCache
+from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, KvCache
 from awqd.engine.model import DecoderModel
 from awqd.kernels import split_counters
 from awqd.kernels.linear import KernelRouter
@@ -85,10 +85,7 @@ class StepRunner:
         self.prefill_positions = torch.arange(longest, dtype=torch.int64, device=model.device)
         self.prefill_last = torch.zeros(1, dtype=torch.int64, device=model.device)
         self.prefill_tables = torch.full((2, table_shape[1]), PADDING_BLOCK, dtype=torch.int32, device=model.device)
-        # A lone prompt past the prefill buckets whose uncached rest fits one: the rest is padded to a bucket, and its
-        # sequence gathered into a number of key slots from a second set of buckets (awqd.engine.layers.attention.
-        # PaddedSpan). They run from twice the longest prefill bucket to what the longest context can ask for.
-        self.key_buckets = key_buckets(longest, cache.plan.max_seq_len) if self.prefill_buckets else ()
+        # A lone prompt after a prefix-cache hit whose uncached rest fits a prefill bucket (hit_buckets)
         self.hit_positions = torch.zeros(longest, dtype=torch.int64, device=model.device)
         self.hit_offsets = torch.zeros(6, dtype=torch.int64, device=model.device)
         self.hit_graphs: dict[tuple[str, tuple[int, int]], Captured] = {}  # by (pin, (rows, keys))
@@ -107,13 +104,13 @@ class StepRunner:
         """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
         last position, and the kernel that ran (picked by the token count the pass runs). The first cached[i]
         positions of prompt i are in its blocks already (a prefix-cache hit, whole blocks shared with other
-        sequences): they are neither run nor written, except by a lone prompt's padded pass (_prefill_padded)."""
+        sequences): they are neither run nor written."""
         cached = cached or [0] * len(prompts)
-        if len(prompts) == 1 and len(prompts[0]) <= max(self.prefill_buckets, default=0):
-            return self._prefill_padded(prompts[0], tables[0], cached[0])
         hit = self.hit_buckets(len(prompts[0]), cached[0]) if len(prompts) == 1 else None
         if hit is not None:
             return self.prefill_after_hit(prompts[0], tables[0], cached[0], *hit)
+        if len(prompts) == 1 and not cached[0] and len(prompts[0]) <= max(self.prefill_buckets, default=0):
+            return self._prefill_padded(prompts[0], tables[0])
         rest = [prompt[start:] for prompt, start in zip(prompts, cached, strict=True)]
         lengths = [len(prompt) for prompt in rest]
         ids = torch.tensor([token for prompt in rest for token in prompt], dtype=torch.int64)
@@ -147,23 +144,39 @@ class StepRunner:
 
     def hit_buckets(self, length: int, cached: int) -> tuple[int, int] | None:
         """The (rows, keys) buckets of a lone prompt's pass after a prefix-cache hit of `cached` positions, or None
-        where it has none: the prompt fits a prefill bucket (its whole prompt is replayed), or its rest does not."""
-        longest = max(self.prefill_buckets, default=0)
-        if not cached or length <= longest or length - cached > longest or not self.key_buckets:
+        where it has none (no hit, no CUDA graphs, or a rest longer than the longest prefill bucket)."""
+        rows = next((bucket for bucket in self.hit_row_buckets if bucket >= length - cached), None)
+        if not cached or rows is None:
             return None
-        rows = next(bucket for bucket in self.prefill_buckets if bucket >= length - cached)
         return rows, next(bucket for bucket in self.key_buckets if bucket >= cached + rows)
 
-    def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
-        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.
+    @property
+    def hit_row_buckets(self) -> tuple[int, ...]:
+        """A rest after a hit is padded to a power of two, or to the longest prefill bucket: with a second dimension
+        (keys) to the graphs, 2x steps keep their count down."""
+        longest = max(self.prefill_buckets, default=0)
+        return tuple(bucket for bucket in self.prefill_buckets if bucket & (bucket - 1) == 0 or bucket == longest)
 
-        The graph attends over the prompt's own rows, so it runs the whole prompt even when its first `cached`
-        positions are in shared blocks: those rows, like the padding rows, write their k/v to the padding block.
-        Replaying the whole prompt should beat launching its uncached rest eagerly, which is host-bound
-        (bench/prefix_cache_check.py times both on a GPU)."""
+    @property
+    def key_buckets(self) -> tuple[int, ...]:
+        """The key slots a pass after a hit gathers its sequence into: doubling from twice the shortest rest bucket
+        to the most a sequence can ask for, its whole context and a padded rest (a hit leaves at least one token)."""
+        if not self.prefill_buckets:
+            return ()
+        limit = self.cache.plan.max_seq_len + max(self.prefill_buckets)
+        doubling = (2 * min(self.prefill_buckets) * 2**i for i in range(64))
+        return (*itertools.takewhile(lambda bucket: bucket < limit, doubling), limit)
+
+    def hit_shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, keys) pair a hit of at least one block can reach: what warm-up captures."""
+        rows_keys = itertools.product(self.hit_row_buckets, self.key_buckets)
+        return [(rows, keys) for rows, keys in rows_keys if keys >= rows + BLOCK_TOKENS]
+
+    def _prefill_padded(self, prompt: list[int], table: list[int]) -> tuple[torch.Tensor, StepKernel]:
+        """One prompt without a hit, padded to its bucket, in the static prefill buffers; replayed once its graph is
+        captured. The graph attends over the prompt's own rows."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
-        sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
-        self._stage(prompt, sequences, table, [])
+        self._stage(prompt, [0] * length + [PADDING_SEQUENCE] * (padded - length), table, [])
         graphs, failures = self.prefill_graphs, self.prefill_eager_keys
         logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
         return logits, self.step_kernel(padded)
@@ -173,7 +186,8 @@ class StepRunner:
     ) -> tuple[torch.Tensor, StepKernel]:
         """A lone prompt's uncached rest, padded to `rows`, attending over its sequence gathered into `keys` slots
         (hit_buckets picks them); replayed once the (rows, keys) graph is captured. The padding rows sit at
-        position 0 of the padding sequence, as in _prefill_padded."""
+        position 0 of the padding sequence, as in _prefill_padded. Its cached positions are neither run nor
+        written."""
         rest = len(prompt) - cached
         padding = rows - rest
         span = cached + rest
@@ -247,17 +261,6 @@ class StepRunner:
         ids, sequences, positions = self.prefill_ids[:rows], self.prefill_sequences[:rows], self.hit_positions[:rows]
         tables, last = self.prefill_tables, self.prefill_last
         return self.model.prefill_after_hit(ids, sequences, positions, self.hit_offsets, last, tables, self.cache, keys)
-
-
-def key_buckets(longest_rows: int, max_seq_len: int) -> tuple[int, ...]:
-    """Key slots for a lone prompt's pass after a hit, doubling from twice `longest_rows` (the longest prefill
-    bucket) up to the most a prompt of max_seq_len can ask for: its cached start and a padded rest. Empty where
-    every prompt fits a prefill bucket."""
-    if max_seq_len <= longest_rows:
-        return ()
-    limit = max_seq_len + longest_rows
-    doubling = (2 * longest_rows * 2**i for i in range(64))
-    return (*(bucket for bucket in itertools.takewhile(lambda b: b < limit, doubling)), limit)
 
 
 def padded_tables(tables: list[list[int]], rows: int) -> torch.Tensor:

@@ -22,7 +22,6 @@ from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, BlockTables, alloc
 from awqd.engine.model import DecoderModel, ModelShape
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
-from awqd.engine.step import key_buckets
 from awqd.errors import InvalidArgument, ResourceExhausted
 from awqd.kernels.base import Dispatch
 from awqd.kernels.candidates.dequant_matmul_cpu import DequantMatmulCpu
@@ -564,29 +563,6 @@ def test_a_prompt_alone_padded_to_its_bucket_prefills_as_unpadded_and_pads_only_
         scheduler.close()
 
 
-def test_a_padded_prefill_after_a_cached_prefix_writes_only_the_rest(demo_model_dir):
-    """A lone prompt's padded pass (what a GPU engine replays) runs the whole prompt even after a prefix-cache hit,
-    but leaves the shared blocks as they are: the cached positions' rows write to the padding block."""
-    scheduler = switching_engine(demo_model_dir, max_batch_size=4)
-    try:
-        runner, cache = scheduler.runner, scheduler.runner.cache
-        prompt, table = list(range(300, 337)), [5, 9, 2]
-        with torch.inference_mode():
-            eager, _ = runner.prefill([prompt], [table])
-            eager_kv = [layer.clone() for layer in cache.k + cache.v]
-            for layer in cache.k + cache.v:
-                layer.fill_(7.0)  # block 5 stands for a shared block: its k/v must not be written again
-            runner.prefill_buckets = (16, 48, 64)
-            padded, _ = runner.prefill([prompt], [table], [BLOCK_TOKENS])
-        torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
-        for before, after in zip(eager_kv, cache.k + cache.v, strict=True):
-            assert bool((after[5] == 7.0).all()), "the pass wrote into the shared block"
-            torch.testing.assert_close(after[9], before[9], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
-    finally:
-        scheduler.close()
-
-
 def prefix_cache_tokens(model: str) -> tuple[float, float]:
     labels = {"model": model, "device": "cpu"}
     return tuple(
@@ -649,13 +625,18 @@ def test_a_conversations_next_turn_shares_the_blocks_its_answer_filled(demo_mode
 
 
 @pytest.mark.parametrize("sliding_window", [None, 20])
+@pytest.mark.parametrize(
+    ("buckets", "cached", "shape"),
+    [((8, 16), 2 * BLOCK_TOKENS, (8, 64)), ((16, 48, 64), BLOCK_TOKENS, (64, 128))],
+    ids=["past-the-buckets", "within-them"],
+)
 def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_would_run(
-    demo_model_dir, sliding_window
+    demo_model_dir, sliding_window, buckets, cached, shape
 ):
-    """What a GPU engine captures for a lone prompt past the prefill buckets whose rest fits one, run eagerly: its
-    rest padded to a row bucket, attending over its sequence gathered into a key bucket. The same logits and k/v as
-    the whole prompt's eager pass; the shared blocks untouched; the padding rows write only the padding block. A
-    window of 20 cuts into the 32 cached positions (the masked form; flash serves the GPU without one)."""
+    """What a GPU engine captures for a lone prompt after a hit whose rest fits a bucket, run eagerly: its rest
+    padded to a row bucket, attending over its sequence gathered into a key bucket. The same logits and k/v as the
+    whole prompt's eager pass; the shared blocks untouched; the padding rows write only the padding block. A window
+    of 20 cuts into the cached positions (the masked form; flash serves the GPU without one)."""
     router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
     config = copy.copy(loaded.config)
@@ -664,24 +645,25 @@ def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_w
     scheduler = build_engine("demo", loaded, router, EngineSettings(kv_cache_tokens=4096, max_batch_size=4))
     try:
         runner, cache = scheduler.runner, scheduler.runner.cache
-        prompt, table = list(range(300, 337)), [5, 9, 2]  # 37 tokens; blocks 5 and 9 hold the cached start
+        prompt, table = list(range(300, 337)), [5, 9, 2]  # 37 tokens: blocks 5 and 9 full, 5 positions of block 2
+        shared = list(range(cached // BLOCK_TOKENS))
         with torch.inference_mode():
             whole, _ = runner.prefill([prompt], [table])
             whole_kv = [layer.clone() for layer in cache.k + cache.v]
             for layer in cache.k + cache.v:
-                layer[2].zero_()  # the rest's block
+                layer[[b for i, b in enumerate(table) if i not in shared]] = 0  # the rest's blocks
                 layer[PADDING_BLOCK].zero_()
-            runner.prefill_buckets, runner.key_buckets = (8, 16), key_buckets(16, cache.plan.max_seq_len)
-            assert runner.hit_buckets(len(prompt), 2 * BLOCK_TOKENS) == (8, 64)  # 5 rows; 32 + 8 keys
-            assert runner.hit_buckets(len(prompt), BLOCK_TOKENS) is None  # a rest of 21 fits no row bucket
-            assert runner.hit_buckets(16, 8) is None  # the whole prompt fits one: it is replayed whole
-            after_hit, kernel = runner.prefill([prompt], [table], [2 * BLOCK_TOKENS])
-        assert kernel.bucket == runner.step_kernel(8).bucket
+            runner.prefill_buckets = buckets
+            assert runner.hit_buckets(len(prompt), cached) == shape
+            after_hit, kernel = runner.prefill([prompt], [table], [cached])
+        assert kernel.bucket == runner.step_kernel(shape[0]).bucket
         torch.testing.assert_close(after_hit, whole, rtol=1e-5, atol=1e-5)
         for before, after in zip(whole_kv, cache.k + cache.v, strict=True):
-            torch.testing.assert_close(after[[5, 9]], before[[5, 9]], rtol=0, atol=0)
+            shared_blocks = [table[i] for i in shared]
+            torch.testing.assert_close(after[shared_blocks], before[shared_blocks], rtol=0, atol=0)
+            torch.testing.assert_close(after[[5, 9]], before[[5, 9]], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
-            assert not after[2, :, 5:].any()  # the 3 padding rows wrote nothing into the prompt's block ...
+            assert not after[2, :, 5:].any()  # the padding rows wrote nothing into the prompt's block ...
             untouched = [b for b in range(after.shape[0]) if b not in (5, 9, 2, PADDING_BLOCK)]
             assert not after[untouched].any()  # ... nor into any block but the padding block
             assert after[PADDING_BLOCK].any()
@@ -689,7 +671,16 @@ def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_w
         scheduler.close()
 
 
-def test_key_buckets_double_up_to_what_the_longest_context_can_ask_for():
-    assert key_buckets(512, 4096) == (1024, 2048, 4096, 4608)
-    assert key_buckets(512, 2048) == (1024, 2048, 2560)
-    assert key_buckets(512, 512) == ()
+def test_a_hit_pads_its_rest_to_a_power_of_two_and_gathers_its_keys_into_doubling_slots(engine):
+    runner = engine.runner
+    runner.prefill_buckets = (16, 24, 32, 48, 64, 96)
+    assert runner.hit_row_buckets == (16, 32, 64, 96)  # the longest bucket, a rest can take it
+    limit = runner.cache.plan.max_seq_len + 96  # a whole context's cached start and a padded rest
+    assert runner.key_buckets == (*(b for b in (32, 64, 128, 256, 512, 1024, 2048, 4096) if b < limit), limit)
+    assert runner.hit_buckets(100, 16) == (96, 128)
+    assert runner.hit_buckets(130, 16) is None  # a rest of 114: eager
+    assert runner.hit_buckets(40, 0) is None  # no hit: the whole prompt's graph
+    shapes = runner.hit_shapes()
+    assert (16, 32) in shapes and (96, 128) in shapes and (32, 32) not in shapes  # a hit caches a block at least
+    runner.prefill_buckets = ()  # no CUDA graphs
+    assert (runner.hit_row_buckets, runner.key_buckets, runner.hit_buckets(100, 16)) == ((), (), None)

@@ -10,7 +10,7 @@
    bucket sizes leave lazy at large row counts (library kernels' configurations, the allocator's growth).
    Then one prompt at every prompt-length bucket: a prompt that comes alone is padded to one and replayed as a
    CUDA graph (awqd.engine.step), captured here after its first, eager, step. With the prefix cache on, a lone
-   prompt's pass after a hit past those buckets at every (rows, keys) bucket pair, captured likewise; last, an eager
+   prompt's pass after a hit at every (rows, keys) bucket pair, captured likewise; last, an eager
    pass of two prompts after prefix-cache hits, whose attention gathers the cached starts and attends over more keys
    than queries. Left lazy, it made the first hit slow: on an H200, a lone 1024-token prompt's first hit took 104 ms
    to its first token, the later ones 49-58 ms.
@@ -194,12 +194,11 @@ def _warm_prefill(scheduler: Scheduler, steps: _Steps) -> tuple[int, ...]:
 def _warm_hits(runner: StepRunner, steps: _Steps) -> None:
     """A lone prompt's pass after a prefix-cache hit, at every (rows, keys) bucket pair: its rows from position 0
     into the padding block, which the pass's graph does not tell from a hit."""
-    for rows in runner.prefill_buckets:
-        for keys in runner.key_buckets:
-            with steps.step(f"{rows}-row prefill after a hit over {keys} keys") as what:
-                logits, _ = runner.prefill_after_hit([0] * rows, [], 0, rows, keys)
-                _check_finite(logits, what)
-            steps.check_capture(runner.hit_eager_keys.get(("", (rows, keys))), what)
+    for rows, keys in runner.hit_shapes():
+        with steps.step(f"{rows}-row prefill after a hit over {keys} keys") as what:
+            logits, _ = runner.prefill_after_hit([0] * rows, [], 0, rows, keys)
+            _check_finite(logits, what)
+        steps.check_capture(runner.hit_eager_keys.get(("", (rows, keys))), what)
 
 
 def _prefill(scheduler: Scheduler, lengths: list[int], steps: _Steps, cached: int = 0) -> None:

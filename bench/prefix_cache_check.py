@@ -7,14 +7,15 @@ already (a prefix-cache hit), on the engine's own runner and scheduler:
    (a lone prompt's rest after a hit) against its masked form, on random tensors;
 1. correctness, against the whole prompt prefilled eagerly in one pass: the last position's logits (largest
    difference relative to the logits' own size, and whether the argmax agrees) and the k/v the rest wrote. For
-   several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone, captured
-   and replayed: within the prefill buckets its padded pass runs the whole prompt, past them its padded rest
-   attends over its gathered keys. The shared blocks must come out unchanged, bit for bit;
+   several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone, its rest's
+   graph captured and replayed (padded, attending over its gathered keys). The shared blocks must come out
+   unchanged, bit for bit;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
-   both in this run; and of a prompt alone as the runner serves it (a CUDA graph, as above) against its rest run
-   eagerly (a lone hit as served until the rest's graph), and the whole prompt eagerly (past the prefill buckets, a
-   lone miss as served). Each gives the host's share (the time until the call returned), and with --profile the
-   eager ones torch.profiler's table (profile-alone-eager-*.txt);
+   both in this run; and of a prompt alone after a hit as the runner serves it (its rest's CUDA graph) against a
+   miss as served (the whole prompt: its padded graph within the prefill buckets, eager past them), its rest run
+   eagerly (a lone hit as served before the rest's graph) and the whole prompt eagerly. Each gives the host's share
+   (the time until the call returned), and with --profile the eager ones torch.profiler's table
+   (profile-alone-eager-*.txt);
 3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
    streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
    the pass that skips the cached tokens runs fewer tokens, which can pick another kernel (on this CPU's dry run,
@@ -51,7 +52,6 @@ from awqd.models.loader import load_model
 RUNS = 5
 NEW_TOKENS = 64
 SERVED_AS = {
-    "padded": "padded, its CUDA graph over the whole prompt",
     "hit": "its rest padded, its CUDA graph over the gathered keys",
     "eager": "no graph bucket here",
 }
@@ -179,9 +179,7 @@ def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
 
 
 def served_as(runner, prompt_tokens: int, cached: int) -> str:
-    """How the runner serves a lone prompt after a hit: its whole prompt's graph, its rest's graph, or eagerly."""
-    if prompt_tokens <= max(runner.prefill_buckets, default=0):
-        return "padded"
+    """How the runner serves a lone prompt after a hit: its rest's graph, or eagerly."""
     return "hit" if runner.hit_buckets(prompt_tokens, cached) is not None else "eager"
 
 
@@ -239,13 +237,12 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
         times["whole_ms"], _ = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
         times["cached_ms"], _ = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
         times["speedup"] = times["whole_ms"] / times["cached_ms"]
-        # A prompt alone: what the runner does (a graph: its padded whole prompt within the prefill buckets, its
-        # padded rest past them) against its rest run eagerly, and, eagerly too, the whole prompt without a hit:
-        # past the graph buckets, that is a miss as served.
+        # A prompt alone, as served: a hit (its rest's graph) and a miss (the whole prompt); then both eagerly.
         alone_rest = functools.partial(runner.prefill, prompts[:1], rest_tables[:1], [cached])
         alone_whole = functools.partial(runner.prefill, prompts[:1], whole_tables[:1])
         times["alone_served_as"] = served_as(runner, prompt_tokens, cached)
         times["alone_served_ms"], times["alone_served_host_ms"] = timed_ms(alone_rest, device)
+        times["alone_miss_served_ms"], times["alone_miss_served_host_ms"] = timed_ms(alone_whole, device)
         buckets, runner.prefill_buckets = runner.prefill_buckets, ()
         try:
             times["alone_eager_rest_ms"], times["alone_eager_rest_host_ms"] = timed_ms(alone_rest, device)
@@ -309,8 +306,10 @@ def markdown(data: dict) -> str:
             "|---|---|---|---|",
             f"| {times['prompts']} | {times['whole_ms']:.2f} | {times['cached_ms']:.2f} | {times['speedup']:.2f}x |",
             "",
-            f"A prompt alone: {times['alone_served_ms']:.2f} ms as served "
-            f"({SERVED_AS[times['alone_served_as']]}; {times['alone_served_host_ms']:.2f} ms of the host), "
+            f"A prompt alone after its hit: {times['alone_served_ms']:.2f} ms as served "
+            f"({SERVED_AS[times['alone_served_as']]}; {times['alone_served_host_ms']:.2f} ms of the host). "
+            f"A miss as served: {times['alone_miss_served_ms']:.2f} ms "
+            f"({times['alone_miss_served_host_ms']:.2f} ms of the host). "
             f"{times['alone_eager_rest_ms']:.2f} ms with only its rest run eagerly. Eagerly, its rest took "
             f"{times['alone_eager_rest_host_ms']:.2f} ms of the host until the call returned, and the whole prompt "
             f"{times['alone_eager_whole_ms']:.2f} ms ({times['alone_eager_whole_host_ms']:.2f} ms of the host).",

@@ -13,7 +13,8 @@ Prefill attention: rotate_and_store writes the prompts' k and v to the cache; th
 causally over that prompt alone, or, after a prefix-cache hit, over its sequence in the cache from position 0.
 Several prompts on a GPU go to one variable-length flash-attention call per layer: one SDPA call per prompt cost 64 x
 32 launches and about 20 ms of GPU time for a 64-prompt step on an H200, with more on the host
-(bench/results/h200-2026-12-02-prefill).
+(bench/results/h200-2026-12-02-prefill). A prompt alone after a hit runs in fixed shapes instead, so that its pass
+can be a CUDA graph (PaddedSpan).
 """
 
 from dataclasses import dataclass
@@ -219,7 +220,9 @@ class PaddedSpan:
         blocks = torch.where(positions < k_offsets[1], table[columns].long(), padding_block)
         return cls(blocks, positions % block_tokens, q_offsets, k_offsets)
 
-    def attend(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, shape: AttentionShape):
+    def attend(
+        self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, shape: AttentionShape
+    ) -> torch.Tensor:
         """q [rows, heads, head_dim] over the gathered slots, each row causally over its sequence's keys aligned to
         their end (flash's variable-length convention). Returns [rows, heads * head_dim]."""
         keys, values = cache_k[self.blocks, :, self.slots], cache_v[self.blocks, :, self.slots]

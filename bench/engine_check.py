@@ -51,14 +51,15 @@ from awqd.engine.build import build_engine
 from awqd.engine.kv_cache import blocks_for
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Finished, Job
+from awqd.errors import FailedPrecondition
 from awqd.kernels import registry
 from awqd.kernels.base import Dispatch
-from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemmBatchInvariant
+from awqd.kernels.candidates.awqd_triton_gemm import AwqdTritonGemm, AwqdTritonGemmBatchInvariant
 from awqd.kernels.linear import KernelRouter
 from awqd.kernels.selection import DeviceDecisions, resolve_forced, select_kernels
 from awqd.kernels.shapes import engine_layer_shapes
 from awqd.models.checkpoint import open_checkpoint
-from awqd.models.loader import load_model
+from awqd.models.loader import LoadedModel, load_model
 from awqd.models.synth import synthesize
 from awqd.node.devices import discover
 
@@ -472,6 +473,29 @@ def main() -> int:
             results.data["decode_profile"] = profile_decode_step(eager, args.out)
         eager.close()
 
+    try:  # the daemon's own check: --batch-invariant needs awqd's Triton GEMM usable here
+        resolve_forced(decisions, AwqdTritonGemm.name)
+    except FailedPrecondition as error:
+        results.data["batch_invariant_not_run"] = str(error)
+    else:
+        batch_invariant(results, loaded, router, settings, prompts, vocab_size)
+        router.dispatch = dispatch
+
+    results.data["finished_at"] = datetime.now(UTC).isoformat()
+    results.write()
+    return 0 if not results.data["errors"] else 1
+
+
+def batch_invariant(
+    results: Results,
+    loaded: LoadedModel,
+    router: KernelRouter,
+    settings: EngineSettings,
+    prompts: list[list[int]],
+    vocab_size: int,
+) -> None:
+    """What --batch-invariant serves, where the daemon would serve it: greedy batched against alone, one query and
+    32 streams."""
     with step(results, "batch_invariant", 300):
         # What --batch-invariant serves: one fixed-tile GEMM for every batch size, the Triton lm_head.
         router.dispatch = Dispatch.single(AwqdTritonGemmBatchInvariant())
@@ -483,11 +507,6 @@ def main() -> int:
         results.data["batch_invariant_single_query"] = single_query(invariant, vocab_size, None, 3)
         results.data["batch_invariant_concurrency"] = concurrency(invariant, vocab_size, 32)
         invariant.close()
-        router.dispatch = dispatch
-
-    results.data["finished_at"] = datetime.now(UTC).isoformat()
-    results.write()
-    return 0 if not results.data["errors"] else 1
 
 
 def graph_vs_eager(results: Results, checkpoint: Path, device, dispatch, held, kv_cache_fraction: float) -> int:
@@ -585,6 +604,8 @@ def markdown(data: dict) -> str:
             f"{check['distinct_tokens_per_sequence']}"
             + (f"; first divergences at tokens {check['first_divergence']}" if check["first_divergence"] else "")
         )
+    if "batch_invariant_not_run" in data:
+        lines.append(f"- --batch-invariant: not run: {data['batch_invariant_not_run']}")
     if "layer_kernels" in data:
         kernels = data["layer_kernels"]
         lines.append(f"- Layer kernels vs torch on this GPU: {kernels['cases']} cases, failures: {kernels['failures']}")

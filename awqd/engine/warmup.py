@@ -9,11 +9,12 @@
    lengths, as a wave of clients arriving together would be admitted. Its first run pays once for what the
    bucket sizes leave lazy at large row counts (library kernels' configurations, the allocator's growth).
    Then one prompt at every prompt-length bucket: a prompt that comes alone is padded to one and replayed as a
-   CUDA graph (awqd.engine.step), captured here after its first, eager, step. With the prefix cache on, a lone
-   prompt's pass after a hit at every (rows, keys) bucket pair, captured likewise; last, an eager
-   pass of two prompts after prefix-cache hits, whose attention gathers the cached starts and attends over more keys
-   than queries. Left lazy, it made the first hit slow: on an H200, a lone 1024-token prompt's first hit took 104 ms
-   to its first token, the later ones 49-58 ms.
+   CUDA graph (awqd.engine.step), captured here after its first, eager, step. With the prefix cache on, the pass
+   after a hit of a lone prompt past those buckets, at every (rows, keys) bucket pair, captured likewise, so that
+   no request pays for a capture; last, an eager pass of two prompts after prefix-cache hits, whose attention
+   gathers the cached starts and attends over more keys than queries. Left lazy, that made the first hit slow: on
+   an H200, when a lone prompt's hit ran it too, a 1024-token prompt's first hit took 104 ms to its first token,
+   the later ones 49-58 ms.
 2. Decode at every batch bucket up to the KV-cache slot count, unpinned: each bucket's first step runs eagerly
    (compiling its kernels) and its CUDA graph is captured right after (awqd.engine.step). A request that pins a
    kernel still captures that pin's graphs on its first steps.

@@ -26,6 +26,7 @@ cannot be captured) leaves that key eager, with the reason kept and logged. On t
 every step is eager: the same code, minus capture.
 """
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import structlog
 import torch
 
 from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, KvCache
+from awqd.engine.layers.attention import varlen_flash_serves
 from awqd.engine.model import DecoderModel
 from awqd.kernels import split_counters
 from awqd.kernels.linear import KernelRouter
@@ -149,7 +151,8 @@ class StepRunner:
         rows = next((bucket for bucket in self.hit_row_buckets if bucket >= length - cached), None)
         if not cached or length <= max(self.prefill_buckets, default=0) or rows is None:
             return None
-        return rows, next(bucket for bucket in self.key_buckets if bucket >= cached + rows)
+        keys = next((bucket for bucket in self.key_buckets if bucket >= cached + rows), None)
+        return None if keys is None else (rows, keys)
 
     @property
     def hit_row_buckets(self) -> tuple[int, ...]:
@@ -161,13 +164,22 @@ class StepRunner:
     @property
     def key_buckets(self) -> tuple[int, ...]:
         """The key slots a pass after a hit gathers its sequence into: doubling from twice the longest prefill bucket
-        (the sequence is longer than it) to the most a sequence can ask for, its whole context and a padded rest."""
+        (the sequence is longer than it) to the most a sequence can ask for, its whole context and a padded rest.
+
+        A captured pass attends with flash only, up to the sliding window if any: the masked form would hold a score
+        for every slot of every row and head in the graph's memory (half a billion at 512 rows, 32 heads and 32k
+        slots). Where flash does not serve (an older GPU, fp32), there are no such graphs."""
         longest = max(self.prefill_buckets, default=0)
         if not longest or self.cache.plan.max_seq_len <= longest:
             return ()
         limit = self.cache.plan.max_seq_len + longest
         doubling = (2 * longest * 2**i for i in range(64))
-        return (*itertools.takewhile(lambda bucket: bucket < limit, doubling), limit)
+        buckets = (*itertools.takewhile(lambda bucket: bucket < limit, doubling), limit)
+        if not self.cuda_graphs:  # eager: the CPU's tests of the same pass, on its masked form
+            return buckets
+        model = self.model
+        serves = functools.partial(varlen_flash_serves, model.device, model.dtype, model.attention_shape)
+        return tuple(bucket for bucket in buckets if serves(bucket))
 
     def hit_shapes(self) -> list[tuple[int, int]]:
         """Every (rows, keys) pair a hit of at least one block can reach: what warm-up captures."""

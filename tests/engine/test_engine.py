@@ -17,6 +17,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from awqd.config import EngineSettings, ServeConfig
+from awqd.engine import step
 from awqd.engine.build import build_engine
 from awqd.engine.kv_cache import BLOCK_TOKENS, PADDING_BLOCK, BlockTables, allocate, plan_kv_cache
 from awqd.engine.model import DecoderModel, ModelShape
@@ -705,3 +706,26 @@ def test_a_long_prompts_hit_pads_its_rest_to_a_power_of_two_and_gathers_its_keys
     assert (16, 192) in shapes and (96, 192) in shapes and len(shapes) == 4 * len(runner.key_buckets)
     runner.prefill_buckets = ()  # no CUDA graphs
     assert (runner.hit_row_buckets, runner.key_buckets, runner.hit_buckets(100, 16)) == ((), (), None)
+
+
+def test_a_captured_pass_after_a_hit_takes_only_key_buckets_that_flash_serves(engine, monkeypatch):
+    """With CUDA graphs, a pass after a hit is captured only where flash attends over its slots (up to a sliding
+    window): the masked form would hold every score in the graph's memory. A longer span runs eagerly."""
+    runner = engine.runner
+    runner.prefill_buckets = (16, 32)
+    every = runner.key_buckets
+    assert len(every) >= 3
+    runner.cuda_graphs = True  # what a GPU runner has; nothing here captures
+    assert runner.key_buckets == ()  # flash serves no CPU tensor
+    served = []
+
+    def up_to_the_window(device, dtype, shape, longest):
+        served.append((device, dtype, shape))
+        return longest <= every[1]
+
+    monkeypatch.setattr(step, "varlen_flash_serves", up_to_the_window)
+    assert runner.key_buckets == every[:2]
+    model = runner.model
+    assert served[0] == (model.device, model.dtype, model.attention_shape)
+    assert runner.hit_buckets(40, 16) == (32, every[0])
+    assert runner.hit_buckets(every[1] + 8, every[1] - 8) is None  # its span passes the window: eager

@@ -244,15 +244,19 @@ class PaddedSpan:
 
 
 def _varlen_flash_serves(q: torch.Tensor, lengths: list[int], shape: AttentionShape) -> bool:
-    """Flash attention's own limits (sm80+, fp16/bf16, head_dim a multiple of 8 up to 256); a prompt longer than the
-    sliding window takes the SDPA path, which masks the window explicitly."""
+    return varlen_flash_serves(q.device, q.dtype, shape, max(lengths))
+
+
+def varlen_flash_serves(device: torch.device, dtype: torch.dtype, shape: AttentionShape, longest: int) -> bool:
+    """Flash attention's own limits (sm80+, fp16/bf16, head_dim a multiple of 8 up to 256); a sequence of `longest`
+    keys longer than the sliding window takes the SDPA path, which masks the window explicitly."""
     return (
-        q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
+        device.type == "cuda"
+        and dtype in (torch.float16, torch.bfloat16)
         and shape.head_dim % 8 == 0
         and shape.head_dim <= 256
-        and torch.cuda.get_device_capability(q.device) >= (8, 0)
-        and (shape.sliding_window is None or max(lengths) <= shape.sliding_window)
+        and torch.cuda.get_device_capability(device) >= (8, 0)
+        and (shape.sliding_window is None or longest <= shape.sliding_window)
     )
 
 

@@ -164,7 +164,8 @@ class StepRunner:
     @property
     def key_buckets(self) -> tuple[int, ...]:
         """The key slots a pass after a hit gathers its sequence into: doubling from twice the longest prefill bucket
-        (the sequence is longer than it) to the most a sequence can ask for, its whole context and a padded rest.
+        (the sequence is longer than it) to the context plus the longest prefill bucket, which any hit's start and
+        padded rest fit.
 
         A captured pass attends with flash only, up to the sliding window if any: the masked form would hold a score
         for every slot of every row and head in the graph's memory (half a billion at 512 rows, 32 heads and 32k
@@ -182,9 +183,17 @@ class StepRunner:
         return tuple(bucket for bucket in buckets if serves(bucket))
 
     def hit_shapes(self) -> list[tuple[int, int]]:
-        """Every (rows, keys) pair a hit of at least one block can reach: what warm-up captures."""
-        rows_keys = itertools.product(self.hit_row_buckets, self.key_buckets)
-        return [(rows, keys) for rows, keys in rows_keys if keys >= rows + BLOCK_TOKENS]
+        """Every (rows, keys) pair some hit reaches (whole cached blocks, a rest of a token or more, within the
+        context): what warm-up captures. For a cached start and a row bucket, the bucket's longest rest reaches
+        whatever a shorter one does: the keys depend on the bucket, and only a long enough prompt has a pass."""
+        max_seq_len, shapes = self.cache.plan.max_seq_len, set()
+        for cached in range(BLOCK_TOKENS, max_seq_len, BLOCK_TOKENS):
+            for shorter, rows in itertools.pairwise((0, *self.hit_row_buckets)):
+                rest = min(rows, max_seq_len - cached)
+                shape = self.hit_buckets(cached + rest, cached) if rest > shorter else None
+                if shape is not None:
+                    shapes.add(shape)
+        return sorted(shapes)
 
     def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
         """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.

@@ -691,19 +691,33 @@ def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_w
         scheduler.close()
 
 
+def every_hit_shape(runner) -> list[tuple[int, int]]:
+    """The (rows, keys) pairs of every hit within the context, whole blocks cached: what warm-up must capture."""
+    max_seq_len = runner.cache.plan.max_seq_len
+    every = {
+        runner.hit_buckets(length, cached)
+        for cached in range(BLOCK_TOKENS, max_seq_len, BLOCK_TOKENS)
+        for length in range(cached + 1, max_seq_len + 1)
+    }
+    return sorted(every - {None})
+
+
 def test_a_long_prompts_hit_pads_its_rest_to_a_power_of_two_and_gathers_its_keys_into_doubling_slots(engine):
     runner = engine.runner
     runner.prefill_buckets = (16, 24, 32, 48, 64, 96)
     assert runner.hit_row_buckets == (16, 32, 64, 96)  # the longest bucket, a rest can take it
-    limit = runner.cache.plan.max_seq_len + 96  # a whole context's cached start and a padded rest
+    limit = runner.cache.plan.max_seq_len + 96  # any hit's cached start and padded rest fit
     assert limit > 192
     assert runner.key_buckets == (*(b for b in (192, 384, 768, 1536, 3072, 6144) if b < limit), limit)
     assert runner.hit_buckets(100, 16) == (96, 192)
     assert runner.hit_buckets(130, 16) is None  # a rest of 114: eager
     assert runner.hit_buckets(40, 16) is None  # within the buckets: the whole prompt's graph
     assert runner.hit_buckets(100, 0) is None  # no hit
-    shapes = runner.hit_shapes()
-    assert (16, 192) in shapes and (96, 192) in shapes and len(shapes) == 4 * len(runner.key_buckets)
+    assert runner.hit_shapes() == every_hit_shape(runner)
+    assert (16, 192) in runner.hit_shapes() and (96, limit) in runner.hit_shapes()
+    runner.prefill_buckets = (16, 32)
+    assert runner.hit_shapes() == every_hit_shape(runner)
+    assert runner.key_buckets[-1] == limit - 64 and (16, limit - 64) not in runner.hit_shapes()  # no hit reaches it
     runner.prefill_buckets = ()  # no CUDA graphs
     assert (runner.hit_row_buckets, runner.key_buckets, runner.hit_buckets(100, 16)) == ((), (), None)
 

@@ -9,7 +9,8 @@ already (a prefix-cache hit), on the engine's own runner and scheduler:
    difference relative to the logits' own size, and whether the argmax agrees) and the k/v the rest wrote. For
    several prompts in one eager pass (their rest attends over the cached blocks), and for a prompt alone, its graph
    captured and replayed: within the prefill buckets its whole prompt's, past them its rest's (padded, attending
-   over its gathered keys). The shared blocks must come out unchanged, bit for bit;
+   over its gathered keys). The shared blocks must come out unchanged, bit for bit. Then every (rows, keys) graph
+   a lone prompt's hit can run, each reached by a prompt of its own, captured and replayed;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
    both in this run; and of a prompt alone after a hit as the runner serves it (a CUDA graph, as above) against a
    miss as served (the whole prompt: its padded graph within the prefill buckets, eager past them), its rest run
@@ -186,6 +187,57 @@ def served_as(runner, prompt_tokens: int, cached: int) -> str:
     return "padded" if prompt_tokens <= max(runner.prefill_buckets, default=0) else "eager"
 
 
+def reaching(runner, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """A (prompt length, cached start) whose hit the runner serves with the (rows, keys) graph `shape`: the longest
+    rest the row bucket takes, after the longest whole-block start the key bucket and the context allow."""
+    rows, keys = shape
+    for rest in range(rows, 0, -1):
+        cached = min(keys - rows, runner.cache.plan.max_seq_len - rest) // BLOCK_TOKENS * BLOCK_TOKENS
+        if cached > 0 and runner.hit_buckets(cached + rest, cached) == shape:
+            return cached + rest, cached
+    return None
+
+
+def hit_shapes(scheduler, vocab: int) -> list[dict]:
+    """Every (rows, keys) graph a lone prompt's hit can run, each reached by a prompt of its own and checked captured
+    and replayed against that whole prompt prefilled eagerly. On the CPU, eagerly, with small buckets: the same code
+    minus the capture."""
+    runner, model, cache = scheduler.runner, scheduler.runner.model, scheduler.runner.cache
+    served = runner.prefill_buckets
+    if not runner.cuda_graphs:
+        runner.prefill_buckets = (16, 32)
+    rows = []
+    try:
+        for shape in runner.hit_shapes():
+            found = reaching(runner, shape)
+            if found is None:
+                rows.append({"rows": shape[0], "keys": shape[1], "reached": False})
+                continue
+            length, cached = found
+            ids = engine_check.prompt(vocab, 300 + len(rows), length)
+            blocks = Blocks(scheduler)
+            try:
+                whole_table = blocks.take(length)
+                whole = model.prefill(
+                    [torch.tensor(ids, device=model.device)],
+                    torch.tensor([whole_table], dtype=torch.int32, device=model.device),
+                    cache,
+                )
+                start_table = blocks.take(cached)
+                write_start(model, cache, ids[:cached], start_table)
+                table = start_table + blocks.take(length - cached)
+                row = {"rows": shape[0], "keys": shape[1], "reached": True, "prompt_tokens": length, "cached": cached}
+                for replay in ("captured", "replayed"):
+                    logits, _ = runner.prefill([ids], [table], [cached])
+                    row[replay] = compare(whole, logits)
+                rows.append(row)
+            finally:
+                blocks.release()
+    finally:
+        runner.prefill_buckets = served
+    return rows
+
+
 def compare_kv(cache, whole_tables, rest_tables, cached: int, prompt_tokens: int) -> float:
     """The largest difference of the rests' k/v from the whole prompts', relative to their largest magnitude."""
     worst = 0.0
@@ -300,6 +352,25 @@ def markdown(data: dict) -> str:
         lines.append(f"A lone prompt's rest k/v: largest difference {checks['alone_rest_kv']:.2e} of the largest.")
     if "shared_blocks_unchanged" in checks:
         lines.append(f"Shared blocks unchanged, bit for bit: {checks['shared_blocks_unchanged']}.")
+    if shapes := data.get("hit_shapes"):
+        lines += [
+            "",
+            "## Every graph a lone prompt's hit can run, against its whole prompt",
+            "",
+            "| rows | keys | prompt | cached | captured: difference, argmax | replayed: difference, argmax | ok |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in shapes:
+            if not row["reached"]:
+                lines.append(f"| {row['rows']} | {row['keys']} | no prompt reaches it | | | | False |")
+                continue
+            captured, replayed = row["captured"], row["replayed"]
+            lines.append(
+                f"| {row['rows']} | {row['keys']} | {row['prompt_tokens']} | {row['cached']} | "
+                f"{captured['relative_difference']:.2e}, {captured['argmax_agrees']} | "
+                f"{replayed['relative_difference']:.2e}, {replayed['argmax_agrees']} | "
+                f"{captured['ok'] and replayed['ok']} |"
+            )
     if times := data.get("prefill"):
         lines += [
             "",
@@ -372,6 +443,8 @@ def main() -> int:
     with torch.inference_mode():
         with step(results, "correctness", 300):
             results.data["correctness"] = correctness(scheduler, vocab, *sizes)
+        with step(results, "hit_shapes", 300):
+            results.data["hit_shapes"] = hit_shapes(scheduler, vocab)
         with step(results, "prefill", 300):
             profiles = args.out if args.profile else None
             results.data["prefill"] = prefill_times(scheduler, vocab, args.prompts, *sizes, profiles)

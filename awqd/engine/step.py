@@ -147,7 +147,7 @@ class StepRunner:
     def hit_buckets(self, length: int, cached: int) -> tuple[int, int] | None:
         """The (rows, keys) buckets of a lone prompt's pass after a prefix-cache hit of `cached` positions, or None
         where it has none: no hit, no CUDA graphs, a prompt that fits a prefill bucket (its whole prompt's graph is
-        replayed), or a rest that does not."""
+        replayed), a rest that does not, or a span past what flash serves (key_buckets)."""
         rows = next((bucket for bucket in self.hit_row_buckets if bucket >= length - cached), None)
         if not cached or length <= max(self.prefill_buckets, default=0) or rows is None:
             return None

@@ -125,10 +125,11 @@ def padded_span_flash_against_masked(device: torch.device) -> list[dict]:
     return prefill_check.attention_errors(compare)
 
 
-def write_start(model, cache, ids: list[int], table: list[int]) -> None:
-    """The cached start, written by its own prefill, as an earlier request's would have."""
+def prefill_eagerly(model, cache, ids: list[int], table: list[int]) -> torch.Tensor:
+    """One prompt prefilled whole into `table`'s blocks, eagerly: a cached start as an earlier request would have
+    written it, or a whole prompt to check a hit against. Returns its last position's logits."""
     tables = torch.tensor([table], dtype=torch.int32, device=model.device)
-    model.prefill([torch.tensor(ids, device=model.device)], tables, cache)
+    return model.prefill([torch.tensor(ids, device=model.device)], tables, cache)
 
 
 def kv_rows(cache, table: list[int], start: int, end: int) -> torch.Tensor:
@@ -161,7 +162,7 @@ def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
         )
         # The cached start, then shared by both prompts' tables.
         start_table = blocks.take(cached)
-        write_start(model, cache, shared_start, start_table)
+        prefill_eagerly(model, cache, shared_start, start_table)
         rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
         shared_before = kv_rows(cache, start_table, 0, cached).clone()
         logits, _ = runner.prefill(prompts, rest_tables, [cached, cached])
@@ -172,6 +173,7 @@ def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
         for replay in range(2 if served != "eager" else 0):  # the first pass captures the graph, the second replays it
             logits, _ = runner.prefill([prompts[0]], [alone_table], [cached])
             rows[f"alone_{served}_{'replayed' if replay else 'captured'}"] = compare(whole[:1], logits)
+        if served != "eager":
             rows["alone_rest_kv"] = compare_kv(cache, whole_tables[:1], [alone_table], cached, prompt_tokens)
         rows["shared_blocks_unchanged"] = bool(torch.equal(kv_rows(cache, start_table, 0, cached), shared_before))
         synchronize(device)
@@ -217,14 +219,9 @@ def hit_shapes(scheduler, vocab: int) -> list[dict]:
             ids = engine_check.prompt(vocab, 300 + len(rows), length)
             blocks = Blocks(scheduler)
             try:
-                whole_table = blocks.take(length)
-                whole = model.prefill(
-                    [torch.tensor(ids, device=model.device)],
-                    torch.tensor([whole_table], dtype=torch.int32, device=model.device),
-                    cache,
-                )
+                whole = prefill_eagerly(model, cache, ids, blocks.take(length))
                 start_table = blocks.take(cached)
-                write_start(model, cache, ids[:cached], start_table)
+                prefill_eagerly(model, cache, ids[:cached], start_table)
                 table = start_table + blocks.take(length - cached)
                 row = {"rows": shape[0], "keys": shape[1], "reached": True, "prompt_tokens": length, "cached": cached}
                 for replay in ("captured", "replayed"):
@@ -284,7 +281,7 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
     device = model.device
     try:
         start_table = blocks.take(cached)
-        write_start(model, cache, shared_start, start_table)
+        prefill_eagerly(model, cache, shared_start, start_table)
         whole_tables = [blocks.take(prompt_tokens) for _ in prompts]
         rest_tables = [start_table + blocks.take(prompt_tokens - cached) for _ in prompts]
         # Several prompts go eagerly in both forms: the runner pads and replays only a prompt alone.

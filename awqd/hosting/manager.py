@@ -248,6 +248,8 @@ class ModelManager:
         running requests finish before its engine is freed, so none is dropped. Unloading the last replica unloads
         the model."""
         model, _, device = name.partition("@")
+        if not model:
+            raise InvalidArgument("name", "must name a hosted model, or MODEL@DEVICE for one replica")
         with self._lock:
             hosted = self._models.get(model)
             if hosted is None:

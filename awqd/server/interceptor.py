@@ -22,6 +22,8 @@ from awqd.server.limits import StreamLimit
 
 log = structlog.get_logger("awqd.rpc")
 
+MAX_DETAILS_BYTES = 2048  # at most 3x that once percent-encoded: under grpc's 8 KiB default metadata limit
+
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps AwqdError to its status code, anything else to INTERNAL, and logs one line per RPC."""
@@ -143,9 +145,20 @@ def retry_hint(error: Exception) -> tuple[tuple[str, str], ...]:
 
 def status_for(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, AwqdError):
-        return grpc.StatusCode[error.code.name], str(error)
+        return grpc.StatusCode[error.code.name], bounded(str(error))
     log.error("rpc_failed", method=method, exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
+
+
+def bounded(details: str) -> str:
+    """Details cut to MAX_DETAILS_BYTES. They travel percent-encoded in a trailer, and a client refuses a trailer
+    past its metadata limit (8 KiB by default in grpc) with RESOURCE_EXHAUSTED, which would hide the real status
+    of a request that echoes a long field back."""
+    encoded = details.encode()
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return details
+    kept = encoded[:MAX_DETAILS_BYTES].decode(errors="ignore")
+    return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes)"
 
 
 def log_rpc(method: str, code: grpc.StatusCode, started: float, peer: str, **fields) -> None:

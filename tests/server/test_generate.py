@@ -182,6 +182,10 @@ def test_concurrent_streams_on_one_model_all_complete(daemon):
         ({"cache_salt": "é" * 129}, grpc.StatusCode.INVALID_ARGUMENT, "cache_salt"),
         ({"kernel": "no_such_kernel"}, grpc.StatusCode.INVALID_ARGUMENT, "kernel"),
         ({"kernel": "autoawq_gemv_cuda"}, grpc.StatusCode.FAILED_PRECONDITION, "supported:"),
+        # Echoed back at full length, these would pass grpc's 8 KiB trailer limit: the client would see
+        # RESOURCE_EXHAUSTED instead of the status.
+        ({"model": "m" * 20000}, grpc.StatusCode.NOT_FOUND, "more bytes"),
+        ({"kernel": "k" * 20000}, grpc.StatusCode.INVALID_ARGUMENT, "kernel: unknown kernel"),
     ],
 )
 def test_bad_generate_requests_get_their_status(client, daemon, options, code, field):
@@ -242,6 +246,23 @@ def test_paths_outside_the_model_root_are_refused(client, path):
     with pytest.raises(AwqdError) as raised:
         client.load_model("escape", path)
     assert raised.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda client: client.load_model("é" * 10000, "copy"), "name"),
+        (lambda client: client.unload_model(""), "name"),
+        (lambda client: client.unload_model("@cpu"), "name"),
+    ],
+    ids=["long-load-name", "empty-unload-name", "replica-without-model"],
+)
+def test_bad_model_management_requests_name_the_field(client, daemon, call, field):
+    with pytest.raises(AwqdError) as raised:
+        call(client)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith(f"{field}: ")
+    assert daemon.health() == 1
 
 
 def test_load_generate_unload(client, daemon, demo_model_dir, model_root):

@@ -67,8 +67,8 @@ def serve(
         int,
         typer.Option(
             envvar="AWQD_MAX_WORKERS",
-            help="threads for the calls that block (LoadModel, UnloadModel, Describe, Benchmark steps); streams "
-            "need none",
+            help="threads for the calls that block (LoadModel, UnloadModel, Describe, Benchmark steps) and for "
+            "tokenizing prompts; streams need none",
         ),
     ] = 32,
     feature_file: Annotated[

@@ -101,7 +101,7 @@ class ServeConfig:
     single_layout: bool = False
     grace_period_s: float = 30.0
     max_new_tokens_cap: int = 2048
-    max_workers: int = 32  # threads for the daemon calls that block (LoadModel, Describe, ...), not streams
+    max_workers: int = 32  # threads for the daemon calls that block (LoadModel, Describe, tokenizing), not streams
     feature_file: Path | None = None  # NFD features.d file for node labels; None: no labels
     log_level: str = "info"
     log_format: str = "json"

@@ -284,7 +284,10 @@ class Daemon:
     def hosted_models(self) -> list[HostedModel]:
         return self.models.list()
 
-    def generate(self, params: GenerateParams) -> Job:
+    def prepare(self, params: GenerateParams, received_at: float) -> tuple[HostedModel, Job]:
+        """A request checked and tokenized into a job for its model; its timings count from received_at
+        (perf_counter). Tokenizing grows with the prompt (about a second per megabyte of text), so the server runs
+        this off its loop, and submits the job on it."""
         params.validate(self.config.max_new_tokens_cap)
         hosted = self.models.ready(params.model)
         loaded = hosted.loaded
@@ -296,16 +299,20 @@ class Daemon:
                     f"kernel {pinned.name} needs the {pinned.layout!r} layout, but model {hosted.name!r} holds "
                     f"{list(loaded.layouts)} (it was loaded with --single-layout or a forced kernel)"
                 )
-        prompt_ids = params.prompt_ids(loaded.tokenizer, loaded.config.vocab_size, loaded.context_length)
+        prompt_ids = params.prompt_ids(
+            loaded.tokenizer, loaded.config.vocab_size, loaded.context_length, loaded.prompt_bytes_cap
+        )
         if len(prompt_ids) > self.config.max_prompt_tokens:
             raise InvalidArgument(
                 "prompt_token_ids" if params.prompt_token_ids else "prompt",
                 f"{len(prompt_ids)} tokens exceed this daemon's cap of {self.config.max_prompt_tokens} "
                 "(--max-prompt-tokens)",
             )
-        job = Job(params=params, prompt_ids=prompt_ids, pinned=pinned)
-        self.models.submit(hosted, job)  # the least-loaded ready replica (awqd.hosting.replicas)
-        return job
+        return hosted, Job(params=params, prompt_ids=prompt_ids, pinned=pinned, received_at=received_at)
+
+    def submit(self, hosted: HostedModel, job: Job) -> None:
+        """Queues a prepared job on the least-loaded ready replica of its model (awqd.hosting.replicas)."""
+        self.models.submit(hosted, job)
 
     def node_state(self) -> NodeState:
         now = datetime.now(UTC)

@@ -45,22 +45,29 @@ class GenerateParams:
         if len(self.cache_salt.encode()) > MAX_CACHE_SALT_BYTES:
             raise InvalidArgument("cache_salt", f"must be at most {MAX_CACHE_SALT_BYTES} bytes")
 
-    def prompt_ids(self, tokenizer, vocab_size: int, context_length: int) -> list[int]:
-        """Tokenizes the prompt and checks it against the model's vocabulary and context window."""
+    def prompt_ids(self, tokenizer, vocab_size: int, context_length: int, prompt_bytes_cap: int | None) -> list[int]:
+        """Tokenizes the prompt and checks it against the model's vocabulary and context window. Text past
+        prompt_bytes_cap (awqd.models.token_span), and more ids than the context holds, are refused before the work
+        that grows with them."""
         field = "prompt_token_ids" if self.prompt_token_ids else "prompt"
         if self.prompt_token_ids:
             ids = list(self.prompt_token_ids)
+            self._check_fits(field, len(ids), context_length)
             out_of_range = [i for i in ids if i >= vocab_size]
             if out_of_range:
                 raise InvalidArgument(field, f"token id {out_of_range[0]} is outside the vocabulary of {vocab_size}")
         else:
+            size = len(self.prompt.encode())
+            if prompt_bytes_cap is not None and size > prompt_bytes_cap:
+                raise InvalidArgument(
+                    field,
+                    f"{size} bytes of text cannot fit the model's context window of {context_length} tokens "
+                    f"(the cap is {prompt_bytes_cap} bytes)",
+                )
             ids = tokenizer(self.prompt)["input_ids"]
             if not ids:
                 raise InvalidArgument(field, "tokenizes to no tokens")
-        if len(ids) >= context_length:
-            raise InvalidArgument(
-                field, f"{len(ids)} tokens do not fit the model's context window of {context_length} tokens"
-            )
+            self._check_fits(field, len(ids), context_length)
         if len(ids) + self.max_new_tokens > context_length:
             raise InvalidArgument(
                 "max_new_tokens",
@@ -68,3 +75,10 @@ class GenerateParams:
                 f"context window of {context_length} tokens",
             )
         return ids
+
+    @staticmethod
+    def _check_fits(field: str, tokens: int, context_length: int) -> None:
+        if tokens >= context_length:
+            raise InvalidArgument(
+                field, f"{tokens} tokens do not fit the model's context window of {context_length} tokens"
+            )

@@ -25,6 +25,7 @@ from awqd.kernels.base import Candidate
 from awqd.kernels.linear import AwqLinear, KernelRouter
 from awqd.models import compressed_tensors
 from awqd.models.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint
+from awqd.models.token_span import prompt_bytes_cap
 from awqd.quant.packing import expected_shapes, unpack
 from awqd.quant.tensors import QuantConfig, QuantizedWeight, concat_out_features
 
@@ -46,6 +47,7 @@ class LoadedModel:
     context_length: int
     device: torch.device
     layouts: tuple[str, ...]  # packed layouts every quantized layer holds; the first is the primary
+    prompt_bytes_cap: int | None  # longer prompt text cannot fit the context: refused before it is tokenized
     fused: bool = False  # qkv_proj and gate_up_proj replace the separate projections
 
 
@@ -91,9 +93,10 @@ def load_model(
     model.requires_grad_(False)
 
     plain_bytes, primary_bytes, extra_bytes, layouts = memory_use(model)
+    tokenizer = load_tokenizer(checkpoint.path)
     return LoadedModel(
         model=model,
-        tokenizer=load_tokenizer(checkpoint.path),
+        tokenizer=tokenizer,
         config=config,
         architecture=checkpoint.architecture,
         quant_config=checkpoint.quant_config,
@@ -102,6 +105,7 @@ def load_model(
         context_length=config.max_position_embeddings,
         device=device,
         layouts=layouts,
+        prompt_bytes_cap=prompt_bytes_cap(tokenizer, config.max_position_embeddings),
         fused=fuse,
     )
 

@@ -2,7 +2,8 @@
 
 It runs on the server's asyncio loop. Generate streams the engine's events through the EventBridge (pulled by a
 call here, pushed for one a frontend relays); daemon calls that can block (loading a model, unloading one, reading
-device memory, a benchmark's measurements) run on the bounded `blocking` executor, so the loop never waits on them.
+device memory, a benchmark's measurements, a prompt's tokenizing) run on the bounded `blocking` executor, so the
+loop never waits on them.
 """
 
 import asyncio
@@ -35,7 +36,7 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         return await self._off_loop(lambda: messages.describe(self.daemon.node_state(), self.daemon.hosted_models()))
 
     async def Generate(self, request: pb.GenerateRequest, context):
-        async for message in self.events.stream(self._start(request, context.add_done_callback)):
+        async for message in self.events.stream(await self._start(request, context.add_done_callback)):
             yield messages.generate_response(message.delta, message.finished)
 
     async def generate_to(
@@ -46,13 +47,17 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
     ) -> None:
         """Generate for a call a frontend process relays (awqd.server.relay): each message goes to send, on the
         loop, as the engine hands it over; returns after the last, or raises the error that ended the job."""
-        job = self._start(request, on_call_end)
+        job = await self._start(request, on_call_end)
         await self.events.deliver(
             job, lambda message: send(messages.generate_response(message.delta, message.finished))
         )
 
-    def _start(self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]) -> Job:
-        job = self.daemon.generate(messages.generate_params(request))
+    async def _start(self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]) -> Job:
+        # Off the loop: a long prompt's tokenizing would stall every stream. Submitted on it, with nothing awaited
+        # between, so that a call cancelled meanwhile never queues a job nobody would cancel.
+        received_at = time.perf_counter()  # time to first token counts the tokenizing, and the wait for a thread
+        hosted, job = await self._off_loop(self.daemon.prepare, messages.generate_params(request), received_at)
+        self.daemon.submit(hosted, job)
         on_call_end(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
         return job
 

@@ -185,6 +185,8 @@ def test_concurrent_streams_on_one_model_all_complete(daemon):
         # Echoed back at full length, these would pass grpc's 8 KiB trailer limit: the client would see
         # RESOURCE_EXHAUSTED instead of the status.
         ({"model": "m" * 20000}, grpc.StatusCode.NOT_FOUND, "more bytes"),
+        # Refused by its size, before it is tokenized (about a second per megabyte).
+        ({"prompt": "hello " * 1_000_000}, grpc.StatusCode.INVALID_ARGUMENT, "bytes of text cannot fit"),
         ({"kernel": "k" * 20000}, grpc.StatusCode.INVALID_ARGUMENT, "kernel: unknown kernel"),
     ],
 )

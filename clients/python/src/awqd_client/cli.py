@@ -171,7 +171,14 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.0,
     top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = None,
     top_k: Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0: no limit.")] = 0,
-    seed: Annotated[int | None, typer.Option(min=0, help="Sampling seed; the same seed gives the same text.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Sampling seed; the text repeats exactly on a daemon run with --batch-invariant (otherwise "
+            "batching can flip a near-tie).",
+        ),
+    ] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop at this string (repeatable).")] = None,
     kernel: Annotated[str, typer.Option(help='"auto", gemm, gemv, gemv_fast or a candidate name.')] = "auto",
     cache_salt: Annotated[

@@ -52,6 +52,17 @@ class IncrementalDecoder:
             return delta
         return ""
 
+    def flush(self) -> str:
+        """The text held back at the end, when no token will come to finish a character: as the tokenizer decodes
+        it (an incomplete character as U+FFFD), so that the deltas add up to the decode of every id."""
+        if self.read_offset == len(self.ids):
+            return ""
+        prefix = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        self.prefix = None
+        return text[len(prefix) :]
+
 
 @dataclass
 class StopMatcher:

@@ -186,10 +186,14 @@ class Sequence:
         return self.job.prompt_ids + self.generated
 
     def finish(self, reason: FinishReason | None = None) -> Finished:
-        """Streams the held-back tail where the text ended normally; returns the summary for the caller to send."""
+        """Streams the held-back tail where the text ended normally: an unfinished character, as the tokenizer
+        decodes it, and the text held for a stop sequence (cut where the tail completes one). Returns the summary
+        for the caller to send."""
         self.finish_reason = reason or self.finish_reason
-        if self.finish_reason in (FinishReason.LENGTH, FinishReason.EOS) and (tail := self.stops.flush()):
-            self.job.events.put(TokenDelta(text=tail, token_ids=()))
+        if self.finish_reason in (FinishReason.LENGTH, FinishReason.EOS):
+            tail = self.stops.feed(self.decoder.flush())[0] + self.stops.flush()  # nothing is held after a stop
+            if tail:
+                self.job.events.put(TokenDelta(text=tail, token_ids=()))
         return summary(
             self.job,
             self.finish_reason,

@@ -185,6 +185,23 @@ def test_text_decoder_and_incremental_decoder_give_transformers_text(demo_model_
         assert decoder.push(token) == expected
 
 
+def test_the_deltas_and_the_flush_add_up_to_transformers_text_at_every_length(demo_model_dir):
+    """Wherever the ids end, inside a multi-byte character included, the flush gives what is held back as the
+    tokenizer decodes it."""
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    rng = random.Random(11)
+    byte_ids = [tokenizer.convert_tokens_to_ids(symbol) for symbol in ("Ã", "°", "Ł", "Ġ", "ð", "Ł", "ĺ", "Ģ")]
+    ids = [rng.choice(byte_ids) if rng.random() < 0.6 else rng.randrange(len(tokenizer)) for _ in range(150)]
+    held_back = 0
+    for length in range(1, len(ids) + 1):
+        decoder = IncrementalDecoder(tokenizer)
+        streamed = "".join(decoder.push(token) for token in ids[:length])
+        tail = decoder.flush()
+        held_back += bool(tail)
+        assert streamed + tail == tokenizer.decode(ids[:length], skip_special_tokens=True), f"{length} ids"
+    assert held_back > 10  # ends inside a character are exercised
+
+
 def test_a_failing_decode_step_under_overlap_fails_its_rows_after_the_step_before_streams(engines, monkeypatch):
     """A decode step that raises at its launch fails the sequences it held, each after every token of the steps
     before it; their blocks come back and the engine serves on."""

@@ -115,6 +115,20 @@ def test_token_id_prompt_matches_text_prompt(client):
     assert by_ids == ids
 
 
+def test_the_streamed_text_is_the_decode_of_the_streamed_ids(client, demo_model_dir):
+    """Hot sampling ends some streams inside a multi-byte character: its bytes come out as the tokenizer decodes
+    them (U+FFFD), not dropped, so a client's text and ids agree."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    unfinished = 0
+    for seed in range(20):
+        text, ids, completion = run(client, "😀 héllo wörld", max_new_tokens=60, temperature=1.5, seed=seed)
+        assert text == tokenizer.decode(ids, skip_special_tokens=True), f"seed {seed}"
+        unfinished += completion.finish_reason == pb.FINISH_REASON_LENGTH and text.endswith("\ufffd")
+    assert unfinished, "no stream ended inside a character: the case is not exercised"
+
+
 def test_cancelling_mid_stream_frees_the_worker(client, daemon):
     stream = client.generate(DEMO, "a long story", max_new_tokens=MAX_NEW_TOKENS_CAP)
     next(stream)

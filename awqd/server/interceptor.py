@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from awqd.errors import AwqdError, RetryLater
+from awqd.errors import AwqdError, InvalidArgument, RetryLater
 from awqd.metrics import RPC_REQUESTS
 from awqd.server.auth import Authorizer
 from awqd.server.frames import PEER_KEY
@@ -40,13 +40,15 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        parse = lenient(handler.request_deserializer)
         if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_call(method, handler.unary_unary))
+            behavior = handler.unary_unary
+            return handler._replace(request_deserializer=parse, unary_unary=self._wrap_call(method, behavior))
         if handler.unary_stream:
             # A stream is an async generator (awq.v1's), or a coroutine that writes its messages (health's Watch).
             behavior = handler.unary_stream
             wrap = self._wrap_stream if inspect.isasyncgenfunction(behavior) else self._wrap_call
-            return handler._replace(unary_stream=wrap(method, behavior))
+            return handler._replace(request_deserializer=parse, unary_stream=wrap(method, behavior))
         return handler
 
     def _peer(self, context: grpc.aio.ServicerContext) -> str:
@@ -66,7 +68,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 rpc_scope(method, self._peer(context), context) as call,  # the peer read while the call is alive
                 admitted(method, metadata, self.authorizer, None),
             ):
-                return await behavior(request, context)
+                return await behavior(parsed(request), context)
             await _abort(context, call)  # reached only when the call failed: rpc_scope kept its status
 
         return wrapped
@@ -78,12 +80,40 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 rpc_scope(method, self._peer(context), context) as call,  # the peer read while the call is alive
                 admitted(method, metadata, self.authorizer, self.streams),
             ):
-                async for response in behavior(request, context):
+                async for response in behavior(parsed(request), context):
                     yield response
             if call.failed:
                 await _abort(context, call)
 
         return wrapped
+
+
+@dataclass
+class Malformed:
+    """A request whose bytes did not parse. grpc would answer UNKNOWN before the interceptor saw the call; the
+    wrapper answers INVALID_ARGUMENT instead, after authorization, and the call is logged and counted like any
+    other."""
+
+    error: Exception
+
+
+def lenient(deserialize: Callable | None) -> Callable | None:
+    if deserialize is None:  # a generic handler takes the bytes as they came
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as error:  # protobuf's DecodeError, or another error on some inputs
+            return Malformed(error)
+
+    return parse
+
+
+def parsed(request):
+    if isinstance(request, Malformed):
+        raise InvalidArgument("request", f"cannot be parsed: {request.error}")
+    return request
 
 
 @dataclass

@@ -21,12 +21,11 @@ from pathlib import Path
 import structlog
 
 from awqd.config import ServeConfig
-from awqd.errors import InvalidArgument
 from awqd.metrics import FRONTEND_PROCESSES, FRONTEND_RESTARTS
 from awqd.server.auth import Authorizer
 from awqd.server.frames import Outbox, read_batch
 from awqd.server.frontend import GENERATE, FrontendConfig
-from awqd.server.interceptor import admitted, rpc_scope
+from awqd.server.interceptor import admitted, lenient, parsed, rpc_scope
 from awqd.server.limits import StreamLimit
 from awqd.server.servicer import AwqdServicer
 from awqd_client.v1 import awqd_pb2 as pb
@@ -91,16 +90,13 @@ class Relay:
                 rpc_scope(GENERATE, peer, frontend=frontend) as call,
                 admitted(GENERATE, metadata, self.authorizer, self.streams),
             ):
-                try:
-                    parsed = pb.GenerateRequest.FromString(request)
-                except Exception as error:  # protobuf's DecodeError, or another error on some inputs
-                    raise InvalidArgument("request", f"not a GenerateRequest: {error}") from None
+                generate_request = parsed(lenient(pb.GenerateRequest.FromString)(request))
                 # Each message is appended to the frame in the bridge's wake-up that brings it. The wake-up's first
                 # append schedules the frame's write ahead of the calls the wake-up ends, so when a wave's streams
                 # all end in one step, their last messages leave before those calls' bookkeeping (log lines,
                 # counters) runs.
                 await self.servicer.generate_to(
-                    parsed,
+                    generate_request,
                     call_ended.append,
                     lambda response: outbox.send(("message", call_id, response.SerializeToString())),
                 )

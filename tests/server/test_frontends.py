@@ -145,6 +145,15 @@ def test_statuses_through_a_frontend_are_the_engines(daemon):
             request = pb.GenerateRequest(model="nope", prompt=PROMPT, max_new_tokens=4)
             list(stub.Generate(request, metadata=AUTH, timeout=30))
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        corrupt = b"\x0a\xff\xff\xff\xff\x0f"  # a length-delimited field that runs past the end
+        for method in ("Generate", "ListModels"):  # relayed, then forwarded
+            with pytest.raises(grpc.RpcError) as unparsed:
+                if method == "Generate":
+                    list(channel.unary_stream(f"/awq.v1.AwqdService/{method}")(corrupt, metadata=AUTH, timeout=30))
+                else:
+                    channel.unary_unary(f"/awq.v1.AwqdService/{method}")(corrupt, metadata=AUTH, timeout=30)
+            assert unparsed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert unparsed.value.details().startswith("request: cannot be parsed"), method
 
 
 def test_over_capacity_through_frontends_gets_the_retry_hint_and_cancelling_frees_the_slots(daemon):

@@ -104,6 +104,24 @@ def test_one_log_line_per_rpc(daemon):
     assert line["level"] == "info" and "timestamp" in line
 
 
+@pytest.mark.parametrize(("method", "streams"), [("ListModels", False), ("Generate", True)])
+def test_a_request_that_does_not_parse_is_invalid_argument_and_logged(daemon, method, streams):
+    full_name = f"/awq.v1.AwqdService/{method}"
+    corrupt = b"\x0a\xff\xff\xff\xff\x0f"  # a length-delimited field that runs past the end
+    with grpc.insecure_channel(daemon.target) as channel, pytest.raises(grpc.RpcError) as raised:
+        if streams:
+            list(channel.unary_stream(full_name)(corrupt, timeout=10))
+        else:
+            channel.unary_unary(full_name)(corrupt, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith("request: cannot be parsed")
+    deadline = time.monotonic() + 5
+    while not (lines := [e for e in daemon.events("rpc") if e.get("method") == full_name]):
+        assert time.monotonic() < deadline, f"no rpc line for {full_name}"
+        time.sleep(0.1)
+    assert lines[-1]["code"] == "INVALID_ARGUMENT"
+
+
 def test_sigterm_exits_zero_within_grace_period(tmp_path):
     process = DaemonProcess(tmp_path, *BOOT_ARGS, "--grace-period", "5")
     try:

@@ -11,16 +11,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from functools import partial
 from typing import TypeVar
 
 from awqd.daemon import Daemon
 from awqd.engine.sequence import Job
+from awqd.hosting.manager import HostedModel
 from awqd.server import messages
 from awqd.server.events import EventBridge
 from awqd_client.v1 import awqd_pb2 as pb
 from awqd_client.v1 import awqd_pb2_grpc
 
 T = TypeVar("T")
+
+INLINE_PROMPT_IDS = 4096  # checking this many token ids takes about as long as the hop to a thread (0.2 ms)
 
 
 class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
@@ -53,13 +57,20 @@ class AwqdServicer(awqd_pb2_grpc.AwqdServiceServicer):
         )
 
     async def _start(self, request: pb.GenerateRequest, on_call_end: Callable[[Callable[[object], None]], None]) -> Job:
-        # Off the loop: a long prompt's tokenizing would stall every stream. Submitted on it, with nothing awaited
-        # between, so that a call cancelled meanwhile never queues a job nobody would cancel.
         received_at = time.perf_counter()  # time to first token counts the tokenizing, and the wait for a thread
-        hosted, job = await self._off_loop(self.daemon.prepare, messages.generate_params(request), received_at)
+        prepare = partial(self._prepare, request, received_at)
+        # Text is tokenized off the loop: on it, a long prompt would stall every stream for as long as that takes.
+        # A few token ids are checked on it, which costs less than the hop.
+        inline = not request.prompt and len(request.prompt_token_ids) <= INLINE_PROMPT_IDS
+        hosted, job = prepare() if inline else await self._off_loop(prepare)
+        # Submitted on the loop, with nothing awaited since the job was made, so that a call cancelled meanwhile
+        # never queues a job nobody would cancel.
         self.daemon.submit(hosted, job)
         on_call_end(lambda _: job.cancelled.set())  # the client cancelled or its deadline passed
         return job
+
+    def _prepare(self, request: pb.GenerateRequest, received_at: float) -> tuple[HostedModel, Job]:
+        return self.daemon.prepare(messages.generate_params(request), received_at)
 
     async def Benchmark(self, request: pb.BenchmarkRequest, context):
         stop = threading.Event()

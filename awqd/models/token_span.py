@@ -5,8 +5,8 @@ The bound holds for a BPE tokenizer that spells every byte (byte-level, or byte 
 pre-tokenizer keep the text: then every byte of the text is in some token, and no token stands for more bytes than
 its spelling has (byte-level and SentencePiece spellings are longer than the bytes they stand for). Unicode
 normalization may shrink text (NFC composes up to three code points into one), which SHRINK_MARGIN covers. A
-tokenizer with an unknown token that swallows a word, or a step that drops text (whitespace splitting), has no
-bound: its prompts are always tokenized.
+tokenizer with an unknown token that swallows a word, an added token that absorbs the whitespace beside it
+(lstrip, rstrip), or a step that drops text (whitespace splitting), has no bound: its prompts are always tokenized.
 """
 
 import json
@@ -34,6 +34,7 @@ def longest_token_bytes(tokenizer: PreTrainedTokenizerBase) -> int | None:
     vocab = tokenizer.get_vocab()
     if not (
         spec["model"]["type"] == "BPE"
+        and not any(added["lstrip"] or added["rstrip"] for added in spec["added_tokens"])  # they absorb spaces
         and _spells_every_byte(spec, vocab)
         and _keeps_text(spec.get("normalizer"), "normalizers")
         and _keeps_text(spec.get("pre_tokenizer"), "pretokenizers")

@@ -5,7 +5,7 @@ pack unbounded text into a token get no cap."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from awqd.models.token_span import SHRINK_MARGIN, longest_token_bytes, prompt_bytes_cap
@@ -79,12 +79,17 @@ def test_the_cap_counts_the_longest_added_token(tokenizers):
         assert prompt_bytes_cap(tokenizer, 100) == SHRINK_MARGIN * longest_token_bytes(tokenizer) * 100
 
 
-def byte_level(normalizer=None, pre_tokenizer=None, alphabet: bool = True) -> PreTrainedTokenizerFast:
+def byte_level(normalizer=None, pre_tokenizer=None, alphabet: bool = True, added=None) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     if normalizer is not None:
         tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel()
-    return train(tokenizer, ["<unk>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if alphabet else [])
+    wrapped = train(
+        tokenizer, ["<unk>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if alphabet else []
+    )
+    if added is not None:  # "   <mask>   " is one token, whatever the spaces
+        wrapped.add_special_tokens({"additional_special_tokens": [added]})
+    return wrapped
 
 
 def word_level() -> PreTrainedTokenizerFast:
@@ -109,6 +114,7 @@ def word_level() -> PreTrainedTokenizerFast:
             id="split-removes",
         ),
         pytest.param(lambda: byte_level(alphabet=False), id="bytes-missing-from-the-vocabulary"),
+        pytest.param(lambda: byte_level(added=AddedToken("<mask>", lstrip=True)), id="added-token-absorbs-spaces"),
     ],
 )
 def test_tokenizers_that_can_pack_unbounded_text_get_no_cap(build):

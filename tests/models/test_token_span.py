@@ -118,7 +118,7 @@ def word_level() -> PreTrainedTokenizerFast:
     ],
 )
 def test_tokenizers_that_can_pack_unbounded_text_get_no_cap(build):
-    assert longest_token_bytes(byte_level()) is not None  # each case differs from a capped tokenizer by one step
+    assert longest_token_bytes(byte_level()) is not None  # the byte-level cases each change one step of it
     tokenizer = build()
     assert longest_token_bytes(tokenizer) is None
     assert prompt_bytes_cap(tokenizer, 100) is None

@@ -79,7 +79,7 @@ def lone_first_tokens(target: str, model: str, requests: int) -> dict:
 
 
 def thread_hop() -> dict:
-    """The round trip a prompt now makes from the loop to a worker thread and back, with an idle pool of the
+    """The round trip a text prompt makes from the loop to a worker thread and back, with an idle pool of the
     daemon's default size, measured in this process."""
 
     async def hops() -> list[float]:

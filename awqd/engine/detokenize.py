@@ -57,11 +57,10 @@ class IncrementalDecoder:
         it (an incomplete character as U+FFFD), so that the deltas add up to the decode of every id."""
         if self.read_offset == len(self.ids):
             return ""
-        prefix = self.decode(self.ids[self.prefix_offset : self.read_offset])
         text = self.decode(self.ids[self.prefix_offset :])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        self.prefix = None
-        return text[len(prefix) :]
+        held = text[len(self.prefix) :]  # push decoded the prefix when it took the ids held since
+        self.prefix_offset, self.read_offset, self.prefix = len(self.ids), len(self.ids), None
+        return held
 
 
 @dataclass

@@ -32,9 +32,8 @@ class BenchmarkParams:
     def validate(self) -> None:
         """Raises InvalidArgument naming the field."""
         if self.mode not in MODES:
-            raise InvalidArgument(
-                "mode", f"{self.mode or 'unspecified'}: must be KERNEL, SINGLE_QUERY, BATCH_SWEEP or QUALITY"
-            )
+            values = ", ".join(f"BENCHMARK_MODE_{mode.upper()}" for mode in MODES)
+            raise InvalidArgument("mode", f"{self.mode or 'BENCHMARK_MODE_UNSPECIFIED'}: must be one of {values}")
         if self.iterations > MAX_ITERATIONS:
             raise InvalidArgument("iterations", f"{self.iterations} exceeds the cap of {MAX_ITERATIONS}")
         if self.warmup_iterations > MAX_WARMUP_ITERATIONS:

@@ -218,6 +218,16 @@ def test_bad_requests_get_their_status_naming_the_field(client, fields, code, pr
     assert raised.value.message.startswith(prefix), raised.value.message
 
 
+@pytest.mark.parametrize(("mode", "shown"), [(0, "BENCHMARK_MODE_UNSPECIFIED"), (9, "unknown mode 9")])
+def test_a_missing_or_unknown_mode_names_the_values_on_the_wire(client, mode, shown):
+    """An independent client reads the enum's wire names in the details, not awqd's own spelling of them."""
+    with pytest.raises(AwqdError) as raised:
+        run(client, mode=mode, architecture="tiny")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    values = [value.name for value in pb.BenchmarkMode.DESCRIPTOR.values if value.number]
+    assert raised.value.message == f"mode: {shown}: must be one of {', '.join(values)}"
+
+
 @pytest.mark.parametrize("mode", [KERNEL, SINGLE_QUERY])
 def test_an_unsupported_kernel_is_a_failed_precondition(client, mode):
     fields = {"architecture": "tiny"} if mode == KERNEL else {"model": DEMO, "prompt_tokens": 8, "new_tokens": 8}

@@ -139,11 +139,33 @@ def kv_rows(cache, table: list[int], start: int, end: int) -> torch.Tensor:
     return torch.stack(layers)
 
 
+def argmax(check: dict) -> str:
+    """Whether the argmax agrees, for the report: a near-tie says by how much the measured pick scored below the
+    reference's best (relative to the largest logit)."""
+    if check["argmax_agrees"]:
+        return "True"
+    return f"{'near-tie' if check['near_tie'] else 'False'}, {check['argmax_shortfall']:.1e} short"
+
+
 def compare(reference: torch.Tensor, measured: torch.Tensor) -> dict:
-    scale = reference.float().abs().max().item() or 1.0
-    difference = (measured.float() - reference.float()).abs().max().item() / scale
+    """The largest difference relative to the logits' largest magnitude, and whether each row's argmax agrees. Where
+    it does not, whether the row is a near-tie: the measured argmax scores, in the reference, within the largest
+    difference of the reference's best, so rounding alone can swap them (random synthetic weights make such ties
+    common). A swap outside that margin fails the check."""
+    reference, measured = reference.float(), measured.float()
+    scale = reference.abs().max().item() or 1.0
+    largest = (measured - reference).abs().max().item()
     agree = bool((measured.argmax(-1) == reference.argmax(-1)).all())
-    return {"relative_difference": difference, "argmax_agrees": agree, "ok": agree and difference <= RELATIVE_TOLERANCE}
+    picked = reference.gather(-1, measured.argmax(-1, keepdim=True)).squeeze(-1)
+    shortfall = (reference.max(-1).values - picked).max().item()  # 0 where every argmax agrees
+    near_tie = not agree and shortfall <= largest
+    return {
+        "relative_difference": largest / scale,
+        "argmax_agrees": agree,
+        "near_tie": near_tie,
+        "argmax_shortfall": shortfall / scale,
+        "ok": (agree or near_tie) and largest / scale <= RELATIVE_TOLERANCE,
+    }
 
 
 def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
@@ -342,7 +364,7 @@ def markdown(data: dict) -> str:
     checks = data.get("correctness", {})
     for name, row in checks.items():
         if isinstance(row, dict):
-            lines.append(f"| {name} | {row['relative_difference']:.2e} | {row['argmax_agrees']} | {row['ok']} |")
+            lines.append(f"| {name} | {row['relative_difference']:.2e} | {argmax(row)} | {row['ok']} |")
     if "together" in checks:
         lines.append(f"\nThe rests' k/v: largest difference {checks['together']['rest_kv']:.2e} of the largest value.")
     if "alone_rest_kv" in checks:
@@ -364,8 +386,8 @@ def markdown(data: dict) -> str:
             captured, replayed = row["captured"], row["replayed"]
             lines.append(
                 f"| {row['rows']} | {row['keys']} | {row['prompt_tokens']} | {row['cached']} | "
-                f"{captured['relative_difference']:.2e}, {captured['argmax_agrees']} | "
-                f"{replayed['relative_difference']:.2e}, {replayed['argmax_agrees']} | "
+                f"{captured['relative_difference']:.2e}, {argmax(captured)} | "
+                f"{replayed['relative_difference']:.2e}, {argmax(replayed)} | "
                 f"{captured['ok'] and replayed['ok']} |"
             )
     if times := data.get("prefill"):

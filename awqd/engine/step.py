@@ -12,11 +12,13 @@ bucket at every position and block assignment.
 A prompt that arrives alone (the single-query case, where time to first token is the prompt's one forward pass)
 is padded to a prompt-length bucket (PREFILL_BUCKETS, 1.5x apart, up to 512 tokens): its rows are the bucket's
 rows, the padding rows write their k/v only to the padding block and their logits are not read. Eagerly, a prefill
-launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. A longer
-prompt alone after a prefix-cache hit whose rest fits a bucket replays a graph of its rest: padded to a power-of-two
+launches some 400 kernels from Python, so its time depends on the host's speed; replayed, it does not. A prompt
+alone after a prefix-cache hit whose rest fits a bucket replays a graph of its rest: padded to a power-of-two
 bucket, attending over its sequence gathered into a number of key slots (a second set of buckets, hit_buckets).
 Eagerly, that rest was host-bound: on an H100 host, 45.7 ms against 10.5 replayed, for a 1024-token prompt with
-896 cached (bench/results/h100-2026-12-05-lone-hit-graph). Several prompts admitted together stay eager, at their
+896 cached (bench/results/h100-2026-12-05-lone-hit-graph). Within the prefill buckets, the rest's graph also beats
+replaying the whole prompt's: on an H200, 9.5 against 16.5 ms for a 384-token prompt with 256 cached
+(bench/results/h200-2026-12-05-lone-hit-within-buckets). Several prompts admitted together stay eager, at their
 exact total: they are throughput, not latency.
 
 A key's graph is captured right after its first step, which runs eagerly (and so compiles the Triton kernels for
@@ -106,13 +108,13 @@ class StepRunner:
         """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
         last position, and the kernel that ran (picked by the token count the pass runs). The first cached[i]
         positions of prompt i are in its blocks already (a prefix-cache hit, whole blocks shared with other
-        sequences): they are neither run nor written, except by a lone prompt's padded pass (_prefill_padded)."""
+        sequences): they are neither run nor written."""
         cached = cached or [0] * len(prompts)
         hit = self.hit_buckets(len(prompts[0]), cached[0]) if len(prompts) == 1 else None
         if hit is not None:
             return self.prefill_after_hit(prompts[0], tables[0], cached[0], *hit)
-        if len(prompts) == 1 and len(prompts[0]) <= max(self.prefill_buckets, default=0):
-            return self._prefill_padded(prompts[0], tables[0], cached[0])
+        if len(prompts) == 1 and not cached[0] and len(prompts[0]) <= max(self.prefill_buckets, default=0):
+            return self._prefill_padded(prompts[0], tables[0])
         rest = [prompt[start:] for prompt, start in zip(prompts, cached, strict=True)]
         lengths = [len(prompt) for prompt in rest]
         ids = torch.tensor([token for prompt in rest for token in prompt], dtype=torch.int64)
@@ -146,10 +148,10 @@ class StepRunner:
 
     def hit_buckets(self, length: int, cached: int) -> tuple[int, int] | None:
         """The (rows, keys) buckets of a lone prompt's pass after a prefix-cache hit of `cached` positions, or None
-        where it has none: no hit, no CUDA graphs, a prompt that fits a prefill bucket (its whole prompt's graph is
-        replayed), a rest that does not, or a span past what flash serves (key_buckets)."""
+        where it has none: no hit, no CUDA graphs, a rest longer than the longest prefill bucket, or a span past
+        what flash serves (key_buckets)."""
         rows = next((bucket for bucket in self.hit_row_buckets if bucket >= length - cached), None)
-        if not cached or length <= max(self.prefill_buckets, default=0) or rows is None:
+        if not cached or rows is None:
             return None
         keys = next((bucket for bucket in self.key_buckets if bucket >= cached + rows), None)
         return None if keys is None else (rows, keys)
@@ -163,18 +165,17 @@ class StepRunner:
 
     @property
     def key_buckets(self) -> tuple[int, ...]:
-        """The key slots a pass after a hit gathers its sequence into: doubling from twice the longest prefill bucket
-        (the sequence is longer than it) to the context plus the longest prefill bucket, which any hit's start and
-        padded rest fit.
+        """The key slots a pass after a hit gathers its sequence into: doubling from twice the shortest prefill bucket
+        (a hit caches a block and leaves a token) to the context plus the longest prefill bucket, which any hit's
+        start and padded rest fit.
 
         A captured pass attends with flash only, up to the sliding window if any: the masked form would hold a score
         for every slot of every row and head in the graph's memory (half a billion at 512 rows, 32 heads and 32k
         slots). Where flash does not serve (an older GPU, fp32), there are no such graphs."""
-        longest = max(self.prefill_buckets, default=0)
-        if not longest or self.cache.plan.max_seq_len <= longest:
+        if not self.prefill_buckets:
             return ()
-        limit = self.cache.plan.max_seq_len + longest
-        doubling = (2 * longest * 2**i for i in range(64))
+        limit = self.cache.plan.max_seq_len + max(self.prefill_buckets)
+        doubling = (2 * min(self.prefill_buckets) * 2**i for i in range(64))
         buckets = (*itertools.takewhile(lambda bucket: bucket < limit, doubling), limit)
         if not self.cuda_graphs:  # eager: the CPU's tests of the same pass, on its masked form
             return buckets
@@ -195,17 +196,11 @@ class StepRunner:
                     shapes.add(shape)
         return sorted(shapes)
 
-    def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
-        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.
-
-        The graph attends over the prompt's own rows, so it runs the whole prompt even when its first `cached`
-        positions are in shared blocks: those rows, like the padding rows, write their k/v to the padding block.
-        Replaying the whole prompt beat launching its uncached rest eagerly, which is host-bound
-        (bench/prefix_cache_check.py). A graph of the rest alone (prefill_after_hit) serves only prompts past these
-        buckets: within them, it is not yet checked on a GPU."""
+    def _prefill_padded(self, prompt: list[int], table: list[int]) -> tuple[torch.Tensor, StepKernel]:
+        """One prompt without a hit, padded to its bucket, in the static prefill buffers; replayed once its graph is
+        captured. The graph attends over the prompt's own rows."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
-        sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
-        self._stage(prompt, sequences, table, [])
+        self._stage(prompt, [0] * length + [PADDING_SEQUENCE] * (padded - length), table, [])
         graphs, failures = self.prefill_graphs, self.prefill_eager_keys
         logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
         return logits, self.step_kernel(padded)

@@ -564,29 +564,6 @@ def test_a_prompt_alone_padded_to_its_bucket_prefills_as_unpadded_and_pads_only_
         scheduler.close()
 
 
-def test_a_padded_prefill_after_a_cached_prefix_writes_only_the_rest(demo_model_dir):
-    """A lone prompt's padded pass (what a GPU engine replays) runs the whole prompt even after a prefix-cache hit,
-    but leaves the shared blocks as they are: the cached positions' rows write to the padding block."""
-    scheduler = switching_engine(demo_model_dir, max_batch_size=4)
-    try:
-        runner, cache = scheduler.runner, scheduler.runner.cache
-        prompt, table = list(range(300, 337)), [5, 9, 2]
-        with torch.inference_mode():
-            eager, _ = runner.prefill([prompt], [table])
-            eager_kv = [layer.clone() for layer in cache.k + cache.v]
-            for layer in cache.k + cache.v:
-                layer.fill_(7.0)  # block 5 stands for a shared block: its k/v must not be written again
-            runner.prefill_buckets = (16, 48, 64)
-            padded, _ = runner.prefill([prompt], [table], [BLOCK_TOKENS])
-        torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
-        for before, after in zip(eager_kv, cache.k + cache.v, strict=True):
-            assert bool((after[5] == 7.0).all()), "the pass wrote into the shared block"
-            torch.testing.assert_close(after[9], before[9], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
-    finally:
-        scheduler.close()
-
-
 def prefix_cache_tokens(model: str) -> tuple[float, float]:
     labels = {"model": model, "device": "cpu"}
     return tuple(
@@ -649,14 +626,18 @@ def test_a_conversations_next_turn_shares_the_blocks_its_answer_filled(demo_mode
 
 
 @pytest.mark.parametrize("sliding_window", [None, 20])
+@pytest.mark.parametrize(
+    ("buckets", "cached", "shape"),
+    [((8, 16), 2 * BLOCK_TOKENS, (8, 64)), ((16, 48, 64), BLOCK_TOKENS, (64, 128))],
+    ids=["past-the-buckets", "within-them"],
+)
 def test_a_lone_prompt_after_a_hit_replays_its_padded_rest_as_the_whole_prompt_would_run(
-    demo_model_dir, sliding_window
+    demo_model_dir, sliding_window, buckets, cached, shape
 ):
-    """What a GPU engine captures for a lone prompt past the prefill buckets after a hit whose rest fits one, run
-    eagerly: its rest padded to a row bucket, attending over its sequence gathered into a key bucket. The same logits
-    and k/v as the whole prompt's eager pass; the shared blocks untouched; the padding rows write only the padding
-    block. A window of 20 cuts into the 32 cached positions (the masked form; flash serves the GPU without one)."""
-    buckets, cached, shape = (8, 16), 2 * BLOCK_TOKENS, (8, 64)  # a rest of 5 rows; 32 + 8 keys
+    """What a GPU engine captures for a lone prompt after a hit whose rest fits a prefill bucket, run eagerly: its
+    rest padded to a row bucket, attending over its sequence gathered into a key bucket. The same logits and k/v as
+    the whole prompt's eager pass; the shared blocks untouched; the padding rows write only the padding block. A
+    window of 20 cuts into the cached positions (the masked form; flash serves the GPU without one)."""
     router = KernelRouter(Dispatch(buckets=(1, 512), candidates=(ReferenceTorch(), DequantMatmulCpu())))
     loaded = load_model(demo_model_dir, CPU, router, fuse=True)
     config = copy.copy(loaded.config)
@@ -702,19 +683,20 @@ def every_hit_shape(runner) -> list[tuple[int, int]]:
     return sorted(every - {None})
 
 
-def test_a_long_prompts_hit_pads_its_rest_to_a_power_of_two_and_gathers_its_keys_into_doubling_slots(engine):
+def test_a_hit_pads_its_rest_to_a_power_of_two_and_gathers_its_keys_into_doubling_slots(engine):
     runner = engine.runner
     runner.prefill_buckets = (16, 24, 32, 48, 64, 96)
     assert runner.hit_row_buckets == (16, 32, 64, 96)  # the longest bucket, a rest can take it
     limit = runner.cache.plan.max_seq_len + 96  # any hit's cached start and padded rest fit
-    assert limit > 192
-    assert runner.key_buckets == (*(b for b in (192, 384, 768, 1536, 3072, 6144) if b < limit), limit)
-    assert runner.hit_buckets(100, 16) == (96, 192)
+    assert limit > 128
+    assert runner.key_buckets == (*(b for b in (32, 64, 128, 256, 512, 1024, 2048, 4096) if b < limit), limit)
+    assert runner.hit_buckets(100, 16) == (96, 128)
+    assert runner.hit_buckets(40, 16) == (32, 64)  # within the buckets too: the rest's graph
     assert runner.hit_buckets(130, 16) is None  # a rest of 114: eager
-    assert runner.hit_buckets(40, 16) is None  # within the buckets: the whole prompt's graph
-    assert runner.hit_buckets(100, 0) is None  # no hit
+    assert runner.hit_buckets(100, 0) is None  # no hit: the whole prompt's graph
     assert runner.hit_shapes() == every_hit_shape(runner)
-    assert (16, 192) in runner.hit_shapes() and (96, limit) in runner.hit_shapes()
+    assert (16, 32) in runner.hit_shapes() and (96, limit) in runner.hit_shapes()
+    assert (32, 32) not in runner.hit_shapes()  # a hit caches a block at least
     runner.prefill_buckets = (16, 32)
     assert runner.hit_shapes() == every_hit_shape(runner)
     assert runner.key_buckets[-1] == limit - 64 and (16, limit - 64) not in runner.hit_shapes()  # no hit reaches it
@@ -741,5 +723,5 @@ def test_a_captured_pass_after_a_hit_takes_only_key_buckets_that_flash_serves(en
     assert runner.key_buckets == every[:2]
     model = runner.model
     assert served[0] == (model.device, model.dtype, model.attention_shape)
-    assert runner.hit_buckets(40, 16) == (32, every[0])
+    assert runner.hit_buckets(40, 16) == (32, every[1])
     assert runner.hit_buckets(every[1] + 8, every[1] - 8) is None  # its span passes the window: eager

@@ -123,9 +123,8 @@ def test_warm_up_runs_a_pass_after_a_prefix_cache_hit_when_the_cache_is_on(
 
 
 def test_warm_up_runs_a_lone_prompts_pass_after_a_hit_at_every_bucket_pair(demo_model_dir):
-    """What a GPU engine captures before it turns ready for a lone prompt past the prefill buckets after a hit (its
-    rest padded, over its gathered keys), run eagerly on the CPU: every (rows, keys) pair some hit reaches, only with
-    the cache on."""
+    """What a GPU engine captures before it turns ready for a lone prompt after a hit (its rest padded, over its
+    gathered keys), run eagerly on the CPU: every (rows, keys) pair some hit reaches, only with the cache on."""
     router = KernelRouter(CpuPlanner().plan("cpu", "auto")[0])
     for prefix_caching in (True, False):
         loaded = load_model(demo_model_dir, torch.device("cpu"), router, fuse=True)

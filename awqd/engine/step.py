@@ -108,13 +108,13 @@ class StepRunner:
         """prompts[i] into the blocks tables[i] in one forward pass: logits [len(prompts), vocab] of each prompt's
         last position, and the kernel that ran (picked by the token count the pass runs). The first cached[i]
         positions of prompt i are in its blocks already (a prefix-cache hit, whole blocks shared with other
-        sequences): they are neither run nor written."""
+        sequences): they are neither run nor written, except by a lone prompt's padded pass (_prefill_padded)."""
         cached = cached or [0] * len(prompts)
         hit = self.hit_buckets(len(prompts[0]), cached[0]) if len(prompts) == 1 else None
         if hit is not None:
             return self.prefill_after_hit(prompts[0], tables[0], cached[0], *hit)
-        if len(prompts) == 1 and not cached[0] and len(prompts[0]) <= max(self.prefill_buckets, default=0):
-            return self._prefill_padded(prompts[0], tables[0])
+        if len(prompts) == 1 and len(prompts[0]) <= max(self.prefill_buckets, default=0):
+            return self._prefill_padded(prompts[0], tables[0], cached[0])
         rest = [prompt[start:] for prompt, start in zip(prompts, cached, strict=True)]
         lengths = [len(prompt) for prompt in rest]
         ids = torch.tensor([token for prompt in rest for token in prompt], dtype=torch.int64)
@@ -196,11 +196,16 @@ class StepRunner:
                     shapes.add(shape)
         return sorted(shapes)
 
-    def _prefill_padded(self, prompt: list[int], table: list[int]) -> tuple[torch.Tensor, StepKernel]:
-        """One prompt without a hit, padded to its bucket, in the static prefill buffers; replayed once its graph is
-        captured. The graph attends over the prompt's own rows."""
+    def _prefill_padded(self, prompt: list[int], table: list[int], cached: int) -> tuple[torch.Tensor, StepKernel]:
+        """One prompt, padded to its bucket, in the static prefill buffers; replayed once its graph is captured.
+
+        The graph attends over the prompt's own rows. It serves a prompt without a hit, and one after a hit that has
+        no graph of its rest (flash does not serve its span: hit_buckets): that runs the whole prompt, whose first
+        `cached` rows, like the padding rows, write their k/v to the padding block. Replaying the whole prompt beats
+        launching its rest eagerly, which is host-bound (bench/prefix_cache_check.py)."""
         length, padded = len(prompt), next(bucket for bucket in self.prefill_buckets if bucket >= len(prompt))
-        self._stage(prompt, [0] * length + [PADDING_SEQUENCE] * (padded - length), table, [])
+        sequences = [PADDING_SEQUENCE] * cached + [0] * (length - cached) + [PADDING_SEQUENCE] * (padded - length)
+        self._stage(prompt, sequences, table, [])
         graphs, failures = self.prefill_graphs, self.prefill_eager_keys
         logits = self._run("prefill", padded, graphs, failures, lambda: self._prefill_rows(padded))
         return logits, self.step_kernel(padded)

@@ -564,6 +564,41 @@ def test_a_prompt_alone_padded_to_its_bucket_prefills_as_unpadded_and_pads_only_
         scheduler.close()
 
 
+def test_a_hit_without_a_graph_of_its_rest_replays_its_whole_prompt_and_writes_only_the_rest(
+    demo_model_dir, monkeypatch
+):
+    """A lone prompt after a hit that has no graph of its rest (a GPU where flash does not serve its span) replays
+    its whole prompt's padded pass instead, but leaves the shared blocks as they are: the cached positions' rows
+    write to the padding block."""
+    scheduler = switching_engine(demo_model_dir, max_batch_size=4)
+    try:
+        runner, cache = scheduler.runner, scheduler.runner.cache
+        prompt, table = list(range(300, 337)), [5, 9, 2]
+        with torch.inference_mode():
+            eager, _ = runner.prefill([prompt], [table])
+            eager_kv = [layer.clone() for layer in cache.k + cache.v]
+            for layer in cache.k + cache.v:
+                layer.fill_(7.0)  # block 5 stands for a shared block: its k/v must not be written again
+            runner.prefill_buckets = (16, 48, 64)
+            monkeypatch.setattr(runner, "hit_buckets", lambda length, cached: None)
+            passes, padded_pass = [], runner._prefill_rows
+
+            def counted(rows: int) -> torch.Tensor:
+                passes.append(rows)
+                return padded_pass(rows)
+
+            monkeypatch.setattr(runner, "_prefill_rows", counted)
+            padded, _ = runner.prefill([prompt], [table], [BLOCK_TOKENS])
+        assert passes == [48]  # the whole prompt's bucket, not an eager pass of its rest
+        torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-5)
+        for before, after in zip(eager_kv, cache.k + cache.v, strict=True):
+            assert bool((after[5] == 7.0).all()), "the pass wrote into the shared block"
+            torch.testing.assert_close(after[9], before[9], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(after[2, :, :5], before[2, :, :5], rtol=1e-5, atol=1e-5)
+    finally:
+        scheduler.close()
+
+
 def prefix_cache_tokens(model: str) -> tuple[float, float]:
     labels = {"model": model, "device": "cpu"}
     return tuple(

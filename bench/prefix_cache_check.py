@@ -8,14 +8,15 @@ already (a prefix-cache hit), on the engine's own runner and scheduler:
 1. correctness, against the whole prompt prefilled eagerly in one pass: the last position's logits (largest
    difference relative to the logits' own size, and whether the argmax agrees, or else is a near-tie: compare) and
    the k/v the rest wrote. For several prompts in one eager pass (their rest attends over the cached blocks), and
-   for a prompt alone, its rest's graph captured and replayed (padded, attending over its gathered keys). The
-   shared blocks must come out unchanged, bit for bit. Then every (rows, keys) graph a lone prompt's hit can run,
-   each reached by a prompt of its own, captured and replayed;
+   for a prompt alone, its graph captured and replayed: its rest's (padded, attending over its gathered keys), or
+   its whole prompt's where flash does not serve the span. The shared blocks must come out unchanged, bit for bit.
+   Then every (rows, keys) graph a lone prompt's hit can run, each reached by a prompt of its own, captured and
+   replayed;
 2. time of one eager prefill step of --prompts prompts of P tokens, S of each cached, against the whole prompts,
-   both in this run; and of a prompt alone after a hit as the runner serves it (its rest's CUDA graph) against a
+   both in this run; and of a prompt alone after a hit as the runner serves it (a CUDA graph, as above) against a
    miss as served (the whole prompt: its padded graph within the prefill buckets, eager past them), its rest run
-   eagerly (a lone hit as served before the rest's graph) and the whole prompt eagerly. Each gives the host's share
-   (the time until the call returned), and with --profile the eager ones torch.profiler's table
+   eagerly (a lone hit past the buckets as served before the rest's graph) and the whole prompt eagerly. Each gives
+   the host's share (the time until the call returned), and with --profile the eager ones torch.profiler's table
    (profile-alone-eager-*.txt);
 3. greedy tokens through the scheduler for --prompts prompts sharing S tokens, with the cache and without: how many
    streams match, and each one's cached_prompt_tokens. The synthetic weights are random, so near-ties are common, and
@@ -54,6 +55,7 @@ RUNS = 5
 NEW_TOKENS = 64
 SERVED_AS = {
     "hit": "its rest padded, its CUDA graph over the gathered keys",
+    "padded": "padded, its CUDA graph over the whole prompt",
     "eager": "no graph bucket here",
 }
 RELATIVE_TOLERANCE = 2e-2  # of the logits' largest magnitude: fp16 rounding differs between the two attention paths
@@ -204,8 +206,11 @@ def correctness(scheduler, vocab: int, prompt_tokens: int, cached: int) -> dict:
 
 
 def served_as(runner, prompt_tokens: int, cached: int) -> str:
-    """How the runner serves a lone prompt after a hit: its rest's graph, or eagerly."""
-    return "hit" if runner.hit_buckets(prompt_tokens, cached) is not None else "eager"
+    """How the runner serves a lone prompt after a hit: its rest's graph, its whole prompt's graph (within the
+    prefill buckets, where flash does not serve the rest's span), or eagerly."""
+    if runner.hit_buckets(prompt_tokens, cached) is not None:
+        return "hit"
+    return "padded" if prompt_tokens <= max(runner.prefill_buckets, default=0) else "eager"
 
 
 def reaching(runner, shape: tuple[int, int]) -> tuple[int, int] | None:
@@ -308,7 +313,7 @@ def prefill_times(scheduler, vocab: int, count: int, prompt_tokens: int, cached:
         times["whole_ms"], _ = timed_ms(lambda: runner.prefill(prompts, whole_tables), device)
         times["cached_ms"], _ = timed_ms(lambda: runner.prefill(prompts, rest_tables, [cached] * count), device)
         times["speedup"] = times["whole_ms"] / times["cached_ms"]
-        # A prompt alone, as served: a hit (its rest's graph) and a miss (the whole prompt); then both eagerly.
+        # A prompt alone, as served: a hit and a miss (the whole prompt); then both eagerly.
         alone_rest = functools.partial(runner.prefill, prompts[:1], rest_tables[:1], [cached])
         alone_whole = functools.partial(runner.prefill, prompts[:1], whole_tables[:1])
         times["alone_served_as"] = served_as(runner, prompt_tokens, cached)

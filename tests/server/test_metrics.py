@@ -43,16 +43,16 @@ def test_metrics_during_and_after_generate(daemon):
         stub = awqd_pb2_grpc.AwqdServiceStub(channel)
         calls = [stub.Generate(request) for _ in range(2)]  # the second waits in the model's queue
         deadline = time.monotonic() + 30
-        # One scrape reads the stream gauge before the queue, and the loop can take the second call in between: so
-        # poll until one scrape sees both streams, while the first one runs (300 tokens) and the second waits.
+        # A scrape reads each gauge at its own instant, and the loop can take the second call, or end the first one,
+        # in between: so poll until one scrape sees both streams, the second one queued and the first one's blocks.
         during = daemon.scrape()
         while not (
             value(during, "awqd_queue_depth", model=DEMO, device="cpu") == 1
             and value(during, "awqd_streams_in_flight") == 2
+            and value(during, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") > 0
         ):
-            assert time.monotonic() < deadline, "no scrape saw one Generate running and the other queued"
+            assert time.monotonic() < deadline, "no scrape saw one Generate running, with its blocks, and one queued"
             during = daemon.scrape()
-        assert value(during, "awqd_kv_cache_blocks_in_use", model=DEMO, device="cpu") > 0  # the running one's
         completions = [list(call)[-1].completion for call in calls]
     after = daemon.scrape()
 

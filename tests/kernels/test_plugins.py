@@ -24,7 +24,9 @@ PLUGINS = ("Aborts", "Hangs", "Stale", "NoWorkWhenWarm", "DenseFloat")
 # One decoder layer of 16 Mi int4 weights (8 MiB): its rotation copies exceed twice the assumed CPU cache, so
 # timings stream the weights from memory and the roofline floor holds.
 WIDE = synth.Architecture("llama", 1024, 4096, 1, 8, 8, 2048, 10000.0, 256, 1e-6)
-BUDGET_S = "90"  # correctness of every candidate always runs first; the budget must reach the 1-token bucket
+# Correctness of every candidate always runs first, and the budget must reach the 1-token bucket, which it does
+# after about 18 s on a 2-core CI machine; the buckets past the budget follow the rules (all ten took 82 s).
+BUDGET_S = "40"
 
 
 @pytest.fixture(scope="module")

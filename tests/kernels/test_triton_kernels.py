@@ -406,6 +406,21 @@ def test_nibble_order_pairs_consecutive_columns_for_the_gemv():
     assert [(NIBBLE_ORDER[k], NIBBLE_ORDER[k + 4]) for k in range(4)] == [(0, 1), (4, 5), (2, 3), (6, 7)]
 
 
+def test_each_word_holds_one_lanes_mma_fragment_as_activation_pairs():
+    """Word q of a run of 32 columns holds what lane q (mod 4) holds of the 16-bit MMA A fragment over two k16 steps,
+    columns 2q, 2q + 1, 2q + 8 and 2q + 9 of each (skinny.py), as the GEMV's pairs q, q + 4, q + 8, q + 12."""
+    from awqd.kernels.triton.layout import FRAGMENT_COLUMNS, fragment_packed
+
+    assert sorted(FRAGMENT_COLUMNS) == list(range(32))
+    for q in range(4):
+        word = FRAGMENT_COLUMNS[8 * q : 8 * q + 8]
+        assert set(word) == {16 * step + 2 * q + 8 * half + p for step in (0, 1) for half in (0, 1) for p in (0, 1)}
+        assert [word[2 * i] for i in range(4)] == [2 * (q + 4 * i) for i in range(4)]
+        assert [word[2 * i + 1] - word[2 * i] for i in range(4)] == [1] * 4
+    columns = torch.arange(64).repeat(3, 1)
+    assert fragment_packed(columns)[:, 32:].tolist() == [[32 + c for c in FRAGMENT_COLUMNS]] * 3
+
+
 @pytest.mark.parametrize("kernel", list(BATCHES))
 def test_prepare_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, kernel):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
-from awqd.kernels.triton.unpack import dequantize_tile, load_words
+from awqd.kernels.triton.unpack import dequantize_tile, load_words, natural_order
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ def awqd_w4_dequantize_kernel(
     sz_rows = scale_zero_ptr + n[:, None] * (K // GROUP_SIZE)
     words = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     w, sz = load_words(w_rows, sz_rows, n < N, words, K // 8, GROUP_SIZE)
-    weights = dequantize_tile(w, sz, out_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, USE_ASM)
+    weights = natural_order(
+        dequantize_tile(w, sz, out_ptr.dtype.element_ty, BLOCK_N, BLOCK_K, USE_ASM), BLOCK_N, BLOCK_K
+    )
     k = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + n.to(tl.int64)[:, None] * K + k[None, :], weights, mask=(n < N)[:, None] & (k < K)[None, :])
 

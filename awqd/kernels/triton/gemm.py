@@ -16,7 +16,7 @@ import triton.language as tl
 
 from awqd.kernels.triton.layout import AwqdW4, interpreting
 from awqd.kernels.triton.splitk import finish_split_k, output_buffers, program_tile, split_k_for, store_transposed
-from awqd.kernels.triton.unpack import dequantize_tile, load_words
+from awqd.kernels.triton.unpack import dequantize_tile, load_words, packed_order
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,8 @@ def awqd_w4_gemm_kernel(
         else:  # large M: Triton's pipeliner stages the activation tiles through shared memory itself
             w, sz = load_words(w_rows, sz_rows, n_mask, k0 // 8 + word, k_end // 8, GROUP_SIZE)
             x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None] & (k0 + k < K)[None, :], other=0.0)
-        weights = dequantize_tile(w, sz, operand_dtype, BLOCK_N, BLOCK_K, USE_ASM)  # [BLOCK_N, BLOCK_K]
+        weights = dequantize_tile(w, sz, operand_dtype, BLOCK_N, BLOCK_K, USE_ASM)  # [BLOCK_N, BLOCK_K] as packed
+        x = packed_order(x, BLOCK_M, BLOCK_K)
         if DOT_IN_FP32:
             acc = tl.dot(weights, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:

@@ -2,7 +2,8 @@
 
 Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N weight rows and one contiguous K slice, and reads the
 slice BLOCK_K columns at a time as [segments, BLOCK_N, words] int32 tiles (a segment: the step's words of one
-group; one word: 8 weights of one row), with each word's 8 activations as 4 int32 pairs of fp16.
+group; one word: 8 weights of one row), with each word's 8 activations as 4 int32 pairs of fp16 (the layout puts
+pairs 4 apart in one word).
 The kernel is issue-bound, not latency- or bandwidth-bound: Nsight Compute on an H200 (bench/results/h200-2026-12-02-
 own-kernels) found the previous version's warps waiting to issue (stall reasons selected / not_selected) at 22-36%
 of DRAM peak, at ~47 SASS instructions per word in its loop. So this one spends as few instructions per weight as
@@ -137,7 +138,10 @@ def awqd_w4_gemv_kernel(
     words = segments + tl.arange(0, SEG_WORDS)[None, None, :]
     w_rows = qweight_ptr + n_rows * K_WORDS + words
     sz_rows = scale_zero_ptr + n_rows * (K_WORDS // GROUP_WORDS) + segments // GROUP_WORDS
-    pairs = words[:, :, :, None] * 4 + tl.arange(0, 4)[None, None, None, :]  # a word's 8 activations as 4 int32
+    # A word's 8 activations as 4 int32 pairs: word q of a run of 32 columns holds pairs q, q + 4, q + 8 and q + 12
+    # of the run's 16 (layout.FRAGMENT_COLUMNS).
+    run_pairs = (words // 4 * 16 + words % 4)[:, :, :, None]
+    pairs = run_pairs + 4 * tl.arange(0, 4)[None, None, None, :]
     x_pairs = x_ptr.to(tl.pointer_type(tl.int32)) + row.to(tl.int64) * (K_WORDS * 4) + pairs
 
     # With whole steps the loads are unmasked, so the first and the last steps' reads are kept inside the slice.

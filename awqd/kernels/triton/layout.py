@@ -1,8 +1,10 @@
 """The awqd_w4 layout that awqd's Triton kernels read, packed from the canonical QuantizedWeight.
 
 qweight      int32 [out, in/8]: row-major along K, so a program reads each output row's K range as contiguous
-             16-byte vectors. Nibble j of int32 c holds input column 8c + NIBBLE_ORDER[j]: the kernels unpack
-             nibbles j and j + 4 together (unpack.py) and interleave them back into column order for free.
+             16-byte vectors. Within each run of 32 input columns, word q (0..3) holds the columns 2q + 8i + p
+             (i = 0..3, p = 0, 1): the eight values one lane holds of the tensor cores' 16-bit A fragment over two
+             k16 steps (FRAGMENT_COLUMNS). Its nibble j holds the word's column NIBBLE_ORDER[j] of those eight:
+             the kernels unpack nibbles j and j + 4 together (unpack.py) and interleave them for free.
 scale_zero   int32 [out, in/g]: the fp16 scale in the low half and the fp16 zero in the high half, one 4-byte
              load per (row, group). The zero is an integer 0..15, exact in fp16.
 
@@ -21,6 +23,10 @@ from awqd.quant.tensors import QuantizedWeight
 
 LAYOUT = "awqd_w4"
 NIBBLE_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # 3-bit reversal: see unpack.py, worddot.py and the GEMM's interleave
+# The input column at each packed position 8q + s of a run of 32: pairs 2q + 8i of the fragment's K columns, so that
+# the skinny kernel's weights unpack straight into MMA operand registers while the activations stay in K order.
+FRAGMENT_COLUMNS = tuple(2 * q + 8 * (s // 2) + s % 2 for q in range(4) for s in range(8))
+RUN = len(FRAGMENT_COLUMNS)
 GROUP_SIZES = (32, 64, 128)  # the sizes the kernels are verified with (CPU interpreter and GPU); others are refused
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 # Relative error (||y - ref|| / ||ref||) the kernels are tested to. Accumulation is fp32 throughout, so the error is
@@ -82,13 +88,20 @@ def pack_awqd_w4(weight: QuantizedWeight, device: torch.device) -> AwqdW4:
     scale_zero = scale_zero.view(torch.int32).squeeze(-1)  # little-endian: the scale is the low half
     bias = weight.bias.to(device=device, dtype=torch.float32) if weight.bias is not None else None
     return AwqdW4(
-        qweight=pack_int4(weight.q, NIBBLE_ORDER).to(device).contiguous(),
+        qweight=pack_int4(fragment_packed(weight.q), NIBBLE_ORDER).to(device).contiguous(),
         scale_zero=scale_zero.to(device).contiguous(),
         bias=bias,
         in_features=weight.in_features,
         out_features=weight.out_features,
         group_size=weight.group_size,
     )
+
+
+def fragment_packed(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] integers -> the same with each run of 32 columns in FRAGMENT_COLUMNS order."""
+    out_features, in_features = q.shape
+    runs = q.reshape(out_features, in_features // RUN, RUN)
+    return runs[:, :, list(FRAGMENT_COLUMNS)].reshape(out_features, in_features)
 
 
 def check_activations(x: torch.Tensor, packed: AwqdW4) -> None:

@@ -15,13 +15,14 @@ Memory, not math, bounds this regime, so the kernel's job is to keep enough byte
 num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
 weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
 steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand.
-On the TMA path both operands' K columns are reordered within each 32 (fragment_order), so that the eight values
-unpacked from one int32 word are the eight K values one thread holds of the MMA's A fragment over two k16 steps.
-Triton then reads each word from the staged tile straight into the operand's register layout, and the unpacked
-tile no longer makes a round trip through shared memory (Triton 3.6 and 3.9 sm_90 output: no local_alloc of
-it, for tiles of 32 weight rows per warp); only the small activation tile is reordered through shared memory. A
-sum over K does not depend on the order of K, so both orders compute the same product. The pointer path keeps the
-plain order: Triton does not re-lay out loads held in registers across steps, so reordering gains it nothing.
+The layout packs each int32 word with the eight K values one thread holds of the MMA's A fragment over two k16
+steps (layout.FRAGMENT_COLUMNS), so putting the unpacked tile in K order (natural_order) only relabels its axis:
+Triton reads each word from the staged tile straight into the operand's register layout, and neither the
+weights nor the activations make a round trip through shared memory (Triton 3.6 and 3.9 sm_90 output: no
+local_alloc in the loop, for tiles of 32 weight rows per warp); the activation tile goes from its TMA stage to
+the MMA as it lies. The pointer path keeps the weight tile as packed and relabels the activations to match
+(packed_order): Triton does not re-lay out loads held in registers across steps, so there the activation tile goes
+through shared memory anyway, and relabeling the larger weight tile costs more stores.
 Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
 completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.
@@ -48,7 +49,7 @@ from awqd.kernels.triton.splitk import (
     sm_count,
     store_transposed,
 )
-from awqd.kernels.triton.unpack import join_words, split_scale_zero, unpack_plus_1024
+from awqd.kernels.triton.unpack import join_words, natural_order, packed_order, split_scale_zero, unpack_plus_1024
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class SkinnyConfig:
     tma: bool = True
     merge: bool = False  # split-K partials added by the tile's last slice where the launch has split counters
     # The scale goes into the weight tile before the MMA, so the MMAs chain on one accumulator and Triton runs each
-    # one behind the next step's unpack (sm_90: async wgmma, one pending). Such tiles keep the plain K order: the
-    # reordered activation tile would be rewritten to shared memory every step, which waits for the MMA reading it.
+    # one behind the next step's unpack (sm_90: async wgmma, several pending).
     scale_first: bool = False
 
 
@@ -87,7 +87,7 @@ def block_m_for(rows: int) -> int:
 
 def default_tile(rows: int) -> SkinnyConfig:
     """128 weight rows x 128 columns (8 KB of int4 per step) on 4 warps: 32 weight rows per warp is the tile for
-    which Triton reads the words straight into the MMA operand (see fragment_order). In an H200 sweep over the
+    which Triton reads the words straight into the MMA operand (see natural_order). In an H200 sweep over the
     four Llama-2-7B linears at 1-128 tokens, this shape (with 3-5 stages and various splits) won 29 of the 32
     (linear, bucket) pairs (bench/results/h200-2026-12-03-fragment-order)."""
     block_m = block_m_for(rows)
@@ -176,18 +176,6 @@ def load_step(w_rows, x_rows, n_mask, m_mask, k0, word, k):
     w = tl.load(w_rows + (k0 // 8 + word)[None, :], mask=n_mask[:, None], other=0)
     x = tl.load(x_rows + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
     return w, x
-
-
-@triton.jit
-def fragment_order(t, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
-    """[ROWS, COLUMNS] -> the same values with the columns of each run of 32 reordered: column 8q + 4c + 2h + p
-    moves to 16c + 8h + 2q + p. Columns 8q..8q+7 of a run are unpacked from its int32 word q, and in the MMA's
-    16-bit A fragment the lanes l with l % 4 == q hold columns 8h + 2q + p of each k16 step c: so one word unpacks
-    into one lane's fragment values for two k16 steps."""
-    tl.static_assert(COLUMNS % 32 == 0, "fragment_order reorders whole runs of 32 columns")
-    t = tl.reshape(t, (ROWS, COLUMNS // 32, 4, 2, 2, 2))  # (row, run, q, c, h, p)
-    t = tl.permute(t, (0, 1, 3, 4, 2, 5))  # (row, run, c, h, q, p)
-    return tl.reshape(t, (ROWS, COLUMNS))
 
 
 @triton.jit
@@ -289,9 +277,10 @@ def awqd_w4_skinny_kernel(
             BLOCK_N,
             BLOCK_K,
         )  # [BLOCK_N, BLOCK_K]
-        if USE_TMA and not SCALE_FIRST:
-            weights = fragment_order(weights, BLOCK_N, BLOCK_K)
-            x = fragment_order(x, BLOCK_M, BLOCK_K)
+        if USE_TMA:
+            weights = natural_order(weights, BLOCK_N, BLOCK_K)
+        else:
+            x = packed_order(x, BLOCK_M, BLOCK_K)
         if SCALE_FIRST:  # the accumulator chains through the MMAs, which can then run behind the next unpack
             acc = mma(weights, x, acc, DOT_IN_FP32)
         else:  # each step's exact integer product, scaled in fp32: one rounding fewer, but the MMA is waited on

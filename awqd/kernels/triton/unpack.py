@@ -96,7 +96,8 @@ def join_words(v0, v1, v2, v3, v4, v5, v6, v7, ROWS: tl.constexpr, COLUMNS: tl.c
     """Eight [ROWS, COLUMNS / 8] tensors, one per nibble slot -> [ROWS, COLUMNS] in column order.
 
     Each join appends a trailing axis of 2, so three levels give [ROWS, words, 2, 2, 2] where slot j lands at
-    offset bitreverse3(j) within its word, which is exactly the column the layout put there (NIBBLE_ORDER).
+    offset bitreverse3(j) within its word, which is exactly the position the layout put there (NIBBLE_ORDER). The
+    columns come out as packed: natural_order puts them in input column order.
     """
     low = tl.join(tl.join(v0, v1), tl.join(v2, v3))
     high = tl.join(tl.join(v4, v5), tl.join(v6, v7))
@@ -104,8 +105,32 @@ def join_words(v0, v1, v2, v3, v4, v5, v6, v7, ROWS: tl.constexpr, COLUMNS: tl.c
 
 
 @triton.jit
+def natural_order(t, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """A tile joined from awqd_w4 words ([ROWS, COLUMNS], columns as packed) -> the same values in input column order.
+
+    Packed position 8q + 4c + 2h + p of each run of 32 holds column 16c + 8h + 2q + p (layout.FRAGMENT_COLUMNS), so
+    this only relabels the axis: where each lane holds whole words, as the MMA's 16-bit A fragment does (one word,
+    one lane's values over two k16 steps), Triton moves no data."""
+    tl.static_assert(COLUMNS % 32 == 0, "a tile holds whole runs of 32 columns")
+    t = tl.reshape(t, (ROWS, COLUMNS // 32, 4, 2, 2, 2))  # (row, run, q, c, h, p)
+    t = tl.permute(t, (0, 1, 3, 4, 2, 5))  # (row, run, c, h, q, p)
+    return tl.reshape(t, (ROWS, COLUMNS))
+
+
+@triton.jit
+def packed_order(t, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """natural_order's inverse: a [ROWS, COLUMNS] tile in input column order (activations) -> its columns as packed,
+    to meet a weight tile kept as packed."""
+    tl.static_assert(COLUMNS % 32 == 0, "a tile holds whole runs of 32 columns")
+    t = tl.reshape(t, (ROWS, COLUMNS // 32, 2, 2, 4, 2))  # (row, run, c, h, q, p)
+    t = tl.permute(t, (0, 1, 4, 2, 3, 5))  # (row, run, q, c, h, p)
+    return tl.reshape(t, (ROWS, COLUMNS))
+
+
+@triton.jit
 def dequantize_tile(w, sz, dtype: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr, USE_ASM: tl.constexpr):
-    """A [ROWS, COLUMNS / 8] int32 tile and its per-word (scale, zero) -> W [ROWS, COLUMNS] in `dtype`."""
+    """A [ROWS, COLUMNS / 8] int32 tile and its per-word (scale, zero) -> W [ROWS, COLUMNS] in `dtype`, its columns
+    as packed."""
     scale, zero_plus_1024 = split_scale_zero(sz)
     q0, q1, q2, q3, q4, q5, q6, q7 = unpack_plus_1024(w, USE_ASM)
     return join_words(

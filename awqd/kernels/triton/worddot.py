@@ -1,9 +1,10 @@
 """The GEMV's inner product: int32 words of the awqd_w4 layout (8 weights each) against their 8 activations.
 
 word_dot returns s * sum_j (q_j - z) x_j in fp32 per word. The weights are never put back in column order: a lop3
-(unpack.py) leaves two nibbles in the two fp16 halves of one register, and the layout's NIBBLE_ORDER puts columns
-2p and 2p + 1 in nibbles (0, 4), (2, 6), (1, 5), (3, 7) for p = 0, 2, 1, 3 (the bits 0-3, 8-11, 4-7 and 12-15 of
-each half), so each register meets one int32 of two consecutive activations, loaded as they lie in memory.
+(unpack.py) leaves two nibbles in the two fp16 halves of one register, and the layout's NIBBLE_ORDER puts a word's
+columns 2p and 2p + 1 in nibbles (0, 4), (2, 6), (1, 5), (3, 7) for p = 0, 2, 1, 3 (the bits 0-3, 8-11, 4-7 and
+12-15 of each half), so each register meets one int32 of two consecutive activations, loaded as they lie in memory
+(the word's four pairs are 4 pairs apart: layout.FRAGMENT_COLUMNS).
 
 fp16 activations on a GPU, per word: 1 shift, 4 lop3 (the nibbles at bits 4-7 and 12-15 are masked in place, which
 gives 1024 + 16 q: exact, the fp16 unit there is 1), 4 sub.f16x2 of 1024 + z or 1024 + 16 z (exact, |q - z| <= 15),

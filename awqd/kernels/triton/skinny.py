@@ -122,18 +122,18 @@ def tuning_space(bucket: int) -> tuple[SkinnyConfig, ...]:
 
 
 def scale_first_tiles(bucket: int) -> tuple[SkinnyConfig, ...]:
-    """The scale-first tiles that won a linear in an H200 sweep at 128-512 tokens: qkv, gate_up and down at 512,
-    two or three of the four at 128 and 256 (bench/results/h200-2026-12-04-scale-first). Below 128 one won a
-    linear (qkv at 64 tokens, 2% off the layer), and none below 64: they are tuned from 128."""
+    """The scale-first tiles that won a linear in an H200 sweep at 128-512 tokens with the fragment-packed layout
+    (bench/results/h200-2026-12-05-fragment-packed): 64 x 128 on qkv and gate_up at 128 tokens and on qkv at 256
+    (15% ahead of the next tile there), 128 x 128 and 256 x 64 (BLOCK_K 64) on gate_up at 512. Below 128 one came
+    within 1% of the plain tiles (gate_up at 64 tokens): they are tuned from 128."""
     if bucket < SCALE_FIRST_MIN_ROWS:
         return ()
-    both = (
-        SkinnyConfig(128, 64, 128, 0, 4, 3, scale_first=True),
-        SkinnyConfig(128, 128, 64, 0, 8, 4, scale_first=True),
+    tiles = (
+        SkinnyConfig(64, 128, 128, 0, 4, 3, scale_first=True),
+        SkinnyConfig(128, 128, 64, 0, 4, 4, scale_first=True),
+        SkinnyConfig(256, 64, 64, 0, 4, 3, scale_first=True),
     )
-    if bucket <= 128:
-        return (*both, SkinnyConfig(64, 128, 128, 0, 4, 3, scale_first=True))
-    return (*both, SkinnyConfig(256, 64, 64, 0, 4, 3, scale_first=True))
+    return tuple(tile for tile in tiles if tile.block_m <= bucket)
 
 
 @functools.cache

@@ -48,9 +48,12 @@ def zeros_width(in_features: int, group_size: int) -> int:
 
 
 def pack_int4(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
-    """[rows, cols] values 0..15 -> int32 [rows, cols/8]; nibble i of int32 c holds column 8c + order[i]."""
+    """[rows, cols] values 0..15 -> int32 [rows, cols/8]; nibble i of int32 c holds column 8c + order[i].
+    An order of a multiple of 8 columns permutes runs of that many: nibble i of the run's word w holds run column
+    order[8w + i]."""
     rows, cols = values.shape
-    grouped = values.to(torch.int32).view(rows, cols // PACK_NUM, PACK_NUM)[:, :, list(order)]
+    run = len(order)
+    grouped = values.to(torch.int32).view(rows, cols // run, run)[:, :, list(order)].view(rows, cols // PACK_NUM, -1)
     shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=values.device)
     # The top nibble wraps into the sign bit, exactly as AutoAWQ's int32 |= does.
     packed = torch.zeros((rows, cols // PACK_NUM), dtype=torch.int32, device=values.device)

@@ -409,7 +409,8 @@ def test_nibble_order_pairs_consecutive_columns_for_the_gemv():
 def test_each_word_holds_one_lanes_mma_fragment_as_activation_pairs():
     """Word q of a run of 32 columns holds what lane q (mod 4) holds of the 16-bit MMA A fragment over two k16 steps,
     columns 2q, 2q + 1, 2q + 8 and 2q + 9 of each (skinny.py), as the GEMV's pairs q, q + 4, q + 8, q + 12."""
-    from awqd.kernels.triton.layout import FRAGMENT_COLUMNS, fragment_packed
+    from awqd.kernels.triton.layout import FRAGMENT_COLUMNS, NIBBLE_ORDER, PACK_ORDER
+    from awqd.quant.packing import pack_int4, unpack_int4
 
     assert sorted(FRAGMENT_COLUMNS) == list(range(32))
     for q in range(4):
@@ -417,8 +418,10 @@ def test_each_word_holds_one_lanes_mma_fragment_as_activation_pairs():
         assert set(word) == {16 * step + 2 * q + 8 * half + p for step in (0, 1) for half in (0, 1) for p in (0, 1)}
         assert [word[2 * i] for i in range(4)] == [2 * (q + 4 * i) for i in range(4)]
         assert [word[2 * i + 1] - word[2 * i] for i in range(4)] == [1] * 4
-    columns = torch.arange(64).repeat(3, 1)
-    assert fragment_packed(columns)[:, 32:].tolist() == [[32 + c for c in FRAGMENT_COLUMNS]] * 3
+    columns = torch.arange(64)
+    values = torch.stack((columns % 16, columns // 16))  # each column's index in two rows of nibbles
+    positions = unpack_int4(pack_int4(values, PACK_ORDER), NIBBLE_ORDER)  # as the kernels' join_words lays them
+    assert (positions[0] + 16 * positions[1]).tolist() == [32 * run + c for run in (0, 1) for c in FRAGMENT_COLUMNS]
 
 
 @pytest.mark.parametrize("kernel", list(BATCHES))

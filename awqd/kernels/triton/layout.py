@@ -26,7 +26,8 @@ NIBBLE_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # 3-bit reversal: see unpack.py, worddo
 # The input column at each packed position 8q + s of a run of 32: pairs 2q + 8i of the fragment's K columns, so that
 # the skinny kernel's weights unpack straight into MMA operand registers while the activations stay in K order.
 FRAGMENT_COLUMNS = tuple(2 * q + 8 * (s // 2) + s % 2 for q in range(4) for s in range(8))
-RUN = len(FRAGMENT_COLUMNS)
+# pack_int4's order over a run: nibble j of word q holds the word's fragment column NIBBLE_ORDER[j].
+PACK_ORDER = tuple(FRAGMENT_COLUMNS[8 * word + NIBBLE_ORDER[nibble]] for word in range(4) for nibble in range(8))
 GROUP_SIZES = (32, 64, 128)  # the sizes the kernels are verified with (CPU interpreter and GPU); others are refused
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 # Relative error (||y - ref|| / ||ref||) the kernels are tested to. Accumulation is fp32 throughout, so the error is
@@ -88,20 +89,13 @@ def pack_awqd_w4(weight: QuantizedWeight, device: torch.device) -> AwqdW4:
     scale_zero = scale_zero.view(torch.int32).squeeze(-1)  # little-endian: the scale is the low half
     bias = weight.bias.to(device=device, dtype=torch.float32) if weight.bias is not None else None
     return AwqdW4(
-        qweight=pack_int4(fragment_packed(weight.q), NIBBLE_ORDER).to(device).contiguous(),
+        qweight=pack_int4(weight.q, PACK_ORDER).to(device).contiguous(),
         scale_zero=scale_zero.to(device).contiguous(),
         bias=bias,
         in_features=weight.in_features,
         out_features=weight.out_features,
         group_size=weight.group_size,
     )
-
-
-def fragment_packed(q: torch.Tensor) -> torch.Tensor:
-    """[out, in] integers -> the same with each run of 32 columns in FRAGMENT_COLUMNS order."""
-    out_features, in_features = q.shape
-    runs = q.reshape(out_features, in_features // RUN, RUN)
-    return runs[:, :, list(FRAGMENT_COLUMNS)].reshape(out_features, in_features)
 
 
 def check_activations(x: torch.Tensor, packed: AwqdW4) -> None:

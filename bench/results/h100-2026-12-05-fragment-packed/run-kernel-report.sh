@@ -1,0 +1,19 @@
+# The fragment-packed layout (working tree): engine check, then the kernel report with every peer, one machine.
+B="transformers tokenizers huggingface_hub structlog prometheus_client protobuf"
+base=$(for n in $B; do ls .peers/${n}-*.whl; done)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $base || exit
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/peers-site .peers/*.whl || exit
+{ nvidia-smi --query-gpu=name,uuid,driver_version --format=csv,noheader; python3 -c "import torch,triton;print('torch',torch.__version__,'triton',triton.__version__)"; } > $OUT/host.txt; cat $OUT/host.txt
+export PYTHONUNBUFFERED=1 COLUMNS=200
+mkdir -p $OUT/r
+start=$(date +%s)
+PYTHONPATH=/tmp/site:$PWD:$PWD/clients/python/src timeout 250 python3 bench/engine_check.py --out $OUT/r/engine-new --selection-budget 150 --cache-dir /tmp/cache-new > $OUT/r/engine-new.log 2>&1
+echo "engine rc=$? in $(( $(date +%s) - start )) s"
+grep -h "engine, auto\|^| 1 |\|^| 8 |\|^| 32 |\|decode step\|Layer kernels\|CUDA-graph decode\|position 2048" $OUT/r/engine-new/engine-check.md | cut -c1-200
+cp /tmp/cache-new/decisions-*.json $OUT/r/engine-new/ 2>/dev/null
+start=$(date +%s)
+PYTHONPATH=/tmp/peers-site:$PWD:$PWD/clients/python/src timeout 290 python3 bench/kernel_peers.py --out $OUT/r/peers --seed-gemlite-config h100 --selection-budget 300 --cache-dir /tmp/peers-cache > $OUT/r/peers.log 2>&1
+echo "peers rc=$? in $(( $(date +%s) - start )) s"
+sed -n '/^| tokens/,/^$/p' $OUT/r/peers/kernel-peers.md | head -14 | cut -c1-400
+gzip $OUT/r/*.log
+cd $OUT && tar czf r.tgz r && rm -rf r

@@ -4,11 +4,11 @@
 
 Compiles awqd_w4_gemv_kernel for every tile of gemv.TILES on the qkv (12288x4096) and down (4096x11008) shapes at
 batch 1, fp16 and bf16, and reads the cubin's SASS (cuobjdump, from Triton's bundled CUDA tools): the loop is the
-longest backward branch's body, and its instruction count is divided by the words a thread handles per step
-(BLOCK_N * BLOCK_K / 8 / threads). Also per kernel: registers, and the loop's shared-memory traffic and barriers
-(layout conversions), and whether every layout conversion in the loop comes after the next step's loads (the
-TTGIR), which the hand-written prefetch needs. Use the GPU machine's Triton version (3.6): codegen differs between
-versions. --out keeps each kernel's TTGIR, PTX and SASS.
+longest backward branch's body, and its instruction count is divided by the words a thread handles per
+iteration (BLOCK_N * BLOCK_K / 8 / threads, times gemv.LOOP_UNROLL steps). Also per kernel: registers, the loop's
+shared-memory traffic and barriers (layout conversions), and whether each step's layout conversions come after its
+loads of the following step (the TTGIR), which the hand-written prefetch needs. Use the GPU machine's Triton
+version (3.6): codegen differs between versions. --out keeps each kernel's TTGIR, PTX and SASS.
 """
 
 import argparse
@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import mangle_type
 
-from awqd.kernels.triton.gemv import TILES, GemvConfig, awqd_w4_gemv_kernel
+from awqd.kernels.triton.gemv import LOOP_UNROLL, TILES, GemvConfig, awqd_w4_gemv_kernel
 
 SHAPES = {"qkv": (12288, 4096), "down": (4096, 11008)}
 GROUP_SIZE = 128
@@ -80,10 +80,12 @@ def opcode(instruction: str) -> str:
 
 
 def converts_after_loads(ttgir: str) -> bool:
+    """Each of the unrolled loop's steps issues its loads before any layout conversion of its own."""
     loop = ttgir[ttgir.index("scf.for") : ttgir.index("scf.yield")].splitlines()
-    loads = [i for i, line in enumerate(loop) if "tt.load" in line]
-    converts = [i for i, line in enumerate(loop) if "convert_layout" in line]
-    return not converts or min(converts) > max(loads)
+    events = "".join(
+        "L" if "tt.load" in line else "C" for line in loop if "tt.load" in line or "convert_layout" in line
+    )
+    return re.fullmatch(f"(L+C*){{{LOOP_UNROLL.value}}}", events) is not None
 
 
 def main() -> None:
@@ -115,7 +117,7 @@ def main() -> None:
                     cubin.unlink()
                 body = loop_body(sass)
                 ops = collections.Counter(opcode(instruction) for instruction in body)
-                words = tile.block_n * tile.block_k / 8 / (tile.num_warps * 32)
+                words = tile.block_n * tile.block_k / 8 / (tile.num_warps * 32) * LOOP_UNROLL.value
                 shared = ops["STS"] + ops["LDS"] + ops["STSM"] + ops["LDSM"] + ops["BAR"]
                 print(
                     f"| {tile.block_n}x{tile.block_k}, {tile.num_warps} warps | {shape_name} | {str(dtype)[6:]} | "

@@ -7,14 +7,15 @@ pairs 4 apart in one word).
 The kernel is issue-bound, not latency- or bandwidth-bound: Nsight Compute on an H200 (bench/results/h200-2026-12-02-
 own-kernels) found the previous version's warps waiting to issue (stall reasons selected / not_selected) at 22-36%
 of DRAM peak, at ~47 SASS instructions per word in its loop. So this one spends as few instructions per weight as
-it can (worddot.py, ~22 per word at the default tile, counted in the sm_90 SASS):
+it can (worddot.py, ~19 per word at the default tile, counted in the sm_90 SASS by bench/gemv_sass.py):
 - no weights put back in column order (the old tl.join / tl.reshape cost shared-memory round trips): each unpacked
   register of two nibbles meets the int32 of the two activations the layout put there;
 - fp16 activations: packed f16x2 arithmetic per word, one conversion to fp32, one fp32 multiply-add by the scale;
 - the scale and zero are read and prepared once per (row, segment), not per word;
 - no masks on the loads when every K step is whole (EVEN_K; true for the Llama shapes), tail rows clamped.
 The next step's loads (weights, scales and zeros, activations) are still issued before the current step is
-computed. The [segments, BLOCK_N, words] fp32 accumulator is summed once at the end.
+computed, and the loop runs two steps per iteration, so that no register is copied from one step to the next.
+The [segments, BLOCK_N, words] fp32 accumulator is summed once at the end.
 Activation rows are the fastest grid axis, so programs sharing a weight tile run together and read it from L2.
 (One program per row: a version holding several rows' [BLOCK_N, BLOCK_K] products per program measured 2.6x
 slower at batch 1 on the H200, so rows stay apart.)
@@ -52,20 +53,23 @@ class GemvConfig:
     num_stages: int = 1  # the kernel prefetches by hand; Triton's pipeliner adds nothing here
 
 
+# Two steps per loop iteration: the prefetched step's registers then need no copy into the current step's (21
+# MOVs per step at the default tile, in the sm_90 SASS).
+LOOP_UNROLL = tl.constexpr(2)
 GEMV_MAX_TUNED_ROWS = 4  # each row re-reads the weights from L2; beyond a few rows the GEMM wins (bench/results)
 # Chosen from the sm_90 SASS: (SASS instructions per word in the loop, registers) on the qkv shape, the 256-column
 # tiles on down's. A thread holds BLOCK_N / num_warps rows of 4 words per segment, so rows per thread amortise the
 # activations; the smaller tiles give N = 4096 more programs. 256-column steps are whole on K = 11008.
-# Timed on an H200, ms per Llama-2-7B layer at 1 / 2 tokens (bench/results/h200-2026-12-02-gemv): the first, the
-# untuned default, is within 6% of the best tile at 1 token and the best at 2.
+# Timed on an H100, ms per Llama-2-7B layer at 1 / 2 tokens, two rounds (bench/results/h100-2026-12-05-gemv-fma-
+# unroll): the first, the untuned default, is the best at 2 tokens and within 5-16% of the best at 1.
 TILES = (
-    GemvConfig(16, 512, 1, 2),  # (21.4, 156): 0.0527 / 0.0692
-    GemvConfig(8, 1024, 1, 2),  # (22.3, 164): 0.0523 / 0.0873
-    GemvConfig(32, 256, 1, 2),  # (22.3, 128): 0.0727 / 0.0857
-    GemvConfig(16, 256, 1, 2),  # (26.4, 80): 0.0679 / 0.0850
-    GemvConfig(4, 1024, 1, 2),  # (28.5, 94): 0.0713 / 0.1273
-    GemvConfig(16, 1024, 1, 4),  # (21.9, 164): 0.0497 / 0.0759
-    GemvConfig(8, 512, 1, 1),  # (21.3, 159): 0.0526 / 0.0692; one warp, so its layout conversion's barriers cost least
+    GemvConfig(16, 512, 1, 2),  # (19.3, 168): 0.056-0.062 / 0.066-0.067
+    GemvConfig(8, 1024, 1, 2),  # (19.7, 166): 0.053 / 0.071-0.072
+    GemvConfig(32, 256, 1, 2),  # (19.3, 128): 0.075 / 0.082
+    GemvConfig(16, 256, 1, 2),  # (22.1, 96): 0.065-0.066 / 0.078
+    GemvConfig(4, 1024, 1, 2),  # (23.1, 95): 0.056 / 0.088-0.089
+    GemvConfig(16, 1024, 1, 4),  # (19.9, 143): 0.056 / 0.079-0.080
+    GemvConfig(8, 512, 1, 1),  # (20.7, 136): 0.059-0.060 / 0.073; one warp: its layout conversions' barriers cost least
 )
 DEFAULT_TILE = TILES[0]
 # Tried and rejected on an H200 (bench/results/h200-2026-12-02-gemv-splitk-pdl): split-K 2 and 4 tiles, slower on
@@ -148,7 +152,7 @@ def awqd_w4_gemv_kernel(
     first = tl.minimum(start, end - WORDS) if EVEN_K else start
     w_next, sz_next, x_next = load_step(w_rows, sz_rows, x_pairs, words, segments, first, end, GROUP_WORDS, EVEN_K)
     acc = tl.zeros([SEGS, BLOCK_N, SEG_WORDS], dtype=tl.float32)
-    for word0 in range(start, end, WORDS):
+    for word0 in tl.range(start, end, WORDS, loop_unroll_factor=LOOP_UNROLL):
         w, sz, x = w_next, sz_next, x_next
         following = tl.minimum(word0 + WORDS, end - WORDS) if EVEN_K else word0 + WORDS
         w_next, sz_next, x_next = load_step(

@@ -4,10 +4,11 @@ Grid (rows, N / BLOCK_N, SPLIT_K). A program owns BLOCK_N weight rows and one co
 slice BLOCK_K columns at a time as [segments, BLOCK_N, words] int32 tiles (a segment: the step's words of one
 group; one word: 8 weights of one row), with each word's 8 activations as 4 int32 pairs of fp16 (the layout puts
 pairs 4 apart in one word).
-The kernel is issue-bound, not latency- or bandwidth-bound: Nsight Compute on an H200 (bench/results/h200-2026-12-02-
-own-kernels) found the previous version's warps waiting to issue (stall reasons selected / not_selected) at 22-36%
-of DRAM peak, at ~47 SASS instructions per word in its loop. So this one spends as few instructions per weight as
-it can (worddot.py, ~19 per word at the default tile, counted in the sm_90 SASS by bench/gemv_sass.py):
+Nsight Compute on an H200 (bench/results/h200-2026-12-02-own-kernels) found an earlier version issue-bound: its warps
+waited to issue (stall reasons selected / not_selected) at 22-36% of DRAM peak, at ~47 SASS instructions per word
+in its loop. So this one spends as few instructions per weight as it can (worddot.py, ~19 per word at the default
+tile, counted in the sm_90 SASS by bench/gemv_sass.py), and now waits mostly on its global loads (long_scoreboard),
+at 54-62% of DRAM peak on the large linears (bench/results/h200-2026-12-05-gemv-fma-unroll):
 - no weights put back in column order (the old tl.join / tl.reshape cost shared-memory round trips): each unpacked
   register of two nibbles meets the int32 of the two activations the layout put there;
 - fp16 activations: packed f16x2 arithmetic per word, one conversion to fp32, one fp32 multiply-add by the scale;

@@ -80,7 +80,12 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_dequant_cublas":
         from awqd.kernels.triton.dequant import DequantConfig
 
-        return [((96, 256), 32, 3, DequantConfig(16, 64, 4)), ((128, 512), 64, 5, DequantConfig(64, 512, 8))]
+        # Two runs of 32 columns per program; whole tiles; a tile wider than K with a row tail (masked runs and rows).
+        return [
+            ((96, 256), 32, 3, DequantConfig(16, 64, 4)),
+            ((128, 512), 64, 5, DequantConfig(64, 512, 8)),
+            ((96, 256), 32, 2, DequantConfig(64, 512, 4)),
+        ]
     if kernel == "awqd_triton_skinny":
         from awqd.kernels.triton.skinny import SkinnyConfig
 

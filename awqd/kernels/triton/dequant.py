@@ -1,9 +1,15 @@
 """Dequantize awqd_w4 to a dense fp16/bf16 weight with Triton, then F.linear on cuBLAS: for the largest batches.
 
-At a few hundred tokens a step is compute-bound, and cuBLAS's tensor-core GEMM beats any fused int4 kernel here
-(bench/results), so the weight is expanded once per call and the matmul left to cuBLAS. The expansion is
-bandwidth-bound: it reads 0.5 byte and writes 2 bytes per weight, one [BLOCK_N, BLOCK_K] tile per program,
-with the same unpacking as the fused kernels (unpack.py). The dense copy lives only for the call.
+From a few thousand tokens a step is compute-bound, and cuBLAS's tensor-core GEMM beats any fused int4 kernel here
+(an H200's decisions pick this one at 2048 and 8192 tokens: bench/results/h200-2026-12-05-gemv-fma-unroll), so
+the weight is expanded once per call and the matmul left to cuBLAS. The expansion is bandwidth-bound: it reads 0.5
+byte and writes 2 bytes per weight, one [BLOCK_N, BLOCK_K] tile per program, with the same unpacking as the fused
+kernels (unpack.py), at 2.9-3.5 TB/s on an H200 (copy: 4.1 TB/s). The dense copy lives only for the call.
+Tried and rejected on an H100 (bench/results/h100-2026-12-05-dequant-tiles):
+- storing each thread's runs of 32 columns from the registers they were unpacked in, without the shared-memory
+  transpose: 1.9-2.9x slower per linear, as a warp's 16-byte stores then fall in 32 rows;
+- row chunks small enough that the fp16 chunk stays in L2 until cuBLAS reads it: 8-89% slower per layer at 256-2048
+  tokens, the smaller the chunks the slower, as cuBLAS loses more on the narrower matmuls than the round trip costs.
 """
 
 from dataclasses import dataclass
@@ -19,13 +25,17 @@ from awqd.kernels.triton.unpack import dequantize_tile, load_words, natural_orde
 
 @dataclass(frozen=True)
 class DequantConfig:
-    block_n: int = 32
-    block_k: int = 256
+    block_n: int = 8
+    block_k: int = 1024
     num_warps: int = 4
 
 
 def tuning_space(bucket: int) -> tuple[DequantConfig, ...]:
-    """Nothing to tune: one bandwidth-bound tile is within noise of the others."""
+    """Nothing to tune: the work does not depend on the batch. On an H200 the default was the fastest of ten tiles on
+    all four Llama-2-7B linears: a layer's dequantize took 151 µs against 211 at 32 x 256, and the layer 13% less at
+    512 tokens (bench/results/h200-2026-12-05-dequant-tiles). On an H100 the tiles of 4-8 rows x 512-1024 columns
+    came within 2% of it. With 4 warps a program can fill an SM on GPUs that cap its resident programs at 32
+    (1-warp programs would leave half the warps empty)."""
     return ()
 
 

@@ -75,7 +75,10 @@ TILES = (
 DEFAULT_TILE = TILES[0]
 # Tried and rejected on an H200 (bench/results/h200-2026-12-02-gemv-splitk-pdl): split-K 2 and 4 tiles, slower on
 # every linear at 1-4 tokens (more resident warps did not raise DRAM throughput; the reduce pass costs 2-3 µs), and
-# programmatic dependent launch, which slowed the engine's decode step by 16%.
+# programmatic dependent launch, which slowed the engine's decode step by 16%. Also a 128-register cap (Triton's
+# maxnreg: 25% occupancy instead of 18.75%, no spills), on an H200 before the unroll and on an H100 after it: no
+# linear was faster capped by more than the spread between runs, and most were slower
+# (bench/results/h200-2026-12-03-gemv-register-cap, h100-2026-12-05-dequant-tiles).
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:

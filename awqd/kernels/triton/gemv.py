@@ -78,7 +78,8 @@ DEFAULT_TILE = TILES[0]
 # programmatic dependent launch, which slowed the engine's decode step by 16%. Also a 128-register cap (Triton's
 # maxnreg: 25% occupancy instead of 18.75%, no spills), on an H200 before the unroll and on an H100 after it: no
 # linear was faster capped by more than the spread between runs, and most were slower
-# (bench/results/h200-2026-12-03-gemv-register-cap, h100-2026-12-05-dequant-tiles).
+# (bench/results/h200-2026-12-03-gemv-register-cap, h100-2026-12-05-dequant-tiles). And tiles of 2048-4096-column
+# K steps, 1-2 per program: 5-73% slower on every linear (bench/results/h100-2026-12-05-gemv-long-steps).
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:

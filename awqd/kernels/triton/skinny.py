@@ -23,6 +23,9 @@ local_alloc in the loop, for tiles of 32 weight rows per warp); the activation t
 the MMA as it lies. The pointer path keeps the weight tile as packed and relabels the activations to match
 (packed_order): Triton does not re-lay out loads held in registers across steps, so there the activation tile goes
 through shared memory anyway, and relabeling the larger weight tile costs more stores.
+From 64 tokens one warpgroup both unpacks and waits for its own MMAs: barrier is then the top stall (Nsight Compute,
+bench/results/h100-2026-12-05-ncu-skinny). Triton 3.6's Hopper warp specialization cannot split the two: on this loop
+it aborts, or leaves the loop whole (8 warps).
 Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
 completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.

@@ -80,7 +80,7 @@ def forced_configs(kernel: str) -> list[tuple[tuple[int, int], int, int, object]
     if kernel == "awqd_triton_dequant_cublas":
         from awqd.kernels.triton.dequant import DequantConfig
 
-        # Two runs of 32 columns per program; whole tiles; a tile wider than K with a row tail (masked runs and rows).
+        # A 64-column tile across two groups; K in one whole tile; a tile wider than K with a row tail (masked).
         return [
             ((96, 256), 32, 3, DequantConfig(16, 64, 4)),
             ((128, 512), 64, 5, DequantConfig(64, 512, 8)),

@@ -7,10 +7,9 @@ A dry run on a CPU (tiny shapes, the Triton interpreter):
 
 Exactness: the fp16 weight must equal awqd.quant.reference.dequantize's bit for bit ((q - z) * s rounds once), and
 bf16 the same product rounded to fp16 and then to bf16, as the kernel computes it (on a CPU within one bf16 unit:
-the interpreter truncates to bf16). Timing is awqd.kernels.measure's
-(CUDA-graph replay, weights rotated past L2). Only awqd.kernels.triton.dequant's dequantize and DequantConfig are
-used, so the script also times an earlier tree's kernel (PYTHONPATH) on the same tiles. Writes DIR/dequant-check.json
-and .md.
+the interpreter truncates to bf16). Timing is awqd.kernels.measure's (CUDA-graph replay, weights rotated past L2).
+Only awqd.kernels.triton.dequant's dequantize and DequantConfig are used, so the script also times an earlier tree's
+kernel (put first on PYTHONPATH) on the same tiles. Writes DIR/dequant-check.json and .md.
 """
 
 import argparse

@@ -25,7 +25,9 @@ the MMA as it lies. The pointer path keeps the weight tile as packed and relabel
 through shared memory anyway, and relabeling the larger weight tile costs more stores.
 From 64 tokens one warpgroup both unpacks and waits for its own MMAs: barrier is then the top stall (Nsight Compute,
 bench/results/h100-2026-12-05-ncu-skinny). Triton 3.6's Hopper warp specialization cannot split the two: on this loop
-it aborts, or leaves the loop whole (8 warps).
+it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon (a TMA loader warp, the unpack and wgmma in
+the default partition) it ran 7-23% slower, and a wgmma whose weights stay in flight in registers across the next
+unpack is unsafe there: ptxas reuses the registers (bench/results/h200-2026-12-05-gluon-warp-specialized).
 Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
 completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.

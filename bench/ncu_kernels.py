@@ -8,9 +8,10 @@ tiles than a plain process does (bench/results/h200-2026-12-04-own-kernels/ncu-2
 `ncu --clock-control none` (the clocks stay as they are) with those tiles installed and the profiler off except
 around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096, gate_up 22016x4096, down
 4096x11008; W4 g128 with a zero point), after a warm-up. Per kernel launch it keeps the duration, achieved DRAM
-bandwidth (bytes read over duration, and % of peak), achieved and theoretical occupancy, registers, grid and block,
-and the warp-stall breakdown (cycles per issued instruction by reason). Writes ncu-kernels.json, ncu-kernels.md
-and each case's tiles (tiles-CASE.json) under --out.
+bandwidth (bytes read over duration, and % of peak), L2 traffic (bytes over duration, and % of peak), SM throughput
+(% of peak), achieved and theoretical occupancy, registers, grid and block, and the warp-stall breakdown (cycles per
+issued instruction by reason). Writes ncu-kernels.json, ncu-kernels.md and each case's tiles (tiles-CASE.json) under
+--out.
 
 The child mode (--child) is what ncu runs; it is not meant to be called by hand.
 """
@@ -37,6 +38,9 @@ METRICS = {
     "gpu__time_duration.sum": "duration_ns",
     "dram__bytes_read.sum": "dram_read_bytes",
     "dram__throughput.avg.pct_of_peak_sustained_elapsed": "dram_pct_of_peak",
+    "lts__t_bytes.sum": "l2_bytes",
+    "lts__throughput.avg.pct_of_peak_sustained_elapsed": "l2_pct_of_peak",
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed": "sm_pct_of_peak",
     "sm__warps_active.avg.pct_of_peak_sustained_active": "achieved_occupancy_pct",
     "sm__maximum_warps_per_active_cycle_pct": "theoretical_occupancy_pct",
     "launch__registers_per_thread": "registers",
@@ -169,6 +173,8 @@ def profile(case: str, tune_s: float, out: Path) -> dict:
         launch["stalls"] = {s: v for s, v in sorted(stalls.items(), key=lambda kv: -(kv[1] or 0)) if v}
         if launch["duration_ns"] and launch["dram_read_bytes"]:
             launch["dram_read_gbps"] = round(launch["dram_read_bytes"] / launch["duration_ns"], 1)
+        if launch["duration_ns"] and launch["l2_bytes"]:
+            launch["l2_gbps"] = round(launch["l2_bytes"] / launch["duration_ns"], 1)
         launches.append(launch)
     result["launches"] = launches
     result["total_us"] = round(sum(launch["duration_ns"] or 0 for launch in launches) / 1000, 2)
@@ -190,9 +196,9 @@ def markdown(data: dict) -> str:
         "",
         "Four fused Llama-2-7B linears, W4 g128 with zero point, one pass each, `ncu --clock-control none`.",
         "",
-        "| case | kernel | us | DRAM read GB/s | DRAM % peak | occupancy achieved / theoretical % | regs | "
-        "grid x block | top stalls (cycles per issue) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | kernel | us | DRAM read GB/s | DRAM % peak | L2 GB/s (% peak) | SM % peak | "
+        "occupancy achieved / theoretical % | regs | grid x block | top stalls (cycles per issue) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in data["cases"]:
         for launch in result.get("launches", []):
@@ -200,6 +206,7 @@ def markdown(data: dict) -> str:
             lines.append(
                 f"| {result['case']} | {launch['kernel'][:48]} | {(launch['duration_ns'] or 0) / 1000:.1f} | "
                 f"{launch.get('dram_read_gbps', '-')} | {launch['dram_pct_of_peak']} | "
+                f"{launch.get('l2_gbps', '-')} ({launch.get('l2_pct_of_peak')}) | {launch.get('sm_pct_of_peak')} | "
                 f"{launch['achieved_occupancy_pct']} / {launch['theoretical_occupancy_pct']} | {launch['registers']} | "
                 f"{launch['grid']} x {launch['block']} | {stalls} |"
             )

@@ -30,10 +30,16 @@ class ModelSpec:
         if not sep or not rest:
             raise InvalidArgument("--model", f"expected NAME=PATH[@PLACEMENT], got {text!r}")
         path, _, device = rest.partition("@")
-        if not MODEL_NAME.match(name):
-            raise InvalidArgument("--model", f"model name {name!r} must be letters, digits, '.', '_' or '-'")
+        check_model_name(name, "--model")
         parse_placement(device, field=f"--model {name}")
         return cls(name=name, path=path, device=device)
+
+
+def check_model_name(name: str, field: str = "name") -> None:
+    if not MODEL_NAME.match(name):
+        raise InvalidArgument(
+            field, f"{name!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
 
 
 def parse_placement(text: str, field: str = "device") -> tuple[str, ...]:

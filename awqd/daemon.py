@@ -21,7 +21,7 @@ from awqd import __version__
 from awqd.benchmark.params import BenchmarkParams
 from awqd.benchmark.report import Progress, Report
 from awqd.benchmark.runner import run_benchmark
-from awqd.config import ModelSpec, ServeConfig
+from awqd.config import ModelSpec, ServeConfig, check_model_name
 from awqd.engine.request import GenerateParams
 from awqd.engine.sequence import Job
 from awqd.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -273,6 +273,7 @@ class Daemon:
     def load_model(self, name: str, path: str, device: str, kernel: str) -> HostedModel:
         if not self.ready.is_set():
             raise Unavailable("awqd is still booting: kernel selection has not finished")
+        check_model_name(name)  # the fields in the order they are declared
         checkpoint = self.models.resolve_path(path)
         self._select_deferred(self.models.placement(device), checkpoint)
         return self.models.load(name, checkpoint, device, kernel)

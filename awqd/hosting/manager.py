@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 import torch
 
-from awqd.config import MODEL_NAME, EngineSettings, parse_placement
+from awqd.config import EngineSettings, check_model_name, parse_placement
 from awqd.engine.build import build_engine
 from awqd.engine.scheduler import Scheduler
 from awqd.engine.sequence import Job
@@ -137,6 +137,8 @@ class ModelManager:
         resolved = (self.model_root / path).resolve()
         if resolved != self.model_root and self.model_root not in resolved.parents:
             raise PermissionDenied(f"path: {path!r} is outside the model root {self.model_root}")
+        if not resolved.is_dir():  # refused before the name is taken: a typo leaves no failed model behind
+            raise NotFound(f"path: {path!r} is not a directory in the model root {self.model_root}")
         return resolved
 
     def placement(self, placement: str, field_name: str = "device") -> list[str]:
@@ -153,8 +155,7 @@ class ModelManager:
         """Loads and warms up one replica per placed device, side by side (awqd.engine.warmup): the model turns
         ready once one replica is warm. A failed replica stays listed as failed, with the reason, and frees what
         it held; when every replica failed, the first error is raised."""
-        if not MODEL_NAME.match(name):
-            raise InvalidArgument("name", f"{name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        check_model_name(name)
         devices = self.placement(placement)
         kernel = kernel or "auto"
         hosted = HostedModel(name=name, path=path, kernel=kernel, replicas=[Replica(name, path, d) for d in devices])

@@ -273,6 +273,14 @@ def test_paths_outside_the_model_root_are_refused(client, path):
     assert raised.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_missing_checkpoint_directory_is_not_found_and_leaves_no_model(client):
+    with pytest.raises(AwqdError) as raised:
+        client.load_model("typo", "no-such-checkpoint")
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND
+    assert raised.value.message.startswith("path: 'no-such-checkpoint' is not a directory")
+    assert "typo" not in [m.name for m in client.list_models()]
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [

@@ -8,17 +8,12 @@ the skinny kernel's tensor pipes are far from either peak (../h100-2026-12-05-nc
 
 out.T [N, M] = W [N, K] @ x.T, W in the awqd_w4 layout, scale first ((q - z) * s in fp16, fp32 accumulators). Each
 K step is one run of 32 columns: one int32 word per lane and row pair, which is the m16n8k16 A fragment over two k16
-steps (layout.FRAGMENT_COLUMNS). A loader warp streams the words [BLOCK_N, 4] and activations [BLOCK_M, 32] through
-STAGES shared-memory buffers with TMA; each warp of the default partition owns 16-row strips of the weights, reads
-its words into the A fragment (asserted trivial at compile time) and the activations into B fragments, releases the
-stage, unpacks and multiplies. The steps of one quantization group share one (scale, zero) load, made a group
-ahead. Split-K slices are whole groups; their fp32 partials are added by the host. fp16 only, no bias.
-
-Compiled offline for sm_90 (Triton 3.6), the first form of this loop took 155-203 SASS instructions per 1,000
-weights a warp at 16 tokens and 342-563 at 64-128, against the skinny kernel's 80-163. Most were register moves:
-operands carried across iterations by a software pipeline, and fp16 products that LLVM paired across rows. Without
-the pipeline, with the fp16 pairs formed in the asm and one scale load a group, it takes 88-188
-(sass_counts.txt).
+steps (layout.FRAGMENT_COLUMNS). A loader streams the words [BLOCK_N, 4] and activations [BLOCK_M, 32] through STAGES
+shared-memory buffers with TMA. The consumers (one partition of num_warps warps, or four of one warp each) own
+16-row strips of the weights: each warp reads its words into the A fragment (asserted trivial at compile time) and
+the activations into B fragments, releases the stage, unpacks and multiplies. The steps of one quantization group
+share one (scale, zero) load, made a group ahead. Split-K slices are whole groups; their fp32 partials are added by
+the host. fp16 only, no bias. Offline SASS counts: README.md.
 """
 
 import torch
@@ -30,6 +25,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 BLOCK_K = 32  # one run of the layout's fragment order per step: one int32 word per lane and row pair
+# One-warp consumers' registers: with the loader's 4 warps at 24, two programs of 8 warps fill the register file. At
+# 128 (the launch's maxnreg) 32 weight rows at 64 tokens spill; at 232 they do not (offline, ptxas for sm_90a).
+CONSUMER_REGS = 232
 
 
 @gluon.constexpr_function
@@ -150,19 +148,21 @@ def mma_partition(
     steps,
     GROUP_SIZE: gl.constexpr,
     BLOCK_M: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    num_warps: gl.constexpr,
+    ROW0: gl.constexpr,
+    ROWS: gl.constexpr,
+    WARPS: gl.constexpr,
 ):
+    """Rows ROW0 to ROW0 + ROWS of the program's weight tile, on WARPS warps."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
-    WL: gl.constexpr = word_layout(BLOCK_N, num_warps)
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    WL: gl.constexpr = word_layout(ROWS, WARPS)
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     A_REGS: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_REGS: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     SUB: gl.constexpr = GROUP_SIZE // 32  # steps per quantization group: one (scale, zero) load serves them all
-    rows = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL))
+    rows = n0 + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, WL))
     row_mask = rows < N
     sz_rows = sz_ptr + rows * groups
-    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA)
+    acc = gl.zeros([ROWS, BLOCK_M], gl.float32, MMA)
     # Not software-pipelined: mma.sync blocks only an instruction that reads its accumulator, so each warp goes on
     # to the next step's loads and unpack while its MMAs run. Carrying operands across iterations instead made
     # ptxas move every operand register once a step (PRMT and IMAD.MOV copies), more than doubling the loop.
@@ -177,16 +177,16 @@ def mma_partition(
             i = g * SUB + j
             s = i % STAGES
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            words = w_bufs.index(s).load(WL)
+            words = w_bufs.index(s).slice(ROW0, ROWS).load(WL)
             x = x_bufs.index(s).permute((1, 0)).load(B_REGS)
             fence_async_shared()
             mbarrier.arrive(empty.index(s), count=1)
-            a = gl.convert_layout(dequantize(words, zz, ss, BLOCK_N), A_REGS, assert_trivial=True)
+            a = gl.convert_layout(dequantize(words, zz, ss, ROWS), A_REGS, assert_trivial=True)
             acc = mma_v2(a, x, acc)
 
-    STORE: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, num_warps], [0, 1])  # lanes along N: coalesced
+    STORE: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS], [0, 1])  # lanes along N: coalesced
     out = gl.convert_layout(acc, STORE)
-    n_idx = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, STORE))
+    n_idx = n0 + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, STORE))
     m_idx = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, STORE))
     ptrs = out_ptr + pid_k * M * N + gl.expand_dims(m_idx, 0) * N + gl.expand_dims(n_idx, 1)
     mask = gl.expand_dims(n_idx < N, 1) & gl.expand_dims(m_idx < M, 0)
@@ -207,8 +207,12 @@ def w4_mma2_kernel(
     BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr,
     SPLIT_K: gl.constexpr,
+    CONSUMERS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
+    """CONSUMERS 1: one partition of num_warps warps unpacks and multiplies. CONSUMERS 4: four partitions of one warp
+    each (num_warps 1), each releasing a stage on its own: no barrier among the consumer warps."""
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     m_tiles = gl.cdiv(M, BLOCK_M)
@@ -224,40 +228,150 @@ def w4_mma2_kernel(
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
-    gl.warp_specialize(
-        [
-            (
-                mma_partition,
+        mbarrier.init(empty.index(s), count=CONSUMERS)
+    loads = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps)
+    if CONSUMERS == 1:
+        gl.warp_specialize(
+            [
                 (
-                    x_bufs,
-                    w_bufs,
-                    ready,
-                    empty,
-                    sz_ptr,
-                    out_ptr,
-                    M,
-                    N,
-                    groups,
-                    m0,
-                    n0,
-                    pid_k,
-                    step0,
-                    steps,
-                    GROUP_SIZE,
-                    BLOCK_M,
-                    BLOCK_N,
-                    num_warps,
+                    mma_partition,
+                    (
+                        x_bufs,
+                        w_bufs,
+                        ready,
+                        empty,
+                        sz_ptr,
+                        out_ptr,
+                        M,
+                        N,
+                        groups,
+                        m0,
+                        n0,
+                        pid_k,
+                        step0,
+                        steps,
+                        GROUP_SIZE,
+                        BLOCK_M,
+                        0,
+                        BLOCK_N,
+                        num_warps,
+                    ),
                 ),
-            ),
-            (load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps)),
-        ],
-        [1],
-        [24],
-    )
+                (load_partition, loads),
+            ],
+            [1],
+            [24],
+        )
+    else:
+        # Partitions of one warp each: the default partition (num_warps, a multiple of 4) only loads.
+        gl.static_assert(CONSUMERS == 4, "four one-warp consumers")
+        ROWS: gl.constexpr = BLOCK_N // 4
+        gl.warp_specialize(
+            [
+                (load_partition, loads),
+                (
+                    mma_partition,
+                    (
+                        x_bufs,
+                        w_bufs,
+                        ready,
+                        empty,
+                        sz_ptr,
+                        out_ptr,
+                        M,
+                        N,
+                        groups,
+                        m0,
+                        n0,
+                        pid_k,
+                        step0,
+                        steps,
+                        GROUP_SIZE,
+                        BLOCK_M,
+                        0,
+                        ROWS,
+                        1,
+                    ),
+                ),
+                (
+                    mma_partition,
+                    (
+                        x_bufs,
+                        w_bufs,
+                        ready,
+                        empty,
+                        sz_ptr,
+                        out_ptr,
+                        M,
+                        N,
+                        groups,
+                        m0,
+                        n0,
+                        pid_k,
+                        step0,
+                        steps,
+                        GROUP_SIZE,
+                        BLOCK_M,
+                        ROWS,
+                        ROWS,
+                        1,
+                    ),
+                ),
+                (
+                    mma_partition,
+                    (
+                        x_bufs,
+                        w_bufs,
+                        ready,
+                        empty,
+                        sz_ptr,
+                        out_ptr,
+                        M,
+                        N,
+                        groups,
+                        m0,
+                        n0,
+                        pid_k,
+                        step0,
+                        steps,
+                        GROUP_SIZE,
+                        BLOCK_M,
+                        2 * ROWS,
+                        ROWS,
+                        1,
+                    ),
+                ),
+                (
+                    mma_partition,
+                    (
+                        x_bufs,
+                        w_bufs,
+                        ready,
+                        empty,
+                        sz_ptr,
+                        out_ptr,
+                        M,
+                        N,
+                        groups,
+                        m0,
+                        n0,
+                        pid_k,
+                        step0,
+                        steps,
+                        GROUP_SIZE,
+                        BLOCK_M,
+                        3 * ROWS,
+                        ROWS,
+                        1,
+                    ),
+                ),
+            ],
+            [1, 1, 1, 1],
+            [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS],
+        )
 
 
-def w4_mma2(x, packed, block_m, block_n, stages, split_k, num_warps, maxnreg):
+def w4_mma2(x, packed, block_m, block_n, stages, split_k, num_warps, maxnreg, consumers=1):
     """y = x @ W.T for fp16 x [rows, K] and an awqd_w4 weight, K split into split_k slices of whole groups."""
     rows, n, k = x.shape[0], packed.out_features, packed.in_features
     groups = k // packed.group_size
@@ -285,6 +399,8 @@ def w4_mma2(x, packed, block_m, block_n, stages, split_k, num_warps, maxnreg):
         block_n,
         stages,
         split_k,
+        consumers,
+        CONSUMER_REGS,
         num_warps=num_warps,
         maxnreg=maxnreg,
     )

@@ -38,7 +38,8 @@ TOLERANCE = TOLERANCES[torch.float16]
 
 def tiles(rows: int) -> list[dict]:
     """Each family at this bucket (one M tile of all rows), as many 32-column stages as the budget holds (whole
-    groups of 4, at most 32), split K for about 2 or 1 programs per SM."""
+    groups of 4, at most 32), split K for about 2 or 1 programs per SM. The 128-row 4-warp family also runs as four
+    one-warp consumer partitions beside a 4-warp loader (consumers 4): no barrier among the consumers."""
     block_m = max(16, rows)
     out = []
     for block_n, warps in FAMILIES:
@@ -46,24 +47,26 @@ def tiles(rows: int) -> list[dict]:
             continue
         stages = min(32, STAGE_BUDGET // (block_m * 64 + block_n * 16)) // 4 * 4
         maxnreg = 80 if warps == 8 and block_m <= 64 else 128  # 80: no spills offline; two 12-warp tiles an SM
-        for per_sm in (2, 1):
-            out.append(
-                dict(block_m=block_m, block_n=block_n, warps=warps, stages=stages, per_sm=per_sm, maxnreg=maxnreg)
-            )
+        for consumers in (1, 4) if (block_n, warps) == (128, 4) else (1,):
+            for per_sm in (2, 1):
+                tile = dict(block_m=block_m, block_n=block_n, warps=warps, stages=stages, per_sm=per_sm)
+                out.append(tile | dict(maxnreg=maxnreg, consumers=consumers))
     return out
 
 
 def launch(x: torch.Tensor, packed, tile: dict) -> torch.Tensor:
     programs = -(-x.shape[0] // tile["block_m"]) * -(-packed.out_features // tile["block_n"])
-    k_steps = packed.in_features // 128
+    groups = packed.in_features // packed.group_size
     split = 1
-    while programs * split < tile["per_sm"] * SMS and k_steps // (split * 2) >= 4:
+    while programs * split < tile["per_sm"] * SMS and groups // (split * 2) >= 4:  # at least 4 groups a slice
         split *= 2
-    return w4_mma2(x, packed, tile["block_m"], tile["block_n"], tile["stages"], split, tile["warps"], tile["maxnreg"])
+    sizes = tile["block_m"], tile["block_n"], tile["stages"], split
+    return w4_mma2(x, packed, *sizes, tile["warps"], tile["maxnreg"], tile["consumers"])
 
 
 def label(tile: dict) -> str:
-    return f"mma2 {tile['block_n']}x{tile['block_m']} w{tile['warps']} s{tile['stages']} p{tile['per_sm']}"
+    shape = f"{tile['block_n']}x{tile['block_m']} w{tile['warps']} c{tile['consumers']}"
+    return f"mma2 {shape} s{tile['stages']} p{tile['per_sm']}"
 
 
 def error(x: torch.Tensor, weight, packed, tile: dict, graph: bool) -> float | str:

@@ -44,6 +44,8 @@ MMA2_TILES = (
 # The skinny kernel's default tiles; at 128 tokens it runs two 64-row M tiles, each unpacking all the weights.
 SKINNY_TILES = ((16, skinny.default_tile(16)), (64, skinny.default_tile(64)), (128, skinny.default_tile(128)))
 SKINNY_TILES += ((128, skinny.scale_first_tiles(128)[0]),)
+# Tiles below 64 rows a warpgroup, for which Triton itself picks mma.sync over wgmma.
+SKINNY_TILES += ((16, skinny.SkinnyConfig(16, 32, 128, 0, 2, 4)), (64, skinny.SkinnyConfig(64, 32, 128, 0, 2, 4)))
 
 
 def compile_mma2(block_m: int, block_n: int, stages: int, warps: int, maxnreg: int, consumers: int):

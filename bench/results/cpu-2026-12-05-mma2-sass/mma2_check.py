@@ -43,11 +43,14 @@ def tiles(rows: int) -> list[dict]:
     block_m = max(16, rows)
     out = []
     for block_n, warps in FAMILIES:
-        if (block_n // warps) * block_m > 32 * 64:  # over 64 fp32 accumulators a thread: spills
+        # fp32 accumulators a thread: up to 128 in a consumer partition of 4 or 8 warps, which setmaxnreg gives 232
+        # registers (at 128, 16 bytes spill outside the MMAs); one-warp consumers spill beyond 64 (offline).
+        accumulators = (block_n // warps) * block_m // 32
+        if accumulators > 128:
             continue
         stages = min(32, STAGE_BUDGET // (block_m * 64 + block_n * 16)) // 4 * 4
         maxnreg = 80 if warps == 8 and block_m <= 64 else 128  # 80: no spills offline; two 12-warp tiles an SM
-        for consumers in (1, 4) if (block_n, warps) == (128, 4) else (1,):
+        for consumers in (1, 4) if (block_n, warps) == (128, 4) and accumulators <= 64 else (1,):
             for per_sm in (2, 1):
                 tile = dict(block_m=block_m, block_n=block_n, warps=warps, stages=stages, per_sm=per_sm)
                 out.append(tile | dict(maxnreg=maxnreg, consumers=consumers))

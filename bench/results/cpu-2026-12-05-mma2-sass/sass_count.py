@@ -40,6 +40,7 @@ MMA2_TILES = (
     (64, (64, 128, 16, 4, 128, 1)),
     (64, (64, 128, 16, 4, 128, 4)),
     (128, (128, 128, 8, 8, 128, 1)),
+    (128, (128, 128, 8, 4, 128, 1)),
 )
 # The skinny kernel's default tiles; at 128 tokens it runs two 64-row M tiles, each unpacking all the weights.
 SKINNY_TILES = ((16, skinny.default_tile(16)), (64, skinny.default_tile(64)), (128, skinny.default_tile(128)))

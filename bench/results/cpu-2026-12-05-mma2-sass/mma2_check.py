@@ -90,7 +90,7 @@ def error(x: torch.Tensor, weight, packed, tile: dict, graph: bool) -> float | s
     return relative_error(y, ref)
 
 
-def check(results: dict, rows: int, generator: torch.Generator) -> None:
+def check(results: dict, rows: int, generator: torch.Generator, out: str) -> None:
     """Row and column tails on a 200 x 512 weight, then every layer shape; the graph replay on 4096 x 4096."""
     for out_features, in_features in ((200, 512), *SHAPES):
         weight = random_weight(out_features, in_features, 128, DEVICE, generator, bias=False)
@@ -108,6 +108,7 @@ def check(results: dict, rows: int, generator: torch.Generator) -> None:
     passed = sum(case[-1] for case in results["check"])
     results["check_summary"] = f"{passed} of {len(results['check'])} pass"
     print(f"{passed} of {len(results['check'])} checks pass", flush=True)
+    save(results, out)
 
 
 def timing(results: dict, rows: int, packed: list, out: str) -> None:
@@ -122,6 +123,7 @@ def timing(results: dict, rows: int, packed: list, out: str) -> None:
             launches = [lambda c=copy[index], x=xs[index], t=config: skinny.skinny(x, c, t) for copy in packed]
             us["skinny " + str(config)] = per_launch_ms(str(config), launches, DEVICE, REPETITIONS) * 1e3
         results["linear_us"].setdefault(str(rows), {})[f"{out_features}x{in_features}"] = us
+        save(results, out)  # a call cut short keeps every linear timed so far
         best = {kind: min((v, k) for k, v in us.items() if k.startswith(kind)) for kind in ("mma2", "skinny")}
         fastest["mma2"].append(next(t for t in tiles(rows) if "mma2 " + label(t) == best["mma2"][1]))
         fastest["skinny"].append(next(t for t in skinny.tuning_space(rows) if "skinny " + str(t) == best["skinny"][1]))
@@ -172,7 +174,7 @@ def main() -> None:
     weights = random_layer_weights(SHAPES, 128, DEVICE, rotation_copies(SHAPES, DEVICE))
     packed = [[pack_awqd_w4(weight, DEVICE) for weight in copy] for copy in weights]
     for rows in BUCKETS:  # checked, then timed: a bucket's figures stand even if a later bucket runs out of time
-        check(results, rows, generator)
+        check(results, rows, generator, out)
         timing(results, rows, packed, out)
     results["copy_gbps"] = measure_copy_bandwidth_gbps(DEVICE)
     save(results, out)

@@ -119,14 +119,18 @@ def dequantize(words, zz, ss, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps):
+def load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps, k_steps):
+    """One stage a step: the program's BLOCK_N rows of words for 32 columns, 2 KB contiguous in the tiled layout
+    (tile_words), and the activations for the same columns."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
+    LINES: gl.constexpr = w_bufs.type.shape[1]  # 256-byte lines a stage: BLOCK_N / 16
     for i in range(steps):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
         k0 = (step0 + i) * 32
         mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(w_desc, [n0, k0 // 8], ready.index(s), w_bufs.index(s))
+        line = ((n0 // (LINES * 16)) * k_steps + step0 + i) * LINES
+        tma.async_copy_global_to_shared(w_desc, [line, 0], ready.index(s), w_bufs.index(s))
         tma.async_copy_global_to_shared(x_desc, [m0, k0], ready.index(s), x_bufs.index(s))
 
 
@@ -177,7 +181,7 @@ def mma_partition(
             i = g * SUB + j
             s = i % STAGES
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            words = w_bufs.index(s).slice(ROW0, ROWS).load(WL)
+            words = w_bufs.index(s).reshape([w_bufs.type.shape[1] * 16, 4]).slice(ROW0, ROWS).load(WL)
             x = x_bufs.index(s).permute((1, 0)).load(B_REGS)
             fence_async_shared()
             mbarrier.arrive(empty.index(s), count=1)
@@ -223,13 +227,13 @@ def w4_mma2_kernel(
     step0 = pid_k * per_slice * (GROUP_SIZE // 32)
     steps = gl.minimum(per_slice, groups - pid_k * per_slice) * (GROUP_SIZE // 32)
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, 32], x_desc.layout)
-    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, 4], w_desc.layout)
+    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N // 16, 64], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=CONSUMERS)
-    loads = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps)
+    loads = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps, K // 32)
     if CONSUMERS == 1:
         gl.warp_specialize(
             [
@@ -371,16 +375,27 @@ def w4_mma2_kernel(
         )
 
 
-def w4_mma2(x, packed, block_m, block_n, stages, split_k, num_warps, maxnreg, consumers=1):
-    """y = x @ W.T for fp16 x [rows, K] and an awqd_w4 weight, K split into split_k slices of whole groups."""
+def tile_words(packed, block_n: int) -> torch.Tensor:
+    """The awqd_w4 words regrouped so that one step's stage is contiguous: [N / block_n, K / 32, block_n, 4] (rows
+    padded with zeros to whole tiles), seen as lines of 64 words for TMA. Read as [block_n, 4] rows of 16 bytes, the
+    stages cost L2 two sectors a line's 32 bytes; the row-major words cost it a 32-byte sector per 16 bytes read."""
+    n, words = packed.qweight.shape
+    padded = torch.zeros(triton.cdiv(n, block_n) * block_n, words, dtype=torch.int32, device=packed.qweight.device)
+    padded[:n] = packed.qweight
+    tiled = padded.view(-1, block_n, words // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return tiled.view(-1, 64)
+
+
+def w4_mma2(x, packed, words, block_m, block_n, stages, split_k, num_warps, maxnreg, consumers=1):
+    """y = x @ W.T for fp16 x [rows, K] and an awqd_w4 weight whose words are tile_words(packed, block_n), K split
+    into split_k slices of whole groups."""
     rows, n, k = x.shape[0], packed.out_features, packed.in_features
     groups = k // packed.group_size
     split_k = triton.cdiv(groups, triton.cdiv(groups, split_k))  # no empty slice
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], gl.float16)
-    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K // 8], gl.int32)
+    w_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)  # row-major: 16-byte rows
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [block_m, BLOCK_K], x_layout)
-    w = packed.qweight
-    w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n, BLOCK_K // 8], w_layout)
+    w_desc = TensorDescriptor(words, list(words.shape), list(words.stride()), [block_n // 16, 64], w_layout)
     if split_k == 1:
         target = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     else:

@@ -51,12 +51,12 @@ SKINNY_TILES += ((16, skinny.SkinnyConfig(16, 32, 128, 0, 2, 4)), (64, skinny.Sk
 
 def compile_mma2(block_m: int, block_n: int, stages: int, warps: int, maxnreg: int, consumers: int):
     x = torch.zeros(block_m, 4096, dtype=torch.float16)
-    w = torch.zeros(4096, 512, dtype=torch.int32)
+    w = torch.zeros(4096 * 128 // 64, 64, dtype=torch.int32)  # tile_words of a 4096 x 4096 weight
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, 32], gl.float16)
-    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, 4], gl.int32)
+    w_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
     descriptors = {
         "x_desc": TensorDescriptor(x, list(x.shape), list(x.stride()), [block_m, 32], x_layout),
-        "w_desc": TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n, 4], w_layout),
+        "w_desc": TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n // 16, 64], w_layout),
     }
     constants = {"GROUP_SIZE": 128, "BLOCK_M": block_m, "BLOCK_N": block_n, "STAGES": stages, "SPLIT_K": 1}
     constants |= {"CONSUMERS": consumers, "CONSUMER_REGS": gluon_mma2.CONSUMER_REGS, "num_warps": warps}

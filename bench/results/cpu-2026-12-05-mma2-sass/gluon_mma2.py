@@ -6,14 +6,15 @@ both operands from registers and returns like any instruction, so ptxas can inte
 step's unpack within each warp, with no wait to place by hand. Its peak is lower than wgmma's, and at 16-128 tokens
 the skinny kernel's tensor pipes are far from either peak (../h100-2026-12-05-ncu-l2).
 
-out.T [N, M] = W [N, K] @ x.T, W in the awqd_w4 layout, scale first ((q - z) * s in fp16, fp32 accumulators). Each
-K step is one run of 32 columns: one int32 word per lane and row pair, which is the m16n8k16 A fragment over two k16
-steps (layout.FRAGMENT_COLUMNS). A loader streams the words [BLOCK_N, 4] and activations [BLOCK_M, 32] through STAGES
-shared-memory buffers with TMA. The consumers (one partition of num_warps warps, or four of one warp each) own
-16-row strips of the weights: each warp reads its words into the A fragment (asserted trivial at compile time) and
-the activations into B fragments, releases the stage, unpacks and multiplies. The steps of one quantization group
-share one (scale, zero) load, made a group ahead. Split-K slices are whole groups; their fp32 partials are added by
-the host. fp16 only, no bias. Offline SASS counts: README.md.
+out.T [N, M] = W [N, K] @ x.T, W in the awqd_w4 words regrouped by tile_words, scale first ((q - z) * s in fp16, fp32
+accumulators). Each K step is one run of 32 columns: one int32 word per lane and row pair, which is the m16n8k16 A
+fragment over two k16 steps (layout.FRAGMENT_COLUMNS). A loader warp streams stages of SPS steps (the words
+[SPS * BLOCK_N, 4] and the activations SPS x [BLOCK_M, 32]) through STAGES shared-memory buffers with TMA. Each warp
+of the consumer partition owns 16-row strips of the weights: it reads its words into the A fragment (asserted
+trivial at compile time) and the activations into B fragments, releases the stage after its last step, unpacks and
+multiplies. The steps of one quantization group share one (scale, zero) load, made a group ahead. Split-K slices
+are whole groups; their fp32 partials are added by the host. fp16 only, no bias. Offline SASS counts and
+measurements: README.md.
 """
 
 import torch
@@ -25,9 +26,6 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 BLOCK_K = 32  # one run of the layout's fragment order per step: one int32 word per lane and row pair
-# One-warp consumers' registers: with the loader's 4 warps at 24, two programs of 8 warps fill the register file. At
-# 128 (the launch's maxnreg) 32 weight rows at 64 tokens spill; at 232 they do not (offline, ptxas for sm_90a).
-CONSUMER_REGS = 232
 
 
 @gluon.constexpr_function
@@ -120,18 +118,20 @@ def dequantize(words, zz, ss, BLOCK_N: gl.constexpr):
 
 @gluon.jit
 def load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps, k_steps):
-    """One stage a step: the program's BLOCK_N rows of words for 32 columns, 2 KB contiguous in the tiled layout
-    (tile_words), and the activations for the same columns."""
-    STAGES: gl.constexpr = x_bufs.type.shape[0]
-    LINES: gl.constexpr = w_bufs.type.shape[1]  # 256-byte lines a stage: BLOCK_N / 16
-    for i in range(steps):
+    """One stage holds SPS steps: the program's words for them, SPS * BLOCK_N * 16 bytes contiguous in the tiled
+    layout (tile_words), in one copy, and the activations, one copy a step."""
+    STAGES: gl.constexpr = ready.type.shape[0]
+    SPS: gl.constexpr = x_bufs.type.shape[0] // STAGES
+    LINES: gl.constexpr = w_bufs.type.shape[1] // SPS  # 256-byte lines a step: BLOCK_N / 16
+    for i in range(steps // SPS):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
-        k0 = (step0 + i) * 32
-        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-        line = ((n0 // (LINES * 16)) * k_steps + step0 + i) * LINES
+        step = step0 + i * SPS
+        mbarrier.expect(ready.index(s), SPS * x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+        line = ((n0 // (LINES * 16)) * k_steps + step) * LINES
         tma.async_copy_global_to_shared(w_desc, [line, 0], ready.index(s), w_bufs.index(s))
-        tma.async_copy_global_to_shared(x_desc, [m0, k0], ready.index(s), x_bufs.index(s))
+        for j in gl.static_range(SPS):
+            tma.async_copy_global_to_shared(x_desc, [m0, (step + j) * 32], ready.index(s), x_bufs.index(s * SPS + j))
 
 
 @gluon.jit
@@ -152,21 +152,21 @@ def mma_partition(
     steps,
     GROUP_SIZE: gl.constexpr,
     BLOCK_M: gl.constexpr,
-    ROW0: gl.constexpr,
-    ROWS: gl.constexpr,
-    WARPS: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
-    """Rows ROW0 to ROW0 + ROWS of the program's weight tile, on WARPS warps."""
-    STAGES: gl.constexpr = x_bufs.type.shape[0]
-    WL: gl.constexpr = word_layout(ROWS, WARPS)
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
+    STAGES: gl.constexpr = ready.type.shape[0]
+    SPS: gl.constexpr = x_bufs.type.shape[0] // STAGES
+    WL: gl.constexpr = word_layout(BLOCK_N, num_warps)
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
     A_REGS: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_REGS: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     SUB: gl.constexpr = GROUP_SIZE // 32  # steps per quantization group: one (scale, zero) load serves them all
-    rows = n0 + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, WL))
+    gl.static_assert(SUB % SPS == 0, "a stage's steps lie in one group")
+    rows = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL))
     row_mask = rows < N
     sz_rows = sz_ptr + rows * groups
-    acc = gl.zeros([ROWS, BLOCK_M], gl.float32, MMA)
+    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA)
     # Not software-pipelined: mma.sync blocks only an instruction that reads its accumulator, so each warp goes on
     # to the next step's loads and unpack while its MMAs run. Carrying operands across iterations instead made
     # ptxas move every operand register once a step (PRMT and IMAD.MOV copies), more than doubling the loop.
@@ -178,19 +178,21 @@ def mma_partition(
         zz, ss = group_constants(sz_next)
         sz_next = gl.load(sz_rows + group0 + gl.minimum(g + 1, last), mask=row_mask, other=0)
         for j in gl.static_range(SUB):
-            i = g * SUB + j
-            s = i % STAGES
-            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            words = w_bufs.index(s).reshape([w_bufs.type.shape[1] * 16, 4]).slice(ROW0, ROWS).load(WL)
-            x = x_bufs.index(s).permute((1, 0)).load(B_REGS)
-            fence_async_shared()
-            mbarrier.arrive(empty.index(s), count=1)
-            a = gl.convert_layout(dequantize(words, zz, ss, ROWS), A_REGS, assert_trivial=True)
+            stage = (g * SUB + j) // SPS
+            s = stage % STAGES
+            if j % SPS == 0:  # one wait a stage: its steps' loads are free to move ahead of each other
+                mbarrier.wait(ready.index(s), (stage // STAGES) & 1)
+            words = w_bufs.index(s).reshape([SPS * BLOCK_N, 4]).slice((j % SPS) * BLOCK_N, BLOCK_N).load(WL)
+            x = x_bufs.index(s * SPS + j % SPS).permute((1, 0)).load(B_REGS)
+            if j % SPS == SPS - 1:
+                fence_async_shared()
+                mbarrier.arrive(empty.index(s), count=1)
+            a = gl.convert_layout(dequantize(words, zz, ss, BLOCK_N), A_REGS, assert_trivial=True)
             acc = mma_v2(a, x, acc)
 
-    STORE: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS], [0, 1])  # lanes along N: coalesced
+    STORE: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, num_warps], [0, 1])  # lanes along N: coalesced
     out = gl.convert_layout(acc, STORE)
-    n_idx = n0 + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, STORE))
+    n_idx = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, STORE))
     m_idx = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, STORE))
     ptrs = out_ptr + pid_k * M * N + gl.expand_dims(m_idx, 0) * N + gl.expand_dims(n_idx, 1)
     mask = gl.expand_dims(n_idx < N, 1) & gl.expand_dims(m_idx < M, 0)
@@ -210,13 +212,11 @@ def w4_mma2_kernel(
     BLOCK_M: gl.constexpr,
     BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr,
+    SPS: gl.constexpr,
     SPLIT_K: gl.constexpr,
-    CONSUMERS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """CONSUMERS 1: one partition of num_warps warps unpacks and multiplies. CONSUMERS 4: four partitions of one warp
-    each (num_warps 1), each releasing a stage on its own: no barrier among the consumer warps."""
+    """STAGES stages of SPS 32-column steps each; a loader warp beside num_warps consumer warps."""
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     m_tiles = gl.cdiv(M, BLOCK_M)
@@ -226,153 +226,43 @@ def w4_mma2_kernel(
     per_slice = gl.cdiv(groups, SPLIT_K)  # K slices of whole groups
     step0 = pid_k * per_slice * (GROUP_SIZE // 32)
     steps = gl.minimum(per_slice, groups - pid_k * per_slice) * (GROUP_SIZE // 32)
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, 32], x_desc.layout)
-    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N // 16, 64], w_desc.layout)
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES * SPS, BLOCK_M, 32], x_desc.layout)
+    w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, SPS * BLOCK_N // 16, 64], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=CONSUMERS)
-    loads = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps, K // 32)
-    if CONSUMERS == 1:
-        gl.warp_specialize(
-            [
+        mbarrier.init(empty.index(s), count=1)
+    gl.warp_specialize(
+        [
+            (
+                mma_partition,
                 (
-                    mma_partition,
-                    (
-                        x_bufs,
-                        w_bufs,
-                        ready,
-                        empty,
-                        sz_ptr,
-                        out_ptr,
-                        M,
-                        N,
-                        groups,
-                        m0,
-                        n0,
-                        pid_k,
-                        step0,
-                        steps,
-                        GROUP_SIZE,
-                        BLOCK_M,
-                        0,
-                        BLOCK_N,
-                        num_warps,
-                    ),
+                    x_bufs,
+                    w_bufs,
+                    ready,
+                    empty,
+                    sz_ptr,
+                    out_ptr,
+                    M,
+                    N,
+                    groups,
+                    m0,
+                    n0,
+                    pid_k,
+                    step0,
+                    steps,
+                    GROUP_SIZE,
+                    BLOCK_M,
+                    BLOCK_N,
+                    num_warps,
                 ),
-                (load_partition, loads),
-            ],
-            [1],
-            [24],
-        )
-    else:
-        # Partitions of one warp each: the default partition (num_warps, a multiple of 4) only loads.
-        gl.static_assert(CONSUMERS == 4, "four one-warp consumers")
-        ROWS: gl.constexpr = BLOCK_N // 4
-        gl.warp_specialize(
-            [
-                (load_partition, loads),
-                (
-                    mma_partition,
-                    (
-                        x_bufs,
-                        w_bufs,
-                        ready,
-                        empty,
-                        sz_ptr,
-                        out_ptr,
-                        M,
-                        N,
-                        groups,
-                        m0,
-                        n0,
-                        pid_k,
-                        step0,
-                        steps,
-                        GROUP_SIZE,
-                        BLOCK_M,
-                        0,
-                        ROWS,
-                        1,
-                    ),
-                ),
-                (
-                    mma_partition,
-                    (
-                        x_bufs,
-                        w_bufs,
-                        ready,
-                        empty,
-                        sz_ptr,
-                        out_ptr,
-                        M,
-                        N,
-                        groups,
-                        m0,
-                        n0,
-                        pid_k,
-                        step0,
-                        steps,
-                        GROUP_SIZE,
-                        BLOCK_M,
-                        ROWS,
-                        ROWS,
-                        1,
-                    ),
-                ),
-                (
-                    mma_partition,
-                    (
-                        x_bufs,
-                        w_bufs,
-                        ready,
-                        empty,
-                        sz_ptr,
-                        out_ptr,
-                        M,
-                        N,
-                        groups,
-                        m0,
-                        n0,
-                        pid_k,
-                        step0,
-                        steps,
-                        GROUP_SIZE,
-                        BLOCK_M,
-                        2 * ROWS,
-                        ROWS,
-                        1,
-                    ),
-                ),
-                (
-                    mma_partition,
-                    (
-                        x_bufs,
-                        w_bufs,
-                        ready,
-                        empty,
-                        sz_ptr,
-                        out_ptr,
-                        M,
-                        N,
-                        groups,
-                        m0,
-                        n0,
-                        pid_k,
-                        step0,
-                        steps,
-                        GROUP_SIZE,
-                        BLOCK_M,
-                        3 * ROWS,
-                        ROWS,
-                        1,
-                    ),
-                ),
-            ],
-            [1, 1, 1, 1],
-            [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS],
-        )
+            ),
+            (load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, m0, n0, step0, steps, K // 32)),
+        ],
+        [1],
+        [24],
+    )
 
 
 def tile_words(packed, block_n: int) -> torch.Tensor:
@@ -386,7 +276,7 @@ def tile_words(packed, block_n: int) -> torch.Tensor:
     return tiled.view(-1, 64)
 
 
-def w4_mma2(x, packed, words, block_m, block_n, stages, split_k, num_warps, maxnreg, consumers=1):
+def w4_mma2(x, packed, words, block_m, block_n, stages, steps_per_stage, split_k, num_warps, maxnreg):
     """y = x @ W.T for fp16 x [rows, K] and an awqd_w4 weight whose words are tile_words(packed, block_n), K split
     into split_k slices of whole groups."""
     rows, n, k = x.shape[0], packed.out_features, packed.in_features
@@ -395,7 +285,8 @@ def w4_mma2(x, packed, words, block_m, block_n, stages, split_k, num_warps, maxn
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], gl.float16)
     w_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)  # row-major: 16-byte rows
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [block_m, BLOCK_K], x_layout)
-    w_desc = TensorDescriptor(words, list(words.shape), list(words.stride()), [block_n // 16, 64], w_layout)
+    w_box = [steps_per_stage * block_n // 16, 64]
+    w_desc = TensorDescriptor(words, list(words.shape), list(words.stride()), w_box, w_layout)
     if split_k == 1:
         target = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     else:
@@ -413,9 +304,8 @@ def w4_mma2(x, packed, words, block_m, block_n, stages, split_k, num_warps, maxn
         block_m,
         block_n,
         stages,
+        steps_per_stage,
         split_k,
-        consumers,
-        CONSUMER_REGS,
         num_warps=num_warps,
         maxnreg=maxnreg,
     )

@@ -37,23 +37,21 @@ TOLERANCE = TOLERANCES[torch.float16]
 
 
 def tiles(rows: int) -> list[dict]:
-    """Each family at this bucket (one M tile of all rows), as many 32-column stages as the budget holds (whole
-    groups of 4, at most 32), split K for about 2 or 1 programs per SM. The 128-row 4-warp family also runs as four
-    one-warp consumer partitions beside a 4-warp loader (consumers 4): no barrier among the consumers."""
+    """Each family at this bucket (one M tile of all rows), with stages of 1 or 4 steps (a group), as many as the
+    budget holds (at least 2), split K to fill the last wave of about 2 or 1 programs per SM."""
     block_m = max(16, rows)
     out = []
     for block_n, warps in FAMILIES:
-        # fp32 accumulators a thread: up to 128 in a consumer partition of 4 or 8 warps, which setmaxnreg gives 232
-        # registers (at 128, 16 bytes spill outside the MMAs); one-warp consumers spill beyond 64 (offline).
-        accumulators = (block_n // warps) * block_m // 32
-        if accumulators > 128:
+        # fp32 accumulators a thread: up to 128, as Triton's setmaxnreg gives the consumer partition 232 registers
+        # (at 128, 16 bytes spill outside the MMAs, offline).
+        if (block_n // warps) * block_m // 32 > 128:
             continue
-        stages = min(32, STAGE_BUDGET // (block_m * 64 + block_n * 16)) // 4 * 4
         maxnreg = 80 if warps == 8 and block_m <= 64 else 128  # 80: no spills offline; two 12-warp tiles an SM
-        for consumers in (1, 4) if (block_n, warps) == (128, 4) and accumulators <= 64 else (1,):
+        for sps in (1, 4):
+            stages = max(2, min(32, STAGE_BUDGET // (sps * (block_m * 64 + block_n * 16))))
             for per_sm in (2, 1):
-                tile = dict(block_m=block_m, block_n=block_n, warps=warps, stages=stages, per_sm=per_sm)
-                out.append(tile | dict(maxnreg=maxnreg, consumers=consumers))
+                tile = dict(block_m=block_m, block_n=block_n, warps=warps, stages=stages, sps=sps, per_sm=per_sm)
+                out.append(tile | dict(maxnreg=maxnreg))
     return out
 
 
@@ -82,13 +80,13 @@ def split_for(programs: int, groups: int, per_sm: int) -> int:
 def launch(x: torch.Tensor, packed, tile: dict) -> torch.Tensor:
     programs = -(-x.shape[0] // tile["block_m"]) * -(-packed.out_features // tile["block_n"])
     split = split_for(programs, packed.in_features // packed.group_size, tile["per_sm"])
-    sizes = tile["block_m"], tile["block_n"], tile["stages"], split
-    return w4_mma2(x, packed, words(packed, tile["block_n"]), *sizes, tile["warps"], tile["maxnreg"], tile["consumers"])
+    sizes = tile["block_m"], tile["block_n"], tile["stages"], tile["sps"], split
+    return w4_mma2(x, packed, words(packed, tile["block_n"]), *sizes, tile["warps"], tile["maxnreg"])
 
 
 def label(tile: dict) -> str:
-    shape = f"{tile['block_n']}x{tile['block_m']} w{tile['warps']} c{tile['consumers']}"
-    return f"mma2 {shape} s{tile['stages']} p{tile['per_sm']}"
+    shape = f"{tile['block_n']}x{tile['block_m']} w{tile['warps']}"
+    return f"mma2 {shape} s{tile['stages']}x{tile['sps']} p{tile['per_sm']}"
 
 
 def error(x: torch.Tensor, weight, packed, tile: dict, graph: bool) -> float | str:

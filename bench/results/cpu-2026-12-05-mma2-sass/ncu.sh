@@ -8,6 +8,6 @@ for rows in 16 64; do
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section SchedulerStats \
     --metrics dram__bytes_read.sum,lts__t_bytes.sum,lts__t_requests.sum,lts__t_sectors.sum \
-    python3 $HERE/ncu_mma2.py $rows > $OUT/ncu-$rows.txt 2>&1
+    python3 $HERE/ncu_mma2.py $rows 4 > $OUT/ncu-$rows.txt 2>&1
   grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Cache Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Issued Warp|No Eligible|dram__bytes|lts__t|Block Size|Grid Size|Waves" $OUT/ncu-$rows.txt | head -40
 done

@@ -12,9 +12,9 @@ from awqd.kernels.measure import random_weight
 from awqd.kernels.triton.layout import pack_awqd_w4
 
 rows = int(sys.argv[1])
-best = {16: "128x16 w4 c1", 64: "128x64 w4 c1"}[rows]
-tile = next(t for t in tiles(rows) if f"{t['block_n']}x{t['block_m']} w{t['warps']} c{t['consumers']}" == best)
-tile = tile | dict(per_sm=1)
+tile = next(
+    t for t in tiles(rows) if (t["block_n"], t["warps"], t["sps"], t["per_sm"]) == (128, 4, int(sys.argv[2]), 1)
+)
 generator = torch.Generator(device=DEVICE).manual_seed(1)
 packed = pack_awqd_w4(random_weight(22016, 4096, 128, DEVICE, generator, bias=False), DEVICE)
 x = torch.randn(rows, 4096, device=DEVICE, generator=generator).half()

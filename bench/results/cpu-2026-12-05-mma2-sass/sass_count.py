@@ -3,11 +3,10 @@ for awqd's skinny kernel, compiled for sm_90 by Triton 3.6 (cuobjdump from Trito
 
     PYTHONPATH=<triton 3.6>:<this folder>:. python3 bench/results/cpu-2026-12-05-mma2-sass/sass_count.py
 
-The loop is the smallest range of a conditional backward branch that holds an MMA instruction: with one-warp
-consumers, the first consumer's loop; unconditional backward branches return from the out-of-line retries of barrier
-waits. Its instruction count is divided by the weights one warp unpacks per iteration: a quantization group (128
-columns) of BLOCK_N / warps rows here (BLOCK_N / 4 with one-warp consumers), a BLOCK_K step of BLOCK_N / warps rows in
-the skinny kernel.
+The loop is the smallest range of a conditional backward branch that holds an MMA instruction (unconditional backward
+branches return from the out-of-line retries of barrier waits). Its instruction count is divided by the weights one
+warp unpacks per iteration: a quantization group (128 columns) of BLOCK_N / warps rows here, a BLOCK_K step of
+BLOCK_N / warps rows in the skinny kernel.
 """
 
 import collections
@@ -32,15 +31,16 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TARGET = GPUTarget("cuda", 90, 32)
 ADDRESS = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);")
 BRANCH = re.compile(r"BRA 0x([0-9a-f]+)")
-# (bucket, (BLOCK_M, BLOCK_N, STAGES, warps, maxnreg, consumers)), as mma2_check.tiles picks them.
+# (bucket, (BLOCK_M, BLOCK_N, STAGES, steps a stage, warps, maxnreg)), as mma2_check.tiles picks them.
 MMA2_TILES = (
-    (16, (16, 128, 32, 4, 128, 1)),
-    (16, (16, 128, 32, 4, 128, 4)),
-    (16, (16, 64, 32, 4, 128, 1)),
-    (64, (64, 128, 16, 4, 128, 1)),
-    (64, (64, 128, 16, 4, 128, 4)),
-    (128, (128, 128, 8, 8, 128, 1)),
-    (128, (128, 128, 8, 4, 128, 1)),
+    (16, (16, 128, 32, 1, 4, 128)),
+    (16, (16, 128, 8, 4, 4, 128)),
+    (16, (16, 64, 32, 1, 4, 128)),
+    (64, (64, 128, 16, 1, 4, 128)),
+    (64, (64, 128, 4, 4, 4, 128)),
+    (128, (128, 128, 9, 1, 8, 128)),
+    (128, (128, 128, 9, 1, 4, 128)),
+    (128, (128, 128, 2, 4, 4, 128)),
 )
 # The skinny kernel's default tiles; at 128 tokens it runs two 64-row M tiles, each unpacking all the weights.
 SKINNY_TILES = ((16, skinny.default_tile(16)), (64, skinny.default_tile(64)), (128, skinny.default_tile(128)))
@@ -49,17 +49,17 @@ SKINNY_TILES += ((128, skinny.scale_first_tiles(128)[0]),)
 SKINNY_TILES += ((16, skinny.SkinnyConfig(16, 32, 128, 0, 2, 4)), (64, skinny.SkinnyConfig(64, 32, 128, 0, 2, 4)))
 
 
-def compile_mma2(block_m: int, block_n: int, stages: int, warps: int, maxnreg: int, consumers: int):
+def compile_mma2(block_m: int, block_n: int, stages: int, sps: int, warps: int, maxnreg: int):
     x = torch.zeros(block_m, 4096, dtype=torch.float16)
     w = torch.zeros(4096 * 128 // 64, 64, dtype=torch.int32)  # tile_words of a 4096 x 4096 weight
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, 32], gl.float16)
     w_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
     descriptors = {
         "x_desc": TensorDescriptor(x, list(x.shape), list(x.stride()), [block_m, 32], x_layout),
-        "w_desc": TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n // 16, 64], w_layout),
+        "w_desc": TensorDescriptor(w, list(w.shape), list(w.stride()), [sps * block_n // 16, 64], w_layout),
     }
-    constants = {"GROUP_SIZE": 128, "BLOCK_M": block_m, "BLOCK_N": block_n, "STAGES": stages, "SPLIT_K": 1}
-    constants |= {"CONSUMERS": consumers, "CONSUMER_REGS": gluon_mma2.CONSUMER_REGS, "num_warps": warps}
+    constants = {"GROUP_SIZE": 128, "BLOCK_M": block_m, "BLOCK_N": block_n, "STAGES": stages, "SPS": sps}
+    constants |= {"SPLIT_K": 1, "num_warps": warps}
     signature = {name: mangle_type(value) for name, value in descriptors.items()}
     signature |= {"sz_ptr": "*i32", "out_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32"}
     signature |= dict.fromkeys(constants, "constexpr")
@@ -132,10 +132,10 @@ def describe(compiled, weights_per_warp: int, m_tiles: int) -> str:
 
 def main() -> None:
     print("triton", triton.__version__)
-    for bucket, (block_m, block_n, stages, warps, maxnreg, consumers) in MMA2_TILES:
-        compiled = compile_mma2(block_m, block_n, stages, warps, maxnreg, consumers)
-        tile = f"mma2 {block_n}x{block_m}, {warps} warps, {consumers} consumers, {stages} stages, maxnreg {maxnreg}"
-        weights = block_n // (warps if consumers == 1 else consumers) * 128
+    for bucket, (block_m, block_n, stages, sps, warps, maxnreg) in MMA2_TILES:
+        compiled = compile_mma2(block_m, block_n, stages, sps, warps, maxnreg)
+        tile = f"mma2 {block_n}x{block_m}, {warps} warps, {stages} stages of {sps} steps, maxnreg {maxnreg}"
+        weights = block_n // warps * 128
         print(f"{bucket} tokens, {tile}: {describe(compiled, weights, -(-bucket // block_m))}")
     for bucket, config in SKINNY_TILES:
         compiled = compile_skinny(config)

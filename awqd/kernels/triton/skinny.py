@@ -27,7 +27,10 @@ From 64 tokens one warpgroup both unpacks and waits for its own MMAs: barrier is
 bench/results/h100-2026-12-05-ncu-skinny). Triton 3.6's Hopper warp specialization cannot split the two: on this loop
 it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon (a TMA loader warp, the unpack and wgmma in
 the default partition) it ran 7-23% slower, and a wgmma whose weights stay in flight in registers across the next
-unpack is unsafe there: ptxas reuses the registers (bench/results/h200-2026-12-05-gluon-warp-specialized).
+unpack is unsafe there: ptxas reuses the registers (bench/results/h200-2026-12-05-gluon-warp-specialized). On
+mma.sync instead (Gluon, a TMA loader warp, contiguous stages), whose MMAs do not block the unpacking warp, it was
+correct but 1.36-1.57x slower from 16 to 128 tokens: two consumer warps a scheduler cannot hide each warp's chain of
+unpack, operand reads and MMAs (bench/results/h100-2026-12-05-mma2-sync).
 Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
 completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.

@@ -1,6 +1,6 @@
-# The profile call: bash bench/results/cpu-2026-12-05-mma2-sass/ncu.sh (carry .whl)
+# The profile call: bash bench/results/h100-2026-12-05-mma2-sync/ncu.sh (carry .whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-HERE=bench/results/cpu-2026-12-05-mma2-sass
+HERE=bench/results/h100-2026-12-05-mma2-sync
 export PYTHONPATH=$PWD/$HERE:/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,uuid,driver_version --format=csv,noheader > $OUT/host.txt
 for rows in 16 64; do

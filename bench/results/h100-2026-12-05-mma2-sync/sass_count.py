@@ -1,7 +1,7 @@
 """Offline (no GPU): SASS instructions in the K loop per 1,000 weights a warp, for the mma.sync Gluon kernel here and
 for awqd's skinny kernel, compiled for sm_90 by Triton 3.6 (cuobjdump from Triton's bundled CUDA tools).
 
-    PYTHONPATH=<triton 3.6>:<this folder>:. python3 bench/results/cpu-2026-12-05-mma2-sass/sass_count.py
+    PYTHONPATH=<triton 3.6>:<this folder>:. python3 bench/results/h100-2026-12-05-mma2-sync/sass_count.py
 
 The loop is the smallest range of a conditional backward branch that holds an MMA instruction (unconditional backward
 branches return from the out-of-line retries of barrier waits). Its instruction count is divided by the weights one

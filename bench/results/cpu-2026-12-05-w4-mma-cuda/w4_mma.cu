@@ -1,0 +1,408 @@
+// awqd_w4 x activations on mma.sync (m16n8k16) for 1 to 128 tokens, in CUDA C++ (issue 15).
+//
+// Each lane streams its weight words from global memory straight into registers, DEPTH steps of 128 input columns
+// ahead, as a GEMV does: no shared-memory stage and no barrier in the loop. The awqd_w4 layout gives each lane of a
+// quad (t = lane % 4) one 16-byte load, the four words of run t of a 128-column step. Those words hold the fragment
+// values of four lanes of one 32-column run, so the MMA's K axis is permuted instead of the words: lane t's A
+// operand covers run t, and the activations are staged in shared memory in the same permuted order (once per block,
+// for the block's K slice), where ldmatrix reads them as B fragments. K order does not change a dot product.
+//
+// In a 128-column step, column 32t + 16h + 8p + 2j + e (run t, word j, nibble pair (h, p), e the pair's half) sits
+// at MMA position 16(2j + h) + 8p + 2t + e: k16 step 2j + h, A register p, lane t. The layout's nibble pair i of word
+// j (unpacked together by one lop3) is (h, p) = (i & 1, i >> 1).
+//
+// Per group of 128 columns the MMAs form sum (q - z) x in fp32 from the exact small integers q - z, and the partial
+// is scaled into the accumulator (one rounding fewer than dequantizing first). With smaller groups a lane's four runs
+// may belong to different groups inside one MMA, so there (and with SCALE_FIRST) the A operand is dequantized to
+// (q - z) * s before the MMA.
+//
+// Split-K: gridDim.y slices of K; each slice writes fp32 partials and the slice that finishes a row tile last adds
+// them in slice order (deterministic) and writes the output. Warps can also split a block's K (KW), reduced in
+// shared memory in warp order.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+struct alignas(16) Words {
+  u32 w[4];
+};
+
+template <bool BF16>
+struct Num;
+
+template <>
+struct Num<false> {
+  static constexpr u32 MAGIC = 0x64006400u;  // 1024.0 in both fp16 halves: OR-ing q in gives 1024 + q exactly
+  static constexpr float OFFSET = 1024.f;
+  __device__ static u32 sub(u32 a, u32 b) {
+    u32 d;
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+  }
+  __device__ static u32 mul(u32 a, u32 b) {
+    u32 d;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+  }
+  __device__ static u32 pair(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+  }
+  __device__ static u16 round(float v) {
+    u16 d;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(d) : "f"(v));
+    return d;
+  }
+  __device__ static void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Num<true> {
+  static constexpr u32 MAGIC = 0x43004300u;  // 128.0 in both bf16 halves: 128 + q is exact (7 mantissa bits)
+  static constexpr float OFFSET = 128.f;
+  __device__ static u32 sub(u32 a, u32 b) {
+    u32 d;
+    asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+  }
+  __device__ static u32 mul(u32 a, u32 b) {
+    u32 d;
+    asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+  }
+  __device__ static u32 pair(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+  }
+  __device__ static u16 round(float v) {
+    u16 d;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(d) : "f"(v));
+    return d;
+  }
+  __device__ static void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ Words load_words(const Words* p) {
+  Words v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ u32 load_word(const u32* p) {
+  u32 v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float half_to_float(u32 bits) {
+  float f;
+  u16 h = static_cast<u16>(bits);
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+// Nibbles i and i + 4 of w as the 16-bit pair (MAGIC + q_i, MAGIC + q_{i+4}).
+template <u32 MAGIC, int I>
+__device__ __forceinline__ u32 nibble_pair(u32 w) {
+  u32 d;
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xea;" : "=r"(d) : "r"(w >> (4 * I)), "n"(MAGIC));
+  return d;
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Grid (row groups, K slices); 32 * RW * KW threads. A block stages its K slice of the activations once and then
+// streams `tiles` row tiles of BLOCK_ROWS rows through it, one after another (the weight loads run on across the
+// tiles' boundaries), so that the staged activations are read from L2 once per tiles * BLOCK_ROWS rows. Dynamic
+// shared memory: the staged activations (TOKENS rows of k_slice permuted columns), then the KW reduction.
+template <int MT, int R, int RW, int KW, int DEPTH, int GROUP, bool SCALE_FIRST, bool BF16>
+__device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* __restrict__ qweight,
+                                       const u32* __restrict__ scale_zero, const float* __restrict__ bias,
+                                       u16* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters,
+                                       int M, int N, int K, int k_slice, int tiles) {
+  using T = Num<BF16>;
+  static_assert(SCALE_FIRST || GROUP == 128, "a group smaller than a step is dequantized before the MMA");
+  constexpr int THREADS = 32 * RW * KW;
+  constexpr int TOKENS = 8 * MT;
+  constexpr int BLOCK_ROWS = 16 * R * RW;
+  constexpr int VALUES = R * MT * 4;  // accumulators a lane
+  extern __shared__ Words shared[];
+  __shared__ int finishing;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_row = warp % RW, warp_k = warp / RW;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int k0 = split * k_slice;
+  const int steps = min(k_slice, K - k0) / 128;  // the host keeps it a multiple of KW
+  const int my_steps = steps / KW;
+  const int first_tile = blockIdx.x * tiles;
+  const int my_tiles = min(tiles, (N + BLOCK_ROWS - 1) / BLOCK_ROWS - first_tile);
+  const int total = my_tiles * my_steps;
+  const int lane_row = warp_row * R * 16 + g;  // within a tile
+  const int row_words = K / 32;  // 16-byte vectors a weight row
+  const int row_groups = K / GROUP;
+
+  Words w[DEPTH][R][2];
+  u32 sz[DEPTH][R][2];
+
+  auto load = [&](Words(&ws)[R][2], u32(&szs)[R][2], int tile, int i) {
+    const int kb = k0 / 128 + i * KW + warp_k;
+    const int group = SCALE_FIRST ? (kb * 128 + 32 * t) / GROUP : kb;
+    const int row0 = (first_tile + tile) * BLOCK_ROWS + lane_row;
+#pragma unroll
+    for (int rt = 0; rt < R; rt++) {
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const int row = row0 + rt * 16 + half * 8;
+        if (row < N) {
+          ws[rt][half] = load_words(qweight + row * row_words + kb * 4 + t);
+          szs[rt][half] = load_word(scale_zero + row * row_groups + group);
+        } else {
+          ws[rt][half] = Words{{0, 0, 0, 0}};
+          szs[rt][half] = 0;
+        }
+      }
+    }
+  };
+
+  int load_tile = 0, load_step = 0;  // the next (tile, step) to load, in order
+  auto advance = [&](int& tile, int& step) {
+    if (++step == my_steps) {
+      step = 0;
+      tile++;
+    }
+  };
+#pragma unroll
+  for (int d = 0; d < DEPTH - 1; d++)
+    if (d < total) {
+      load(w[d], sz[d], load_tile, load_step);
+      advance(load_tile, load_step);
+    }
+
+  // Stage the slice's activations, permuted (see the top) and swizzled: 16-byte chunk c of token n at c ^ (n % 8),
+  // so that ldmatrix's eight rows fall in distinct banks.
+  const int chunks = k_slice / 8;
+  {
+    u32* staged = reinterpret_cast<u32*>(shared);
+    const int k_chunks = steps * 16;
+    for (int c = tid; c < TOKENS * k_chunks; c += THREADS) {
+      const int n = c / k_chunks, source = c % k_chunks;
+      Words v = {{0, 0, 0, 0}};
+      if (n < M) v = *reinterpret_cast<const Words*>(x + static_cast<long>(n) * K + k0 + source * 8);
+      const int step = source >> 4, run = (source >> 2) & 3, hp = source & 3;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int chunk = step * 16 + 4 * j + hp;
+        staged[(n * chunks + (chunk ^ (n & 7))) * 4 + run] = v.w[j];
+      }
+    }
+  }
+  __syncthreads();
+
+  const u32 shared_base = static_cast<u32>(__cvta_generic_to_shared(shared));
+  u32 b_offset[MT];  // this lane's ldmatrix row address for each 8-token tile, step 0, before the swizzle term
+#pragma unroll
+  for (int nt = 0; nt < MT; nt++) b_offset[nt] = shared_base + (nt * 8 + (lane & 7)) * chunks * 16;
+  u32 b_chunk[4];  // the swizzled chunk of k16 pair kk2 (k16 steps 2 kk2 and 2 kk2 + 1) within a step
+#pragma unroll
+  for (int kk2 = 0; kk2 < 4; kk2++) b_chunk[kk2] = (4 * kk2 + (lane >> 3)) ^ (lane & 7);
+  float* reduce = reinterpret_cast<float*>(shared) + TOKENS * k_slice / 2;
+
+  float acc[R][MT][4];
+#pragma unroll
+  for (int rt = 0; rt < R; rt++)
+#pragma unroll
+    for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.f;
+
+  auto compute = [&](const Words(&ws)[R][2], const u32(&szs)[R][2], int i) {
+    const int step = i * KW + warp_k;
+    u32 zero[R][2], scale_pair[R][2];
+    float scale[R][2];
+#pragma unroll
+    for (int rt = 0; rt < R; rt++)
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const float z = half_to_float(szs[rt][half] >> 16) + T::OFFSET;
+        zero[rt][half] = T::pair(z, z);
+        scale[rt][half] = half_to_float(szs[rt][half]);
+        if (SCALE_FIRST) scale_pair[rt][half] = T::pair(scale[rt][half], scale[rt][half]);
+      }
+    float part[R][MT][4];
+    if (!SCALE_FIRST) {
+#pragma unroll
+      for (int rt = 0; rt < R; rt++)
+#pragma unroll
+        for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) part[rt][nt][e] = 0.f;
+    }
+#pragma unroll
+    for (int kk2 = 0; kk2 < 4; kk2++) {  // word kk2: k16 steps 2 kk2 + h, h = 0, 1
+      u32 b[MT][4];
+#pragma unroll
+      for (int nt = 0; nt < MT; nt++) ldmatrix_x4(b[nt], b_offset[nt] + (step * 16 + b_chunk[kk2]) * 16);
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+#pragma unroll
+        for (int rt = 0; rt < R; rt++) {
+          const u32 w0 = ws[rt][0].w[kk2], w1 = ws[rt][1].w[kk2];
+          u32 a[4];
+          if (h == 0) {
+            a[0] = T::sub(nibble_pair<T::MAGIC, 0>(w0), zero[rt][0]);
+            a[1] = T::sub(nibble_pair<T::MAGIC, 0>(w1), zero[rt][1]);
+            a[2] = T::sub(nibble_pair<T::MAGIC, 2>(w0), zero[rt][0]);
+            a[3] = T::sub(nibble_pair<T::MAGIC, 2>(w1), zero[rt][1]);
+          } else {
+            a[0] = T::sub(nibble_pair<T::MAGIC, 1>(w0), zero[rt][0]);
+            a[1] = T::sub(nibble_pair<T::MAGIC, 1>(w1), zero[rt][1]);
+            a[2] = T::sub(nibble_pair<T::MAGIC, 3>(w0), zero[rt][0]);
+            a[3] = T::sub(nibble_pair<T::MAGIC, 3>(w1), zero[rt][1]);
+          }
+          if (SCALE_FIRST) {
+            a[0] = T::mul(a[0], scale_pair[rt][0]);
+            a[1] = T::mul(a[1], scale_pair[rt][1]);
+            a[2] = T::mul(a[2], scale_pair[rt][0]);
+            a[3] = T::mul(a[3], scale_pair[rt][1]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < MT; nt++)
+            T::mma(SCALE_FIRST ? acc[rt][nt] : part[rt][nt], a, b[nt][2 * h], b[nt][2 * h + 1]);
+        }
+      }
+    }
+    if (!SCALE_FIRST) {
+#pragma unroll
+      for (int rt = 0; rt < R; rt++)
+#pragma unroll
+        for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) acc[rt][nt][e] += scale[rt][e >> 1] * part[rt][nt][e];
+    }
+  };
+
+  // A finished row tile: warps 1.. of each row group hand their sums to warp 0 (added in warp order), which writes
+  // the output, or with split K its fp32 partial; the slice that finishes the tile last adds the partials in slice
+  // order and writes the output.
+  auto finish = [&](int tile) {
+    const int tile_index = first_tile + tile;
+    const int row0 = tile_index * BLOCK_ROWS + lane_row;
+    if (KW > 1) {
+      if (warp_k > 0) {
+#pragma unroll
+        for (int rt = 0; rt < R; rt++)
+#pragma unroll
+          for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+              reduce[(((warp_k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane] = acc[rt][nt][e];
+      }
+      __syncthreads();
+      if (warp_k == 0) {
+        for (int k = 1; k < KW; k++)
+#pragma unroll
+          for (int rt = 0; rt < R; rt++)
+#pragma unroll
+            for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+              for (int e = 0; e < 4; e++)
+                acc[rt][nt][e] += reduce[(((k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane];
+      }
+      __syncthreads();
+    }
+    // Accumulator element e of tile (rt, nt): row row0 + 16 rt + 8 (e >> 1), token 8 nt + 2 t + (e & 1).
+    if (warp_k == 0) {
+#pragma unroll
+      for (int rt = 0; rt < R; rt++)
+#pragma unroll
+        for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);
+            if (row >= N || token >= M) continue;
+            if (splits == 1) {
+              const float b = bias ? bias[row] : 0.f;
+              y[static_cast<long>(token) * N + row] = T::round(acc[rt][nt][e] + b);
+            } else {
+              partials[(static_cast<long>(split) * M + token) * N + row] = acc[rt][nt][e];
+            }
+          }
+    }
+    if (splits > 1) {
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) finishing = atomicAdd(counters + tile_index, 1u) == static_cast<u32>(splits - 1);
+      __syncthreads();
+      if (finishing) {
+        __threadfence();
+        if (warp_k == 0) {
+#pragma unroll
+          for (int rt = 0; rt < R; rt++)
+#pragma unroll
+            for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+              for (int e = 0; e < 4; e++) {
+                const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);
+                if (row >= N || token >= M) continue;
+                float sum = bias ? bias[row] : 0.f;
+                for (int s = 0; s < splits; s++)
+                  sum += __ldcg(partials + (static_cast<long>(s) * M + token) * N + row);
+                y[static_cast<long>(token) * N + row] = T::round(sum);
+              }
+        }
+        if (tid == 0) counters[tile_index] = 0;
+      }
+    }
+#pragma unroll
+    for (int rt = 0; rt < R; rt++)
+#pragma unroll
+      for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.f;
+  };
+
+  int tile = 0, step = 0;  // the (tile, step) to compute
+  for (int f0 = 0; f0 < total; f0 += DEPTH) {
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+      const int f = f0 + d;
+      if (f + DEPTH - 1 < total) {
+        load(w[(d + DEPTH - 1) % DEPTH], sz[(d + DEPTH - 1) % DEPTH], load_tile, load_step);
+        advance(load_tile, load_step);
+      }
+      if (f < total) {
+        compute(w[d], sz[d], step);
+        if (step == my_steps - 1) finish(tile);
+        advance(tile, step);
+      }
+    }
+  }
+}
+
+#define AWQD_W4_MMA(NAME, MT, R, RW, KW, DEPTH, GROUP, SCALE_FIRST, BF16)                                      \
+  extern "C" __global__ void __launch_bounds__(32 * RW * KW)                                                    \
+      NAME(const u16* x, const Words* qweight, const u32* scale_zero, const float* bias, u16* y, float* partials, \
+           u32* counters, int M, int N, int K, int k_slice, int tiles) {                                        \
+    w4_mma<MT, R, RW, KW, DEPTH, GROUP, SCALE_FIRST, BF16>(x, qweight, scale_zero, bias, y, partials, counters, M, \
+                                                           N, K, k_slice, tiles);                               \
+  }

@@ -161,6 +161,8 @@ class Kernels:
         dtype = torch.bfloat16 if config.bf16 else torch.float16
         if k % 128 or packed.group_size != config.group or x.dtype != dtype:
             raise ValueError(f"{config.name} does not take K {k}, group {packed.group_size}, {x.dtype}")
+        if not x.is_contiguous() or x.data_ptr() % 16:
+            raise ValueError(f"{config.name} reads x in 16-byte vectors: it must be contiguous and 16-byte aligned")
         if m > 8 * config.mt:
             raise ValueError(f"{config.name} takes at most {8 * config.mt} tokens, got {m}")
         steps = k // 128

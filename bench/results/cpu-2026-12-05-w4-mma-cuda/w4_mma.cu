@@ -30,69 +30,43 @@ struct alignas(16) Words {
 template <bool BF16>
 struct Num;
 
-template <>
-struct Num<false> {
-  static constexpr u32 MAGIC = 0x64006400u;  // 1024.0 in both fp16 halves: OR-ing q in gives 1024 + q exactly
-  static constexpr float OFFSET = 1024.f;
-  __device__ static u32 sub(u32 a, u32 b) {
-    u32 d;
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-  }
-  __device__ static u32 mul(u32 a, u32 b) {
-    u32 d;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-  }
-  __device__ static u32 pair(float lo, float hi) {
-    u32 d;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-  }
-  __device__ static u16 round(float v) {
-    u16 d;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(d) : "f"(v));
-    return d;
-  }
-  __device__ static void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
+// The 16-bit type's operations, as PTX: TYPE is f16 or bf16. MAGIC holds the number whose mantissa's unit is 1 in
+// both halves, so OR-ing q into its low bits gives MAGIC + q exactly: 1024.0 in fp16, 128.0 in bf16 (7 mantissa bits).
+#define AWQD_NUM(IS_BF16, TYPE, MAGIC_BITS, OFFSET_VALUE)                                                \
+  template <>                                                                                           \
+  struct Num<IS_BF16> {                                                                                 \
+    static constexpr u32 MAGIC = MAGIC_BITS;                                                            \
+    static constexpr float OFFSET = OFFSET_VALUE;                                                       \
+    __device__ static u32 sub(u32 a, u32 b) {                                                           \
+      u32 d;                                                                                            \
+      asm("sub.rn." TYPE "x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));                                  \
+      return d;                                                                                         \
+    }                                                                                                   \
+    __device__ static u32 mul(u32 a, u32 b) {                                                           \
+      u32 d;                                                                                            \
+      asm("mul.rn." TYPE "x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));                                  \
+      return d;                                                                                         \
+    }                                                                                                   \
+    __device__ static u32 pair(float lo, float hi) {                                                    \
+      u32 d;                                                                                            \
+      asm("cvt.rn." TYPE "x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));                            \
+      return d;                                                                                         \
+    }                                                                                                   \
+    __device__ static u16 round(float v) {                                                              \
+      u16 d;                                                                                            \
+      asm("cvt.rn." TYPE ".f32 %0, %1;" : "=h"(d) : "f"(v));                                            \
+      return d;                                                                                         \
+    }                                                                                                   \
+    __device__ static void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {                      \
+      asm("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "  \
+          "{%8,%9}, {%0,%1,%2,%3};"                                                                     \
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                              \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                              \
+    }                                                                                                   \
+  };
 
-template <>
-struct Num<true> {
-  static constexpr u32 MAGIC = 0x43004300u;  // 128.0 in both bf16 halves: 128 + q is exact (7 mantissa bits)
-  static constexpr float OFFSET = 128.f;
-  __device__ static u32 sub(u32 a, u32 b) {
-    u32 d;
-    asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-  }
-  __device__ static u32 mul(u32 a, u32 b) {
-    u32 d;
-    asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-  }
-  __device__ static u32 pair(float lo, float hi) {
-    u32 d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-  }
-  __device__ static u16 round(float v) {
-    u16 d;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(d) : "f"(v));
-    return d;
-  }
-  __device__ static void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
+AWQD_NUM(false, "f16", 0x64006400u, 1024.f)
+AWQD_NUM(true, "bf16", 0x43004300u, 128.f)
 
 __device__ __forceinline__ Words load_words(const Words* p) {
   Words v;
@@ -399,8 +373,9 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
   }
 }
 
-#define AWQD_W4_MMA(NAME, MT, R, RW, KW, DEPTH, GROUP, SCALE_FIRST, BF16)                                      \
-  extern "C" __global__ void __launch_bounds__(32 * RW * KW)                                                    \
+// BOUNDS: (threads), where ptxas may cap the registers for occupancy, or (threads, 1), where it does not.
+#define AWQD_W4_MMA(NAME, BOUNDS, MT, R, RW, KW, DEPTH, GROUP, SCALE_FIRST, BF16)                                      \
+  extern "C" __global__ void __launch_bounds__ BOUNDS                                                    \
       NAME(const u16* x, const Words* qweight, const u32* scale_zero, const float* bias, u16* y, float* partials, \
            u32* counters, int M, int N, int K, int k_slice, int tiles) {                                        \
     w4_mma<MT, R, RW, KW, DEPTH, GROUP, SCALE_FIRST, BF16>(x, qweight, scale_zero, bias, y, partials, counters, M, \

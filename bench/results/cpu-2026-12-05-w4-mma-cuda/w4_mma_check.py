@@ -52,7 +52,7 @@ def resident(config: Config, in_features: int, splits: int) -> int:
     return max(0, min(by_registers, by_shared, 2048 // config.threads, 32))
 
 
-def launches_for(config: Config, out_features: int, in_features: int, count: int = 4) -> list[tuple[int, int]]:
+def launches_for(config: Config, out_features: int, in_features: int, count: int = 3) -> list[tuple[int, int]]:
     """(splits, tiles) worth timing: usable splits (the blocks fit, whole KW steps a slice), scored by how full the
     last wave is and then by fewer activation bytes staged per weight byte (more tiles a block)."""
     row_tiles = -(-out_features // config.block_rows)

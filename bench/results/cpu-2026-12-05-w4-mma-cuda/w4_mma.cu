@@ -103,6 +103,17 @@ __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 address) {
                : "r"(address));
 }
 
+// f(rt, nt, e) for each accumulator element a lane holds, unrolled so that the register arrays stay registers.
+template <int R, int MT, class F>
+__device__ __forceinline__ void each_value(F&& f) {
+#pragma unroll
+  for (int rt = 0; rt < R; rt++)
+#pragma unroll
+    for (int nt = 0; nt < MT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) f(rt, nt, e);
+}
+
 // Grid (row groups, K slices); 32 * RW * KW threads. A block stages its K slice of the activations once and then
 // streams `tiles` row tiles of BLOCK_ROWS rows through it, one after another (the weight loads run on across the
 // tiles' boundaries), so that the staged activations are read from L2 once per tiles * BLOCK_ROWS rows. Dynamic
@@ -202,12 +213,7 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
   float* reduce = reinterpret_cast<float*>(shared) + TOKENS * k_slice / 2;
 
   float acc[R][MT][4];
-#pragma unroll
-  for (int rt = 0; rt < R; rt++)
-#pragma unroll
-    for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.f;
+  each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] = 0.f; });
 
   auto compute = [&](const Words(&ws)[R][2], const u32(&szs)[R][2], int i) {
     const int step = i * KW + warp_k;
@@ -223,14 +229,7 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
         if (SCALE_FIRST) scale_pair[rt][half] = T::pair(scale[rt][half], scale[rt][half]);
       }
     float part[R][MT][4];
-    if (!SCALE_FIRST) {
-#pragma unroll
-      for (int rt = 0; rt < R; rt++)
-#pragma unroll
-        for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) part[rt][nt][e] = 0.f;
-    }
+    if (!SCALE_FIRST) each_value<R, MT>([&](int rt, int nt, int e) { part[rt][nt][e] = 0.f; });
 #pragma unroll
     for (int kk2 = 0; kk2 < 4; kk2++) {  // word kk2: k16 steps 2 kk2 + h, h = 0, 1
       u32 b[MT][4];
@@ -265,14 +264,8 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
         }
       }
     }
-    if (!SCALE_FIRST) {
-#pragma unroll
-      for (int rt = 0; rt < R; rt++)
-#pragma unroll
-        for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) acc[rt][nt][e] += scale[rt][e >> 1] * part[rt][nt][e];
-    }
+    if (!SCALE_FIRST)
+      each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] += scale[rt][e >> 1] * part[rt][nt][e]; });
   };
 
   // A finished row tile: warps 1.. of each row group hand their sums to warp 0 (added in warp order), which writes
@@ -281,46 +274,33 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
   auto finish = [&](int tile) {
     const int tile_index = first_tile + tile;
     const int row0 = tile_index * BLOCK_ROWS + lane_row;
+    auto slot = [&](int k, int rt, int nt, int e) {  // warp k's value in the reduction
+      return (((k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane;
+    };
     if (KW > 1) {
-      if (warp_k > 0) {
-#pragma unroll
-        for (int rt = 0; rt < R; rt++)
-#pragma unroll
-          for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-              reduce[(((warp_k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane] = acc[rt][nt][e];
-      }
+      if (warp_k > 0) each_value<R, MT>([&](int rt, int nt, int e) { reduce[slot(warp_k, rt, nt, e)] = acc[rt][nt][e]; });
       __syncthreads();
-      if (warp_k == 0) {
+      if (warp_k == 0)
         for (int k = 1; k < KW; k++)
-#pragma unroll
-          for (int rt = 0; rt < R; rt++)
-#pragma unroll
-            for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-              for (int e = 0; e < 4; e++)
-                acc[rt][nt][e] += reduce[(((k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane];
-      }
+          each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] += reduce[slot(k, rt, nt, e)]; });
       __syncthreads();
     }
     // Accumulator element e of tile (rt, nt): row row0 + 16 rt + 8 (e >> 1), token 8 nt + 2 t + (e & 1).
-    if (warp_k == 0) {
-#pragma unroll
-      for (int rt = 0; rt < R; rt++)
-#pragma unroll
-        for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);
-            if (row >= N || token >= M) continue;
-            if (splits == 1) {
-              const float b = bias ? bias[row] : 0.f;
-              y[static_cast<long>(token) * N + row] = T::round(acc[rt][nt][e] + b);
-            } else {
-              partials[(static_cast<long>(split) * M + token) * N + row] = acc[rt][nt][e];
-            }
-          }
+    auto store = [&](auto&& write) {  // write(row, token, e index) for each element inside the output, on warps 0
+      if (warp_k == 0)
+        each_value<R, MT>([&](int rt, int nt, int e) {
+          const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);
+          if (row < N && token < M) write(row, token, acc[rt][nt][e]);
+        });
+    };
+    if (splits == 1) {
+      store([&](int row, int token, float value) {
+        y[static_cast<long>(token) * N + row] = T::round(value + (bias ? bias[row] : 0.f));
+      });
+    } else {
+      store([&](int row, int token, float value) {
+        partials[(static_cast<long>(split) * M + token) * N + row] = value;
+      });
     }
     if (splits > 1) {
       __threadfence();
@@ -329,30 +309,15 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
       __syncthreads();
       if (finishing) {
         __threadfence();
-        if (warp_k == 0) {
-#pragma unroll
-          for (int rt = 0; rt < R; rt++)
-#pragma unroll
-            for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-              for (int e = 0; e < 4; e++) {
-                const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);
-                if (row >= N || token >= M) continue;
-                float sum = bias ? bias[row] : 0.f;
-                for (int s = 0; s < splits; s++)
-                  sum += __ldcg(partials + (static_cast<long>(s) * M + token) * N + row);
-                y[static_cast<long>(token) * N + row] = T::round(sum);
-              }
-        }
+        store([&](int row, int token, float) {
+          float sum = bias ? bias[row] : 0.f;
+          for (int s = 0; s < splits; s++) sum += __ldcg(partials + (static_cast<long>(s) * M + token) * N + row);
+          y[static_cast<long>(token) * N + row] = T::round(sum);
+        });
         if (tid == 0) counters[tile_index] = 0;
       }
     }
-#pragma unroll
-    for (int rt = 0; rt < R; rt++)
-#pragma unroll
-      for (int nt = 0; nt < MT; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.f;
+    each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] = 0.f; });
   };
 
   int tile = 0, step = 0;  // the (tile, step) to compute

@@ -278,7 +278,8 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
       return (((k - 1) * RW + warp_row) * VALUES + (rt * MT + nt) * 4 + e) * 32 + lane;
     };
     if (KW > 1) {
-      if (warp_k > 0) each_value<R, MT>([&](int rt, int nt, int e) { reduce[slot(warp_k, rt, nt, e)] = acc[rt][nt][e]; });
+      if (warp_k > 0)
+        each_value<R, MT>([&](int rt, int nt, int e) { reduce[slot(warp_k, rt, nt, e)] = acc[rt][nt][e]; });
       __syncthreads();
       if (warp_k == 0)
         for (int k = 1; k < KW; k++)
@@ -286,7 +287,7 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
       __syncthreads();
     }
     // Accumulator element e of tile (rt, nt): row row0 + 16 rt + 8 (e >> 1), token 8 nt + 2 t + (e & 1).
-    auto store = [&](auto&& write) {  // write(row, token, e index) for each element inside the output, on warps 0
+    auto store = [&](auto&& write) {  // write(row, token, value) for each element inside the output (warp_k 0)
       if (warp_k == 0)
         each_value<R, MT>([&](int rt, int nt, int e) {
           const int row = row0 + rt * 16 + 8 * (e >> 1), token = nt * 8 + 2 * t + (e & 1);

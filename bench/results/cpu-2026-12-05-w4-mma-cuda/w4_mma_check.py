@@ -105,8 +105,9 @@ def error(kernels, x, weight, packed, config: Config, splits: int, tiles: int, g
 
 
 def check(kernels, results: dict, out: str, mts: set[int]) -> None:
-    """Every tile: row and token tails on a 200 x 512 weight at 1, 2 and 4 splits, then each Llama linear at its
-    default split (graph replay too on 4096 x 4096); its group size and dtype as the tile says."""
+    """Every tile: row and token tails (one token too) on a 200 x 512 weight at 1, 2 and 4 splits and 1 to 3 row
+    tiles a block, then each Llama linear at its two best launches (graph replay too on 4096 x 4096); its group size
+    and dtype as the tile says."""
     generator = torch.Generator(device=DEVICE).manual_seed(1)
     configs = [c for mt in (1, 2, 4, 8, 16) for c in timing_configs(mt)] + check_configs()
     configs = [c for c in configs if c.mt in mts]
@@ -123,7 +124,7 @@ def check(kernels, results: dict, out: str, mts: set[int]) -> None:
                 weights[key] = (weight, pack_awqd_w4(weight, DEVICE))
             weight, packed = weights[key]
             small = out_features == 200
-            for m in (tokens, max(1, tokens - 3)) if small else (tokens,):
+            for m in sorted({tokens, max(1, tokens - 3), 1}) if small else (tokens,):
                 x = torch.randn(m, in_features, device=DEVICE, generator=generator).to(dtype)
                 chosen = launches_for(config, out_features, in_features, 2)
                 for splits, tiles in ((1, 1), (2, 3), (4, 2)) if small else chosen:

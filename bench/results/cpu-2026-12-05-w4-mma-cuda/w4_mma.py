@@ -156,7 +156,7 @@ class Kernels:
         if status:
             raise RuntimeError(f"{what} failed: CUresult {status}")
 
-    def function(self, config: Config, shared: int) -> ctypes.c_void_p:
+    def function(self, config: Config) -> ctypes.c_void_p:
         function = self.functions.get(config.name)
         if function is None:
             function = ctypes.c_void_p()
@@ -207,7 +207,7 @@ class Kernels:
         ]
         params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        function = self.function(config, shared)
+        function = self.function(config)
         status = self.cuda.cuLaunchKernel(
             function, blocks, splits, 1, config.threads, 1, 1, shared, ctypes.c_void_p(stream), params, None
         )

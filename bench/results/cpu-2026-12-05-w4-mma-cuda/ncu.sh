@@ -8,8 +8,8 @@ for spec in "$@"; do
   ncu --clock-control none -k regex:w4mma --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section SchedulerStats \
-    --metrics dram__bytes_read.sum,lts__t_bytes.sum,smsp__inst_executed_pipe_tensor.sum \
+    --metrics 'dram__bytes_read.sum,lts__t_bytes.sum,smsp__inst_executed_pipe_tensor.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
     python3 $HERE/ncu_w4_mma.py $spec > $OUT/ncu-$1-s$2-t$3-$4-$5x$6.txt 2>&1
   echo "== $spec"
-  grep -E "Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Issued Warp|No Eligible|dram__bytes|Waves" $OUT/ncu-$1-s$2-t$3-$4-$5x$6.txt | head -24
+  grep -E "Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Issued Warp|No Eligible|dram__bytes|Waves|stalled" $OUT/ncu-$1-s$2-t$3-$4-$5x$6.txt | grep -v " 0$" | head -40
 done

@@ -9,7 +9,7 @@ export PYTHONPATH=$PWD/$HERE:/tmp/site:$PWD PYTHONUNBUFFERED=1
 cat $OUT/host.txt
 timeout ${LIMIT:-330} python3 $HERE/w4_mma_check.py $OUT "$@" 2>&1 | tee $OUT/log.txt | grep -v "^FAIL" | tail -40
 grep -c "^FAIL" $OUT/log.txt; grep "^FAIL" $OUT/log.txt | head -20
-# With NCU=1, profile the fastest tile on gate_up at the first bucket timed.
+# With NCU=1, profile the fastest tile on gate_up at the first two buckets timed.
 if [ "$NCU" = 1 ]; then
-  python3 $HERE/best.py $OUT/w4-mma-check.json | head -1 | while read -r spec; do timeout 45 bash $HERE/ncu.sh "$spec"; done
+  python3 $HERE/best.py $OUT/w4-mma-check.json | head -2 | while read -r spec; do timeout 45 bash $HERE/ncu.sh "$spec"; done
 fi

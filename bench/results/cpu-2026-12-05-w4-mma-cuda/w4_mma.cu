@@ -4,12 +4,16 @@
 // ahead, as a GEMV does: no shared-memory stage and no barrier in the loop. The awqd_w4 layout gives each lane of a
 // quad (t = lane % 4) one 16-byte load, the four words of run t of a 128-column step. Those words hold the fragment
 // values of four lanes of one 32-column run, so the MMA's K axis is permuted instead of the words: lane t's A
-// operand covers run t, and the activations are staged in shared memory in the same permuted order (once per block,
-// for the block's K slice), where ldmatrix reads them as B fragments. K order does not change a dot product.
+// operand covers run t, and its B operand is then the same run of its token, four 16-byte chunks of the activations
+// as they lie. K order does not change a dot product.
 //
 // In a 128-column step, column 32t + 16h + 8p + 2j + e (run t, word j, nibble pair (h, p), e the pair's half) sits
 // at MMA position 16(2j + h) + 8p + 2t + e: k16 step 2j + h, A register p, lane t. The layout's nibble pair i of word
-// j (unpacked together by one lop3) is (h, p) = (i & 1, i >> 1).
+// j (unpacked together by one lop3) is (h, p) = (i & 1, i >> 1). B register p of k16 step 2j + h is word j of chunk
+// 4t + 2h + p of the step.
+//
+// The activations of a block's K slice are copied once into shared memory with cp.async (16-byte chunks, in order,
+// swizzled so that a quarter warp's chunk reads fall in distinct banks) while the first weight steps load.
 //
 // Per group of 128 columns the MMAs form sum (q - z) x in fp32 from the exact small integers q - z, and the partial
 // is scaled into the accumulator (one rounding fewer than dequantizing first). With smaller groups a lane's four runs
@@ -97,11 +101,22 @@ __device__ __forceinline__ u32 nibble_pair(u32 w) {
   return d;
 }
 
-__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+__device__ __forceinline__ Words load_shared(u32 address) {
+  Words v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
                : "r"(address));
+  return v;
 }
+
+// 16 bytes from global to shared memory, asynchronously; zeros where `valid` is false.
+__device__ __forceinline__ void copy_async(u32 address, const void* source, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(source), "r"(valid ? 16 : 0));
+}
+
+// Chunk c of a staged token row lies at c ^ swizzle: a quarter warp (tokens n, n + 1; t = 0..3) reading chunk
+// 4t + 2h + p of a step then meets all eight 16-byte bank groups.
+__device__ __forceinline__ int swizzle(int chunk, int token) { return ((chunk >> 3) & 1) << 1 | (token & 1); }
 
 // f(rt, nt, e) for each accumulator element a lane holds, unrolled so that the register arrays stay registers.
 template <int R, int MT, class F>
@@ -117,7 +132,7 @@ __device__ __forceinline__ void each_value(F&& f) {
 // Grid (row groups, K slices); 32 * RW * KW threads. A block stages its K slice of the activations once and then
 // streams `tiles` row tiles of BLOCK_ROWS rows through it, one after another (the weight loads run on across the
 // tiles' boundaries), so that the staged activations are read from L2 once per tiles * BLOCK_ROWS rows. Dynamic
-// shared memory: the staged activations (TOKENS rows of k_slice permuted columns), then the KW reduction.
+// shared memory: the staged activations (TOKENS rows of k_slice columns, swizzled), then the KW reduction.
 template <int MT, int R, int RW, int KW, int DEPTH, int GROUP, bool SCALE_FIRST, bool BF16>
 __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* __restrict__ qweight,
                                        const u32* __restrict__ scale_zero, const float* __restrict__ bias,
@@ -183,33 +198,25 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
       advance(load_tile, load_step);
     }
 
-  // Stage the slice's activations, permuted (see the top) and swizzled: 16-byte chunk c of token n at c ^ (n % 8),
-  // so that ldmatrix's eight rows fall in distinct banks.
+  // Stage the slice's activations as they lie, swizzled (see swizzle), while those weight steps load.
   const int chunks = k_slice / 8;
+  const u32 shared_base = static_cast<u32>(__cvta_generic_to_shared(shared));
   {
-    u32* staged = reinterpret_cast<u32*>(shared);
     const int k_chunks = steps * 16;
     for (int c = tid; c < TOKENS * k_chunks; c += THREADS) {
-      const int n = c / k_chunks, source = c % k_chunks;
-      Words v = {{0, 0, 0, 0}};
-      if (n < M) v = *reinterpret_cast<const Words*>(x + static_cast<long>(n) * K + k0 + source * 8);
-      const int step = source >> 4, run = (source >> 2) & 3, hp = source & 3;
-#pragma unroll
-      for (int j = 0; j < 4; j++) {
-        const int chunk = step * 16 + 4 * j + hp;
-        staged[(n * chunks + (chunk ^ (n & 7))) * 4 + run] = v.w[j];
-      }
+      const int n = c / k_chunks, chunk = c % k_chunks;
+      const bool valid = n < M;
+      const u16* source = x + static_cast<long>(valid ? n : 0) * K + k0 + chunk * 8;
+      copy_async(shared_base + (n * chunks + (chunk ^ swizzle(chunk, n))) * 16, source, valid);
     }
+    asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
   }
   __syncthreads();
 
-  const u32 shared_base = static_cast<u32>(__cvta_generic_to_shared(shared));
-  u32 b_offset[MT];  // this lane's ldmatrix row address for each 8-token tile, step 0, before the swizzle term
-#pragma unroll
-  for (int nt = 0; nt < MT; nt++) b_offset[nt] = shared_base + (nt * 8 + (lane & 7)) * chunks * 16;
-  u32 b_chunk[4];  // the swizzled chunk of k16 pair kk2 (k16 steps 2 kk2 and 2 kk2 + 1) within a step
-#pragma unroll
-  for (int kk2 = 0; kk2 < 4; kk2++) b_chunk[kk2] = (4 * kk2 + (lane >> 3)) ^ (lane & 7);
+  // This lane's B chunks: token 8 nt + g, chunk 16 step + 4t + (2h + p) ^ swizzle; the swizzle is the same for
+  // every step and nt (it depends on t >> 1 and g & 1 only).
+  const u32 b_row = shared_base + g * chunks * 16;
+  const int b_swizzle = swizzle(4 * t, g);
   float* reduce = reinterpret_cast<float*>(shared) + TOKENS * k_slice / 2;
 
   float acc[R][MT][4];
@@ -228,42 +235,40 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
         scale[rt][half] = half_to_float(szs[rt][half]);
         if (SCALE_FIRST) scale_pair[rt][half] = T::pair(scale[rt][half], scale[rt][half]);
       }
+    // The step's A operands (k16 step 2j + h of row tile rt), dequantized once and used for every token tile.
+    u32 a[4][2][R][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int rt = 0; rt < R; rt++) {
+        const u32 w0 = ws[rt][0].w[j], w1 = ws[rt][1].w[j];
+        const u32 pairs[2][4] = {{nibble_pair<T::MAGIC, 0>(w0), nibble_pair<T::MAGIC, 0>(w1),
+                                  nibble_pair<T::MAGIC, 2>(w0), nibble_pair<T::MAGIC, 2>(w1)},
+                                 {nibble_pair<T::MAGIC, 1>(w0), nibble_pair<T::MAGIC, 1>(w1),
+                                  nibble_pair<T::MAGIC, 3>(w0), nibble_pair<T::MAGIC, 3>(w1)}};
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+          for (int r = 0; r < 4; r++) {
+            a[j][h][rt][r] = T::sub(pairs[h][r], zero[rt][r & 1]);
+            if (SCALE_FIRST) a[j][h][rt][r] = T::mul(a[j][h][rt][r], scale_pair[rt][r & 1]);
+          }
+      }
     float part[R][MT][4];
     if (!SCALE_FIRST) each_value<R, MT>([&](int rt, int nt, int e) { part[rt][nt][e] = 0.f; });
 #pragma unroll
-    for (int kk2 = 0; kk2 < 4; kk2++) {  // word kk2: k16 steps 2 kk2 + h, h = 0, 1
-      u32 b[MT][4];
-#pragma unroll
-      for (int nt = 0; nt < MT; nt++) ldmatrix_x4(b[nt], b_offset[nt] + (step * 16 + b_chunk[kk2]) * 16);
+    for (int nt = 0; nt < MT; nt++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
+        const u32 chunk = b_row + nt * 8 * chunks * 16 + (step * 16 + 4 * t) * 16;
+        const Words b0 = load_shared(chunk + ((2 * h) ^ b_swizzle) * 16);
+        const Words b1 = load_shared(chunk + ((2 * h + 1) ^ b_swizzle) * 16);
 #pragma unroll
-        for (int rt = 0; rt < R; rt++) {
-          const u32 w0 = ws[rt][0].w[kk2], w1 = ws[rt][1].w[kk2];
-          u32 a[4];
-          if (h == 0) {
-            a[0] = T::sub(nibble_pair<T::MAGIC, 0>(w0), zero[rt][0]);
-            a[1] = T::sub(nibble_pair<T::MAGIC, 0>(w1), zero[rt][1]);
-            a[2] = T::sub(nibble_pair<T::MAGIC, 2>(w0), zero[rt][0]);
-            a[3] = T::sub(nibble_pair<T::MAGIC, 2>(w1), zero[rt][1]);
-          } else {
-            a[0] = T::sub(nibble_pair<T::MAGIC, 1>(w0), zero[rt][0]);
-            a[1] = T::sub(nibble_pair<T::MAGIC, 1>(w1), zero[rt][1]);
-            a[2] = T::sub(nibble_pair<T::MAGIC, 3>(w0), zero[rt][0]);
-            a[3] = T::sub(nibble_pair<T::MAGIC, 3>(w1), zero[rt][1]);
-          }
-          if (SCALE_FIRST) {
-            a[0] = T::mul(a[0], scale_pair[rt][0]);
-            a[1] = T::mul(a[1], scale_pair[rt][1]);
-            a[2] = T::mul(a[2], scale_pair[rt][0]);
-            a[3] = T::mul(a[3], scale_pair[rt][1]);
-          }
+        for (int j = 0; j < 4; j++)
 #pragma unroll
-          for (int nt = 0; nt < MT; nt++)
-            T::mma(SCALE_FIRST ? acc[rt][nt] : part[rt][nt], a, b[nt][2 * h], b[nt][2 * h + 1]);
-        }
+          for (int rt = 0; rt < R; rt++)
+            T::mma(SCALE_FIRST ? acc[rt][nt] : part[rt][nt], a[j][h][rt], b0.w[j], b1.w[j]);
       }
-    }
     if (!SCALE_FIRST)
       each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] += scale[rt][e >> 1] * part[rt][nt][e]; });
   };

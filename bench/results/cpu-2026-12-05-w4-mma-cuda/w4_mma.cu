@@ -1,8 +1,9 @@
 // awqd_w4 x activations on mma.sync (m16n8k16) for 1 to 128 tokens, in CUDA C++ (issue 15).
 //
-// Each lane streams its weight words from global memory straight into registers, DEPTH steps of 128 input columns
-// ahead, as a GEMV does: no shared-memory stage and no barrier in the loop. The awqd_w4 layout gives each lane of a
-// quad (t = lane % 4) one 16-byte load, the four words of run t of a 128-column step. Those words hold the fragment
+// Each lane streams its own weight words, DEPTH steps of 128 input columns ahead, through a ring in shared memory:
+// it copies them with cp.async and reads back only what it copied itself, after cp.async.wait_group, so the loop
+// has no barrier, and the depth costs shared memory rather than registers. The awqd_w4 layout gives each lane of a
+// quad (t = lane % 4) one 16-byte copy per row and step, the four words of run t of a 128-column step. Those words hold the fragment
 // values of four lanes of one 32-column run, so the MMA's K axis is permuted instead of the words: lane t's A
 // operand covers run t, and its B operand is then the same run of its token, four 16-byte chunks of the activations
 // as they lie. K order does not change a dot product.
@@ -13,7 +14,7 @@
 // 4t + 2h + p of the step.
 //
 // The activations of a block's K slice are copied once into shared memory with cp.async (16-byte chunks, in order,
-// swizzled so that a quarter warp's chunk reads fall in distinct banks) while the first weight steps load.
+// swizzled so that a quarter warp's chunk reads fall in distinct banks), ahead of the first weight steps.
 //
 // Per group of 128 columns the MMAs form sum (q - z) x in fp32 from the exact small integers q - z, and the partial
 // is scaled into the accumulator (one rounding fewer than dequantizing first). With smaller groups a lane's four runs
@@ -72,20 +73,6 @@ struct Num;
 AWQD_NUM(false, "f16", 0x64006400u, 1024.f)
 AWQD_NUM(true, "bf16", 0x43004300u, 128.f)
 
-__device__ __forceinline__ Words load_words(const Words* p) {
-  Words v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ u32 load_word(const u32* p) {
-  u32 v;
-  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
-  return v;
-}
-
 __device__ __forceinline__ float half_to_float(u32 bits) {
   float f;
   u16 h = static_cast<u16>(bits);
@@ -114,6 +101,24 @@ __device__ __forceinline__ void copy_async(u32 address, const void* source, bool
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(source), "r"(valid ? 16 : 0));
 }
 
+__device__ __forceinline__ void copy_word_async(u32 address, const void* source, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(address), "l"(source), "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ u32 load_shared_word(u32 address) {
+  u32 v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(address));
+  return v;
+}
+
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most N of this thread's newest copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 // Chunk c of a staged token row lies at c ^ swizzle: a quarter warp (tokens n, n + 1; t = 0..3) reading chunk
 // 4t + 2h + p of a step then meets all eight 16-byte bank groups.
 __device__ __forceinline__ int swizzle(int chunk, int token) { return ((chunk >> 3) & 1) << 1 | (token & 1); }
@@ -132,7 +137,9 @@ __device__ __forceinline__ void each_value(F&& f) {
 // Grid (row groups, K slices); 32 * RW * KW threads. A block stages its K slice of the activations once and then
 // streams `tiles` row tiles of BLOCK_ROWS rows through it, one after another (the weight loads run on across the
 // tiles' boundaries), so that the staged activations are read from L2 once per tiles * BLOCK_ROWS rows. Dynamic
-// shared memory: the staged activations (TOKENS rows of k_slice columns, swizzled), then the KW reduction.
+// shared memory: the staged activations (TOKENS rows of k_slice columns, swizzled), the weight ring (DEPTH slots of
+// each thread's R x 2 word vectors, then of its R x 2 scale-zero words, thread-minor so that a warp's reads are
+// contiguous), then the KW reduction.
 template <int MT, int R, int RW, int KW, int DEPTH, int GROUP, bool SCALE_FIRST, bool BF16>
 __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* __restrict__ qweight,
                                        const u32* __restrict__ scale_zero, const float* __restrict__ bias,
@@ -161,46 +168,32 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
   const int row_words = K / 32;  // 16-byte vectors a weight row
   const int row_groups = K / GROUP;
 
-  Words w[DEPTH][R][2];
-  u32 sz[DEPTH][R][2];
+  const int chunks = k_slice / 8;
+  const u32 shared_base = static_cast<u32>(__cvta_generic_to_shared(shared));
+  const u32 ring_words = shared_base + TOKENS * k_slice * 2;
+  const u32 ring_scales = ring_words + DEPTH * R * 2 * THREADS * 16;
+  auto ring_index = [&](int slot, int rt, int half) { return ((slot * R + rt) * 2 + half) * THREADS + tid; };
+  auto word_slot = [&](int slot, int rt, int half) { return ring_words + ring_index(slot, rt, half) * 16; };
+  auto scale_slot = [&](int slot, int rt, int half) { return ring_scales + ring_index(slot, rt, half) * 4; };
 
-  auto load = [&](Words(&ws)[R][2], u32(&szs)[R][2], int tile, int i) {
+  // Step i of row tile `tile` into ring slot `slot`: this lane's word vectors and scale-zero words.
+  auto copy_step = [&](int slot, int tile, int i) {
     const int kb = k0 / 128 + i * KW + warp_k;
     const int group = SCALE_FIRST ? (kb * 128 + 32 * t) / GROUP : kb;
     const int row0 = (first_tile + tile) * BLOCK_ROWS + lane_row;
 #pragma unroll
-    for (int rt = 0; rt < R; rt++) {
+    for (int rt = 0; rt < R; rt++)
 #pragma unroll
       for (int half = 0; half < 2; half++) {
         const int row = row0 + rt * 16 + half * 8;
-        if (row < N) {
-          ws[rt][half] = load_words(qweight + row * row_words + kb * 4 + t);
-          szs[rt][half] = load_word(scale_zero + row * row_groups + group);
-        } else {
-          ws[rt][half] = Words{{0, 0, 0, 0}};
-          szs[rt][half] = 0;
-        }
+        const bool valid = row < N;
+        const int source_row = valid ? row : 0;
+        copy_async(word_slot(slot, rt, half), qweight + source_row * row_words + kb * 4 + t, valid);
+        copy_word_async(scale_slot(slot, rt, half), scale_zero + source_row * row_groups + group, valid);
       }
-    }
   };
 
-  int load_tile = 0, load_step = 0;  // the next (tile, step) to load, in order
-  auto advance = [&](int& tile, int& step) {
-    if (++step == my_steps) {
-      step = 0;
-      tile++;
-    }
-  };
-#pragma unroll
-  for (int d = 0; d < DEPTH - 1; d++)
-    if (d < total) {
-      load(w[d], sz[d], load_tile, load_step);
-      advance(load_tile, load_step);
-    }
-
-  // Stage the slice's activations as they lie, swizzled (see swizzle), while those weight steps load.
-  const int chunks = k_slice / 8;
-  const u32 shared_base = static_cast<u32>(__cvta_generic_to_shared(shared));
+  // The slice's activations as they lie, swizzled (see swizzle): the first copy group.
   {
     const int k_chunks = steps * 16;
     for (int c = tid; c < TOKENS * k_chunks; c += THREADS) {
@@ -209,15 +202,31 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
       const u16* source = x + static_cast<long>(valid ? n : 0) * K + k0 + chunk * 8;
       copy_async(shared_base + (n * chunks + (chunk ^ swizzle(chunk, n))) * 16, source, valid);
     }
-    asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+    commit_copies();
   }
+  // Then one group per weight step (empty past the end, so that the count stays DEPTH - 1 ahead).
+  int load_tile = 0, load_step = 0;  // the next (tile, step) to copy, in order
+  auto advance = [&](int& tile, int& step) {
+    if (++step == my_steps) {
+      step = 0;
+      tile++;
+    }
+  };
+  for (int d = 0; d < DEPTH - 1; d++) {
+    if (d < total) {
+      copy_step(d, load_tile, load_step);
+      advance(load_tile, load_step);
+    }
+    commit_copies();
+  }
+  wait_copies<DEPTH - 1>();  // the activations are in
   __syncthreads();
 
   // This lane's B chunks: token 8 nt + g, chunk 16 step + 4t + (2h + p) ^ swizzle; the swizzle is the same for
   // every step and nt (it depends on t >> 1 and g & 1 only).
   const u32 b_row = shared_base + g * chunks * 16;
   const int b_swizzle = swizzle(4 * t, g);
-  float* reduce = reinterpret_cast<float*>(shared) + TOKENS * k_slice / 2;
+  float* reduce = reinterpret_cast<float*>(shared) + TOKENS * k_slice / 2 + DEPTH * R * 2 * THREADS * 5;
 
   float acc[R][MT][4];
   each_value<R, MT>([&](int rt, int nt, int e) { acc[rt][nt][e] = 0.f; });
@@ -327,20 +336,26 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
   };
 
   int tile = 0, step = 0;  // the (tile, step) to compute
-  for (int f0 = 0; f0 < total; f0 += DEPTH) {
-#pragma unroll
-    for (int d = 0; d < DEPTH; d++) {
-      const int f = f0 + d;
-      if (f + DEPTH - 1 < total) {
-        load(w[(d + DEPTH - 1) % DEPTH], sz[(d + DEPTH - 1) % DEPTH], load_tile, load_step);
-        advance(load_tile, load_step);
-      }
-      if (f < total) {
-        compute(w[d], sz[d], step);
-        if (step == my_steps - 1) finish(tile);
-        advance(tile, step);
-      }
+  for (int f = 0; f < total; f++) {
+    if (f + DEPTH - 1 < total) {
+      copy_step((f + DEPTH - 1) % DEPTH, load_tile, load_step);
+      advance(load_tile, load_step);
     }
+    commit_copies();
+    wait_copies<DEPTH - 1>();  // step f is in
+    const int slot = f % DEPTH;
+    Words ws[R][2];
+    u32 szs[R][2];
+#pragma unroll
+    for (int rt = 0; rt < R; rt++)
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        ws[rt][half] = load_shared(word_slot(slot, rt, half));
+        szs[rt][half] = load_shared_word(scale_slot(slot, rt, half));
+      }
+    compute(ws, szs, step);
+    if (step == my_steps - 1) finish(tile);
+    advance(tile, step);
   }
 }
 

@@ -46,8 +46,9 @@ class Config:
 
     def shared_bytes(self, k_slice: int) -> int:
         staged = 8 * self.mt * k_slice * 2
+        ring = self.depth * self.r * 2 * self.threads * (16 + 4)
         reduce = (self.kw - 1) * self.rw * self.r * self.mt * 4 * 32 * 4
-        return staged + reduce
+        return staged + ring + reduce
 
 
 def timing_configs(mt: int) -> list[Config]:
@@ -57,16 +58,17 @@ def timing_configs(mt: int) -> list[Config]:
 
 
 def tiles(mt: int) -> list[Config]:
+    """(r, rw, kw, depth) per bucket; depth costs shared memory (the weight ring), not registers."""
     if mt <= 2:
-        shapes = [(1, 4, 1, 4), (1, 8, 1, 4), (2, 4, 1, 3), (1, 4, 1, 6)]
+        shapes = [(1, 4, 1, 8), (1, 8, 1, 6), (2, 4, 1, 6), (1, 4, 1, 12)]
         return [Config(mt, *shape) for shape in shapes]
     if mt == 4:
-        shapes = [(1, 4, 1, 4), (1, 8, 1, 3), (1, 4, 1, 3)]
-        return [Config(mt, *shape) for shape in shapes] + [Config(mt, 2, 4, 1, 3, scale_first=True)]
+        shapes = [(1, 4, 1, 8), (1, 8, 1, 6), (1, 4, 1, 4)]
+        return [Config(mt, *shape) for shape in shapes] + [Config(mt, 2, 4, 1, 6, scale_first=True)]
     if mt == 8:
-        shapes = [(1, 4, 1, 3), (1, 8, 1, 3), (1, 4, 1, 2)]
-        return [Config(mt, *shape) for shape in shapes] + [Config(mt, 1, 4, 1, 3, scale_first=True)]
-    shapes = [(1, 4, 1, 2), (1, 8, 1, 2), (1, 4, 1, 3)]
+        shapes = [(1, 4, 1, 6), (1, 8, 1, 4), (1, 4, 1, 4)]
+        return [Config(mt, *shape) for shape in shapes] + [Config(mt, 2, 4, 1, 6, scale_first=True)]
+    shapes = [(1, 4, 1, 4), (1, 8, 1, 4), (1, 4, 1, 6)]
     return [Config(mt, *shape, scale_first=True) for shape in shapes]
 
 
@@ -79,8 +81,8 @@ def check_configs() -> list[Config]:
             for bf16 in (False, True):
                 out.append(Config(mt, base.r, base.rw, base.kw, base.depth, group, True, bf16))
         out.append(Config(mt, base.r, base.rw, base.kw, base.depth, 128, base.scale_first, True))
-    out.append(Config(2, 1, 4, 2, 4, 32, True, True))  # warps splitting K with small groups
-    out.append(Config(2, 1, 4, 2, 4))  # and with groups of 128
+    out.append(Config(2, 1, 4, 2, 8, 32, True, True))  # warps splitting K with small groups
+    out.append(Config(2, 1, 4, 2, 8))  # and with groups of 128
     return out
 
 

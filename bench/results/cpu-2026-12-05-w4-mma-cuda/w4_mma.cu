@@ -3,10 +3,10 @@
 // Each lane streams its own weight words, DEPTH steps of 128 input columns ahead, through a ring in shared memory:
 // it copies them with cp.async and reads back only what it copied itself, after cp.async.wait_group, so the loop
 // has no barrier, and the depth costs shared memory rather than registers. The awqd_w4 layout gives each lane of a
-// quad (t = lane % 4) one 16-byte copy per row and step, the four words of run t of a 128-column step. Those words hold the fragment
-// values of four lanes of one 32-column run, so the MMA's K axis is permuted instead of the words: lane t's A
-// operand covers run t, and its B operand is then the same run of its token, four 16-byte chunks of the activations
-// as they lie. K order does not change a dot product.
+// quad (t = lane % 4) one 16-byte copy per row and step, the four words of run t of a 128-column step. Those words
+// hold the fragment values of four lanes of one 32-column run, so the MMA's K axis is permuted instead of the words:
+// lane t's A operand covers run t, and its B operand is then the same run of its token, four 16-byte chunks of the
+// activations as they lie. K order does not change a dot product.
 //
 // In a 128-column step, column 32t + 16h + 8p + 2j + e (run t, word j, nibble pair (h, p), e the pair's half) sits
 // at MMA position 16(2j + h) + 8p + 2t + e: k16 step 2j + h, A register p, lane t. The layout's nibble pair i of word
@@ -337,7 +337,7 @@ __device__ __forceinline__ void w4_mma(const u16* __restrict__ x, const Words* _
 
   int tile = 0, step = 0;  // the (tile, step) to compute
   for (int f = 0; f < total; f++) {
-    if (f + DEPTH - 1 < total) {
+    if (f + DEPTH - 1 < total) {  // into the slot this thread read for step f - 1, before this copy was issued
       copy_step((f + DEPTH - 1) % DEPTH, load_tile, load_step);
       advance(load_tile, load_step);
     }

@@ -79,7 +79,9 @@ DEFAULT_TILE = TILES[0]
 # maxnreg: 25% occupancy instead of 18.75%, no spills), on an H200 before the unroll and on an H100 after it: no
 # linear was faster capped by more than the spread between runs, and most were slower
 # (bench/results/h200-2026-12-03-gemv-register-cap, h100-2026-12-05-dequant-tiles). And tiles of 2048-4096-column
-# K steps, 1-2 per program: 5-73% slower on every linear (bench/results/h100-2026-12-05-gemv-long-steps).
+# K steps, 1-2 per program: 5-73% slower on every linear (bench/results/h100-2026-12-05-gemv-long-steps). Nor is
+# split-K worth an in-kernel merge (splitk.merge_if_last): the split launches alone, as if the merge were free, took
+# 2.3% less per layer on an H100, all on o and down (bench/results/h100-2026-12-06-gemv-split-bound).
 
 
 def gemv_config(rows: int, packed: AwqdW4, device: torch.device) -> GemvConfig:

@@ -14,8 +14,9 @@ Memory, not math, bounds this regime, so the kernel's job is to keep enough byte
 ~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages
 num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
 weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
-steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand (two steps
-ahead made every bucket 47-74% slower on an H100: bench/results/h100-2026-12-06-scale-zero-ahead).
+steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand: two steps
+ahead, Triton 3.6 stops staging the TMA tiles, and every bucket was 47-74% slower on an H100
+(bench/results/h100-2026-12-06-scale-zero-ahead).
 The layout packs each int32 word with the eight K values one thread holds of the MMA's A fragment over two k16
 steps (layout.FRAGMENT_COLUMNS), so putting the unpacked tile in K order (natural_order) only relabels its axis:
 Triton reads each word from the staged tile straight into the operand's register layout, and neither the

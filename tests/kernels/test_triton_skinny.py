@@ -10,7 +10,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from awqd.kernels.triton import skinny
-from awqd.kernels.triton.layout import AwqdW4
+from awqd.kernels.triton.layout import AwqdW4, by_group
 
 H200_SMS = 132
 LLAMA2_7B_FUSED = ((12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008))
@@ -73,7 +73,7 @@ def sm90_ttgir(config: skinny.SkinnyConfig, dtype: str, split_k: int) -> str:
     tensors = {
         "x_src": f"tensordesc<{dtype}[{config.block_m},{config.block_k}]>",
         "w_src": f"tensordesc<i32[{config.block_n},{config.block_k // 8}]>",
-        "scale_zero_ptr": "*i32",
+        "sz_src": f"tensordesc<i32[1,{config.block_n}]>",
         "bias_ptr": f"*{dtype}",
         "target_ptr": "*fp32" if split_k > 1 else f"*{dtype}",
         "out_ptr": f"*{dtype}",
@@ -115,6 +115,25 @@ def test_the_unpacked_weights_reach_the_mma_without_shared_memory(monkeypatch, r
     assert re.search(rf"ttng.warp_group_dot %\S+, .*: {operand}", ir)
     stored = re.findall(r"ttg.local_alloc %\S+ : \(tensor<([0-9x]+)x", ir)
     assert stored == []
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_the_group_major_copy_holds_the_same_words_with_16_byte_rows(groups):
+    scale_zero = torch.arange(64 * groups, dtype=torch.int32).view(64, groups)
+    copy = by_group(scale_zero)
+    assert torch.equal(copy, scale_zero.t()) and copy.stride() == (64, 1)
+
+
+@pytest.mark.parametrize("rows", [16, 64])
+def test_the_scale_zero_words_are_staged_with_the_tiles(monkeypatch, rows):
+    """With TMA the (scale, zero) words are a third descriptor load, which the pipeliner stages num_stages deep with
+    the weight and activation tiles: three TMA copies per stage (the prologue's and the loop's). Loaded by hand two
+    steps ahead instead, they stopped the pipeliner (bench/results/h100-2026-12-06-scale-zero-ahead)."""
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    config = skinny.default_tile(rows)
+    ir = sm90_ttgir(config, "fp16", 1)
+    assert len(re.findall(r"async_tma_copy_global_to_local", ir)) == 3 * config.num_stages
+    assert not re.findall(r"tt\.load ", ir)  # unsplit: no pointer load is left
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])

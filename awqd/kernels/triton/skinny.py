@@ -14,9 +14,11 @@ Memory, not math, bounds this regime, so the kernel's job is to keep enough byte
 ~40 KB). With TMA (sm_90) the weight and activation tiles are tensor-descriptor loads that Triton's pipeliner stages
 num_stages deep through shared memory (checked in Triton's sm_90 output: multi-buffered TMA copies, wgmma with the
 weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
-steps ahead by hand into registers. The per-row (scale, zero) word is loaded one step ahead by hand: two steps
-ahead, Triton 3.6 stops staging the TMA tiles, and every bucket was 47-74% slower on an H100
-(bench/results/h100-2026-12-06-scale-zero-ahead).
+steps ahead by hand into registers. With TMA the per-row (scale, zero) words are a descriptor load too, from their
+group-major copy (layout.py), staged with the tiles: 1.3-7.4% faster per layer than pointer loads one step ahead on
+an H100 (bench/results/h100-2026-12-06-scale-zero-tma). Pointer loads two steps ahead instead made Triton 3.6 stop
+staging the tiles (47-74% slower: bench/results/h100-2026-12-06-scale-zero-ahead). The pointer path loads them one
+step ahead by hand.
 The layout packs each int32 word with the eight K values one thread holds of the MMA's A fragment over two k16
 steps (layout.FRAGMENT_COLUMNS), so putting the unpacked tile in K order (natural_order) only relabels its axis:
 Triton reads each word from the staged tile straight into the operand's register layout, and neither the
@@ -209,7 +211,7 @@ def mma(weights, x, acc, DOT_IN_FP32: tl.constexpr):
 def awqd_w4_skinny_kernel(
     x_src,  # a [M, K] tensor descriptor (USE_TMA) or pointer
     w_src,  # a [N, K / 8] int32 tensor descriptor (USE_TMA) or pointer: the awqd_w4 qweight
-    scale_zero_ptr,
+    sz_src,  # (scale, zero) words: a [K / GROUP_SIZE, N] tensor descriptor (USE_TMA), else [N, K / GROUP_SIZE]
     bias_ptr,
     target_ptr,  # out, or under split-K fp32 partials [SPLIT_K, M, N]
     out_ptr,
@@ -243,9 +245,8 @@ def awqd_w4_skinny_kernel(
     n = n0 + tl.arange(0, BLOCK_N)
     m_mask = m < M
     n_mask = n < N
-    groups = K // GROUP_SIZE
-    sz_rows = scale_zero_ptr + n * groups
     if not USE_TMA:
+        sz_rows = sz_src + n * (K // GROUP_SIZE)
         word = tl.arange(0, WORDS)
         k = tl.arange(0, BLOCK_K)
         x_rows = x_src + m.to(tl.int64)[:, None] * K
@@ -253,14 +254,17 @@ def awqd_w4_skinny_kernel(
         w_next, x_next = load_step(w_rows, x_rows, n_mask, m_mask, tl.minimum(k_start, K - BLOCK_K), word, k)
         ahead = tl.minimum(k_start + BLOCK_K, K - BLOCK_K)
         w_after, x_after = load_step(w_rows, x_rows, n_mask, m_mask, ahead, word, k)
+        # Look-aheads past the slice (or an empty slice's) re-read K's last step: in bounds and unused, so no masks.
+        sz_next = tl.load(sz_rows + tl.minimum(k_start, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
 
-    # Look-aheads past the slice (or an empty slice's) re-read K's last step: in bounds and unused, so no masks.
-    sz_next = tl.load(sz_rows + tl.minimum(k_start, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # out.T
     for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        sz = sz_next
-        next_k = k0 + BLOCK_K
-        sz_next = tl.load(sz_rows + tl.minimum(next_k, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
+        if USE_TMA:  # one row segment of the group-major copy, staged with the tiles
+            sz = tl.reshape(sz_src.load([k0 // GROUP_SIZE, n0]), [BLOCK_N])
+        else:
+            sz = sz_next
+            next_k = k0 + BLOCK_K
+            sz_next = tl.load(sz_rows + tl.minimum(next_k, K - 1) // GROUP_SIZE, mask=n_mask, other=0)
         # K is a multiple of the group size and so of BLOCK_K: every step is whole, only rows need masks.
         if USE_TMA:  # staged num_stages deep by the pipeliner; rows past the tensor's edge come back zero
             w = w_src.load([n0, k0 // 8])
@@ -319,7 +323,9 @@ def skinny(
 
     rows = x.shape[0]
     config = resolve(config or default_tile(rows), rows, packed, x.device)
-    if x.data_ptr() % 16:  # a tensor descriptor needs a 16-byte aligned base (a view into a larger buffer may not be)
+    # A tensor descriptor needs a 16-byte aligned base (a view into a larger buffer may not be) and 16-byte row
+    # strides (the group-major (scale, zero) rows are out_features words).
+    if x.data_ptr() % 16 or packed.out_features % 4 or packed.scale_zero_by_group is None:
         config = dataclasses.replace(config, tma=False)
     target, out = output_buffers(rows, packed.out_features, config.split_k, x.dtype, x.device)
     tiles = triton.cdiv(rows, config.block_m) * triton.cdiv(packed.out_features, config.block_n)
@@ -329,14 +335,16 @@ def skinny(
         x_src = TensorDescriptor(x, list(x.shape), list(x.stride()), [config.block_m, config.block_k])
         w = packed.qweight
         w_src = TensorDescriptor(w, list(w.shape), list(w.stride()), [config.block_n, config.block_k // 8])
+        sz = packed.scale_zero_by_group
+        sz_src = TensorDescriptor(sz, list(sz.shape), list(sz.stride()), [1, config.block_n])
     else:
-        x_src, w_src = x, packed.qweight
+        x_src, w_src, sz_src = x, packed.qweight, packed.scale_zero
     grid = (tiles, config.split_k)
     kernel = functools.partial(awqd_w4_skinny_kernel.warmup, grid=grid) if compile_only else awqd_w4_skinny_kernel[grid]
     kernel(
         x_src,
         w_src,
-        packed.scale_zero,
+        sz_src,
         packed.bias if packed.bias is not None else packed.scale_zero,  # never read without HAS_BIAS
         target,
         out,

@@ -9,9 +9,9 @@ tiles than a plain process does (bench/results/h200-2026-12-04-own-kernels/ncu-2
 around one pass over the four fused Llama-2-7B linears (qkv 12288x4096, o 4096x4096, gate_up 22016x4096, down
 4096x11008; W4 g128 with a zero point), after a warm-up. Per kernel launch it keeps the duration, achieved DRAM
 bandwidth (bytes read over duration, and % of peak), L2 traffic (bytes over duration, and % of peak), SM throughput
-(% of peak), achieved and theoretical occupancy, registers, grid and block, and the warp-stall breakdown (cycles per
-issued instruction by reason). Writes ncu-kernels.json, ncu-kernels.md and each case's tiles (tiles-CASE.json) under
---out.
+(% of peak), how busy the tensor, ALU and FMA pipes were, achieved and theoretical occupancy, registers, grid and
+block, and the warp-stall breakdown (cycles per issued instruction by reason). Writes ncu-kernels.json,
+ncu-kernels.md and each case's tiles (tiles-CASE.json) under --out.
 
 The child mode (--child) is what ncu runs; it is not meant to be called by hand.
 """
@@ -69,6 +69,15 @@ STALLS = (
     "misc",
 )
 STALL_METRIC = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+# How busy each pipe kept the SMs while active: at 512 tokens, whether a kernel is bound by its MMAs (wgmma on
+# sm_90, mma.sync before) or by the integer and float work of unpacking. Not every chip's ncu has the wgmma one,
+# so a run that ncu rejects is profiled again without them.
+PIPE_METRICS = {
+    "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active": "wgmma_pipe_pct",
+    "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active": "mma_pipe_pct",
+    "sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active": "alu_pipe_pct",
+    "sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active": "fma_pipe_pct",
+}
 
 
 def parse_case(case: str) -> tuple[str, int, int | None]:
@@ -132,7 +141,40 @@ def profile(case: str, tune_s: float, out: Path) -> dict:
     tuned = tune_case(case, tune_s)
     tiles = out / f"tiles-{case.replace('/', '-')}.json"
     tiles.write_text(json.dumps(tuned, indent=1))
-    metrics = ",".join([*METRICS, *(STALL_METRIC.format(s) for s in STALLS)])
+    done, pipes = run_ncu(case, tiles, PIPE_METRICS), PIPE_METRICS
+    if done.returncode != 0:
+        done, pipes = run_ncu(case, tiles, {}), {}
+    result = {"case": case, "exit_status": done.returncode, "seconds": round(time.perf_counter() - started, 1)}
+    result.update(tuned)
+    if not pipes:
+        result["notes"].append("ncu rejected the pipe metrics; profiled without them")
+    if done.returncode != 0:
+        result["stderr"] = done.stderr[-3000:]
+    header = next((i for i, line in enumerate(done.stdout.splitlines()) if line.startswith('"ID"')), None)
+    if header is None:
+        result["error"] = "no ncu table in the output"
+        result["stdout_tail"] = done.stdout[-2000:]
+        return result
+    rows = list(csv.DictReader(io.StringIO("\n".join(done.stdout.splitlines()[header:]))))
+    launches = []
+    for row in rows[1:]:  # rows[0] holds the units
+        launch = {"kernel": row.get("Kernel Name", "")[:120]}
+        for metric, key in {**METRICS, **pipes}.items():
+            launch[key] = number(row.get(metric))
+        stalls = {s: number(row.get(STALL_METRIC.format(s))) for s in STALLS}
+        launch["stalls"] = {s: v for s, v in sorted(stalls.items(), key=lambda kv: -(kv[1] or 0)) if v}
+        if launch["duration_ns"] and launch["dram_read_bytes"]:
+            launch["dram_read_gbps"] = round(launch["dram_read_bytes"] / launch["duration_ns"], 1)
+        if launch["duration_ns"] and launch["l2_bytes"]:
+            launch["l2_gbps"] = round(launch["l2_bytes"] / launch["duration_ns"], 1)
+        launches.append(launch)
+    result["launches"] = launches
+    result["total_us"] = round(sum(launch["duration_ns"] or 0 for launch in launches) / 1000, 2)
+    return result
+
+
+def run_ncu(case: str, tiles: Path, pipes: dict[str, str]) -> subprocess.CompletedProcess:
+    metrics = ",".join([*METRICS, *pipes, *(STALL_METRIC.format(s) for s in STALLS)])
     command = [
         "ncu",
         "--clock-control",
@@ -153,32 +195,7 @@ def profile(case: str, tune_s: float, out: Path) -> dict:
         "--tiles",
         str(tiles),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    result = {"case": case, "exit_status": done.returncode, "seconds": round(time.perf_counter() - started, 1)}
-    result.update(tuned)
-    if done.returncode != 0:
-        result["stderr"] = done.stderr[-3000:]
-    header = next((i for i, line in enumerate(done.stdout.splitlines()) if line.startswith('"ID"')), None)
-    if header is None:
-        result["error"] = "no ncu table in the output"
-        result["stdout_tail"] = done.stdout[-2000:]
-        return result
-    rows = list(csv.DictReader(io.StringIO("\n".join(done.stdout.splitlines()[header:]))))
-    launches = []
-    for row in rows[1:]:  # rows[0] holds the units
-        launch = {"kernel": row.get("Kernel Name", "")[:120]}
-        for metric, key in METRICS.items():
-            launch[key] = number(row.get(metric))
-        stalls = {s: number(row.get(STALL_METRIC.format(s))) for s in STALLS}
-        launch["stalls"] = {s: v for s, v in sorted(stalls.items(), key=lambda kv: -(kv[1] or 0)) if v}
-        if launch["duration_ns"] and launch["dram_read_bytes"]:
-            launch["dram_read_gbps"] = round(launch["dram_read_bytes"] / launch["duration_ns"], 1)
-        if launch["duration_ns"] and launch["l2_bytes"]:
-            launch["l2_gbps"] = round(launch["l2_bytes"] / launch["duration_ns"], 1)
-        launches.append(launch)
-    result["launches"] = launches
-    result["total_us"] = round(sum(launch["duration_ns"] or 0 for launch in launches) / 1000, 2)
-    return result
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 def number(text: str | None) -> float | None:
@@ -197,8 +214,9 @@ def markdown(data: dict) -> str:
         "Four fused Llama-2-7B linears, W4 g128 with zero point, one pass each, `ncu --clock-control none`.",
         "",
         "| case | kernel | us | DRAM read GB/s | DRAM % peak | L2 GB/s (% peak) | SM % peak | "
-        "occupancy achieved / theoretical % | regs | grid x block | top stalls (cycles per issue) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "pipes % of active: wgmma / mma / alu / fma | occupancy achieved / theoretical % | regs | grid x block | "
+        "top stalls (cycles per issue) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in data["cases"]:
         for launch in result.get("launches", []):
@@ -207,6 +225,7 @@ def markdown(data: dict) -> str:
                 f"| {result['case']} | {launch['kernel'][:48]} | {(launch['duration_ns'] or 0) / 1000:.1f} | "
                 f"{launch.get('dram_read_gbps', '-')} | {launch['dram_pct_of_peak']} | "
                 f"{launch.get('l2_gbps', '-')} ({launch.get('l2_pct_of_peak')}) | {launch.get('sm_pct_of_peak')} | "
+                f"{' / '.join(str(launch.get(key, '-')) for key in PIPE_METRICS.values())} | "
                 f"{launch['achieved_occupancy_pct']} / {launch['theoretical_occupancy_pct']} | {launch['registers']} | "
                 f"{launch['grid']} x {launch['block']} | {stalls} |"
             )

@@ -16,9 +16,10 @@ num_stages deep through shared memory (checked in Triton's sm_90 output: multi-b
 weights from registers); without it (the config's tma off, or GPUs before sm_90) they are pointer loads issued two
 steps ahead by hand into registers. With TMA the per-row (scale, zero) words are a descriptor load too, from their
 group-major copy (layout.py), staged with the tiles: 1.3-7.4% faster per layer than pointer loads one step ahead on
-an H100 (bench/results/h100-2026-12-06-scale-zero-tma). Pointer loads two steps ahead instead made Triton 3.6 stop
-staging the tiles (47-74% slower: bench/results/h100-2026-12-06-scale-zero-ahead). The pointer path loads them one
-step ahead by hand.
+an H100 (bench/results/h100-2026-12-06-scale-zero-tma), within 1% of them on a second H100
+(bench/results/h100-2026-12-06-own-kernels). Pointer loads two steps ahead instead made Triton 3.6 stop staging the
+tiles (47-74% slower: bench/results/h100-2026-12-06-scale-zero-ahead). The pointer path loads them one step ahead by
+hand.
 The layout packs each int32 word with the eight K values one thread holds of the MMA's A fragment over two k16
 steps (layout.FRAGMENT_COLUMNS), so putting the unpacked tile in K order (natural_order) only relabels its axis:
 Triton reads each word from the staged tile straight into the operand's register layout, and neither the
@@ -28,13 +29,15 @@ the MMA as it lies. The pointer path keeps the weight tile as packed and relabel
 (packed_order): Triton does not re-lay out loads held in registers across steps, so there the activation tile goes
 through shared memory anyway, and relabeling the larger weight tile costs more stores.
 From 64 tokens one warpgroup both unpacks and waits for its own MMAs: barrier is then the top stall (Nsight Compute,
-bench/results/h100-2026-12-05-ncu-skinny). Triton 3.6's Hopper warp specialization cannot split the two: on this loop
-it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon (a TMA loader warp, the unpack and wgmma in
-the default partition) it ran 7-23% slower, and a wgmma whose weights stay in flight in registers across the next
-unpack is unsafe there: ptxas reuses the registers (bench/results/h200-2026-12-05-gluon-warp-specialized). On
-mma.sync instead (Gluon, a TMA loader warp, contiguous stages), whose MMAs do not block the unpacking warp, it was
-correct but 1.36-1.57x slower from 16 to 128 tokens: two consumer warps a scheduler cannot hide each warp's chain of
-unpack, operand reads and MMAs (bench/results/h100-2026-12-05-mma2-sync).
+bench/results/h100-2026-12-05-ncu-skinny), and at 512 tokens the tensor pipe is busy 55-69% of the active cycles,
+against 81-92% in fbgemm's CUTLASS kernels (h100-2026-12-06-own-kernels). Triton 3.6's Hopper warp specialization cannot
+split the two: on this loop it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon (a TMA loader warp,
+the unpack and wgmma in the default partition) it ran 7-23% slower, and a wgmma whose weights stay in flight in
+registers across the next unpack is unsafe there: ptxas reuses the registers
+(bench/results/h200-2026-12-05-gluon-warp-specialized). On mma.sync instead (Gluon, a TMA loader warp, contiguous
+stages), whose MMAs do not block the unpacking warp, it was correct but 1.36-1.57x slower from 16 to 128 tokens: two
+consumer warps a scheduler cannot hide each warp's chain of unpack, operand reads and MMAs
+(bench/results/h100-2026-12-05-mma2-sync).
 Split-K (splitk.py: fp32 partials added in slice order, no atomic adds) fills the SMs when N alone gives too few
 tiles, bounded so that the partials stay small next to the weights. The partials are added by the slice that
 completes a tile last where the launch has split counters (and the tile's merge is on), else by a reduce launch.

@@ -242,7 +242,8 @@ def bound(sock: socket.socket, port: int) -> bool:
 
 
 # The stream takes ~1 s alone on 2 cores, but 12-20 s with three busy processes beside it: the grace period and the
-# deadlines leave room for a loaded CI host (a 30 s grace once ran out there, and the drain cancelled the stream).
+# deadline leave room for a loaded host. With 30 s, one loaded run saw the stream cancelled by the drain, most likely
+# because the grace ran out.
 DRAIN_GRACE_S = 120
 
 

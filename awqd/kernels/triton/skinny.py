@@ -30,10 +30,10 @@ the MMA as it lies. The pointer path keeps the weight tile as packed and relabel
 through shared memory anyway, and relabeling the larger weight tile costs more stores.
 From 64 tokens one warpgroup both unpacks and waits for its own MMAs: barrier is then the top stall (Nsight Compute,
 bench/results/h100-2026-12-05-ncu-skinny), and at 512 tokens the tensor pipe is busy 55-69% of the active cycles,
-against 81-92% in fbgemm's CUTLASS kernels (h100-2026-12-06-own-kernels). Triton 3.6's Hopper warp specialization cannot
-split the two: on this loop it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon (a TMA loader warp,
-the unpack and wgmma in the default partition) it ran 7-23% slower, and a wgmma whose weights stay in flight in
-registers across the next unpack is unsafe there: ptxas reuses the registers
+against 81-92% in fbgemm's CUTLASS kernels (bench/results/h100-2026-12-06-own-kernels). Triton 3.6's Hopper warp
+specialization cannot split the two: on this loop it aborts, or leaves the loop whole (8 warps). Split by hand in Gluon
+(a TMA loader warp, the unpack and wgmma in the default partition) it ran 7-23% slower, and a wgmma whose weights stay
+in flight in registers across the next unpack is unsafe there: ptxas reuses the registers
 (bench/results/h200-2026-12-05-gluon-warp-specialized). On mma.sync instead (Gluon, a TMA loader warp, contiguous
 stages), whose MMAs do not block the unpacking warp, it was correct but 1.36-1.57x slower from 16 to 128 tokens: two
 consumer warps a scheduler cannot hide each warp's chain of unpack, operand reads and MMAs

@@ -9,8 +9,8 @@ scale_zero   int32 [out, in/g]: the fp16 scale in the low half and the fp16 zero
              load per (row, group). The zero is an integer 0..15, exact in fp16.
 scale_zero_by_group  int32 [in/g, out]: the same words group-major, so that a K step's words for a block of rows
              are one contiguous segment: the skinny kernel reads them through TMA, staged with its tiles (1.3-7.4%
-             faster per layer than pointer loads on an H100: bench/results/h100-2026-12-06-scale-zero-tma). It
-             costs 1/16 of qweight's bytes.
+             faster per layer than pointer loads on one H100, bench/results/h100-2026-12-06-scale-zero-tma; within
+             1% of them on a second, h100-2026-12-06-own-kernels). It costs 1/16 of qweight's bytes.
 
 The GEMV never dequantizes a tile: per word it forms sum_j (q_j - z) x_j against the activations in nibble-pair
 order and multiplies by the scale once (worddot.py); the GEMM dequantizes the tile to fp16 for the tensor cores.
